@@ -1,0 +1,56 @@
+"""Build of the norikv C extension (metadata lives in pyproject.toml).
+
+NORIKV_DEBUG=1 builds with Cython line tracing, C assertions, bounds checks
+and no optimisation, for coverage and debugging."""
+
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("NORIKV_DEBUG", "") not in ("", "0")
+
+macros = []
+compile_args = []
+directives = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "embedsignature": True,
+}
+if debug:
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+    directives.update(boundscheck=True, wraparound=True, linetrace=True, cdivision=False)
+    compile_args += ["-O0", "-g", "-UNDEBUG"]
+elif sys.platform != "win32":
+    compile_args += ["-O3"]
+
+ext = Extension(
+    "norikv._wal",
+    sources=["src/norikv/_wal.pyx"],
+    include_dirs=["src/norikv"],
+    define_macros=macros,
+    extra_compile_args=compile_args,
+    depends=[
+        "src/norikv/_crc32c.h",
+        "src/norikv/_record.h",
+        "src/norikv/_platform.h",
+        "src/norikv/_defs.pxd",
+        "src/norikv/_record.pxi",
+        "src/norikv/_reader.pxi",
+        "src/norikv/_walcore.pxi",
+        "src/norikv/_store.pxi",
+    ],
+)
+
+setup(
+    ext_modules=cythonize(
+        [ext],
+        compiler_directives=directives,
+        include_path=["src"],
+        force=debug,
+    ),
+)

@@ -1,0 +1,50 @@
+# C declarations shared by the .pxi parts of the _wal extension.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "_crc32c.h" nogil:
+    ctypedef uint32_t (*nk_crc_fn)(uint32_t, const uint8_t *, size_t)
+    nk_crc_fn nk_crc32c
+    const char *nk_crc32c_name
+    uint32_t nk_crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
+    int nk_crc32c_select(int want_hw)
+    int nk_crc32c_hw_available()
+    void nk_crc32c_init(int want_hw)
+
+cdef extern from "_record.h" nogil:
+    enum:
+        NK_FLAG_TOMBSTONE
+        NK_FLAG_TTL
+        NK_COMP_SHIFT
+        NK_COMP_MASK
+        NK_FLAG_VERSION
+        NK_FLAG_BATCH_CONT
+        NK_FLAG_TTL_ABS
+        NK_FLAGS_RESERVED
+        NK_OK
+        NK_INCOMPLETE
+        NK_BAD_VARINT
+        NK_BAD_COMPRESSION
+        NK_BAD_CRC
+    ctypedef struct nk_rec:
+        const uint8_t *key
+        const uint8_t *value
+        uint64_t klen, vlen, ttl_ms, term, index, size
+        uint32_t flags
+    int nk_decode(const uint8_t *buf, size_t avail, int check_crc, nk_rec *r)
+    int nk_get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out)
+    size_t nk_varint_len(uint64_t v)
+    uint8_t *nk_put_varint(uint8_t *p, uint64_t v)
+    size_t nk_encoded_len(uint64_t klen, uint64_t vlen, uint32_t flags,
+                          uint64_t ttl_ms, uint64_t term, uint64_t index)
+    size_t nk_encode(uint8_t *out, const uint8_t *key, size_t klen,
+                     const uint8_t *value, size_t vlen, uint32_t flags,
+                     uint64_t ttl_ms, uint64_t term, uint64_t index)
+    int nk_all_zero(const uint8_t *p, size_t n)
+
+cdef extern from "_platform.h" nogil:
+    const char *NK_PLATFORM
+    int nk_sync_data(int fd, void *addr, size_t length)
+    int nk_sync_full(int fd)
+    int nk_allocate(int fd, long off, long length)
+    int nk_lock_file(int fd)
+    int nk_page_size()

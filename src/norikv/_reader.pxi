@@ -1,0 +1,348 @@
+# Reading segments: bounded-memory pread chunks, never a whole segment at once.
+
+DEF _CHUNK = 1 << 20
+DEF _HEADER_MAX = 64          # longest possible record header is 51 bytes
+cdef enum:
+    SCAN_END = 100            # clean end: end of file or an all-zero tail
+
+
+cdef class _SegmentReader:
+    """Decodes records from one segment file through a reusable buffer."""
+
+    cdef int fd
+    cdef readonly object path
+    cdef uint64_t limit
+    cdef uint8_t *buf
+    cdef size_t cap
+    cdef uint64_t buf_off
+    cdef size_t buf_len
+    cdef readonly uint64_t pos          # offset of the next record (or of the bad one)
+    cdef readonly uint64_t rec_off      # offset of the record last returned
+    cdef readonly uint64_t nonzero_end  # after a failure: end of the last non-zero byte
+    cdef int check_crc
+
+    def __cinit__(self):
+        self.fd = -1
+        self.buf = NULL
+
+    def __dealloc__(self):
+        self.close()
+
+    cdef int open(self, object path, uint64_t start, int64_t limit, int check_crc) except -1:
+        cdef struct_stat st
+        cdef bytes bpath = os.fsencode(path)
+        self.path = path
+        self.fd = c_open(bpath, O_RDONLY | O_CLOEXEC)
+        if self.fd < 0:
+            raise io_error(errno, path, "open")
+        if fstat(self.fd, &st) != 0:
+            raise io_error(errno, path, "fstat")
+        self.limit = <uint64_t>st.st_size
+        if limit >= 0 and <uint64_t>limit < self.limit:
+            self.limit = <uint64_t>limit
+        self.pos = start
+        self.buf_off = start
+        self.buf_len = 0
+        self.check_crc = check_crc
+        return 0
+
+    cdef void close(self) noexcept:
+        if self.fd >= 0:
+            c_close(self.fd)
+            self.fd = -1
+        if self.buf != NULL:
+            free(self.buf)
+            self.buf = NULL
+            self.cap = 0
+
+    cdef int set_limit(self, uint64_t limit) except -1:
+        self.limit = limit
+        return 0
+
+    cdef int _fill(self, uint64_t need) except -1:
+        """Makes the buffer hold [pos, pos + max(need, chunk)) clipped to the limit."""
+        cdef uint64_t want = need if need > _CHUNK else _CHUNK
+        cdef uint64_t left = self.limit - self.pos
+        cdef size_t keep = 0
+        cdef ssize_t got
+        cdef uint8_t *nb
+        cdef int err = 0
+        if want > left:
+            want = left
+        if self.pos >= self.buf_off and self.pos < self.buf_off + self.buf_len:
+            keep = <size_t>(self.buf_off + self.buf_len - self.pos)
+            if keep >= want:
+                return 0
+        if want > self.cap:
+            nb = <uint8_t *>realloc(self.buf, <size_t>want)
+            if nb == NULL:
+                raise MemoryError()
+            self.buf = nb
+            self.cap = <size_t>want
+        if keep:
+            memmove(self.buf, self.buf + (self.pos - self.buf_off), keep)
+        self.buf_off = self.pos
+        self.buf_len = keep
+        with nogil:
+            while self.buf_len < want:
+                got = pread(self.fd, self.buf + self.buf_len, <size_t>(want - self.buf_len),
+                            <long>(self.buf_off + self.buf_len))
+                if got < 0:
+                    if errno == 4:   # EINTR
+                        continue
+                    err = errno
+                    break
+                if got == 0:
+                    break
+                self.buf_len += got
+        if err:
+            raise io_error(err, self.path, "read")
+        if self.buf_len < want:       # the file shrank under us
+            self.limit = self.buf_off + self.buf_len
+        return 0
+
+    cdef int _rest_is_zero(self, uint64_t start) except -1:
+        """Whether [start, limit) is all zero bytes; sets nonzero_end."""
+        cdef uint64_t off = start
+        cdef size_t n, i
+        cdef int zero = 1
+        self.nonzero_end = start
+        self.pos = start
+        while self.pos < self.limit:
+            self._fill(_CHUNK)
+            n = self.buf_len
+            if not nk_all_zero(self.buf, n):
+                zero = 0
+                i = n
+                while i > 0 and self.buf[i - 1] == 0:
+                    i -= 1
+                self.nonzero_end = self.buf_off + i
+            self.pos = self.buf_off + n
+            if n == 0:
+                break
+        self.pos = start
+        return zero
+
+    cdef int next(self, nk_rec *r) except -1:
+        """NK_OK (r points into the buffer until the next call), SCAN_END, or
+        the status of the bad record at self.pos."""
+        cdef uint64_t avail
+        cdef int st
+        while True:
+            if self.pos >= self.limit:
+                return SCAN_END
+            if self.pos < self.buf_off or self.pos > self.buf_off + self.buf_len:
+                self.buf_len = 0
+                self.buf_off = self.pos
+            avail = self.buf_off + self.buf_len - self.pos
+            if avail < _HEADER_MAX and self.pos + avail < self.limit:
+                self._fill(_HEADER_MAX)
+                continue
+            st = nk_decode(self.buf + (self.pos - self.buf_off), <size_t>avail, self.check_crc, r)
+            if st == NK_OK:
+                self.rec_off = self.pos
+                self.pos += r.size
+                return NK_OK
+            if st == NK_INCOMPLETE and self.pos + avail < self.limit and r.size <= self.limit - self.pos:
+                self._fill(r.size if r.size != UINT64_MAX else avail + _HEADER_MAX)
+                continue
+            if self._rest_is_zero(self.pos):
+                return SCAN_END
+            return st
+
+    cdef int resync(self) except -1:
+        """After a bad record at pos: moves pos to the next offset at which a
+        record decodes with a valid CRC (or to the limit). Returns 1 if found."""
+        cdef nk_rec r
+        cdef uint64_t cand = self.pos + 1
+        cdef int st
+        while cand < self.limit:
+            self.pos = cand
+            if cand < self.buf_off or cand + _HEADER_MAX > self.buf_off + self.buf_len:
+                self._fill(_HEADER_MAX)
+            st = nk_decode(self.buf + (cand - self.buf_off), <size_t>(self.buf_off + self.buf_len - cand), 1, &r)
+            if st == NK_INCOMPLETE and r.size != UINT64_MAX and r.size <= self.limit - cand \
+                    and cand + r.size > self.buf_off + self.buf_len:
+                self._fill(r.size)
+                st = nk_decode(self.buf + (cand - self.buf_off), <size_t>(self.buf_off + self.buf_len - cand), 1, &r)
+            if st == NK_OK:
+                self.pos = cand
+                return 1
+            cand += 1
+        self.pos = self.limit
+        return 0
+
+
+cdef class _Sink:
+    """Receives the records of a recovery scan, in log order (subclassed by KvStore)."""
+
+    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        return 0
+
+    cdef int end_segment(self) except -1:
+        return 0
+
+
+cdef class _RecordCollector(_Sink):
+    """A sink that keeps Records (used by tests and tools)."""
+    cdef public list records
+
+    def __init__(self):
+        self.records = []
+
+    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        self.records.append((_record_from_view(r), _pos(seg_id, offset)))
+        return 0
+
+
+def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bint skip_corrupt=False):
+    """Scans one segment, handing each valid record to ``sink``.
+
+    Returns a dict: ``records`` (count), ``end`` (offset of the clean end, or of
+    the first bad record), ``status`` (``None`` when clean, else a reason),
+    ``file_size``, ``nonzero_end`` (end of the last non-zero byte after a bad
+    record), ``batch_open`` (offset of an atomic batch left unterminated at the
+    end, or None), ``skipped`` (list of (start, end) byte ranges skipped when
+    ``skip_corrupt``)."""
+    cdef _SegmentReader rd = _SegmentReader()
+    cdef nk_rec r
+    cdef int st
+    cdef uint64_t count = 0
+    cdef int64_t batch_open = -1
+    cdef uint64_t batch_count = 0
+    cdef uint64_t bad_at
+    cdef list skipped = []
+    rd.open(path, 0, limit, 1)
+    try:
+        file_size = rd.limit
+        while True:
+            st = rd.next(&r)
+            if st == NK_OK:
+                count += 1
+                if r.flags & NK_FLAG_BATCH_CONT:
+                    if batch_open < 0:
+                        batch_open = rd.rec_off
+                        batch_count = 0
+                    batch_count += 1
+                else:
+                    batch_open = -1
+                if sink is not None:
+                    sink.on_record(&r, seg_id, rd.rec_off)
+                continue
+            if st == SCAN_END:
+                return dict(records=count, end=rd.pos, status=None, file_size=file_size,
+                            nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
+                            batch_records=batch_count, skipped=skipped)
+            if skip_corrupt:
+                bad_at = rd.pos
+                rd.resync()
+                skipped.append((bad_at, rd.pos))
+                if rd.pos >= rd.limit:
+                    return dict(records=count, end=bad_at, status=None, file_size=file_size,
+                                nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
+                                batch_records=batch_count, skipped=skipped)
+                continue
+            return dict(records=count, end=rd.pos, status=_status_text(st), file_size=file_size,
+                        nonzero_end=rd.nonzero_end, batch_open=None if batch_open < 0 else batch_open,
+                        batch_records=batch_count, skipped=skipped)
+    finally:
+        rd.close()
+        if sink is not None:
+            sink.end_segment()
+
+
+def copy_valid_records(src, dst):
+    """Writes every record of ``src`` that decodes with a valid CRC to ``dst``
+    (skipping damaged spans); returns the number of records copied."""
+    cdef _SegmentReader rd = _SegmentReader()
+    cdef nk_rec r
+    cdef int st
+    cdef uint64_t count = 0
+    rd.open(src, 0, -1, 1)
+    try:
+        with open(dst, "wb") as out:
+            while True:
+                st = rd.next(&r)
+                if st == NK_OK:
+                    out.write(PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size))
+                    count += 1
+                elif st == SCAN_END:
+                    break
+                elif not rd.resync():
+                    break
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        rd.close()
+    return count
+
+
+cdef class WalIterator:
+    """Iterates ``(Record, Position)`` over the segments of a Wal, in order."""
+
+    cdef _WalCore wal
+    cdef _SegmentReader rd
+    cdef uint64_t seg_id
+    cdef uint64_t _start_offset
+    cdef bint done
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef nk_rec r
+        cdef int st
+        cdef uint64_t seg
+        if self.done:
+            raise StopIteration
+        while True:
+            if self.rd is None:
+                if not self._open_next():
+                    self.done = True
+                    raise StopIteration
+            if self.seg_id == self.wal.seg_id and not self.wal.closed:
+                self.rd.set_limit(self.wal.seg_size)
+            st = self.rd.next(&r)
+            if st == NK_OK:
+                return (_record_from_view(&r), _pos(self.seg_id, self.rd.rec_off))
+            if st == SCAN_END:
+                if self.seg_id == self.wal.seg_id and not self.wal.closed \
+                        and self.rd.pos < self.wal.seg_size:
+                    continue
+                self.rd.close()
+                self.rd = None
+                seg = self.seg_id
+                self.seg_id = seg + 1
+                continue
+            raise CorruptionError(
+                f"{self.rd.path}: {_status_text(st)} at offset {self.rd.pos}",
+                os.fspath(self.rd.path), self.rd.pos, self.seg_id)
+
+    cdef bint _open_next(self):
+        """Opens the first segment with id >= self.seg_id; False at the end."""
+        cdef uint64_t start = 0
+        ids = [i for i in self.wal._segment_ids() if i >= self.seg_id]
+        if not ids:
+            return False
+        if ids[0] == self.seg_id:
+            start = self._start_offset
+        else:
+            start = 0
+        self.seg_id = ids[0]
+        self._start_offset = 0
+        self.rd = _SegmentReader()
+        self.rd.open(self.wal._segment_path(self.seg_id), start, -1, 1)
+        return True
+
+    def close(self):
+        """Releases the file held open by the iterator."""
+        if self.rd is not None:
+            self.rd.close()
+            self.rd = None
+        self.done = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

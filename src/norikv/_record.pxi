@@ -1,0 +1,293 @@
+# Record and Position: the values the Wal API hands out and takes in.
+
+cdef object _Compression = None
+
+cdef object _compression_enum():
+    global _Compression
+    if _Compression is None:
+        from norikv.compression import Compression
+        _Compression = Compression
+    return _Compression
+
+cdef object _compress_fn = None
+cdef object _decompress_fn = None
+
+cdef inline bytes _compress(uint32_t kind, bytes value):
+    global _compress_fn
+    if _compress_fn is None:
+        from norikv.compression import compress
+        _compress_fn = compress
+    return _compress_fn(kind, value)
+
+cdef inline bytes _decompress(uint32_t kind, bytes stored):
+    global _decompress_fn
+    if _decompress_fn is None:
+        from norikv.compression import decompress
+        _decompress_fn = decompress
+    return _decompress_fn(kind, stored)
+
+cdef inline uint64_t _u64(object v, str what) except? 0:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{what} must be an int, not {type(v).__name__}")
+    if v < 0 or v > 0xFFFFFFFFFFFFFFFF:
+        raise ValueError(f"{what} must be in 0..2**64-1, got {v}")
+    return <uint64_t>v
+
+
+cdef class Record:
+    """One WAL record: a put or a delete of ``key``, optionally with a TTL,
+    value compression and a (term, index) version.
+
+    Records are immutable; ``with_compression``/``with_version`` return a new
+    one. ``value`` is always the uncompressed value. Equality compares every
+    field."""
+
+    cdef readonly bytes key
+    cdef readonly bytes value
+    cdef readonly uint32_t flags
+    cdef uint64_t _ttl_ms
+    cdef uint64_t _term
+    cdef uint64_t _index
+
+    def __init__(self, key, value=b"", *, tombstone=False, ttl_ms=None,
+                 compression=None, version=None):
+        self.key = _as_bytes(key, "key")
+        self.value = _as_bytes(value, "value")
+        self.flags = 0
+        if tombstone:
+            if len(self.value):
+                raise ValueError("a delete record has no value")
+            self.flags |= NK_FLAG_TOMBSTONE
+        if ttl_ms is not None:
+            self._ttl_ms = _u64(ttl_ms, "ttl_ms")
+            self.flags |= NK_FLAG_TTL
+        self.flags |= (<uint32_t>int(_compression_enum().parse(compression))) << NK_COMP_SHIFT
+        if version is not None:
+            term, index = version
+            self._term = _u64(term, "term")
+            self._index = _u64(index, "index")
+            self.flags |= NK_FLAG_VERSION
+
+    @staticmethod
+    def put(key, value):
+        """A put of ``key`` = ``value``."""
+        cdef Record r = Record.__new__(Record)
+        r.key = _as_bytes(key, "key")
+        r.value = _as_bytes(value, "value")
+        return r
+
+    @staticmethod
+    def put_with_ttl(key, value, seconds):
+        """A put carrying ``ttl_ms`` = ``seconds`` * 1000 (relative, as nori-wal
+        writes it; KvStore writes absolute deadlines, see docs/FORMAT.md)."""
+        cdef Record r = Record.put(key, value)
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            raise TypeError("seconds must be a number")
+        if not seconds >= 0:
+            raise ValueError("seconds must be >= 0")
+        r._ttl_ms = _u64(int(round(seconds * 1000)), "ttl_ms")
+        r.flags |= NK_FLAG_TTL
+        return r
+
+    @staticmethod
+    def delete(key):
+        """A delete (tombstone) of ``key``."""
+        cdef Record r = Record.__new__(Record)
+        r.key = _as_bytes(key, "key")
+        r.value = b""
+        r.flags = NK_FLAG_TOMBSTONE
+        return r
+
+    cdef Record _copy(self):
+        cdef Record r = Record.__new__(Record)
+        r.key = self.key
+        r.value = self.value
+        r.flags = self.flags
+        r._ttl_ms = self._ttl_ms
+        r._term = self._term
+        r._index = self._index
+        return r
+
+    def with_compression(self, compression):
+        """This record with its value compressed as ``compression`` on disk."""
+        cdef Record r = self._copy()
+        cdef uint32_t kind = int(_compression_enum().parse(compression))
+        r.flags = (r.flags & ~(<uint32_t>NK_COMP_MASK)) | (kind << NK_COMP_SHIFT)
+        return r
+
+    def with_version(self, term, index):
+        """This record carrying the (term, index) version."""
+        cdef Record r = self._copy()
+        r._term = _u64(term, "term")
+        r._index = _u64(index, "index")
+        r.flags |= NK_FLAG_VERSION
+        return r
+
+    @property
+    def tombstone(self):
+        return bool(self.flags & NK_FLAG_TOMBSTONE)
+
+    @property
+    def ttl_ms(self):
+        return self._ttl_ms if self.flags & NK_FLAG_TTL else None
+
+    @property
+    def compression(self):
+        return _compression_enum()((self.flags & NK_COMP_MASK) >> NK_COMP_SHIFT)
+
+    @property
+    def version(self):
+        return (self._term, self._index) if self.flags & NK_FLAG_VERSION else None
+
+    cdef tuple _fields(self):
+        return (self.key, self.value, self.flags, self.ttl_ms, self.version)
+
+    def __eq__(self, other):
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._fields() == (<Record>other)._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        parts = [f"key={self.key!r}"]
+        if self.flags & NK_FLAG_TOMBSTONE:
+            parts.append("tombstone=True")
+        else:
+            v = self.value if len(self.value) <= 32 else self.value[:32] + b"..."
+            parts.append(f"value={v!r}")
+        if self.flags & NK_FLAG_TTL:
+            parts.append(f"ttl_ms={self._ttl_ms}")
+        if self.flags & NK_COMP_MASK:
+            parts.append(f"compression={self.compression.name}")
+        if self.flags & NK_FLAG_VERSION:
+            parts.append(f"version=({self._term}, {self._index})")
+        if self.flags & NK_FLAGS_RESERVED:
+            parts.append(f"flags=0x{self.flags:02x}")
+        return f"Record({', '.join(parts)})"
+
+    def __reduce__(self):
+        return (_record_from_fields, (self.key, self.value, self.flags, self._ttl_ms,
+                                      self._term, self._index))
+
+    cdef bytes _stored_value(self):
+        cdef uint32_t kind = (self.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+        if kind == 0 or (self.flags & NK_FLAG_TOMBSTONE):
+            return self.value
+        return _compress(kind, self.value)
+
+    def encode(self):
+        """The record's bytes exactly as they are written to a segment."""
+        cdef bytes stored = self._stored_value()
+        cdef uint32_t flags = self.flags
+        if flags & NK_FLAG_TOMBSTONE:
+            flags &= ~(<uint32_t>NK_COMP_MASK)
+        cdef size_t n = nk_encoded_len(len(self.key), len(stored), flags, self._ttl_ms,
+                                       self._term, self._index)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+        nk_encode(<uint8_t *>PyBytes_AS_STRING(out), <const uint8_t *>PyBytes_AS_STRING(self.key),
+                  len(self.key), <const uint8_t *>PyBytes_AS_STRING(stored), len(stored), flags,
+                  self._ttl_ms, self._term, self._index)
+        return out
+
+    @staticmethod
+    def decode(data, Py_ssize_t offset=0):
+        """Decodes the record at ``data[offset:]``; returns ``(record, size)``.
+
+        Raises CorruptionError when the bytes are incomplete, fail the CRC or
+        are malformed."""
+        cdef Py_buffer view
+        cdef nk_rec r
+        cdef int st
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if offset < 0 or offset > view.len:
+                raise ValueError("offset out of range")
+            st = nk_decode(<const uint8_t *>view.buf + offset, view.len - offset, 1, &r)
+            if st != NK_OK:
+                raise CorruptionError(f"record at offset {offset}: {_status_text(st)}",
+                                      None, offset, None)
+            return _record_from_view(&r), r.size
+        finally:
+            PyBuffer_Release(&view)
+
+
+def _record_from_fields(key, value, flags, ttl_ms, term, index):
+    cdef Record r = Record.__new__(Record)
+    r.key = key
+    r.value = value
+    r.flags = flags
+    r._ttl_ms = ttl_ms
+    r._term = term
+    r._index = index
+    return r
+
+
+cdef Record _record_from_view(const nk_rec *v):
+    cdef Record r = Record.__new__(Record)
+    cdef uint32_t kind = (v.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    r.key = PyBytes_FromStringAndSize(<const char *>v.key, v.klen)
+    r.value = PyBytes_FromStringAndSize(<const char *>v.value, v.vlen)
+    if kind and not (v.flags & NK_FLAG_TOMBSTONE):
+        r.value = _decompress(kind, r.value)
+    r.flags = v.flags
+    r._ttl_ms = v.ttl_ms
+    r._term = v.term
+    r._index = v.index
+    return r
+
+
+cdef str _status_text(int st):
+    if st == NK_INCOMPLETE:
+        return "incomplete record"
+    if st == NK_BAD_VARINT:
+        return "malformed varint (over 10 bytes or past 64 bits)"
+    if st == NK_BAD_COMPRESSION:
+        return "invalid compression bits (3)"
+    if st == NK_BAD_CRC:
+        return "CRC32C mismatch"
+    return f"status {st}"
+
+
+cdef class Position:
+    """Where a record starts: ``(segment_id, offset)``. Ordered, hashable and
+    unpackable like a tuple."""
+
+    cdef readonly uint64_t segment_id
+    cdef readonly uint64_t offset
+
+    def __init__(self, segment_id=0, offset=0):
+        self.segment_id = _u64(segment_id, "segment_id")
+        self.offset = _u64(offset, "offset")
+
+    def __iter__(self):
+        return iter((self.segment_id, self.offset))
+
+    def __richcmp__(self, other, int op):
+        if not isinstance(other, Position):
+            return NotImplemented
+        a = (self.segment_id, self.offset)
+        b = ((<Position>other).segment_id, (<Position>other).offset)
+        if op == 0: return a < b
+        if op == 1: return a <= b
+        if op == 2: return a == b
+        if op == 3: return a != b
+        if op == 4: return a > b
+        return a >= b
+
+    def __hash__(self):
+        return hash((self.segment_id, self.offset))
+
+    def __repr__(self):
+        return f"Position(segment_id={self.segment_id}, offset={self.offset})"
+
+    def __reduce__(self):
+        return (Position, (self.segment_id, self.offset))
+
+
+cdef inline Position _pos(uint64_t seg, uint64_t off):
+    cdef Position p = Position.__new__(Position)
+    p.segment_id = seg
+    p.offset = off
+    return p

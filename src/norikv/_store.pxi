@@ -1,0 +1,602 @@
+# Hot paths of KvStore: replay into a dict, put/get/delete, batches, snapshots.
+
+from heapq import heappush, heappop, heapify
+
+cdef extern from "Python.h":
+    PyObject *PyDict_GetItem(object d, object k)
+
+
+cdef class _StoreLoader(_Sink):
+    """Replays records into the dicts of a store: last write wins, tombstones
+    delete, atomic batches apply whole or not at all, expired puts delete."""
+
+    cdef dict data
+    cdef dict expiry
+    cdef list staged
+    cdef int64_t now_ms
+    cdef int64_t open_ms
+    cdef readonly uint64_t records
+    cdef readonly uint64_t live_bytes
+    cdef readonly uint64_t relative_ttls
+
+    def __init__(self, dict data, dict expiry, int64_t open_ms):
+        self.data = data
+        self.expiry = expiry
+        self.staged = []
+        self.open_ms = open_ms
+        self.now_ms = _now_ms()
+
+    cdef int _apply(self, bytes key, object value, int64_t deadline) except -1:
+        cdef PyObject *old = PyDict_GetItem(self.data, key)
+        if old != NULL:
+            self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
+        if value is None or (deadline >= 0 and deadline <= self.now_ms):
+            if old != NULL:
+                del self.data[key]
+            if len(self.expiry):
+                self.expiry.pop(key, None)
+            return 0
+        self.data[key] = value
+        self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
+        if deadline >= 0:
+            self.expiry[key] = deadline
+        elif len(self.expiry):
+            self.expiry.pop(key, None)
+        return 0
+
+    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        cdef bytes key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
+        cdef object value = None
+        cdef int64_t deadline = -1
+        cdef uint32_t kind
+        self.records += 1
+        if not (r.flags & NK_FLAG_TOMBSTONE):
+            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
+            kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+            if kind:
+                value = _decompress(kind, value)
+            if r.flags & NK_FLAG_TTL:
+                if r.flags & NK_FLAG_TTL_ABS:
+                    deadline = <int64_t>r.ttl_ms
+                else:
+                    # A relative TTL written by another nori-wal user counts
+                    # from the open that replays it (docs/FORMAT.md).
+                    deadline = self.open_ms + <int64_t>r.ttl_ms
+                    self.relative_ttls += 1
+        if r.flags & NK_FLAG_BATCH_CONT:
+            self.staged.append((key, value, deadline))
+            return 0
+        if self.staged:
+            for k, v, d in self.staged:
+                self._apply(k, v, d)
+            self.staged.clear()
+        self._apply(key, value, deadline)
+        return 0
+
+    cdef int end_segment(self) except -1:
+        # Batches never span segments; one left open here was never completed.
+        self.staged.clear()
+        return 0
+
+
+cdef class _StoreCore:
+    """The in-memory map and the write path. Subclassed by norikv.KvStore."""
+
+    cdef _WalCore _wal
+    cdef dict _data
+    cdef dict _expiry            # key -> absolute deadline (Unix ms), only for TTL keys
+    cdef list _heap              # (deadline, key) entries, possibly stale
+    cdef dict _pending           # range index delta: key -> True (added) / False (removed)
+    cdef bint _indexed           # whether a range index exists (then _pending is kept)
+    cdef readonly uint64_t live_bytes
+    cdef readonly Py_ssize_t max_keys
+    cdef readonly uint64_t max_bytes
+    cdef uint32_t _compression
+    cdef readonly Py_ssize_t compress_min_size
+    cdef bint _closed
+    cdef uint64_t _next_check
+    cdef readonly double compact_dead_ratio
+    cdef readonly uint64_t compact_min_bytes
+    cdef object _compact_trigger
+
+    def _init_core(self, _WalCore wal, dict data, dict expiry, uint64_t live_bytes,
+                   Py_ssize_t max_keys, uint64_t max_bytes, int compression,
+                   Py_ssize_t compress_min_size, double compact_dead_ratio,
+                   uint64_t compact_min_bytes, compact_trigger):
+        self._wal = wal
+        self._data = data
+        self._expiry = expiry
+        self._heap = [(d, k) for k, d in expiry.items()]
+        heapify(self._heap)
+        self._pending = {}
+        self._indexed = False
+        self.live_bytes = live_bytes
+        self.max_keys = max_keys
+        self.max_bytes = max_bytes
+        self._compression = compression
+        self.compress_min_size = compress_min_size
+        self.compact_dead_ratio = compact_dead_ratio
+        self.compact_min_bytes = compact_min_bytes
+        self._compact_trigger = compact_trigger
+        self._next_check = 0
+        self._closed = False
+
+    cdef inline int _check_open(self) except -1:
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        return 0
+
+    # ------------------------------------------------------------ reads
+
+    cdef inline bint _expired(self, object key) except -1:
+        cdef PyObject *d = PyDict_GetItem(self._expiry, key)
+        return d != NULL and <int64_t>(<object>d) <= _now_ms()
+
+    def get(self, key, default=None):
+        """The value of ``key``, or ``default``. Served from memory."""
+        cdef PyObject *v
+        if not PyBytes_CheckExact(key):
+            key = _as_bytes(key, "key")
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        v = PyDict_GetItem(self._data, key)
+        if v == NULL:
+            return default
+        if PyDict_Size(self._expiry) and self._expired(key):
+            return default
+        return <object>v
+
+    def __getitem__(self, key):
+        cdef PyObject *v
+        if not PyBytes_CheckExact(key):
+            key = _as_bytes(key, "key")
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        v = PyDict_GetItem(self._data, key)
+        if v == NULL or (PyDict_Size(self._expiry) and self._expired(key)):
+            raise KeyError(key)
+        return <object>v
+
+    def __contains__(self, key):
+        if not PyBytes_CheckExact(key):
+            key = _as_bytes(key, "key")
+        self._check_open()
+        return PyDict_GetItem(self._data, key) != NULL and not (
+            PyDict_Size(self._expiry) and self._expired(key))
+
+    def __len__(self):
+        self._check_open()
+        self._purge_expired()
+        return len(self._data)
+
+    # ------------------------------------------------------------ writes
+
+    cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags):
+        """The stored form of value (compressed when that is smaller)."""
+        cdef uint32_t kind = self._compression
+        cdef bytes c
+        if compression is not None:
+            kind = int(_compression_enum().parse(compression))
+        if kind and PyBytes_GET_SIZE(value) >= self.compress_min_size:
+            c = _compress(kind, value)
+            if PyBytes_GET_SIZE(c) < PyBytes_GET_SIZE(value):
+                flags[0] |= kind << NK_COMP_SHIFT
+                return c
+        return value
+
+    cdef int _room_for(self, bytes key, PyObject *old, Py_ssize_t vlen, bint may_purge) except -1:
+        """Raises StoreFullError when the put would exceed the limits. With
+        may_purge, expired keys are dropped first (which invalidates `old`)."""
+        cdef int64_t delta
+        if may_purge and self._heap and self._over_limit(key, old, vlen):
+            self._purge_expired()
+            old = PyDict_GetItem(self._data, key)
+        if old == NULL and self.max_keys and PyDict_Size(self._data) >= self.max_keys:
+            raise StoreFullError(f"the store holds max_keys={self.max_keys} keys")
+        if self.max_bytes:
+            delta = vlen + (PyBytes_GET_SIZE(key) if old == NULL else -PyBytes_GET_SIZE(<object>old))
+            if <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
+                raise StoreFullError(f"the put would exceed max_bytes={self.max_bytes}")
+        return 0
+
+    cdef bint _over_limit(self, bytes key, PyObject *old, Py_ssize_t vlen):
+        cdef int64_t delta
+        if old == NULL and self.max_keys and PyDict_Size(self._data) >= self.max_keys:
+            return True
+        if self.max_bytes:
+            delta = vlen + (PyBytes_GET_SIZE(key) if old == NULL else -PyBytes_GET_SIZE(<object>old))
+            return <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes
+        return False
+
+    cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1:
+        if old == NULL:
+            self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
+            if self._indexed:
+                self._index_add(key)
+        else:
+            self.live_bytes += PyBytes_GET_SIZE(value)
+            self.live_bytes -= PyBytes_GET_SIZE(<object>old)
+        PyDict_SetItem(self._data, key, value)
+        if deadline >= 0:
+            self._expiry[key] = deadline
+            heappush(self._heap, (deadline, key))
+        elif PyDict_Size(self._expiry):
+            self._expiry.pop(key, None)
+        return 0
+
+    cdef inline int _unset(self, bytes key, object old) except -1:
+        self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(old)
+        PyDict_DelItem(self._data, key)
+        if PyDict_Size(self._expiry):
+            self._expiry.pop(key, None)
+        if self._indexed:
+            self._index_remove(key)
+        return 0
+
+    cdef inline int _after_write(self) except -1:
+        self._wal._after_append()
+        if self._wal.written_total >= self._next_check:
+            self._maybe_compact()
+        return 0
+
+    def put(self, key, value, *, ttl=None, compression=None):
+        """Stores ``key`` = ``value``: written to the WAL first, then to memory.
+
+        ``ttl`` (seconds) makes the key expire that long after this call, also
+        across restarts. ``compression`` overrides the store's setting for this
+        value. Durability follows the store's fsync policy."""
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        cdef bytes v = <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value")
+        cdef bytes stored = v
+        cdef uint32_t flags = 0
+        cdef int64_t deadline = -1
+        cdef PyObject *old
+        cdef uint64_t n
+        cdef uint8_t *p
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        if ttl is not None:
+            deadline = _deadline(ttl)
+            flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
+        if self._compression or compression is not None:
+            stored = self._encode_value(v, compression, &flags)
+        if self.max_keys or self.max_bytes:
+            self._room_for(k, PyDict_GetItem(self._data, k), PyBytes_GET_SIZE(v), True)
+        n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, <uint64_t>deadline, 0, 0)
+        p = self._wal._reserve(n)
+        # From here to _commit nothing releases the GIL or runs Python code, so
+        # the log and the map change together. `old` is read only now because
+        # _reserve may have let other threads run.
+        old = PyDict_GetItem(self._data, k)
+        if self.max_keys or self.max_bytes:
+            self._room_for(k, old, PyBytes_GET_SIZE(v), False)
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                  <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
+                  flags, <uint64_t>deadline, 0, 0)
+        self._wal._commit(n)
+        self._set(k, v, old, deadline)
+        self._after_write()
+
+    def __setitem__(self, key, value):
+        if value is None:
+            raise TypeError("value must be bytes, bytearray or memoryview, not None")
+        self.put(key, value)
+
+    def delete(self, key):
+        """Deletes ``key``; returns whether it was present. Deleting an absent
+        key writes nothing."""
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        cdef PyObject *old
+        cdef uint64_t n
+        cdef uint8_t *p
+        self._check_open()
+        old = PyDict_GetItem(self._data, k)
+        if old == NULL:
+            return False
+        if PyDict_Size(self._expiry) and self._expired(k):
+            self._unset(k, <object>old)        # expired: its record already says so
+            return False
+        n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
+        p = self._wal._reserve(n)
+        old = PyDict_GetItem(self._data, k)    # other threads may have run in _reserve
+        if old == NULL:
+            return False
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
+                  NK_FLAG_TOMBSTONE, 0, 0, 0)
+        self._wal._commit(n)
+        self._unset(k, <object>old)
+        self._after_write()
+        return True
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def _apply_batch(self, list ops):
+        """Writes ops [(key, value or None, deadline, compression)] as one atomic
+        batch (one contiguous span, continuation flags on all records but the
+        last) and applies them to memory; all or nothing."""
+        cdef list recs = []
+        cdef bytes k, v, stored
+        cdef uint32_t flags
+        cdef int64_t deadline
+        cdef uint64_t total = 0, off = 0
+        cdef Py_ssize_t i, n
+        cdef uint8_t *p
+        cdef PyObject *cur
+        self._check_open()
+        self._purge_expired()
+        for k, v, deadline, compression in ops:
+            if v is None:
+                recs.append((k, b"", NK_FLAG_TOMBSTONE, 0))
+                continue
+            flags = 0
+            stored = v
+            if deadline >= 0:
+                flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
+            if self._compression or compression is not None:
+                stored = self._encode_value(v, compression, &flags)
+            recs.append((k, stored, flags, deadline if deadline >= 0 else 0))
+        n = len(recs)
+        for i in range(n):
+            k, stored, flags, deadline = recs[i]
+            if i + 1 < n:
+                flags |= NK_FLAG_BATCH_CONT
+                recs[i] = (k, stored, flags, deadline)
+            total += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags,
+                                    <uint64_t>deadline, 0, 0)
+        self._check_batch_limits(ops)
+        p = self._wal._reserve(total)
+        self._check_batch_limits(ops)       # other threads may have run in _reserve
+        for i in range(n):
+            k, stored, flags, deadline = recs[i]
+            off += nk_encode(p + off, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                             <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
+                             flags, <uint64_t>deadline, 0, 0)
+        self._wal._commit(total)
+        for k, v, deadline, compression in ops:
+            cur = PyDict_GetItem(self._data, k)
+            if v is None:
+                if cur != NULL:
+                    self._unset(k, <object>cur)
+            else:
+                self._set(k, v, cur, deadline)
+        self._after_write()
+        return n
+
+    cdef int _check_batch_limits(self, list ops) except -1:
+        cdef dict final = {}
+        cdef Py_ssize_t new_keys = 0
+        cdef int64_t delta = 0
+        cdef PyObject *cur
+        if not (self.max_keys or self.max_bytes):
+            return 0
+        for k, v, deadline, compression in ops:
+            final[k] = v
+        for k, v in final.items():
+            cur = PyDict_GetItem(self._data, k)
+            if cur == NULL and v is not None:
+                new_keys += 1
+                delta += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v)
+            elif cur != NULL and v is None:
+                new_keys -= 1
+                delta -= PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(<object>cur)
+            elif cur != NULL:
+                delta += PyBytes_GET_SIZE(v) - PyBytes_GET_SIZE(<object>cur)
+        if self.max_keys and new_keys > 0 and PyDict_Size(self._data) + new_keys > self.max_keys:
+            raise StoreFullError(f"the batch would exceed max_keys={self.max_keys}")
+        if self.max_bytes and delta > 0 and <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
+            raise StoreFullError(f"the batch would exceed max_bytes={self.max_bytes}")
+        return 0
+
+    # ------------------------------------------------------------ TTL
+
+    def _purge_expired(self):
+        """Drops keys whose deadline has passed (their records already say so)."""
+        cdef int64_t now
+        cdef PyObject *cur
+        if not self._heap:
+            return 0
+        now = _now_ms()
+        n = 0
+        while self._heap and <int64_t>self._heap[0][0] <= now:
+            deadline, key = heappop(self._heap)
+            cur = PyDict_GetItem(self._expiry, key)
+            if cur != NULL and <int64_t>(<object>cur) == <int64_t>deadline:
+                self._unset(key, self._data[key])
+                n += 1
+        if len(self._heap) > 2 * len(self._expiry) + 1024:
+            self._heap = [(d, k) for k, d in self._expiry.items()]
+            heapify(self._heap)
+        return n
+
+    def _deadline_of(self, bytes key):
+        return self._expiry.get(key)
+
+    # ------------------------------------------------------------ range index
+
+    cdef inline int _index_add(self, bytes key) except -1:
+        if self._pending.get(key) is False:
+            del self._pending[key]
+        else:
+            self._pending[key] = True
+        return 0
+
+    cdef inline int _index_remove(self, bytes key) except -1:
+        if self._pending.get(key) is True:
+            del self._pending[key]
+        else:
+            self._pending[key] = False
+        return 0
+
+    def _take_index_delta(self, bint start=False):
+        """Returns the keys added and removed since the last call (or, with
+        start=True, begins tracking and returns every key as added)."""
+        if start or not self._indexed:
+            self._indexed = True
+            self._pending = {}
+            return list(self._data), []
+        delta = self._pending
+        self._pending = {}
+        added = [k for k, v in delta.items() if v]
+        removed = [k for k, v in delta.items() if not v]
+        return added, removed
+
+    # ------------------------------------------------------------ compaction
+
+    def _maybe_compact(self):
+        cdef uint64_t log_bytes = self._wal_bytes()
+        self._next_check = self._wal.written_total + max(1 << 20, log_bytes // 16)
+        if self._compact_trigger is None or log_bytes < self.compact_min_bytes:
+            return
+        if self.dead_ratio(log_bytes) >= self.compact_dead_ratio:
+            self._compact_trigger()
+
+    def _wal_bytes(self):
+        return sum(self._wal._segment_sizes().values())
+
+    def dead_ratio(self, log_bytes=None):
+        """Share of the WAL's bytes that no longer hold live data (an estimate
+        from uncompressed sizes plus per-record overhead)."""
+        if log_bytes is None:
+            log_bytes = self._wal_bytes()
+        if not log_bytes:
+            return 0.0
+        live = self.live_bytes + 8 * len(self._data)
+        return max(0.0, 1.0 - live / log_bytes)
+
+    def _freeze(self):
+        """Compaction step 1, atomic with respect to every write: copies the live
+        map and seals the log so that later writes land in segments numbered
+        after room reserved for the snapshot. Returns (data, expiry, first id,
+        reserved ids)."""
+        cdef uint64_t bound = 0
+        cdef uint64_t gap
+        self._check_open()
+        self._wal._begin_exclusive()
+        try:
+            self._purge_expired()
+            data = self._data.copy()
+            expiry = self._expiry.copy()
+            for k, v in data.items():
+                bound += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(v), NK_FLAG_TTL,
+                                        UINT64_MAX, 0, 0)
+            gap = bound // self._wal.max_segment_size + 2
+            first, active = self._wal._seal_and_skip_locked(gap)
+        finally:
+            self._wal._end_exclusive()
+        return data, expiry, first, gap
+
+    # ------------------------------------------------------------ small accessors
+
+    def _data_view(self):
+        return self._data
+
+    def _store_compression(self):
+        return self._compression
+
+    def _ttl_count(self):
+        return len(self._expiry)
+
+    def _is_closed(self):
+        return self._closed
+
+    def _mark_closed(self):
+        self._closed = True
+
+def _deadline(ttl):
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not ttl > 0:
+        raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
+    return _now_ms() + <int64_t>(ttl * 1000.0 + 0.999999)
+
+
+def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
+                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size):
+    """Writes the live map as segment files named ``<id>.wal.compact-tmp``,
+    fsynced, for ids first_id .. first_id+ids-1 (the last takes any overflow).
+    Returns [(tmp path, id, size)]. Expired keys are left out."""
+    cdef uint64_t seg = first_id
+    cdef uint64_t size = 0
+    cdef int64_t now = _now_ms()
+    cdef uint32_t flags
+    cdef uint64_t deadline
+    cdef bytes k, v, stored
+    cdef size_t n, used = 0, cap = 4 << 20
+    cdef uint8_t *buf = <uint8_t *>malloc(cap)
+    cdef uint8_t *nb
+    cdef list out = []
+    cdef object f = None
+    cdef str path = ""
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        for k, v in data.items():
+            d = expiry.get(k)
+            flags = 0
+            deadline = 0
+            if d is not None:
+                if <int64_t>d <= now:
+                    continue
+                deadline = <uint64_t>d
+                flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
+            stored = v
+            if compression and PyBytes_GET_SIZE(v) >= compress_min_size:
+                c = _compress(compression, v)
+                if len(c) < len(v):
+                    stored = c
+                    flags |= (<uint32_t>compression) << NK_COMP_SHIFT
+            n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, deadline, 0, 0)
+            if f is not None and size > 0 and size + n > max_segment_size and seg + 1 < first_id + ids:
+                _write_all(f, buf, used)
+                used = 0
+                _seal_tmp(f)
+                out.append((path, seg, size))
+                f = None
+                seg += 1
+                size = 0
+            if f is None:
+                path = os.path.join(dirpath, segment_name(seg) + ".compact-tmp")
+                f = open(path, "wb")
+            if used + n > cap:
+                _write_all(f, buf, used)
+                used = 0
+                if n > cap:
+                    nb = <uint8_t *>realloc(buf, n)
+                    if nb == NULL:
+                        raise MemoryError()
+                    buf = nb
+                    cap = n
+            used += nk_encode(buf + used, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                              <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
+                              flags, deadline, 0, 0)
+            size += n
+        if f is not None:
+            _write_all(f, buf, used)
+            _seal_tmp(f)
+            out.append((path, seg, size))
+            f = None
+    finally:
+        free(buf)
+        if f is not None:
+            f.close()
+    return out
+
+
+cdef int _write_all(object f, const uint8_t *buf, size_t n) except -1:
+    if n:
+        f.write(PyBytes_FromStringAndSize(<const char *>buf, n))
+    return 0
+
+
+def _seal_tmp(f):
+    cdef int err
+    cdef int fd
+    f.flush()
+    fd = f.fileno()
+    with nogil:
+        err = nk_sync_data(fd, NULL, 0)
+    f.close()
+    if err:
+        raise io_error(err, f.name, "fsync")

@@ -1,0 +1,627 @@
+# The write side of the Wal: one mapped, preallocated active segment.
+#
+# Appends copy the encoded record into a MAP_SHARED mapping of the active
+# segment: once memcpy returns the bytes are in the kernel's page cache and
+# survive the death of the process, with no system call per record.  Disk
+# blocks are reserved with fallocate before any byte is stored through the
+# mapping, so a full disk is an ENOSPC from fallocate, never a SIGBUS.
+#
+# Threads: every append runs with the GIL held from reserve to commit, so
+# appends are atomic with respect to each other.  Work that releases the GIL
+# (fsync, rotation, growth) holds io_lock; rotation and growth also set `busy`
+# so that appends in other threads take the slow path and wait for io_lock.
+
+cdef enum:
+    POLICY_OS = 0
+    POLICY_ALWAYS = 1
+    POLICY_BATCH = 2
+
+DEF _GROW_STEP = 1 << 20
+
+cdef set _open_dirs = set()      # (st_dev, st_ino) of directories open in this process
+
+
+cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
+    return (n + step - 1) // step * step
+
+
+def segment_name(uint64_t seg_id):
+    """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal."""
+    return f"{seg_id:06d}.wal"
+
+
+def list_segments(path):
+    """Sorted ids of the segment files in a directory (other names are ignored)."""
+    ids = []
+    for name in os.listdir(path):
+        if name.endswith(".wal"):
+            stem = name[:len(name) - 4]
+            if stem and stem.isascii() and stem.isdigit() and len(stem) >= 6:
+                ids.append(int(stem))
+    ids.sort()
+    return ids
+
+
+cdef class _WalCore:
+    cdef readonly object dir
+    cdef int dir_fd
+    cdef int lock_fd
+    cdef object dir_key
+    cdef readonly uint64_t max_segment_size
+    cdef readonly int policy
+    cdef readonly double window
+    cdef readonly bint preallocate
+    # active segment
+    cdef readonly uint64_t seg_id
+    cdef int seg_fd
+    cdef uint8_t *map
+    cdef size_t map_len
+    cdef uint64_t alloc
+    cdef readonly uint64_t seg_size
+    cdef uint64_t next_seg_id
+    cdef dict seg_sizes              # finalized segments: id -> bytes
+    # accounting
+    cdef readonly uint64_t written_total
+    cdef readonly uint64_t synced_total
+    cdef readonly uint64_t fsync_count
+    cdef readonly double fsync_seconds
+    cdef readonly double fsync_max
+    # state
+    cdef int busy
+    cdef readonly bint closed
+    cdef object failed
+    cdef unsigned long fork_gen
+    cdef PyThread_type_lock io_lock
+    cdef readonly bint dirty
+    cdef readonly double dirty_since
+    cdef object wake
+    cdef bint wake_pending
+
+    def __cinit__(self):
+        self.dir_fd = -1
+        self.lock_fd = -1
+        self.seg_fd = -1
+        self.map = NULL
+        self.closed = True
+        self.seg_sizes = {}
+        self.io_lock = PyThread_allocate_lock()
+        if self.io_lock == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        # Dropped without close(): release resources, leave the files as a
+        # crash would (the zero tail is a clean end for recovery).
+        self._release(False)
+        if self.io_lock != NULL:
+            PyThread_free_lock(self.io_lock)
+
+    # ------------------------------------------------------------ locking
+
+    cdef inline void _lock_io(self):
+        if not PyThread_acquire_lock(self.io_lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.io_lock, WAIT_LOCK)
+
+    cdef inline void _unlock_io(self) noexcept:
+        PyThread_release_lock(self.io_lock)
+
+    cdef int _check_usable(self) except -1:
+        if self.closed:
+            raise ClosedError("the Wal is closed")
+        if self.fork_gen != _fork_generation:
+            raise NoriIOError(1, "this Wal was opened by the parent process; a forked child must "
+                              "open its own", self.dir)
+        if self.failed is not None:
+            raise WalFailedError(self.failed.errno, "the Wal failed earlier and refuses writes "
+                                 f"until reopened ({self.failed.strerror})", self.failed.filename)
+        return 0
+
+    cdef int _poison(self, int err, object path, str what) except -1:
+        exc = io_error(err, path, what, WalFailedError)
+        self.failed = exc
+        raise exc
+
+    # ------------------------------------------------------------ open
+
+    def _open(self, path, uint64_t max_segment_size, int policy, double window, bint preallocate):
+        """Takes the directory lock. Recovery is driven by norikv.wal."""
+        cdef struct_stat st
+        cdef bytes bdir
+        os.makedirs(path, exist_ok=True)
+        self.dir = os.fspath(path)
+        self.max_segment_size = max_segment_size
+        self.policy = policy
+        self.window = window
+        self.preallocate = preallocate
+        bdir = os.fsencode(self.dir)
+        self.dir_fd = c_open(bdir, O_RDONLY | O_CLOEXEC)
+        if self.dir_fd < 0:
+            raise io_error(errno, self.dir, "open directory")
+        fstat(self.dir_fd, &st)
+        key = (st.st_dev, st.st_ino)
+        if key in _open_dirs:
+            self._release(False)
+            raise LockError(11, "the directory is already open in this process", self.dir)
+        lock_path = os.path.join(self.dir, "LOCK")
+        self.lock_fd = c_open(os.fsencode(lock_path), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        if self.lock_fd < 0:
+            err = errno
+            self._release(False)
+            raise io_error(err, lock_path, "open lock file")
+        err = nk_lock_file(self.lock_fd)
+        if err:
+            self._release(False)
+            if err in (11, 35):   # EWOULDBLOCK on Linux / macOS
+                raise LockError(err, "the directory is locked by another process", self.dir)
+            raise io_error(err, lock_path, "flock")
+        _open_dirs.add(key)
+        self.dir_key = key
+        self.fork_gen = _fork_generation
+        self.closed = False
+        self.busy = 0
+        return None
+
+    def _segment_path(self, uint64_t seg_id):
+        return os.path.join(self.dir, segment_name(seg_id))
+
+    def _segment_ids(self):
+        ids = sorted(self.seg_sizes)
+        if self.seg_fd >= 0:
+            ids.append(self.seg_id)
+        return ids
+
+    def _segment_sizes(self):
+        """{segment id: bytes} including the active segment's logical size."""
+        out = dict(self.seg_sizes)
+        if self.seg_fd >= 0:
+            out[self.seg_id] = self.seg_size
+        return out
+
+    def _start(self, dict finalized, object last_id, uint64_t last_size):
+        """Makes the Wal writable after recovery: appends continue at
+        ``last_size`` in segment ``last_id`` (None: create segment 0)."""
+        self.seg_sizes = dict(finalized)
+        self.written_total = sum(finalized.values()) + last_size
+        self.synced_total = self.written_total
+        if last_id is None:
+            self.next_seg_id = 0
+            self._lock_io()
+            try:
+                self._create_segment(0)
+            finally:
+                self._unlock_io()
+        else:
+            self._open_active(last_id, last_size)
+
+    cdef int _map_active(self, size_t want) except -1:
+        cdef void *m
+        cdef size_t page = nk_page_size()
+        want = <size_t>_round_up(want if want > self.max_segment_size else self.max_segment_size, page)
+        m = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, self.seg_fd, 0)
+        if m == MAP_FAILED:
+            raise io_error(errno, self._segment_path(self.seg_id), "mmap")
+        self.map = <uint8_t *>m
+        self.map_len = want
+        return 0
+
+    cdef int _open_active(self, uint64_t seg_id, uint64_t size) except -1:
+        cdef struct_stat st
+        path = self._segment_path(seg_id)
+        fd = c_open(os.fsencode(path), O_RDWR | O_CLOEXEC)
+        if fd < 0:
+            raise io_error(errno, path, "open")
+        fstat(fd, &st)
+        self.seg_fd = fd
+        self.seg_id = seg_id
+        self.next_seg_id = seg_id + 1
+        self.seg_size = size
+        self.alloc = <uint64_t>st.st_size
+        self._map_active(self.alloc)
+        return 0
+
+    # ------------------------------------------------------------ segments
+
+    cdef int _allocate(self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1:
+        """Reserves [start, want) of fd, falling back to [start, need) when the
+        disk cannot hold the preferred size. Sets self.alloc. GIL released."""
+        cdef int err
+        cdef long s = start
+        cdef long w = want - start
+        cdef long n = need - start
+        with nogil:
+            err = nk_allocate(fd, s, w)
+            if err == 28 and n < w:      # ENOSPC: take only what this append needs
+                err = nk_allocate(fd, s, n)
+                if err == 0:
+                    w = n
+        if err:
+            raise io_error(err, path, "allocate")
+        self.alloc = start + w
+        return 0
+
+    cdef int _create_segment(self, uint64_t need) except -1:
+        """Creates segment next_seg_id sized for at least `need` bytes and makes it
+        active. The caller holds io_lock; the previous segment is already closed."""
+        cdef uint64_t seg_id = self.next_seg_id
+        cdef uint64_t page = nk_page_size()
+        cdef uint64_t want, needr
+        cdef int err
+        path = self._segment_path(seg_id)
+        fd = c_open(os.fsencode(path), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0:
+            raise io_error(errno, path, "create segment")
+        needr = _round_up(need if need > 0 else 1, page)
+        want = self.max_segment_size if self.preallocate else _GROW_STEP
+        if want < needr:
+            want = needr
+        try:
+            self._allocate(fd, 0, want, needr, path)
+            self.seg_fd = fd
+            self.seg_id = seg_id
+            self.seg_size = 0
+            self.busy = 1
+            try:
+                self._map_active(self.alloc)
+            finally:
+                self.busy = 0
+        except BaseException:
+            c_close(fd)
+            self.seg_fd = -1
+            unlink(os.fsencode(path))
+            raise
+        self.next_seg_id = seg_id + 1
+        with nogil:
+            err = nk_sync_full(self.dir_fd)
+        if err:
+            self._poison(err, self.dir, "fsync directory")
+        return 0
+
+    cdef int _finalize_active(self) except -1:
+        """fsyncs the active segment, truncates it to its logical size, closes it.
+        The caller holds io_lock."""
+        cdef int err = 0
+        cdef int fd = self.seg_fd
+        cdef uint64_t size = self.seg_size
+        cdef double t0
+        if fd < 0:
+            return 0
+        with nogil:
+            t0 = _now_monotonic()
+            err = nk_sync_data(fd, self.map, size)
+            if err == 0 and ftruncate(fd, <long>size) != 0:
+                err = errno
+            if err == 0:
+                err = nk_sync_data(fd, NULL, 0)
+        if err:
+            self._poison(err, self._segment_path(self.seg_id), "finalize segment")
+        self._count_fsync(_now_monotonic() - t0)
+        munmap(self.map, self.map_len)
+        self.map = NULL
+        self.map_len = 0
+        c_close(fd)
+        self.seg_fd = -1
+        self.seg_sizes[self.seg_id] = size
+        self.synced_total = self.written_total
+        return 0
+
+    cdef void _count_fsync(self, double dt) noexcept:
+        self.fsync_count += 1
+        self.fsync_seconds += dt
+        if dt > self.fsync_max:
+            self.fsync_max = dt
+
+    cdef int _rotate(self, uint64_t need) except -1:
+        """Seals the active segment and starts the next. Holds io_lock."""
+        self.busy = 1
+        try:
+            self._finalize_active()
+            self._create_segment(need)
+        finally:
+            self.busy = 0
+        return 0
+
+    cdef int _grow(self, uint64_t end) except -1:
+        cdef uint64_t page = nk_page_size()
+        cdef uint64_t want = _round_up(end, _GROW_STEP)
+        cdef uint64_t need = _round_up(end, page)
+        self.busy = 1
+        try:
+            self._allocate(self.seg_fd, self.alloc, want, need, self._segment_path(self.seg_id))
+            if self.alloc > self.map_len:
+                munmap(self.map, self.map_len)
+                self.map = NULL
+                self._map_active(self.alloc)
+        finally:
+            self.busy = 0
+        return 0
+
+    # ------------------------------------------------------------ append
+
+    cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:
+        """Room for n bytes at the end of the log. The GIL must stay held until
+        _commit(n): nothing that can run Python code may come in between."""
+        if (self.busy == 0 and self.fork_gen == _fork_generation and self.failed is None
+                and not self.closed and self.seg_size + n <= self.alloc
+                and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
+            return self.map + self.seg_size
+        return self._reserve_slow(n)
+
+    cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
+        self._check_usable()
+        self._lock_io()
+        try:
+            self._check_usable()
+            if self.seg_fd < 0:
+                self._create_segment(n)
+            elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
+                self._rotate(n)
+            if self.seg_size + n > self.alloc:
+                self._grow(self.seg_size + n)
+        finally:
+            self._unlock_io()
+        return self.map + self.seg_size
+
+    cdef inline int _commit(self, uint64_t n) except -1:
+        """Publishes n reserved bytes. Runs no Python code, so a caller can keep
+        its in-memory update atomic with the append."""
+        self.seg_size += n
+        self.written_total += n
+        if self.policy == POLICY_BATCH and not self.dirty:
+            self.dirty = True
+            self.dirty_since = _now_monotonic()
+            self.wake_pending = True
+        return 0
+
+    cdef inline int _after_append(self) except -1:
+        """Work that may run Python code or release the GIL: waking the
+        flusher (batch policy) and the fsync of the ALWAYS policy."""
+        if self.wake_pending:
+            self.wake_pending = False
+            if self.wake is not None:
+                self.wake()
+        if self.policy == POLICY_ALWAYS:
+            self.sync()
+        return 0
+
+    def _set_waker(self, wake):
+        self.wake = wake
+
+    def append(self, Record record not None):
+        """Appends one record; returns its Position. The bytes are in the OS
+        page cache when this returns (ALWAYS: on stable storage)."""
+        cdef bytes stored = record._stored_value()
+        cdef uint32_t flags = record.flags
+        cdef uint64_t n
+        cdef uint8_t *p
+        cdef Position pos
+        if flags & NK_FLAG_TOMBSTONE:
+            flags &= ~(<uint32_t>NK_COMP_MASK)
+        n = nk_encoded_len(PyBytes_GET_SIZE(record.key), PyBytes_GET_SIZE(stored), flags,
+                           record._ttl_ms, record._term, record._index)
+        p = self._reserve(n)
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(record.key), PyBytes_GET_SIZE(record.key),
+                  <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored), flags,
+                  record._ttl_ms, record._term, record._index)
+        pos = _pos(self.seg_id, self.seg_size)
+        self._commit(n)
+        self._after_append()
+        return pos
+
+    def append_batch(self, records, *, bint atomic=False):
+        """Appends records contiguously in one segment; returns their Positions.
+
+        With ``atomic=True`` every record but the last carries the batch
+        continuation flag (docs/FORMAT.md): recovery keeps all of them or none."""
+        cdef list recs = list(records)
+        cdef list stored = []
+        cdef list flags = []
+        cdef list positions = []
+        cdef Record r
+        cdef uint64_t total = 0, off, n
+        cdef uint32_t f
+        cdef Py_ssize_t i, count = len(recs)
+        cdef bytes sv
+        cdef uint8_t *p
+        if count == 0:
+            return positions
+        for i in range(count):
+            r = recs[i]
+            if r is None:
+                raise TypeError("records must be Record objects")
+            sv = r._stored_value()
+            f = r.flags & ~(<uint32_t>NK_FLAG_BATCH_CONT)
+            if f & NK_FLAG_TOMBSTONE:
+                f &= ~(<uint32_t>NK_COMP_MASK)
+            if atomic and i + 1 < count:
+                f |= NK_FLAG_BATCH_CONT
+            stored.append(sv)
+            flags.append(f)
+            total += nk_encoded_len(PyBytes_GET_SIZE(r.key), PyBytes_GET_SIZE(sv), f,
+                                    r._ttl_ms, r._term, r._index)
+        p = self._reserve(total)
+        off = 0
+        for i in range(count):
+            r = recs[i]
+            sv = stored[i]
+            n = nk_encode(p + off, <const uint8_t *>PyBytes_AS_STRING(r.key), PyBytes_GET_SIZE(r.key),
+                          <const uint8_t *>PyBytes_AS_STRING(sv), PyBytes_GET_SIZE(sv), <uint32_t>flags[i],
+                          r._ttl_ms, r._term, r._index)
+            positions.append(_pos(self.seg_id, self.seg_size + off))
+            off += n
+        self._commit(total)
+        self._after_append()
+        return positions
+
+    def flush(self):
+        """Nothing to do: every append already reached the OS page cache.
+        Kept for API parity with nori-wal."""
+        if self.closed:
+            raise ClosedError("the Wal is closed")
+
+    def sync(self):
+        """Makes everything appended before this call durable (fdatasync; on
+        macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
+        cdef uint64_t target = self.written_total
+        cdef uint64_t cover
+        cdef int err = 0
+        cdef int fd
+        cdef uint64_t size
+        cdef double t0, dt
+        self._check_usable()
+        if self.synced_total >= target:
+            return
+        self._lock_io()
+        try:
+            self._check_usable()
+            if self.synced_total >= target:
+                return
+            cover = self.written_total
+            fd = self.seg_fd
+            size = self.seg_size
+            with nogil:
+                t0 = _now_monotonic()
+                err = nk_sync_data(fd, self.map, size)
+                dt = _now_monotonic() - t0
+            if err:
+                self._poison(err, self._segment_path(self.seg_id), "fdatasync")
+            self._count_fsync(dt)
+            if cover > self.synced_total:
+                self.synced_total = cover
+            if self.synced_total >= self.written_total:
+                self.dirty = False
+            else:
+                self.dirty_since = t0
+        finally:
+            self._unlock_io()
+
+    def current_position(self):
+        """Position at which the next record will be written."""
+        if self.closed:
+            raise ClosedError("the Wal is closed")
+        return _pos(self.seg_id, self.seg_size)
+
+    def read_from(self, Position start not None):
+        """Iterator of (Record, Position) from ``start`` to the current end,
+        across segments in order."""
+        cdef WalIterator it = WalIterator.__new__(WalIterator)
+        if self.closed:
+            raise ClosedError("the Wal is closed")
+        it.wal = self
+        it.seg_id = start.segment_id
+        it._start_offset = start.offset
+        return it
+
+    def delete_segments_before(self, Position pos not None):
+        """Deletes every finalized segment whose id is below ``pos.segment_id``
+        (never the active one), lowest first, each deletion made durable before
+        the next so that what remains is always a suffix of the log. Returns the
+        number of segments deleted."""
+        self._check_usable()
+        doomed = [i for i in sorted(self.seg_sizes) if i < pos.segment_id]
+        return self._delete_segments(doomed)
+
+    def _delete_segments(self, list ids):
+        cdef int err
+        cdef int n = 0
+        for seg in ids:
+            path = self._segment_path(seg)
+            if unlink(os.fsencode(path)) != 0 and errno != 2:
+                raise io_error(errno, path, "unlink")
+            self.seg_sizes.pop(seg, None)
+            with nogil:
+                err = nk_sync_full(self.dir_fd)
+            if err:
+                self._poison(err, self.dir, "fsync directory")
+            n += 1
+        return n
+
+    cdef int _begin_exclusive(self) except -1:
+        """Takes io_lock and stops appends (they wait in the slow path) until
+        _end_exclusive. Between the two, with the GIL held, no append is half done."""
+        self._check_usable()
+        self._lock_io()
+        self.busy = 1
+        try:
+            self._check_usable()
+        except BaseException:
+            self._end_exclusive()
+            raise
+        return 0
+
+    cdef void _end_exclusive(self) noexcept:
+        self.busy = 0
+        self._unlock_io()
+
+    cdef tuple _seal_and_skip_locked(self, uint64_t gap):
+        """Compaction support, inside _begin_exclusive: finalizes the active
+        segment and opens the next one `gap` ids further on, leaving ids
+        [old+1, old+gap] free for a snapshot. Returns (first free id, new active id)."""
+        cdef uint64_t first = self.seg_id + 1
+        self._finalize_active()
+        self.next_seg_id = first + gap
+        self._create_segment(0)
+        return first, self.seg_id
+
+    def _install_segment(self, tmp_path, uint64_t seg_id, uint64_t size):
+        """Compaction support: renames a fully written, fsynced temporary file
+        into place as segment seg_id and makes the rename durable."""
+        cdef int err
+        final = self._segment_path(seg_id)
+        os.rename(tmp_path, final)
+        with nogil:
+            err = nk_sync_full(self.dir_fd)
+        if err:
+            self._poison(err, self.dir, "fsync directory")
+        self.seg_sizes[seg_id] = size
+
+    def _fsync_dir(self):
+        cdef int err
+        with nogil:
+            err = nk_sync_full(self.dir_fd)
+        if err:
+            raise io_error(err, self.dir, "fsync directory")
+
+    def _lock_state(self):
+        """(written_total, synced_total, failed) for monitoring and tests."""
+        return self.written_total, self.synced_total, self.failed
+
+    def close(self):
+        """Syncs, finalizes the active segment (truncating the preallocated
+        tail) and releases the directory lock. Idempotent."""
+        if self.closed:
+            return
+        self._lock_io()
+        try:
+            if self.closed:
+                return
+            try:
+                if self.fork_gen == _fork_generation and self.failed is None:
+                    self.busy = 1
+                    self._finalize_active()
+            finally:
+                self._release(True)
+        finally:
+            self._unlock_io()
+
+    def _drop(self):
+        """Releases descriptors, mapping and lock without touching the files."""
+        self._release(False)
+
+    cdef void _release(self, bint in_order) noexcept:
+        if self.map != NULL:
+            munmap(self.map, self.map_len)
+            self.map = NULL
+        if self.seg_fd >= 0:
+            c_close(self.seg_fd)
+            self.seg_fd = -1
+        if self.lock_fd >= 0:
+            c_close(self.lock_fd)
+            self.lock_fd = -1
+        if self.dir_fd >= 0:
+            c_close(self.dir_fd)
+            self.dir_fd = -1
+        if self.dir_key is not None:
+            _open_dirs.discard(self.dir_key)
+            self.dir_key = None
+        self.closed = True
+        self.busy = 1

@@ -1,0 +1,383 @@
+"""KvStore: an in-memory map made durable by a nori-wal compatible WAL.
+
+Reads are served from memory and never touch the disk. Every write goes to
+the WAL first and then to memory, so after a crash, replaying the WAL rebuilds
+exactly the acknowledged state (how durable an acknowledgement is depends on
+the fsync policy: see README, "Durability").
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from typing import Iterator, Union
+
+from sortedcontainers import SortedList
+
+from norikv import _wal
+from norikv.compression import Compression
+from norikv.errors import ClosedError, ConfigError
+from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
+
+__all__ = ["KvStore", "WriteBatch"]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+_SCAN_CHUNK = 1024
+
+
+class WriteBatch:
+    """Puts and deletes applied together: all of them or none, in memory and
+    across a crash. Use as ``with store.batch() as b: ...``; leaving the block
+    with an exception discards the batch."""
+
+    def __init__(self, store: "KvStore") -> None:
+        self._store = store
+        self._ops: list[tuple[bytes, bytes | None, int, object]] = []
+        self._done = False
+
+    def put(self, key: BytesLike, value: BytesLike, *, ttl: float | None = None,
+            compression: object = None) -> None:
+        self._check()
+        k = _wal._check_bytes(key, "key")
+        v = _wal._check_bytes(value, "value")
+        deadline = _wal._deadline(ttl) if ttl is not None else -1
+        if compression is not None:
+            Compression.parse(compression)
+        self._ops.append((k, v, deadline, compression))
+
+    def delete(self, key: BytesLike) -> None:
+        self._check()
+        self._ops.append((_wal._check_bytes(key, "key"), None, -1, None))
+
+    def clear(self) -> None:
+        self._check()
+        self._ops.clear()
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _check(self) -> None:
+        if self._done:
+            raise ClosedError("the batch was already written or discarded")
+
+    def write(self) -> None:
+        """Writes the batch atomically (also done by leaving the with block)."""
+        self._check()
+        self._done = True
+        if self._ops:
+            self._store._apply_batch(self._ops)
+
+    def __enter__(self) -> "WriteBatch":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.write()
+        else:
+            self._done = True
+
+
+class KvStore(_wal._StoreCore):
+    """A durable key-value store. Open with :meth:`KvStore.open`.
+
+    Keys and values are bytes-like. Safe to share between threads; several
+    threads calling :meth:`sync` share fsyncs (group commit). Iteration and
+    ``keys()``/``values()``/``items()`` return snapshots, so they are safe while
+    other threads write."""
+
+    wal: Wal
+    recovery_info: RecoveryInfo
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fsync_policy: FsyncPolicy | None = None,
+        max_segment_size: int = 128 << 20,
+        preallocate: bool = True,
+        recovery_mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL,
+        compression: object = None,
+        compress_min_size: int = 256,
+        max_keys: int | None = None,
+        max_bytes: int | None = None,
+        auto_compact: bool = True,
+        compact_dead_ratio: float = 0.5,
+        compact_min_bytes: int = 64 << 20,
+    ) -> "KvStore":
+        """Opens (creating if needed) the store at ``path``; the WAL lives in
+        ``<path>/wal``. Recovery replays it and rebuilds the map.
+
+        ``compression``: ``"lz4"``, ``"zstd"`` or None for values of at least
+        ``compress_min_size`` bytes. ``max_keys``/``max_bytes`` (key + value
+        bytes) make puts of new data beyond them raise StoreFullError.
+        ``auto_compact``: compact in the background once the WAL holds at least
+        ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``."""
+        if fsync_policy is None:
+            fsync_policy = FsyncPolicy.batch(0.005)
+        kind = Compression.parse(compression)
+        for name, val in (("max_keys", max_keys), ("max_bytes", max_bytes)):
+            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
+                raise ConfigError(f"{name} must be a positive int or None, got {val!r}")
+        if isinstance(compress_min_size, bool) or not isinstance(compress_min_size, int) or compress_min_size < 0:
+            raise ConfigError("compress_min_size must be an int >= 0")
+        if not isinstance(compact_dead_ratio, (int, float)) or not 0 < compact_dead_ratio < 1:
+            raise ConfigError("compact_dead_ratio must be between 0 and 1")
+        config = WalConfig(dir=os.path.join(os.fspath(path), "wal"), max_segment_size=max_segment_size,
+                           fsync_policy=fsync_policy, preallocate=preallocate,
+                           recovery_mode=recovery_mode)
+        config.validate()
+        os.makedirs(os.fspath(path), exist_ok=True)
+        store = cls()
+        data: dict[bytes, bytes] = {}
+        expiry: dict[bytes, int] = {}
+        loader = _wal._StoreLoader(data, expiry, _wal.now_ms())
+        wal = Wal()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # the rebuild allocates millions of objects the GC need not visit
+        t0 = time.perf_counter()
+        try:
+            info = wal._open_config(config, loader)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        store.wal = wal
+        store.path = os.fspath(path)
+        store.recovery_info = info
+        store._recovery_seconds = time.perf_counter() - t0
+        store._recovered_records = loader.records
+        store._compactions = 0
+        store._last_compaction: dict[str, float] | None = None
+        store._compact_lock = threading.Lock()
+        store._index_lock = threading.Lock()
+        store._index: SortedList | None = None
+        store._compactor: threading.Thread | None = None
+        store._compact_error: BaseException | None = None
+        store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
+                         int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
+                         store._start_background_compaction if auto_compact else None)
+        return store
+
+    # ---------------------------------------------------------------- mapping
+
+    def keys(self) -> list[bytes]:
+        """A snapshot list of the live keys (insertion order)."""
+        self._check_open_py()
+        self._purge_expired()
+        return list(self._data_view())
+
+    def values(self) -> list[bytes]:
+        """A snapshot list of the live values."""
+        self._check_open_py()
+        self._purge_expired()
+        return list(self._data_view().values())
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        """A snapshot list of the live (key, value) pairs."""
+        self._check_open_py()
+        self._purge_expired()
+        return list(self._data_view().items())
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.keys())
+
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+    def _check_open_py(self) -> None:
+        if self.closed:
+            raise ClosedError("the KvStore is closed")
+
+    # ---------------------------------------------------------------- writes
+
+    def batch(self) -> WriteBatch:
+        """A :class:`WriteBatch`: its puts and deletes apply all or none."""
+        self._check_open_py()
+        return WriteBatch(self)
+
+    def sync(self) -> None:
+        """Every write made before this call is on stable storage when it
+        returns. Threads calling it together share one fsync."""
+        self._check_open_py()
+        self.wal.sync()
+
+    # ---------------------------------------------------------------- ranges
+
+    def _refresh_index(self) -> SortedList:
+        """Brings the sorted key index up to date: O(k log n) for k changes."""
+        with self._index_lock:
+            if self._index is None:
+                added, _ = self._take_index_delta(True)
+                self._index = SortedList(added)
+            else:
+                added, removed = self._take_index_delta(False)
+                idx = self._index
+                for k in removed:
+                    idx.discard(k)
+                if len(added) > 64 and len(added) * 8 > len(idx):
+                    idx.update(added)
+                else:
+                    for k in added:
+                        idx.add(k)
+            return self._index
+
+    def range(self, start: BytesLike | None = None, end: BytesLike | None = None, *,
+              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with start <= key < end in byte order (either
+        bound may be None). A key written or deleted while the iterator runs
+        may or may not be seen; every pair yielded was live when yielded."""
+        self._check_open_py()
+        lo = None if start is None else _wal._check_bytes(start, "start")
+        hi = None if end is None else _wal._check_bytes(end, "end")
+        return self._scan(lo, hi, reverse)
+
+    def prefix(self, prefix: BytesLike, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs whose key starts with ``prefix``, in byte order."""
+        p = _wal._check_bytes(prefix, "prefix")
+        return self.range(p, _prefix_end(p), reverse=reverse)
+
+    def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        get = self.get
+        missing = object()
+        cursor: bytes | None = None
+        while True:
+            idx = self._refresh_index()
+            with self._index_lock:
+                if reverse:
+                    top = hi if cursor is None else cursor
+                    it = idx.irange(lo, top, inclusive=(True, False), reverse=True)
+                else:
+                    bottom = lo if cursor is None else cursor
+                    it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
+                chunk = [k for _, k in zip(range(_SCAN_CHUNK), it)]
+            for k in chunk:
+                v = get(k, missing)
+                if v is not missing:
+                    yield k, v
+            if len(chunk) < _SCAN_CHUNK:
+                return
+            cursor = chunk[-1]
+
+    # ---------------------------------------------------------------- compaction
+
+    def compact(self) -> dict[str, float]:
+        """Rewrites the WAL so that it holds one record per live key.
+
+        Crash-safe at every instant: the snapshot is written to temporary files,
+        fsynced, renamed into segment ids reserved between the old log and the
+        segment that takes new writes, and only then are the old segments
+        deleted, oldest first. Reads and writes go on meanwhile. Returns
+        figures about the run."""
+        self._check_open_py()
+        with self._compact_lock:
+            t0 = time.perf_counter()
+            before = self._wal_bytes()
+            data, expiry, first, gap = self._freeze()
+            parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
+                                        self.wal.max_segment_size, int(self._compression_kind()),
+                                        self.compress_min_size)
+            del data, expiry
+            for tmp, seg, size in parts:
+                self.wal._install_segment(tmp, seg, size)
+            old = [s for s in self.wal._segment_ids() if s < first]
+            self.wal._delete_segments(old)
+            after = self._wal_bytes()
+            self._compactions += 1
+            result = {"seconds": time.perf_counter() - t0, "bytes_before": before,
+                      "bytes_after": after, "segments_written": len(parts),
+                      "segments_deleted": len(old)}
+            self._last_compaction = result
+            return result
+
+    def _compression_kind(self) -> Compression:
+        return Compression(self._store_compression())
+
+    def _start_background_compaction(self) -> None:
+        t = self._compactor
+        if t is not None and t.is_alive():
+            return
+        if self._compact_lock.locked():
+            return
+
+        def run() -> None:
+            try:
+                self.compact()
+            except ClosedError:
+                pass
+            except BaseException as exc:  # surfaced through stats() and the next compact()
+                self._compact_error = exc
+
+        t = threading.Thread(target=run, name="norikv-compactor", daemon=True)
+        self._compactor = t
+        t.start()
+
+    # ---------------------------------------------------------------- monitoring
+
+    def stats(self) -> dict[str, object]:
+        """Figures for monitoring; every field is documented in the README."""
+        self._check_open_py()
+        self._purge_expired()
+        sizes = self.wal._segment_sizes()
+        wal_bytes = sum(sizes.values())
+        written, synced, failed = self.wal._lock_state()
+        n = self.wal.fsync_count
+        return {
+            "keys": len(self),
+            "live_bytes": self.live_bytes,
+            "wal_bytes": wal_bytes,
+            "segments": len(sizes),
+            "dead_ratio": self.dead_ratio(wal_bytes),
+            "recovery_seconds": self._recovery_seconds,
+            "recovery_records": self._recovered_records,
+            "recovery_corruption_detected": self.recovery_info.corruption_detected,
+            "fsyncs": n,
+            "fsync_seconds_total": self.wal.fsync_seconds,
+            "fsync_seconds_avg": self.wal.fsync_seconds / n if n else 0.0,
+            "fsync_seconds_max": self.wal.fsync_max,
+            "unsynced_bytes": written - synced,
+            "compactions": self._compactions,
+            "last_compaction": self._last_compaction,
+            "compaction_error": repr(self._compact_error) if self._compact_error else None,
+            "ttl_keys": self._ttl_count(),
+            "failed": repr(failed) if failed is not None else None,
+        }
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def closed(self) -> bool:
+        return self._is_closed()
+
+    def close(self) -> None:
+        """Waits for a running compaction, syncs and closes the WAL. Idempotent."""
+        if self._is_closed():
+            return
+        t = self._compactor
+        if t is not None and t is not threading.current_thread():
+            t.join()
+        self._mark_closed()
+        self.wal.close()
+
+    def __enter__(self) -> "KvStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} keys"
+        return f"<norikv.KvStore {getattr(self, 'path', '?')!r} {state}>"
+
+
+def _prefix_end(p: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with p (None: no bound)."""
+    b = bytearray(p)
+    while b and b[-1] == 0xFF:
+        b.pop()
+    if not b:
+        return None
+    b[-1] += 1
+    return bytes(b)

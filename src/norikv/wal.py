@@ -1,0 +1,344 @@
+"""The write-ahead log: nori-wal compatible segments with stronger recovery.
+
+A :class:`Wal` is a directory of segment files (``000000.wal``, ...). Records
+are appended to the last segment; when it would pass ``max_segment_size`` the
+segment is fsynced, truncated to its logical size and the next one is started.
+
+Durability (see README, "Durability"):
+
+* Every append that has returned survives the death of the process (SIGKILL,
+  segfault): its bytes are in the OS page cache.
+* ``FsyncPolicy.ALWAYS``: an append returns only after its record is on stable
+  storage. Concurrent appenders share fsyncs.
+* ``FsyncPolicy.batch(w)``: an fsync starts at most ``w`` seconds after an
+  append, from a background flusher, even if no further append comes.
+* ``FsyncPolicy.OS``: stable storage when the kernel writes back, at
+  :meth:`Wal.sync`, on rotation and on :meth:`Wal.close`.
+* :meth:`Wal.sync`: everything appended before the call is on stable storage
+  when it returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from norikv import _wal
+from norikv._wal import Position, Record, WalIterator
+from norikv.errors import ConfigError, CorruptionError
+
+__all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "Wal"]
+
+MIN_SEGMENT_SIZE = 1 << 20
+_TMP_SUFFIX = ".compact-tmp"
+
+
+@dataclass(frozen=True)
+class FsyncPolicy:
+    """When appended records reach stable storage.
+
+    Use the constants ``FsyncPolicy.ALWAYS`` and ``FsyncPolicy.OS`` or
+    ``FsyncPolicy.batch(window_seconds)``."""
+
+    kind: str
+    window: float = 0.0
+
+    ALWAYS: ClassVar["FsyncPolicy"]
+    OS: ClassVar["FsyncPolicy"]
+
+    @classmethod
+    def batch(cls, window_seconds: float = 0.005) -> "FsyncPolicy":
+        """fsync at most ``window_seconds`` after an append (default 5 ms)."""
+        return cls("batch", window_seconds)
+
+    def validate(self) -> None:
+        if self.kind not in ("always", "os", "batch"):
+            raise ConfigError(f"unknown fsync policy {self.kind!r}")
+        if self.kind == "batch":
+            w = self.window
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise ConfigError("the batch window must be a number of seconds")
+            if not 0 < w <= 1:
+                raise ConfigError(f"the batch window must be > 0 and <= 1 second, got {w!r}")
+
+    @property
+    def code(self) -> int:
+        return {"os": 0, "always": 1, "batch": 2}[self.kind]
+
+    def __repr__(self) -> str:
+        if self.kind == "batch":
+            return f"FsyncPolicy.batch({self.window!r})"
+        return f"FsyncPolicy.{self.kind.upper()}"
+
+
+FsyncPolicy.ALWAYS = FsyncPolicy("always")
+FsyncPolicy.OS = FsyncPolicy("os")
+
+
+class RecoveryMode(enum.Enum):
+    """What open does with a damaged log (after RocksDB's WAL recovery modes).
+
+    ``TOLERATE_CORRUPTED_TAIL`` (default): the last segment is cut back to its
+    longest valid prefix (a torn or corrupt tail, reported); damage in any
+    earlier segment raises CorruptionError and changes nothing.
+    ``ABSOLUTE_CONSISTENCY``: any damage raises CorruptionError; nothing is
+    changed. A zero-filled preallocated tail is still a clean end.
+    ``POINT_IN_TIME``: the log is cut at the first damage wherever it is and
+    every later segment is deleted, so what remains is a prefix of what was
+    written.
+    ``SKIP_ANY_CORRUPTED_RECORDS``: damaged spans are skipped (the segment is
+    rewritten without them) and every record that still checks out is kept.
+    """
+
+    TOLERATE_CORRUPTED_TAIL = "tolerate_corrupted_tail"
+    ABSOLUTE_CONSISTENCY = "absolute_consistency"
+    POINT_IN_TIME = "point_in_time"
+    SKIP_ANY_CORRUPTED_RECORDS = "skip_any_corrupted_records"
+
+
+@dataclass(frozen=True)
+class WalConfig:
+    """Configuration of a Wal, validated like nori-wal's."""
+
+    dir: str | os.PathLike[str] = "wal"
+    max_segment_size: int = 128 << 20
+    fsync_policy: FsyncPolicy = field(default_factory=lambda: FsyncPolicy.batch(0.005))
+    preallocate: bool = True
+    node_id: int = 0
+    recovery_mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
+
+    def validate(self) -> None:
+        if not isinstance(self.dir, (str, bytes, os.PathLike)):
+            raise ConfigError(f"dir must be a path, not {type(self.dir).__name__}")
+        m = self.max_segment_size
+        if isinstance(m, bool) or not isinstance(m, int):
+            raise ConfigError("max_segment_size must be an int")
+        if m < MIN_SEGMENT_SIZE:
+            raise ConfigError(f"max_segment_size must be at least 1 MiB ({MIN_SEGMENT_SIZE}), got {m}")
+        if m > 1 << 40:
+            raise ConfigError(f"max_segment_size must be at most 1 TiB, got {m}")
+        if not isinstance(self.fsync_policy, FsyncPolicy):
+            raise ConfigError("fsync_policy must be a FsyncPolicy")
+        self.fsync_policy.validate()
+        if not isinstance(self.recovery_mode, RecoveryMode):
+            raise ConfigError("recovery_mode must be a RecoveryMode")
+        if isinstance(self.node_id, bool) or not isinstance(self.node_id, int) or self.node_id < 0:
+            raise ConfigError("node_id must be a non-negative int")
+
+
+@dataclass(frozen=True)
+class RecoveryInfo:
+    """What recovery found when the Wal was opened.
+
+    ``valid_records``: records kept; ``segments_scanned``; ``bytes_truncated``:
+    non-zero bytes cut away (torn or corrupt data; a zero preallocated tail is
+    not counted); ``last_valid_position``: position just after the last valid
+    record; ``corruption_detected``: anything was cut, skipped or removed.
+    norikv adds ``segments_removed`` (POINT_IN_TIME), ``records_skipped`` spans
+    (SKIP mode), ``mode`` and ``seconds``."""
+
+    valid_records: int
+    segments_scanned: int
+    bytes_truncated: int
+    last_valid_position: Position
+    corruption_detected: bool
+    segments_removed: int = 0
+    spans_skipped: int = 0
+    mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
+    seconds: float = 0.0
+
+
+def _truncate(path: str, size: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> RecoveryInfo:
+    """Scans every segment in id order, applies ``mode`` and returns what it did.
+
+    Nothing is modified when the mode raises CorruptionError."""
+    t0 = time.perf_counter()
+    path = core.dir
+    for name in os.listdir(path):
+        if name.endswith(_TMP_SUFFIX):
+            os.unlink(os.path.join(path, name))
+    ids = _wal.list_segments(path)
+    finalized: dict[int, int] = {}
+    valid = 0
+    truncated = 0
+    removed = 0
+    skipped = 0
+    corrupt = False
+    last_pos = Position(0, 0)
+    last_id = None
+    last_size = 0
+    for i, seg in enumerate(ids):
+        seg_path = os.path.join(path, _wal.segment_name(seg))
+        is_last = i == len(ids) - 1
+        res = _wal.scan_segment(seg_path, seg, sink,
+                                skip_corrupt=mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS)
+        valid += res["records"]
+        end = res["end"]
+        if res["skipped"]:
+            corrupt = True
+            skipped += len(res["skipped"])
+            tmp = seg_path + _TMP_SUFFIX
+            _wal.copy_valid_records(seg_path, tmp)
+            os.replace(tmp, seg_path)
+            core._fsync_dir()
+            end = os.path.getsize(seg_path)
+            if res["batch_open"] is not None:
+                res["batch_open"] = None  # positions changed; the sink already dropped it
+        if res["status"] is not None:
+            where = f"{seg_path}: {res['status']} at offset {end}"
+            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY or (
+                mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and not is_last
+            ):
+                raise CorruptionError(f"corrupt segment {where}", seg_path, end, seg)
+            corrupt = True
+            truncated += max(0, res["nonzero_end"] - end)
+            _truncate(seg_path, end)
+            if not is_last:  # POINT_IN_TIME: everything after the damage goes
+                for later in ids[i + 1:]:
+                    os.unlink(os.path.join(path, _wal.segment_name(later)))
+                    removed += 1
+                core._fsync_dir()
+                ids = ids[: i + 1]
+                is_last = True
+        if is_last and res["batch_open"] is not None:
+            # An atomic batch whose last record never made it: cut it off so that
+            # later appends cannot complete it by accident.
+            cut = res["batch_open"]
+            truncated += end - cut
+            corrupt = True
+            _truncate(seg_path, cut)
+            valid -= res["batch_records"]
+            end = cut
+        if end:
+            last_pos = Position(seg, end)
+        if is_last:
+            last_id, last_size = seg, end
+        else:
+            finalized[seg] = end
+    info = RecoveryInfo(
+        valid_records=valid,
+        segments_scanned=len(ids) + removed,
+        bytes_truncated=truncated,
+        last_valid_position=last_pos,
+        corruption_detected=corrupt,
+        segments_removed=removed,
+        spans_skipped=skipped,
+        mode=mode,
+        seconds=time.perf_counter() - t0,
+    )
+    core._start(finalized, last_id, last_size)
+    return info
+
+
+class Wal(_wal._WalCore):
+    """A write-ahead log directory. Open with :meth:`Wal.open`.
+
+    Safe to share between threads. One Wal per directory: a second open, in
+    this process or another, raises LockError. A child created by fork() cannot
+    write through its parent's Wal."""
+
+    config: WalConfig
+
+    @classmethod
+    def open(cls, config: WalConfig | None = None, **kwargs: object) -> tuple["Wal", RecoveryInfo]:
+        """Opens (creating if needed) and recovers a WAL; returns (wal, info)."""
+        if config is None:
+            config = WalConfig(**kwargs)  # type: ignore[arg-type]
+        elif kwargs:
+            raise TypeError("pass either a WalConfig or keyword arguments, not both")
+        if not isinstance(config, WalConfig):
+            raise TypeError(f"config must be a WalConfig, not {type(config).__name__}")
+        config.validate()
+        wal = cls()
+        info = wal._open_config(config, None)
+        return wal, info
+
+    def _open_config(self, config: WalConfig, sink: object) -> RecoveryInfo:
+        self.config = config
+        policy = config.fsync_policy
+        self._open(os.fspath(config.dir), config.max_segment_size, policy.code,
+                   float(policy.window), bool(config.preallocate))
+        try:
+            info = recover(self, config.recovery_mode, sink)
+        except BaseException:
+            self._abandon()
+            raise
+        self._flusher: threading.Thread | None = None
+        if policy.kind == "batch":
+            self._start_flusher()
+        return info
+
+    # -- background flusher for FsyncPolicy.batch -------------------------
+
+    def _start_flusher(self) -> None:
+        self._wake_event = threading.Event()
+        self._stop = False
+        self._set_waker(self._wake_event.set)
+        t = threading.Thread(target=self._flush_loop, name=f"norikv-flusher:{self.dir}", daemon=True)
+        self._flusher = t
+        t.start()
+
+    def _flush_loop(self) -> None:
+        event = self._wake_event
+        window = self.window
+        while not self._stop:
+            if not self.dirty:
+                event.wait()
+                event.clear()
+                continue
+            delay = self.dirty_since + window - time.monotonic()
+            if delay > 0:
+                event.wait(delay)  # close() sets the event to end the wait early
+                event.clear()
+                if self._stop:
+                    break
+                if self.dirty_since + window - time.monotonic() > 0:
+                    continue
+            try:
+                self.sync()
+            except Exception:
+                return  # the Wal is poisoned or closed; writers see the error
+
+    def _stop_flusher(self) -> None:
+        t = getattr(self, "_flusher", None)
+        if t is not None:
+            self._stop = True
+            self._wake_event.set()
+            if t is not threading.current_thread():
+                t.join()
+            self._flusher = None
+
+    def _abandon(self) -> None:
+        """Releases the lock without touching the files (failed open)."""
+        try:
+            self._stop_flusher()
+        finally:
+            self._drop()
+
+    def close(self) -> None:
+        """Syncs, truncates the preallocated tail and releases the lock. Idempotent."""
+        self._stop_flusher()
+        super().close()
+
+    def __enter__(self) -> "Wal":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"segment {self.seg_id}, offset {self.seg_size}"
+        return f"<norikv.Wal {self.dir!r} {state}>"
