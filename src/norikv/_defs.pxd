@@ -48,3 +48,4 @@ cdef extern from "_platform.h" nogil:
     int nk_allocate(int fd, long off, long length)
     int nk_lock_file(int fd)
     int nk_page_size()
+    int nk_prefault(void *addr, size_t length)

@@ -79,6 +79,21 @@ static int nk_lock_file(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
 }
 
+/* Faults in [addr, addr+len) of a shared file mapping for writing ahead of
+   the appender (Linux 5.14+), so that appends do not take one page fault per
+   page.  Returns 0, or an errno value (EINVAL/ENOSYS: not supported here). */
+static int nk_prefault(void *addr, size_t len) {
+#if defined(__linux__)
+#  ifndef MADV_POPULATE_WRITE
+#    define MADV_POPULATE_WRITE 23
+#  endif
+    return madvise(addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+#else
+    (void)addr; (void)len;
+    return ENOSYS;
+#endif
+}
+
 static int nk_page_size(void) { return (int)sysconf(_SC_PAGESIZE); }
 
 #endif /* NORIKV_PLATFORM_H */

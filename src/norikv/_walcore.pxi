@@ -17,6 +17,9 @@ cdef enum:
     POLICY_BATCH = 2
 
 DEF _GROW_STEP = 1 << 20
+DEF _PREFAULT_STEP = 1 << 20
+
+cdef bint _prefault_supported = True
 
 cdef set _open_dirs = set()      # (st_dev, st_ino) of directories open in this process
 
@@ -57,6 +60,7 @@ cdef class _WalCore:
     cdef uint8_t *map
     cdef size_t map_len
     cdef uint64_t alloc
+    cdef uint64_t populated          # mapping faulted in for writing up to here
     cdef readonly uint64_t seg_size
     cdef uint64_t next_seg_id
     cdef dict seg_sizes              # finalized segments: id -> bytes
@@ -202,6 +206,7 @@ cdef class _WalCore:
             raise io_error(errno, self._segment_path(self.seg_id), "mmap")
         self.map = <uint8_t *>m
         self.map_len = want
+        self.populated = 0
         return 0
 
     cdef int _open_active(self, uint64_t seg_id, uint64_t size) except -1:
@@ -320,6 +325,31 @@ cdef class _WalCore:
             self.busy = 0
         return 0
 
+    cdef int _prefault(self, uint64_t end) except -1:
+        """Faults in the mapping up to at least `end` (a step ahead), or marks
+        everything allocated as populated where the kernel cannot do it."""
+        global _prefault_supported
+        cdef uint64_t page = nk_page_size()
+        cdef uint64_t start = self.populated if self.populated > self.seg_size else self.seg_size
+        start -= start % page
+        cdef uint64_t stop = _round_up(end, page) + _PREFAULT_STEP
+        cdef int err = 0
+        if stop > self.alloc:
+            stop = self.alloc
+        if _prefault_supported and stop > start:
+            with nogil:
+                err = nk_prefault(self.map + start, <size_t>(stop - start))
+            if err:
+                # Not supported (old kernel, other OS) or no memory: fall back
+                # to ordinary page faults.
+                if err in (22, 38, 95):
+                    _prefault_supported = False
+                stop = self.alloc
+        else:
+            stop = self.alloc
+        self.populated = stop
+        return 0
+
     cdef int _grow(self, uint64_t end) except -1:
         cdef uint64_t page = nk_page_size()
         cdef uint64_t want = _round_up(end, _GROW_STEP)
@@ -341,7 +371,7 @@ cdef class _WalCore:
         """Room for n bytes at the end of the log. The GIL must stay held until
         _commit(n): nothing that can run Python code may come in between."""
         if (self.busy == 0 and self.fork_gen == _fork_generation and self.failed is None
-                and not self.closed and self.seg_size + n <= self.alloc
+                and not self.closed and self.seg_size + n <= self.populated
                 and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
             return self.map + self.seg_size
         return self._reserve_slow(n)
@@ -357,6 +387,8 @@ cdef class _WalCore:
                 self._rotate(n)
             if self.seg_size + n > self.alloc:
                 self._grow(self.seg_size + n)
+            if self.seg_size + n > self.populated:
+                self._prefault(self.seg_size + n)
         finally:
             self._unlock_io()
         return self.map + self.seg_size
