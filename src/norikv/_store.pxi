@@ -450,7 +450,9 @@ cdef class _StoreCore:
         if self._compact_trigger is None or log_bytes < self.compact_min_bytes:
             return
         if self.dead_ratio(log_bytes) >= self.compact_dead_ratio:
-            self._compact_trigger()
+            trigger = self._compact_trigger()     # a WeakMethod: no cycle through the store
+            if trigger is not None:
+                trigger()
 
     def _wal_bytes(self):
         return sum(self._wal._segment_sizes().values())

@@ -25,6 +25,7 @@ from norikv._defs cimport *
 
 import os
 import sys
+import weakref
 
 from norikv.errors import (ClosedError, ConfigError, CorruptionError, LockError, NoriIOError,
                            StoreFullError, WalFailedError, io_error)

@@ -17,11 +17,19 @@ cdef enum:
     POLICY_BATCH = 2
 
 DEF _GROW_STEP = 1 << 20
-DEF _PREFAULT_STEP = 1 << 20
+DEF _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
+DEF _PREFAULT_AHEAD = 8 << 20       # the background thread keeps this much ready
 
 cdef bint _prefault_supported = True
 
-cdef set _open_dirs = set()      # (st_dev, st_ino) of directories open in this process
+# (st_dev, st_ino) of each directory open in this process -> weak reference to its Wal
+cdef dict _open_dirs = {}
+
+
+def _dir_owner(key):
+    """The live Wal holding directory `key` in this process, or None."""
+    ref = _open_dirs.get(key)
+    return ref() if ref is not None else None
 
 
 cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
@@ -46,6 +54,7 @@ def list_segments(path):
 
 
 cdef class _WalCore:
+    cdef object __weakref__
     cdef readonly object dir
     cdef int dir_fd
     cdef int lock_fd
@@ -76,6 +85,8 @@ cdef class _WalCore:
     cdef object failed
     cdef unsigned long fork_gen
     cdef PyThread_type_lock io_lock
+    cdef PyThread_type_lock map_lock   # held to change/unmap the mapping, and while prefaulting
+    cdef readonly bint prefault_pending
     cdef readonly bint dirty
     cdef readonly double dirty_since
     cdef object wake
@@ -89,7 +100,8 @@ cdef class _WalCore:
         self.closed = True
         self.seg_sizes = {}
         self.io_lock = PyThread_allocate_lock()
-        if self.io_lock == NULL:
+        self.map_lock = PyThread_allocate_lock()
+        if self.io_lock == NULL or self.map_lock == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
@@ -98,6 +110,8 @@ cdef class _WalCore:
         self._release(False)
         if self.io_lock != NULL:
             PyThread_free_lock(self.io_lock)
+        if self.map_lock != NULL:
+            PyThread_free_lock(self.map_lock)
 
     # ------------------------------------------------------------ locking
 
@@ -108,6 +122,25 @@ cdef class _WalCore:
 
     cdef inline void _unlock_io(self) noexcept:
         PyThread_release_lock(self.io_lock)
+
+    # map_lock is always taken with the GIL released while waiting (the
+    # prefault thread holds it and then waits for the GIL). Order: io_lock, then map_lock.
+    cdef inline void _lock_map(self) noexcept:
+        if not PyThread_acquire_lock(self.map_lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.map_lock, WAIT_LOCK)
+
+    cdef inline void _unlock_map(self) noexcept:
+        PyThread_release_lock(self.map_lock)
+
+    cdef void _unmap(self) noexcept:
+        self._lock_map()
+        if self.map != NULL:
+            munmap(self.map, self.map_len)
+            self.map = NULL
+            self.map_len = 0
+            self.populated = 0
+        self._unlock_map()
 
     cdef int _check_usable(self) except -1:
         if self.closed:
@@ -143,7 +176,7 @@ cdef class _WalCore:
             raise io_error(errno, self.dir, "open directory")
         fstat(self.dir_fd, &st)
         key = (st.st_dev, st.st_ino)
-        if key in _open_dirs:
+        if _dir_owner(key) is not None:
             self._release(False)
             raise LockError(11, "the directory is already open in this process", self.dir)
         lock_path = os.path.join(self.dir, "LOCK")
@@ -158,7 +191,7 @@ cdef class _WalCore:
             if err in (11, 35):   # EWOULDBLOCK on Linux / macOS
                 raise LockError(err, "the directory is locked by another process", self.dir)
             raise io_error(err, lock_path, "flock")
-        _open_dirs.add(key)
+        _open_dirs[key] = weakref.ref(self)
         self.dir_key = key
         self.fork_gen = _fork_generation
         self.closed = False
@@ -204,9 +237,11 @@ cdef class _WalCore:
         m = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, self.seg_fd, 0)
         if m == MAP_FAILED:
             raise io_error(errno, self._segment_path(self.seg_id), "mmap")
+        self._lock_map()
         self.map = <uint8_t *>m
         self.map_len = want
         self.populated = 0
+        self._unlock_map()
         return 0
 
     cdef int _open_active(self, uint64_t seg_id, uint64_t size) except -1:
@@ -300,9 +335,7 @@ cdef class _WalCore:
         if err:
             self._poison(err, self._segment_path(self.seg_id), "finalize segment")
         self._count_fsync(_now_monotonic() - t0)
-        munmap(self.map, self.map_len)
-        self.map = NULL
-        self.map_len = 0
+        self._unmap()
         c_close(fd)
         self.seg_fd = -1
         self.seg_sizes[self.seg_id] = size
@@ -337,6 +370,7 @@ cdef class _WalCore:
         if stop > self.alloc:
             stop = self.alloc
         if _prefault_supported and stop > start:
+            # Mapping changes need io_lock, which the caller holds.
             with nogil:
                 err = nk_prefault(self.map + start, <size_t>(stop - start))
             if err:
@@ -347,8 +381,48 @@ cdef class _WalCore:
                 stop = self.alloc
         else:
             stop = self.alloc
-        self.populated = stop
+        if stop > self.populated:
+            self.populated = stop
         return 0
+
+    def _prefault_ahead(self):
+        """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
+        write offset, a step at a time, without io_lock (so fsyncs and appends
+        go on) but holding map_lock (so the mapping cannot go away)."""
+        global _prefault_supported
+        cdef uint64_t page = nk_page_size()
+        cdef uint64_t start, stop, target
+        cdef uint8_t *m
+        cdef int err
+        while True:
+            self._lock_map()
+            try:
+                m = self.map
+                if m == NULL or self.closed or not _prefault_supported:
+                    self.prefault_pending = False
+                    return
+                target = self.seg_size + _PREFAULT_AHEAD
+                if target > self.alloc:
+                    target = self.alloc
+                start = self.populated if self.populated > self.seg_size else self.seg_size
+                start -= start % page
+                if start >= target:
+                    self.prefault_pending = False
+                    return
+                stop = start + _PREFAULT_STEP
+                if stop > target:
+                    stop = target
+                with nogil:
+                    err = nk_prefault(m + start, <size_t>(stop - start))
+                if err:
+                    if err in (22, 38, 95):
+                        _prefault_supported = False
+                    self.prefault_pending = False
+                    return
+                if self.map == m and stop > self.populated:
+                    self.populated = stop
+            finally:
+                self._unlock_map()
 
     cdef int _grow(self, uint64_t end) except -1:
         cdef uint64_t page = nk_page_size()
@@ -358,8 +432,7 @@ cdef class _WalCore:
         try:
             self._allocate(self.seg_fd, self.alloc, want, need, self._segment_path(self.seg_id))
             if self.alloc > self.map_len:
-                munmap(self.map, self.map_len)
-                self.map = NULL
+                self._unmap()
                 self._map_active(self.alloc)
         finally:
             self.busy = 0
@@ -401,6 +474,10 @@ cdef class _WalCore:
         if self.policy == POLICY_BATCH and not self.dirty:
             self.dirty = True
             self.dirty_since = _now_monotonic()
+            self.wake_pending = True
+        if self.seg_size + _PREFAULT_AHEAD // 2 > self.populated and not self.prefault_pending \
+                and _prefault_supported:
+            self.prefault_pending = True
             self.wake_pending = True
         return 0
 
@@ -641,8 +718,7 @@ cdef class _WalCore:
 
     cdef void _release(self, bint in_order) noexcept:
         if self.map != NULL:
-            munmap(self.map, self.map_len)
-            self.map = NULL
+            self._unmap()
         if self.seg_fd >= 0:
             c_close(self.seg_fd)
             self.seg_fd = -1
@@ -653,7 +729,9 @@ cdef class _WalCore:
             c_close(self.dir_fd)
             self.dir_fd = -1
         if self.dir_key is not None:
-            _open_dirs.discard(self.dir_key)
+            ref = _open_dirs.get(self.dir_key)
+            if ref is not None and (ref() is None or ref() is self):
+                del _open_dirs[self.dir_key]
             self.dir_key = None
         self.closed = True
         self.busy = 1

@@ -12,6 +12,7 @@ import gc
 import os
 import threading
 import time
+import weakref
 from typing import Iterator, Union
 
 from sortedcontainers import SortedList
@@ -158,7 +159,7 @@ class KvStore(_wal._StoreCore):
         store._compact_error: BaseException | None = None
         store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
                          int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
-                         store._start_background_compaction if auto_compact else None)
+                         weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
         return store
 
     # ---------------------------------------------------------------- mapping

@@ -24,6 +24,7 @@ import enum
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -269,6 +270,7 @@ class Wal(_wal._WalCore):
     def _open_config(self, config: WalConfig, sink: object) -> RecoveryInfo:
         self.config = config
         policy = config.fsync_policy
+        _await_dropped_owner(os.fspath(config.dir))
         self._open(os.fspath(config.dir), config.max_segment_size, policy.code,
                    float(policy.window), bool(config.preallocate))
         try:
@@ -276,61 +278,42 @@ class Wal(_wal._WalCore):
         except BaseException:
             self._abandon()
             raise
-        self._flusher: threading.Thread | None = None
-        if policy.kind == "batch":
-            self._start_flusher()
+        self._start_background()
         return info
 
-    # -- background flusher for FsyncPolicy.batch -------------------------
+    # -- background thread: batch-policy fsyncs and prefaulting the mapping --
 
-    def _start_flusher(self) -> None:
-        self._wake_event = threading.Event()
-        self._stop = False
-        self._set_waker(self._wake_event.set)
-        t = threading.Thread(target=self._flush_loop, name=f"norikv-flusher:{self.dir}", daemon=True)
-        self._flusher = t
+    def _start_background(self) -> None:
+        event = threading.Event()
+        self._bg_event = event
+        self._bg_stop = False
+        self._set_waker(event.set)
+        # The thread holds only a weak reference, so a Wal dropped without
+        # close() is still freed (and its lock released) by reference counting.
+        t = threading.Thread(target=_background, args=(weakref.ref(self), event),
+                             name=f"norikv-wal:{self.dir}", daemon=True)
+        self._bg_thread: threading.Thread | None = t
         t.start()
 
-    def _flush_loop(self) -> None:
-        event = self._wake_event
-        window = self.window
-        while not self._stop:
-            if not self.dirty:
-                event.wait()
-                event.clear()
-                continue
-            delay = self.dirty_since + window - time.monotonic()
-            if delay > 0:
-                event.wait(delay)  # close() sets the event to end the wait early
-                event.clear()
-                if self._stop:
-                    break
-                if self.dirty_since + window - time.monotonic() > 0:
-                    continue
-            try:
-                self.sync()
-            except Exception:
-                return  # the Wal is poisoned or closed; writers see the error
-
-    def _stop_flusher(self) -> None:
-        t = getattr(self, "_flusher", None)
+    def _stop_background(self) -> None:
+        t = getattr(self, "_bg_thread", None)
         if t is not None:
-            self._stop = True
-            self._wake_event.set()
+            self._bg_stop = True
+            self._bg_event.set()
             if t is not threading.current_thread():
                 t.join()
-            self._flusher = None
+            self._bg_thread = None
 
     def _abandon(self) -> None:
         """Releases the lock without touching the files (failed open)."""
         try:
-            self._stop_flusher()
+            self._stop_background()
         finally:
             self._drop()
 
     def close(self) -> None:
         """Syncs, truncates the preallocated tail and releases the lock. Idempotent."""
-        self._stop_flusher()
+        self._stop_background()
         super().close()
 
     def __enter__(self) -> "Wal":
@@ -342,3 +325,63 @@ class Wal(_wal._WalCore):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"segment {self.seg_id}, offset {self.seg_size}"
         return f"<norikv.Wal {self.dir!r} {state}>"
+
+
+# Notified whenever the background thread lets go of a Wal, so that an open of
+# the same directory can wait for a Wal its user already dropped.
+_released = threading.Condition()
+
+
+def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
+    """If a Wal of this directory is kept alive only by its own background
+    thread (its user dropped it without close()), wait until that thread lets
+    go and the Wal is freed, so the recipe's "drop, then reopen" works."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    key = (st.st_dev, st.st_ino)
+    deadline = time.monotonic() + timeout
+    with _released:
+        while True:
+            owner = _wal._dir_owner(key)
+            if owner is None or not getattr(owner, "_bg_holding", False):
+                return
+            del owner
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            _released.wait(remaining)
+
+
+def _background(ref: "weakref.ref[Wal]", event: threading.Event) -> None:
+    """One thread per Wal: prefaults the mapping ahead of the writer and, under
+    FsyncPolicy.batch(w), starts an fsync at most w after the first unsynced
+    append, whether or not more appends come. It holds the Wal only while
+    working, so a Wal dropped without close() is freed (lock released) soon."""
+    while True:
+        wal = ref()
+        if wal is None or wal._bg_stop:
+            return
+        timeout = 1.0
+        wal._bg_holding = True
+        try:
+            if wal.prefault_pending:
+                wal._prefault_ahead()
+            if wal.dirty:
+                delay = wal.dirty_since + wal.window - time.monotonic()
+                if delay <= 0:
+                    wal.sync()
+                    timeout = 0.0
+                else:
+                    timeout = delay
+        except Exception:
+            return  # closed or failed: writers see the error themselves
+        finally:
+            wal._bg_holding = False
+            del wal
+            with _released:
+                _released.notify_all()
+        if timeout:
+            event.wait(timeout)
+            event.clear()
