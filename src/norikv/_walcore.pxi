@@ -401,7 +401,9 @@ cdef class _WalCore:
                 if m == NULL or self.closed or not _prefault_supported:
                     self.prefault_pending = False
                     return
-                target = self.seg_size + _PREFAULT_AHEAD
+                # Page-aligned, so that `populated` never lands mid-page (the
+                # next step would round down and fault the same bytes forever).
+                target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
                 if target > self.alloc:
                     target = self.alloc
                 start = self.populated if self.populated > self.seg_size else self.seg_size
@@ -419,8 +421,10 @@ cdef class _WalCore:
                         _prefault_supported = False
                     self.prefault_pending = False
                     return
-                if self.map == m and stop > self.populated:
-                    self.populated = stop
+                if self.map != m or stop <= self.populated:
+                    self.prefault_pending = False
+                    return
+                self.populated = stop
             finally:
                 self._unlock_map()
 
