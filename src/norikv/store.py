@@ -150,6 +150,7 @@ class KvStore(_wal._StoreCore):
         store.recovery_info = info
         store._recovery_seconds = time.perf_counter() - t0
         store._recovered_records = loader.records
+        store._relative_ttl_records = loader.relative_ttls
         store._compactions = 0
         store._last_compaction: dict[str, float] | None = None
         store._compact_lock = threading.Lock()
@@ -343,6 +344,7 @@ class KvStore(_wal._StoreCore):
             "last_compaction": self._last_compaction,
             "compaction_error": repr(self._compact_error) if self._compact_error else None,
             "ttl_keys": self._ttl_count(),
+            "relative_ttl_records": self._relative_ttl_records,
             "failed": repr(failed) if failed is not None else None,
         }
 
