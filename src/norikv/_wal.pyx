@@ -92,14 +92,27 @@ cdef inline double _now_monotonic() noexcept nogil:
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
+# Test hook: milliseconds added to the wall clock that TTL deadlines use, so
+# tests can move time forward instead of sleeping (see _set_clock_offset_ms).
+cdef int64_t _clock_offset_ms = 0
+
 cdef inline int64_t _now_ms() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
-    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000 + _clock_offset_ms
 
 def now_ms():
     """The wall clock in Unix milliseconds, as TTL deadlines use it."""
     return _now_ms()
+
+
+def _set_clock_offset_ms(int64_t offset_ms):
+    """For tests only: shifts the TTL clock by ``offset_ms`` (0 restores it).
+    Returns the previous offset."""
+    global _clock_offset_ms
+    cdef int64_t old = _clock_offset_ms
+    _clock_offset_ms = offset_ms
+    return old
 
 
 cdef inline bytes _as_bytes(object obj, str what):
