@@ -103,23 +103,24 @@ cdef class _SegmentReader:
 
     cdef int _rest_is_zero(self, uint64_t start) except -1:
         """Whether [start, limit) is all zero bytes; sets nonzero_end."""
-        cdef uint64_t off = start
-        cdef size_t n, i
+        cdef size_t n, i, skip
         cdef int zero = 1
         self.nonzero_end = start
         self.pos = start
         while self.pos < self.limit:
             self._fill(_CHUNK)
-            n = self.buf_len
-            if not nk_all_zero(self.buf, n):
-                zero = 0
-                i = n
-                while i > 0 and self.buf[i - 1] == 0:
-                    i -= 1
-                self.nonzero_end = self.buf_off + i
-            self.pos = self.buf_off + n
+            # _fill may keep a buffer that starts before pos: look from pos on.
+            skip = <size_t>(self.pos - self.buf_off)
+            n = self.buf_len - skip
             if n == 0:
                 break
+            if not nk_all_zero(self.buf + skip, n):
+                zero = 0
+                i = n
+                while i > 0 and self.buf[skip + i - 1] == 0:
+                    i -= 1
+                self.nonzero_end = self.pos + i
+            self.pos += n
         self.pos = start
         return zero
 
