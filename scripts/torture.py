@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""Crash torture for norikv: SIGKILL a writer at random instants, check what survives.
+
+Each round forks a writer that opens the store (recovering whatever the
+previous kill left behind), then runs a random mix of put, delete, atomic
+batch, TTL put (long and already-expired deadlines), sync, explicit
+compaction, background auto-compaction and large values that force segment
+rotation. Before each operation the writer sends ``S <id> <op>`` over a pipe,
+after it returns ``A <id> <extra>``: an operation is *acknowledged* once its
+``A`` line was sent (a batch once its ``with`` block exited). The runner
+SIGKILLs the writer after a random delay (sometimes during its recovery),
+drains the pipe, and checks a copy of the directory in-process:
+
+* the recovered map equals the model of acknowledged operations, or that
+  model plus the one operation in flight (never anything else): nothing
+  acknowledged is lost, no deleted key comes back, a batch is all or none,
+  no value is torn (values are compared byte for byte);
+* TTL deadlines survive exactly; keys whose deadline passed are gone;
+* open never raises (a SIGKILL must not leave mid-log damage).
+
+The next writer then opens the original, un-repaired directory, so recovery
+itself runs on raw crash state and can itself be killed.
+
+    python scripts/torture.py --kills 500            # full run, all policies
+    python scripts/torture.py --kills 45 --json      # quick mode (the tests)
+
+Exit status 0 when every round checked out; the summary gives the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import select
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from norikv import FsyncPolicy, KvStore
+from norikv._wal import now_ms
+
+POLICIES = {
+    "always": lambda: FsyncPolicy.ALWAYS,
+    "batch": lambda: FsyncPolicy.batch(0.005),
+    "os": lambda: FsyncPolicy.OS,
+}
+NKEYS = 300
+SEG = 1 << 20
+LONG_TTL = 3600.0
+SHORT_TTL = 0.001
+# Keys whose deadline is this close to the check are not compared (clock noise).
+TTL_SLACK_MS = 200
+
+
+def key(i: int) -> bytes:
+    return b"k%04d" % i
+
+
+def value(opid: int, idx: int, size: int) -> bytes:
+    """The value of operation opid, item idx: deterministic, distinct per op,
+    so a torn or misplaced value cannot compare equal."""
+    head = b"%d/%d:" % (opid, idx)
+    if size <= len(head):
+        return head[:size]
+    return head + random.Random(opid * 64 + idx).randbytes(size - len(head))
+
+
+def store_options(policy: str, auto_compact: bool) -> dict:
+    return dict(fsync_policy=POLICIES[policy](), max_segment_size=SEG,
+                auto_compact=auto_compact, compact_min_bytes=2 * SEG, compact_dead_ratio=0.5)
+
+
+# ------------------------------------------------------------------ the writer
+
+def _send(fd: int, line: str) -> None:
+    data = (line + "\n").encode()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _random_size(rng: random.Random) -> int:
+    r = rng.random()
+    if r < 0.02:
+        return rng.randint(100_000, 300_000)   # forces a segment rotation soon
+    if r < 0.1:
+        return 0
+    return rng.randint(1, 4096)
+
+
+def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool) -> None:
+    """Runs in the forked child until killed."""
+    rng = random.Random(seed)
+    store = KvStore.open(path, **store_options(policy, auto_compact))
+    _send(fd, "R %d" % len(store))
+    opid = opbase
+    while True:
+        opid += 1
+        r = rng.random()
+        if r < 0.50:
+            op = {"t": "put", "k": rng.randrange(NKEYS), "n": _random_size(rng)}
+        elif r < 0.65:
+            op = {"t": "del", "k": rng.randrange(NKEYS)}
+        elif r < 0.80:
+            items = []
+            for _ in range(rng.randint(1, 8)):
+                if rng.random() < 0.3:
+                    items.append(["d", rng.randrange(NKEYS), 0])
+                else:
+                    items.append(["p", rng.randrange(NKEYS), _random_size(rng)])
+            op = {"t": "batch", "ops": items}
+        elif r < 0.90:
+            op = {"t": "ttl", "k": rng.randrange(NKEYS), "n": rng.randint(0, 2000),
+                  "ttl": SHORT_TTL if rng.random() < 0.3 else LONG_TTL}
+        elif r < 0.97:
+            op = {"t": "sync"}
+        else:
+            op = {"t": "compact"}
+        _send(fd, "S %d %s" % (opid, json.dumps(op, separators=(",", ":"))))
+        extra = ""
+        t = op["t"]
+        if t == "put":
+            store.put(key(op["k"]), value(opid, 0, op["n"]))
+        elif t == "del":
+            store.delete(key(op["k"]))
+        elif t == "batch":
+            with store.batch() as b:
+                for i, (kind, k, n) in enumerate(op["ops"]):
+                    if kind == "p":
+                        b.put(key(k), value(opid, i, n))
+                    else:
+                        b.delete(key(k))
+        elif t == "ttl":
+            store.put(key(op["k"]), value(opid, 0, op["n"]), ttl=op["ttl"])
+            extra = " %d" % store._deadline_of(key(op["k"]))
+        elif t == "sync":
+            store.sync()
+        elif t == "compact":
+            store.compact()
+        _send(fd, "A %d%s" % (opid, extra))
+
+
+# ------------------------------------------------------------------ the model
+
+def apply(model: dict, opid: int, op: dict, deadline: int | None) -> None:
+    """model: key -> (value, deadline or None)."""
+    t = op["t"]
+    if t == "put":
+        model[key(op["k"])] = (value(opid, 0, op["n"]), None)
+    elif t == "del":
+        model.pop(key(op["k"]), None)
+    elif t == "batch":
+        for i, (kind, k, n) in enumerate(op["ops"]):
+            if kind == "p":
+                model[key(k)] = (value(opid, i, n), None)
+            else:
+                model.pop(key(k), None)
+    elif t == "ttl":
+        model[key(op["k"])] = (value(opid, 0, op["n"]), deadline)
+
+
+def apply_pending(model: dict, opid: int, op: dict) -> dict | None:
+    """Model including the in-flight op, or None when it has an unknown
+    deadline (a TTL put whose deadline we never heard): then compare keys
+    other than its key exactly and its key loosely."""
+    m = dict(model)
+    if op["t"] == "ttl":
+        m[key(op["k"])] = (value(opid, 0, op["n"]), -1)   # -1: deadline unknown
+    else:
+        apply(m, opid, op, None)
+    return m
+
+
+def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
+    """None when the recovered (state, deadlines) is what `model` predicts."""
+    keys = set(state) | set(model)
+    for k in sorted(keys):
+        exp = model.get(k)
+        if exp is not None and exp[1] is not None and exp[1] != -1:
+            if abs(exp[1] - now) < TTL_SLACK_MS:
+                continue                    # expiring right now: either is fine
+            if exp[1] <= now:
+                exp = None                  # expired
+        got = state.get(k)
+        if exp is None:
+            if got is not None:
+                return f"{k!r}: expected absent, found {len(got)} bytes {got[:20]!r}"
+            continue
+        if got is None:
+            return f"{k!r}: expected {len(exp[0])} bytes {exp[0][:20]!r}, absent"
+        if got != exp[0]:
+            return f"{k!r}: value differs: expected {exp[0][:20]!r}/{len(exp[0])}, got {got[:20]!r}/{len(got)}"
+        want_deadline = exp[1]
+        if want_deadline == -1:
+            if deadlines.get(k) is None:
+                return f"{k!r}: TTL lost"
+        elif deadlines.get(k) != want_deadline:
+            return f"{k!r}: deadline {deadlines.get(k)} != {want_deadline}"
+    return None
+
+
+def check_copy(path: str, policy: str, scratch: str, model: dict, pending) -> tuple[str | None, dict, dict]:
+    """Opens a copy of `path`, compares it with the model(s). Returns
+    (error or None, observed model, figures)."""
+    if os.path.exists(scratch):
+        shutil.rmtree(scratch)
+    if os.path.exists(path):
+        shutil.copytree(path, scratch)
+    figures = {}
+    try:
+        store = KvStore.open(scratch, **store_options(policy, False))
+    except Exception as exc:  # noqa: BLE001 - any failure to open is a finding
+        return f"open failed: {exc!r}", model, figures
+    try:
+        info = store.recovery_info
+        figures["corruption_detected"] = info.corruption_detected
+        figures["bytes_truncated"] = info.bytes_truncated
+        state = dict(store.items())
+        deadlines = {k: store._deadline_of(k) for k in state}
+    finally:
+        store.close()
+    now = now_ms()
+    err0 = _matches(state, deadlines, model, now)
+    if err0 is None:
+        figures["pending_applied"] = False
+        return None, model, figures
+    if pending is not None:
+        m1 = apply_pending(model, *pending)
+        err1 = _matches(state, deadlines, m1, now)
+        if err1 is None:
+            figures["pending_applied"] = True
+            # Adopt what recovery decided, with the deadline actually stored.
+            if pending[1]["t"] == "ttl":
+                k = key(pending[1]["k"])
+                if k in state:
+                    m1[k] = (state[k], deadlines[k])
+                else:
+                    m1.pop(k, None)
+            return None, m1, figures
+        return (f"state matches neither the acknowledged model ({err0}) nor it plus "
+                f"the in-flight op {pending[1]} ({err1})"), model, figures
+    return f"state differs from the acknowledged model: {err0}", model, figures
+
+
+# ------------------------------------------------------------------ the runner
+
+def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_compact: bool,
+              max_delay: float) -> dict:
+    """One fork / random delay / SIGKILL. Returns the lines the writer sent."""
+    rfd, wfd = os.pipe()
+    seed = rng.getrandbits(32)
+    # Some kills land very early (inside open/recovery), most while writing.
+    delay = rng.uniform(0, 0.03) if rng.random() < 0.15 else rng.uniform(0.01, max_delay)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            os.close(rfd)
+            writer(path, policy, seed, opbase, wfd, auto_compact)
+        except BaseException as exc:  # noqa: BLE001
+            try:
+                _send(wfd, "E %r" % (exc,))
+            except Exception:
+                pass
+            code = 3
+        os._exit(code)
+    os.close(wfd)
+    buf = bytearray()
+    deadline = time.monotonic() + delay
+    killed = False
+    while True:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0 and not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        r, _, _ = select.select([rfd], [], [], max(0.0, timeout) if not killed else 5.0)
+        if r:
+            chunk = os.read(rfd, 1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+        elif killed:
+            break
+    os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    lines = buf.decode().splitlines()
+    complete = buf.endswith(b"\n")
+    if not complete and lines:
+        lines.pop()                      # a line cut by the kill
+    return {"lines": lines, "status": status, "delay": delay}
+
+
+def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: float = 0.25,
+            time_budget: float | None = None, verbose: bool = False) -> dict:
+    rng = random.Random(seed)
+    summary = {"kills": 0, "rounds_failed": 0, "acknowledged_ops": 0, "lost": 0,
+               "kills_before_ready": 0, "pending_applied": 0, "pending_dropped": 0,
+               "torn_tails_repaired": 0, "bytes_truncated": 0, "errors": [], "per_policy": {},
+               "seed": seed}
+    t0 = time.monotonic()
+    per = max(1, kills // len(policies))
+    for pi, policy in enumerate(policies):
+        n = per if pi < len(policies) - 1 else kills - per * (len(policies) - 1)
+        path = os.path.join(base, policy)
+        scratch = os.path.join(base, policy + ".check")
+        model: dict = {}
+        opbase = 0
+        done = 0
+        for rnd in range(n):
+            if time_budget is not None and time.monotonic() - t0 > time_budget:
+                break
+            auto = rng.random() < 0.5
+            res = run_round(path, policy, rng, opbase, auto, max_delay)
+            opbase += 10_000_000
+            summary["kills"] += 1
+            done += 1
+            pending = None
+            ready = False
+            for line in res["lines"]:
+                tag, _, rest = line.partition(" ")
+                if tag == "R":
+                    ready = True
+                elif tag == "S":
+                    sid, _, js = rest.partition(" ")
+                    pending = (int(sid), json.loads(js))
+                elif tag == "A":
+                    parts = rest.split()
+                    aid = int(parts[0])
+                    assert pending is not None and pending[0] == aid, (pending, line)
+                    deadline = int(parts[1]) if len(parts) > 1 else None
+                    apply(model, aid, pending[1], deadline)
+                    summary["acknowledged_ops"] += 1
+                    pending = None
+                elif tag == "E":
+                    summary["errors"].append(f"{policy} round {rnd}: writer raised {rest}")
+            if not ready:
+                summary["kills_before_ready"] += 1
+            if not (os.WIFSIGNALED(res["status"]) and os.WTERMSIG(res["status"]) == signal.SIGKILL):
+                summary["errors"].append(f"{policy} round {rnd}: writer exited with status {res['status']}")
+            err, model, fig = check_copy(path, policy, scratch, model, pending)
+            if fig.get("corruption_detected"):
+                summary["torn_tails_repaired"] += 1
+            summary["bytes_truncated"] += fig.get("bytes_truncated", 0)
+            if pending is not None and err is None:
+                summary["pending_applied" if fig["pending_applied"] else "pending_dropped"] += 1
+            if err is not None:
+                summary["rounds_failed"] += 1
+                summary["lost"] += 1
+                summary["errors"].append(f"{policy} round {rnd} (delay {res['delay']:.3f}s): {err}")
+                if verbose:
+                    print(summary["errors"][-1], file=sys.stderr)
+                # Continue from what is actually there, so one finding does not cascade.
+                with KvStore.open(scratch, **store_options(policy, False)) as s:
+                    model = {k: (v, s._deadline_of(k)) for k, v in s.items()}
+            if verbose:
+                print(f"{policy} round {rnd}: {len(res['lines'])} lines, "
+                      f"{len(model)} keys, {'ok' if err is None else 'FAIL'}", file=sys.stderr)
+        summary["per_policy"][policy] = done
+    summary["seconds"] = round(time.monotonic() - t0, 2)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=500, help="total SIGKILLs, spread over the policies")
+    ap.add_argument("--policy", action="append", choices=sorted(POLICIES),
+                    help="fsync policy (repeatable; default: all three)")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--max-delay", type=float, default=0.25, help="longest run before a kill, seconds")
+    ap.add_argument("--time-budget", type=float, default=None, help="stop starting rounds after this")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
+    policies = args.policy or ["always", "batch", "os"]
+    base = args.dir or tempfile.mkdtemp(prefix="norikv-torture-")
+    try:
+        summary = torture(base, args.kills, policies, seed, args.max_delay, args.time_budget,
+                          args.verbose)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"seed {seed}: {summary['kills']} kills ({summary['per_policy']}), "
+              f"{summary['acknowledged_ops']} acknowledged ops, {summary['lost']} rounds with loss, "
+              f"{summary['kills_before_ready']} kills during open/recovery, "
+              f"{summary['torn_tails_repaired']} torn tails repaired, {summary['seconds']} s")
+        for e in summary["errors"]:
+            print("  " + e)
+    return 0 if not summary["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
