@@ -110,17 +110,23 @@ def decompress(kind: int, stored: bytes) -> bytes:
             claimed = params.content_size
             if claimed != _zstandard.CONTENTSIZE_UNKNOWN and claimed > limit:
                 raise CorruptionError(f"zstd value claims {claimed} bytes, over the limit {limit}")
+            # Feed the input in small slices so the output stays bounded, and
+            # insist on exactly one complete frame (a stream reader returns a
+            # truncated frame's partial output without complaint).
             parts = []
             total = 0
-            with _zstd_d.stream_reader(stored) as reader:
-                while True:
-                    chunk = reader.read(min(1 << 20, limit + 1 - total))
-                    if not chunk:
-                        break
-                    parts.append(chunk)
-                    total += len(chunk)
-                    if total > limit:
-                        raise CorruptionError("zstd value decompresses past its limit")
+            dobj = _zstd_d.decompressobj()
+            i = 0
+            for i in range(0, len(stored), 1024):
+                chunk = dobj.decompress(stored[i:i + 1024])
+                parts.append(chunk)
+                total += len(chunk)
+                if total > limit:
+                    raise CorruptionError("zstd value decompresses past its limit")
+                if dobj.eof:
+                    break
+            if not dobj.eof or dobj.unused_data or i + 1024 < len(stored):
+                raise CorruptionError("zstd value is not exactly one complete frame")
             out = b"".join(parts)
         except _zstandard.ZstdError as exc:
             raise CorruptionError(f"zstd value does not decompress: {exc}") from None
