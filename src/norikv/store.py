@@ -278,12 +278,23 @@ class KvStore(_wal._StoreCore):
             t0 = time.perf_counter()
             before = self._wal_bytes()
             data, expiry, first, gap = self._freeze()
-            parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
-                                        self.wal.max_segment_size, int(self._compression_kind()),
-                                        self.compress_min_size)
-            del data, expiry
-            for tmp, seg, size in parts:
-                self.wal._install_segment(tmp, seg, size)
+            try:
+                parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
+                                            self.wal.max_segment_size, int(self._compression_kind()),
+                                            self.compress_min_size)
+                del data, expiry
+                for tmp, seg, size in parts:
+                    self.wal._install_segment(tmp, seg, size)
+            except BaseException:
+                # A failed snapshot (e.g. ENOSPC) must not keep its partial
+                # temporary files, and their disk space, until the next open.
+                for seg in range(first, first + gap):
+                    tmp = os.path.join(self.wal.dir, _wal.segment_name(seg) + ".compact-tmp")
+                    try:
+                        os.unlink(tmp)
+                    except FileNotFoundError:
+                        pass
+                raise
             old = [s for s in self.wal._segment_ids() if s < first]
             self.wal._delete_segments(old)
             after = self._wal_bytes()
