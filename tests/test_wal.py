@@ -1,0 +1,312 @@
+"""The Wal API: configuration, append positions, rotation, reading across
+segments, segment deletion, sync, close and finalize."""
+
+import os
+
+import pytest
+
+import spec_codec as spec
+from norikv import (ClosedError, Compression, ConfigError, FsyncPolicy, Position, Record,
+                    RecoveryMode, Wal, WalConfig)
+
+MIB = 1 << 20
+
+
+def cfg(path, **kw):
+    kw.setdefault("max_segment_size", MIB)
+    kw.setdefault("fsync_policy", FsyncPolicy.OS)
+    return WalConfig(dir=str(path), **kw)
+
+
+def seg_files(path):
+    return sorted(n for n in os.listdir(path) if n.endswith(".wal"))
+
+
+def size_of(path, seg):
+    return os.path.getsize(os.path.join(path, spec.segment_name(seg)))
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_segment_size=MIB - 1), "1 MiB"),
+    (dict(max_segment_size=0), "1 MiB"),
+    (dict(max_segment_size=-5), "1 MiB"),
+    (dict(max_segment_size="1048576"), "int"),
+    (dict(max_segment_size=float(MIB)), "int"),
+    (dict(max_segment_size=True), "int"),
+    (dict(fsync_policy=FsyncPolicy.batch(0)), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(0.0)), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(-0.001)), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(1.0001)), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(5)), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch("0.005")), "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(float("nan"))), "window"),
+    (dict(fsync_policy="always"), "FsyncPolicy"),
+    (dict(fsync_policy=None), "FsyncPolicy"),
+    (dict(recovery_mode="point_in_time"), "RecoveryMode"),
+    (dict(node_id=-1), "node_id"),
+    (dict(node_id="0"), "node_id"),
+])
+def test_config_validation(tmp_path, kwargs, match):
+    d = tmp_path / "wal"
+    with pytest.raises(ConfigError, match=match):
+        Wal.open(cfg(d, **kwargs))
+    assert not d.exists() or not seg_files(d)
+
+
+def test_config_dir_type(tmp_path):
+    with pytest.raises(ConfigError):
+        Wal.open(WalConfig(dir=123, max_segment_size=MIB))
+    with pytest.raises(TypeError):
+        Wal.open("not a config")
+
+
+@pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.OS, FsyncPolicy.batch(),
+                                    FsyncPolicy.batch(1.0), FsyncPolicy.batch(0.0001)])
+def test_valid_configs_open(tmp_path, policy):
+    wal, info = Wal.open(cfg(tmp_path, fsync_policy=policy))
+    with wal:
+        assert wal.append(Record.put(b"k", b"v")) == Position(0, 0)
+        assert info.valid_records == 0 and not info.corruption_detected
+    assert FsyncPolicy.batch().window == 0.005
+
+
+def test_open_with_keywords(tmp_path):
+    wal, _ = Wal.open(dir=str(tmp_path), max_segment_size=MIB, fsync_policy=FsyncPolicy.OS)
+    wal.close()
+    with pytest.raises(TypeError):
+        Wal.open(cfg(tmp_path), dir=str(tmp_path))
+
+
+# ---------------------------------------------------------------- append
+
+
+def test_append_positions(tmp_path):
+    recs = [Record.put(b"a", b"1"), Record.delete(b"a"), Record.put_with_ttl(b"b", b"2", 3),
+            Record.put(b"c", b"x" * 300).with_compression(Compression.LZ4),
+            Record.put(b"d", b"y" * 300).with_compression(Compression.ZSTD),
+            Record.put(b"e", b"5").with_version(1, 2)]
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        off = 0
+        for r in recs:
+            assert wal.current_position() == Position(0, off)
+            assert wal.append(r) == Position(0, off)
+            off += len(r.encode())
+        assert wal.current_position() == Position(0, off)
+        got = list(wal.read_from(Position(0, 0)))
+    assert [r for r, _ in got] == recs
+    assert got[3][0].value == b"x" * 300
+    assert size_of(tmp_path, 0) == off
+
+
+def test_append_batch_positions(tmp_path):
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        wal.append(Record.put(b"first", b""))
+        start = wal.current_position().offset
+        recs = [Record.put(b"k%d" % i, b"v" * i) for i in range(50)]
+        positions = wal.append_batch(recs)
+        expected, off = [], start
+        for r in recs:
+            expected.append(Position(0, off))
+            off += len(r.encode())
+        assert positions == expected
+        assert wal.current_position() == Position(0, off)
+        assert wal.append_batch([]) == []
+        assert wal.current_position() == Position(0, off)
+        assert [r for r, _ in wal.read_from(Position(0, start))] == recs
+        with pytest.raises(TypeError):
+            wal.append_batch([Record.put(b"a", b"b"), b"not a record"])
+        with pytest.raises(TypeError):
+            wal.append(b"not a record")
+        assert wal.current_position() == Position(0, off)  # nothing half-written
+
+
+def test_rotation_and_read_across_segments(tmp_path):
+    value = os.urandom(10_000)
+    recs = [Record.put(b"key%05d" % i, value) for i in range(330)]  # ~3.2 MiB
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        positions = [wal.append(r) for r in recs]
+        assert seg_files(tmp_path) == ["000000.wal", "000001.wal", "000002.wal", "000003.wal"]
+        # finalized on rotation: truncated to the logical size, never over the limit
+        for seg in (0, 1, 2):
+            logical = sum(len(r.encode()) for r, p in zip(recs, positions) if p.segment_id == seg)
+            assert size_of(tmp_path, seg) == logical <= MIB
+            # rotated only because the next record would not fit
+            first_next = next(r for r, p in zip(recs, positions) if p.segment_id == seg + 1)
+            assert logical + len(first_next.encode()) > MIB
+        # the active segment is preallocated
+        assert size_of(tmp_path, 3) == MIB
+        # positions: each segment starts at offset 0 and offsets are contiguous
+        for a, b, r in zip(positions, positions[1:], recs):
+            if a.segment_id == b.segment_id:
+                assert b.offset == a.offset + len(r.encode())
+            else:
+                assert b == Position(a.segment_id + 1, 0)
+        got = list(wal.read_from(Position(0, 0)))
+        assert [r for r, _ in got] == recs and [p for _, p in got] == positions
+        mid = positions[150]
+        assert [p for _, p in wal.read_from(mid)] == positions[150:]
+        assert [r for r, _ in wal.read_from(Position(2, 0))] == \
+            [r for r, p in zip(recs, positions) if p.segment_id >= 2]
+        assert list(wal.read_from(wal.current_position())) == []
+        active_logical = wal.current_position().offset
+    assert size_of(tmp_path, 3) == active_logical  # finalized on close
+    # the spec codec reads the same thing
+    assert [(s, o) for s, o, _ in spec.read_dir(tmp_path)] == [tuple(p) for p in positions]
+
+
+def test_oversized_record_gets_its_own_segment(tmp_path):
+    big = Record.put(b"big", os.urandom(MIB + MIB // 2))
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        assert wal.append(big) == Position(0, 0)  # first record of an empty log
+        assert wal.append(Record.put(b"a", b"1")) == Position(1, 0)
+        assert wal.append(Record.put(b"b", b"2")).segment_id == 1
+        assert wal.append(big) == Position(2, 0)
+        assert wal.append(Record.put(b"c", b"3")) == Position(3, 0)
+        # in a batch too: never split, never refused
+        ps = wal.append_batch([Record.put(b"d", b"4"), big])
+        assert ps[0] == Position(4, 0) and ps[1].segment_id == 4
+        got = [r.key for r, _ in wal.read_from(Position(0, 0))]
+    assert got == [b"big", b"a", b"b", b"big", b"c", b"d", b"big"]
+    assert size_of(tmp_path, 0) == len(big.encode())
+    assert size_of(tmp_path, 2) == len(big.encode())
+    wal, info = Wal.open(cfg(tmp_path))
+    with wal:
+        assert info.valid_records == 7 and not info.corruption_detected
+        assert [r.key for r, _ in wal.read_from(Position(0, 0))] == got
+
+
+def test_read_from_sees_later_appends(tmp_path):
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        wal.append(Record.put(b"a", b"1"))
+        it = wal.read_from(Position(0, 0))
+        assert next(it)[0].key == b"a"
+        wal.append(Record.put(b"b", b"2"))
+        assert next(it)[0].key == b"b"
+        with pytest.raises(StopIteration):
+            next(it)
+        with pytest.raises(TypeError):
+            wal.read_from((0, 0))
+
+
+def test_reopen_continues_where_it_left(tmp_path):
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        for i in range(10):
+            wal.append(Record.put(b"k%d" % i, b"v"))
+        end = wal.current_position()
+    wal, info = Wal.open(cfg(tmp_path))
+    with wal:
+        assert info.valid_records == 10
+        assert info.last_valid_position == end
+        assert info.segments_scanned == 1
+        assert not info.corruption_detected and info.bytes_truncated == 0
+        assert wal.current_position() == end
+        assert wal.append(Record.put(b"k10", b"v")) == end
+        assert size_of(tmp_path, 0) == MIB  # preallocated again while open
+    assert len(spec.read_dir(tmp_path)) == 11
+
+
+def test_preallocate_false(tmp_path):
+    with Wal.open(cfg(tmp_path, preallocate=False))[0] as wal:
+        ps = [wal.append(Record.put(b"k", os.urandom(5000))) for _ in range(300)]
+        assert ps[-1].segment_id == 1
+    assert size_of(tmp_path, 1) == ps[-1].offset + len(Record.put(b"k", bytes(5000)).encode())
+
+
+def test_delete_segments_before(tmp_path):
+    value = bytes(100_000)
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        ps = [wal.append(Record.put(b"k%03d" % i, value)) for i in range(45)]
+        assert ps[-1].segment_id == 4
+        assert wal.delete_segments_before(Position(0, 0)) == 0
+        third = next(p for p in ps if p.segment_id == 2)
+        assert wal.delete_segments_before(third) == 2
+        assert seg_files(tmp_path) == ["000002.wal", "000003.wal", "000004.wal"]
+        # reading from the start now begins at the oldest remaining segment
+        got = [p for _, p in wal.read_from(Position(0, 0))]
+        assert got == [p for p in ps if p.segment_id >= 2]
+        # the active segment is never deleted
+        assert wal.delete_segments_before(Position(99, 0)) == 2
+        assert seg_files(tmp_path) == ["000004.wal"]
+        assert wal.append(Record.put(b"after", b"")).segment_id == 4
+    wal, info = Wal.open(cfg(tmp_path))
+    with wal:
+        assert info.valid_records == sum(p.segment_id == 4 for p in ps) + 1
+        assert not info.corruption_detected
+
+
+def test_flush_and_sync(tmp_path):
+    for policy in (FsyncPolicy.OS, FsyncPolicy.ALWAYS, FsyncPolicy.batch(1.0)):
+        d = tmp_path / policy.kind
+        with Wal.open(cfg(d, fsync_policy=policy))[0] as wal:
+            wal.append(Record.put(b"a", b"b"))
+            wal.flush()
+            written, synced, failed = wal._lock_state()
+            if policy is FsyncPolicy.ALWAYS:
+                assert synced == written
+            before = wal.fsync_count
+            wal.sync()
+            written, synced, failed = wal._lock_state()
+            assert synced == written > 0 and failed is None
+            if policy is not FsyncPolicy.ALWAYS:
+                assert wal.fsync_count == before + 1
+            wal.sync()  # nothing new: no second fsync
+            assert wal._lock_state()[1] == written
+
+
+def test_close_idempotent_and_closed_errors(tmp_path):
+    wal, _ = Wal.open(cfg(tmp_path))
+    wal.append(Record.put(b"a", b"b"))
+    wal.close()
+    wal.close()
+    assert wal.closed
+    for call in (lambda: wal.append(Record.put(b"x", b"y")),
+                 lambda: wal.append_batch([Record.put(b"x", b"y")]),
+                 wal.sync, wal.flush, wal.current_position,
+                 lambda: wal.read_from(Position(0, 0)),
+                 lambda: wal.delete_segments_before(Position(1, 0))):
+        with pytest.raises(ClosedError):
+            call()
+    assert seg_files(tmp_path) == ["000000.wal"]
+    assert size_of(tmp_path, 0) == len(Record.put(b"a", b"b").encode())
+
+
+def test_context_manager_closes(tmp_path):
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        wal.append(Record.put(b"a", b"b"))
+    assert wal.closed
+    with pytest.raises(ClosedError):
+        wal.append(Record.put(b"a", b"b"))
+    with pytest.raises(RuntimeError):
+        with Wal.open(cfg(tmp_path))[0] as wal2:
+            raise RuntimeError("boom")
+    assert wal2.closed
+    Wal.open(cfg(tmp_path))[0].close()  # the lock was released
+
+
+def test_empty_wal_close_and_reopen(tmp_path):
+    Wal.open(cfg(tmp_path))[0].close()
+    assert seg_files(tmp_path) == ["000000.wal"]
+    assert size_of(tmp_path, 0) == 0
+    wal, info = Wal.open(cfg(tmp_path))
+    with wal:
+        assert info.valid_records == 0 and info.last_valid_position == Position(0, 0)
+        assert wal.current_position() == Position(0, 0)
+
+
+def test_ignores_foreign_files(tmp_path):
+    spec.write_segment(tmp_path, 0, [spec.SpecRecord(b"a", b"1")])
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "1.wal").write_bytes(b"garbage")
+    (tmp_path / "abcdef.wal").write_bytes(b"garbage")
+    wal, info = Wal.open(cfg(tmp_path))
+    with wal:
+        assert info.valid_records == 1 and not info.corruption_detected
+        assert [r.key for r, _ in wal.read_from(Position(0, 0))] == [b"a"]
+    assert (tmp_path / "1.wal").read_bytes() == b"garbage"
+
+
+def test_recovery_mode_default():
+    assert WalConfig().recovery_mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL
