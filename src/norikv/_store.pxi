@@ -4,6 +4,11 @@ from heapq import heappush, heappop, heapify
 
 cdef extern from "Python.h":
     PyObject *PyDict_GetItem(object d, object k)
+    PyObject *PyDict_SetDefault(object d, object k, object v) except NULL
+
+# Record flags that need the general replay path (everything but a plain put).
+cdef uint32_t _LOADER_SLOW_FLAGS = (NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK
+                                    | NK_FLAG_BATCH_CONT)
 
 
 cdef class _StoreLoader(_Sink):
@@ -49,7 +54,23 @@ cdef class _StoreLoader(_Sink):
         cdef object value = None
         cdef int64_t deadline = -1
         cdef uint32_t kind
+        cdef PyObject *old
+        cdef Py_ssize_t n
         self.records += 1
+        if not (r.flags & _LOADER_SLOW_FLAGS) and not self.staged:
+            # The common record, a plain put: one dict lookup (setdefault)
+            # instead of get + set; a second one only when the key existed.
+            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
+            n = PyDict_Size(self.data)
+            old = PyDict_SetDefault(self.data, key, value)
+            # (not `old != value`: empty and 1-byte bytes are shared singletons)
+            if PyDict_Size(self.data) == n:
+                self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
+                PyDict_SetItem(self.data, key, value)
+                if PyDict_Size(self.expiry):
+                    self.expiry.pop(key, None)
+            self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
+            return 0
         if not (r.flags & NK_FLAG_TOMBSTONE):
             value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
             kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
