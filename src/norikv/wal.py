@@ -227,6 +227,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> R
             last_pos = Position(seg, end)
         if is_last:
             last_id, last_size = seg, end
+            break  # POINT_IN_TIME may have cut the log here: later ids are gone
         else:
             finalized[seg] = end
     info = RecoveryInfo(
