@@ -136,7 +136,9 @@ def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact
                         b.delete(key(k))
         elif t == "ttl":
             store.put(key(op["k"]), value(opid, 0, op["n"]), ttl=op["ttl"])
-            extra = " %d" % store._deadline_of(key(op["k"]))
+            d = store._deadline_of(key(op["k"]))
+            # None: already expired and purged (e.g. by a background compaction).
+            extra = " %d" % (d if d is not None else 0)
         elif t == "sync":
             store.sync()
         elif t == "compact":
@@ -164,11 +166,13 @@ def apply(model: dict, opid: int, op: dict, deadline: int | None) -> None:
 
 
 def apply_pending(model: dict, opid: int, op: dict) -> dict | None:
-    """Model including the in-flight op, or None when it has an unknown
-    deadline (a TTL put whose deadline we never heard): then compare keys
-    other than its key exactly and its key loosely."""
+    """Model including the in-flight op. A long TTL put in flight gets the
+    deadline -1 ("some deadline": we never heard it); a short one has
+    expired by the time of the check."""
     m = dict(model)
-    if op["t"] == "ttl":
+    if op["t"] == "ttl" and op["ttl"] == SHORT_TTL:
+        m.pop(key(op["k"]), None)                          # applied, and expired by now
+    elif op["t"] == "ttl":
         m[key(op["k"])] = (value(opid, 0, op["n"]), -1)   # -1: deadline unknown
     else:
         apply(m, opid, op, None)

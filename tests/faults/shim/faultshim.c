@@ -1,0 +1,214 @@
+/* faultshim: an LD_PRELOAD library that makes chosen I/O calls fail, for the
+ * norikv fault tests.  Compiled by tests/faults/test_io_errors.py at run time:
+ *
+ *     cc -shared -fPIC -O1 -o faultshim.so faultshim.c -ldl
+ *
+ * Environment (read once, at the first intercepted call):
+ *   FAULTSHIM_OPS      comma list of calls to fail: fsync, fdatasync, write,
+ *                      pwrite, msync, fallocate, ftruncate (default: none)
+ *   FAULTSHIM_ERRNO    errno to fail with (default 5, EIO)
+ *   FAULTSHIM_PATH     only fail calls on descriptors whose path contains
+ *                      this substring (default: any descriptor; msync has no
+ *                      descriptor and ignores it)
+ *   FAULTSHIM_CONTROL  a file path: faults are armed only while it exists
+ *                      (so the process under test can arm them at a chosen
+ *                      moment); if it holds a comma list of calls, those
+ *                      replace FAULTSHIM_OPS while it exists.  Without it,
+ *                      faults are armed from the start
+ *   FAULTSHIM_AFTER    let this many matching calls succeed first (default 0)
+ *   FAULTSHIM_LOG      a file to which one line per injected fault is appended
+ *
+ * The process sees the failure exactly as from the kernel: -1 and errno (or
+ * the error number returned, for posix_fallocate).  Nothing is written or
+ * synced by a failed call. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+enum { OP_FSYNC = 1, OP_FDATASYNC = 2, OP_WRITE = 4, OP_PWRITE = 8, OP_MSYNC = 16,
+       OP_FALLOCATE = 32, OP_FTRUNCATE = 64 };
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static unsigned ops_mask;
+static int fail_errno = EIO;
+static const char *path_sub;
+static const char *control;
+static const char *logpath;
+static long after;
+static long matched;
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned parse_ops(const char *s) {
+    unsigned mask = 0;
+    char buf[256], *save = NULL;
+    strncpy(buf, s, sizeof buf - 1);
+    buf[sizeof buf - 1] = 0;
+    for (char *tok = strtok_r(buf, ", \n", &save); tok; tok = strtok_r(NULL, ", \n", &save)) {
+        if (!strcmp(tok, "fsync")) mask |= OP_FSYNC;
+        else if (!strcmp(tok, "fdatasync")) mask |= OP_FDATASYNC;
+        else if (!strcmp(tok, "write")) mask |= OP_WRITE;
+        else if (!strcmp(tok, "pwrite")) mask |= OP_PWRITE;
+        else if (!strcmp(tok, "msync")) mask |= OP_MSYNC;
+        else if (!strcmp(tok, "fallocate")) mask |= OP_FALLOCATE;
+        else if (!strcmp(tok, "ftruncate")) mask |= OP_FTRUNCATE;
+    }
+    return mask;
+}
+
+/* The ops armed now: 0 when the control file is missing, its contents when
+   it names any, else FAULTSHIM_OPS. */
+static unsigned armed_ops(void) {
+    static int (*real_open)(const char *, int, ...);
+    static ssize_t (*real_read)(int, void *, size_t);
+    char buf[256];
+    ssize_t n;
+    int fd;
+    unsigned mask;
+    if (!control) return ops_mask;
+    if (!real_open) real_open = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
+    if (!real_read) real_read = (ssize_t (*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+    fd = real_open(control, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    n = real_read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return ops_mask;
+    buf[n] = 0;
+    mask = parse_ops(buf);
+    return mask ? mask : ops_mask;
+}
+
+static void init(void) {
+    const char *s = getenv("FAULTSHIM_OPS");
+    if (s) ops_mask = parse_ops(s);
+    if ((s = getenv("FAULTSHIM_ERRNO"))) fail_errno = atoi(s);
+    path_sub = getenv("FAULTSHIM_PATH");
+    if (path_sub && !*path_sub) path_sub = NULL;
+    control = getenv("FAULTSHIM_CONTROL");
+    logpath = getenv("FAULTSHIM_LOG");
+    if ((s = getenv("FAULTSHIM_AFTER"))) after = atol(s);
+}
+
+static int fd_matches(int fd) {
+    char link[64], target[4096];
+    ssize_t n;
+    if (!path_sub || fd < 0) return 1;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    n = readlink(link, target, sizeof target - 1);
+    if (n < 0) return 0;
+    target[n] = 0;
+    return strstr(target, path_sub) != NULL;
+}
+
+static void log_fault(const char *name, int fd) {
+    static int (*real_open)(const char *, int, ...);
+    static ssize_t (*real_write)(int, const void *, size_t);
+    char line[128];
+    int lfd, len;
+    if (!logpath) return;
+    if (!real_open) real_open = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
+    if (!real_write) real_write = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    lfd = real_open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (lfd < 0) return;
+    len = snprintf(line, sizeof line, "%s %d\n", name, fd);
+    real_write(lfd, line, (size_t)len);
+    close(lfd);
+}
+
+/* Whether this call must fail. Saves and restores errno when it need not. */
+static int should_fail(unsigned op, const char *name, int fd) {
+    int saved = errno, fail = 0;
+    pthread_once(&once, init);
+    if (!(armed_ops() & op)) { errno = saved; return 0; }
+    if (op != OP_MSYNC && !fd_matches(fd)) { errno = saved; return 0; }
+    pthread_mutex_lock(&mu);
+    if (matched++ >= after) fail = 1;
+    pthread_mutex_unlock(&mu);
+    if (fail) log_fault(name, fd);
+    errno = saved;
+    return fail;
+}
+
+#define REAL(ret, name, ...) \
+    static ret (*real)(__VA_ARGS__); \
+    if (!real) real = (ret (*)(__VA_ARGS__))dlsym(RTLD_NEXT, name)
+
+int fsync(int fd) {
+    REAL(int, "fsync", int);
+    if (should_fail(OP_FSYNC, "fsync", fd)) { errno = fail_errno; return -1; }
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    REAL(int, "fdatasync", int);
+    if (should_fail(OP_FDATASYNC, "fdatasync", fd)) { errno = fail_errno; return -1; }
+    return real(fd);
+}
+
+ssize_t write(int fd, const void *buf, size_t n) {
+    REAL(ssize_t, "write", int, const void *, size_t);
+    if (should_fail(OP_WRITE, "write", fd)) { errno = fail_errno; return -1; }
+    return real(fd, buf, n);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
+    REAL(ssize_t, "pwrite", int, const void *, size_t, off_t);
+    if (should_fail(OP_PWRITE, "pwrite", fd)) { errno = fail_errno; return -1; }
+    return real(fd, buf, n, off);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
+    REAL(ssize_t, "pwrite64", int, const void *, size_t, off_t);
+    if (should_fail(OP_PWRITE, "pwrite64", fd)) { errno = fail_errno; return -1; }
+    return real(fd, buf, n, off);
+}
+
+int msync(void *addr, size_t len, int flags) {
+    REAL(int, "msync", void *, size_t, int);
+    if (should_fail(OP_MSYNC, "msync", -1)) { errno = fail_errno; return -1; }
+    return real(addr, len, flags);
+}
+
+int fallocate(int fd, int mode, off_t off, off_t len) {
+    REAL(int, "fallocate", int, int, off_t, off_t);
+    if (should_fail(OP_FALLOCATE, "fallocate", fd)) { errno = fail_errno; return -1; }
+    return real(fd, mode, off, len);
+}
+
+int fallocate64(int fd, int mode, off_t off, off_t len) {
+    REAL(int, "fallocate64", int, int, off_t, off_t);
+    if (should_fail(OP_FALLOCATE, "fallocate64", fd)) { errno = fail_errno; return -1; }
+    return real(fd, mode, off, len);
+}
+
+int posix_fallocate(int fd, off_t off, off_t len) {
+    REAL(int, "posix_fallocate", int, off_t, off_t);
+    if (should_fail(OP_FALLOCATE, "posix_fallocate", fd)) return fail_errno;
+    return real(fd, off, len);
+}
+
+int posix_fallocate64(int fd, off_t off, off_t len) {
+    REAL(int, "posix_fallocate64", int, off_t, off_t);
+    if (should_fail(OP_FALLOCATE, "posix_fallocate64", fd)) return fail_errno;
+    return real(fd, off, len);
+}
+
+int ftruncate(int fd, off_t len) {
+    REAL(int, "ftruncate", int, off_t);
+    if (should_fail(OP_FTRUNCATE, "ftruncate", fd)) { errno = fail_errno; return -1; }
+    return real(fd, len);
+}
+
+int ftruncate64(int fd, off_t len) {
+    REAL(int, "ftruncate64", int, off_t);
+    if (should_fail(OP_FTRUNCATE, "ftruncate64", fd)) { errno = fail_errno; return -1; }
+    return real(fd, len);
+}
