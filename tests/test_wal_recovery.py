@@ -39,7 +39,7 @@ def read_all(wal):
 
 
 def keys(wal):
-    return [r.key for r, _ in wal.read_all()] if False else [r.key for r, _ in read_all(wal)]
+    return [r.key for r, _ in read_all(wal)]
 
 
 # ---------------------------------------------------------------- torn tails
