@@ -271,8 +271,9 @@ class Wal(_wal._WalCore):
     def _open_config(self, config: WalConfig, sink: object) -> RecoveryInfo:
         self.config = config
         policy = config.fsync_policy
-        _await_dropped_owner(os.fspath(config.dir))
-        self._open(os.fspath(config.dir), config.max_segment_size, policy.code,
+        path = os.fsdecode(config.dir)  # the core joins str names onto it
+        _await_dropped_owner(path)
+        self._open(path, config.max_segment_size, policy.code,
                    float(policy.window), bool(config.preallocate))
         try:
             info = recover(self, config.recovery_mode, sink)
