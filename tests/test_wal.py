@@ -310,3 +310,12 @@ def test_ignores_foreign_files(tmp_path):
 
 def test_recovery_mode_default():
     assert WalConfig().recovery_mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL
+
+
+def test_dir_as_bytes_and_pathlike(tmp_path):
+    for d in (os.fsencode(str(tmp_path / "b")), tmp_path / "p"):
+        with Wal.open(WalConfig(dir=d, max_segment_size=MIB,
+                                fsync_policy=FsyncPolicy.OS))[0] as wal:
+            wal.append(Record.put(b"a", b"b"))
+            assert [r.key for r, _ in wal.read_from(Position(0, 0))] == [b"a"]
+    assert seg_files(tmp_path / "b") == ["000000.wal"]
