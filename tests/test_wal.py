@@ -319,3 +319,51 @@ def test_dir_as_bytes_and_pathlike(tmp_path):
             wal.append(Record.put(b"a", b"b"))
             assert [r.key for r, _ in wal.read_from(Position(0, 0))] == [b"a"]
     assert seg_files(tmp_path / "b") == ["000000.wal"]
+
+
+def _wait_for(cond, timeout=30.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_batch_policy_syncs_without_further_appends(tmp_path):
+    """The background flusher fsyncs a batch window after the last append even
+    when no further append comes (nori-wal only synced inside a later append)."""
+    with Wal.open(cfg(tmp_path, fsync_policy=FsyncPolicy.batch(0.005)))[0] as wal:
+        for round_ in range(3):
+            wal.append(Record.put(b"k%d" % round_, b"v"))
+            written = wal._lock_state()[0]
+            assert _wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+            assert not wal.dirty
+        assert wal.fsync_count >= 3
+
+
+def test_concurrent_appends_from_threads(tmp_path):
+    import threading
+    results = {}
+
+    def writer(t):
+        out = []
+        for i in range(400):
+            r = Record.put(b"t%d-%04d" % (t, i), os.urandom(i % 300))
+            out.append((wal.append(r), r))
+            if i % 50 == 0:
+                ps = wal.append_batch([Record.put(b"t%d-b%04d-%d" % (t, i, j), b"x") for j in range(3)])
+                out.extend(zip(ps, [Record.put(b"t%d-b%04d-%d" % (t, i, j), b"x") for j in range(3)]))
+        results[t] = out
+
+    with Wal.open(cfg(tmp_path, fsync_policy=FsyncPolicy.batch(0.002)))[0] as wal:
+        threads = [threading.Thread(target=writer, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        got = {p: r for r, p in wal.read_from(Position(0, 0))}
+    expected = {p: r for out in results.values() for p, r in out}
+    assert len(expected) == 4 * (400 + 8 * 3)
+    assert got == expected
