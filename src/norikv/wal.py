@@ -206,14 +206,18 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> R
                 raise CorruptionError(f"corrupt segment {where}", seg_path, end, seg)
             corrupt = True
             truncated += max(0, res["nonzero_end"] - end)
-            _truncate(seg_path, end)
             if not is_last:  # POINT_IN_TIME: everything after the damage goes
-                for later in ids[i + 1:]:
+                # Later segments go first, newest first, and durably, before
+                # the damaged one is cut: a crash in between then leaves the
+                # damage in place for the next open to find, never a repaired
+                # segment followed by records written after the damage.
+                for later in reversed(ids[i + 1:]):
                     os.unlink(os.path.join(path, _wal.segment_name(later)))
                     removed += 1
                 core._fsync_dir()
                 ids = ids[: i + 1]
                 is_last = True
+            _truncate(seg_path, end)
         if is_last and res["batch_open"] is not None:
             # An atomic batch whose last record never made it: cut it off so that
             # later appends cannot complete it by accident.

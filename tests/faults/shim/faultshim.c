@@ -17,6 +17,12 @@
  *                      faults are armed from the start
  *   FAULTSHIM_AFTER    let this many matching calls succeed first (default 0)
  *   FAULTSHIM_LOG      a file to which one line per injected fault is appended
+ *   FAULTSHIM_ACTION   "fail" (default) or "kill": perform the call, then
+ *                      SIGKILL the process (a crash right after that call;
+ *                      with FAULTSHIM_AFTER=n, after the n+1-th matching call)
+ *
+ * Calls that can be named: fsync, fdatasync, write, pwrite, msync, fallocate,
+ * ftruncate, unlink (also unlinkat), rename (also renameat).
  *
  * The process sees the failure exactly as from the kernel: -1 and errno (or
  * the error number returned, for posix_fallocate).  Nothing is written or
@@ -26,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +42,7 @@
 #include <unistd.h>
 
 enum { OP_FSYNC = 1, OP_FDATASYNC = 2, OP_WRITE = 4, OP_PWRITE = 8, OP_MSYNC = 16,
-       OP_FALLOCATE = 32, OP_FTRUNCATE = 64 };
+       OP_FALLOCATE = 32, OP_FTRUNCATE = 64, OP_UNLINK = 128, OP_RENAME = 256 };
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static unsigned ops_mask;
@@ -45,6 +52,7 @@ static const char *control;
 static const char *logpath;
 static long after;
 static long matched;
+static int kill_mode;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned parse_ops(const char *s) {
@@ -60,6 +68,8 @@ static unsigned parse_ops(const char *s) {
         else if (!strcmp(tok, "msync")) mask |= OP_MSYNC;
         else if (!strcmp(tok, "fallocate")) mask |= OP_FALLOCATE;
         else if (!strcmp(tok, "ftruncate")) mask |= OP_FTRUNCATE;
+        else if (!strcmp(tok, "unlink")) mask |= OP_UNLINK;
+        else if (!strcmp(tok, "rename")) mask |= OP_RENAME;
     }
     return mask;
 }
@@ -95,6 +105,7 @@ static void init(void) {
     control = getenv("FAULTSHIM_CONTROL");
     logpath = getenv("FAULTSHIM_LOG");
     if ((s = getenv("FAULTSHIM_AFTER"))) after = atol(s);
+    if ((s = getenv("FAULTSHIM_ACTION")) && !strcmp(s, "kill")) kill_mode = 1;
 }
 
 static int fd_matches(int fd) {
@@ -128,7 +139,7 @@ static int should_fail(unsigned op, const char *name, int fd) {
     int saved = errno, fail = 0;
     pthread_once(&once, init);
     if (!(armed_ops() & op)) { errno = saved; return 0; }
-    if (op != OP_MSYNC && !fd_matches(fd)) { errno = saved; return 0; }
+    if (fd >= 0 && !fd_matches(fd)) { errno = saved; return 0; }
     pthread_mutex_lock(&mu);
     if (matched++ >= after) fail = 1;
     pthread_mutex_unlock(&mu);
@@ -137,78 +148,123 @@ static int should_fail(unsigned op, const char *name, int fd) {
     return fail;
 }
 
+/* In kill mode a matching call is performed, then the process dies. */
+#define FAIL_OR_KILL(op, name, fd, failexpr, call) \
+    do { \
+        if (should_fail(op, name, fd)) { \
+            if (kill_mode) { __typeof__(call) r_ = call; (void)r_; kill(getpid(), SIGKILL); } \
+            failexpr; \
+        } \
+    } while (0)
+
 #define REAL(ret, name, ...) \
     static ret (*real)(__VA_ARGS__); \
     if (!real) real = (ret (*)(__VA_ARGS__))dlsym(RTLD_NEXT, name)
 
 int fsync(int fd) {
     REAL(int, "fsync", int);
-    if (should_fail(OP_FSYNC, "fsync", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FSYNC, "fsync", fd, { errno = fail_errno; return -1; }, real(fd));
     return real(fd);
 }
 
 int fdatasync(int fd) {
     REAL(int, "fdatasync", int);
-    if (should_fail(OP_FDATASYNC, "fdatasync", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FDATASYNC, "fdatasync", fd, { errno = fail_errno; return -1; }, real(fd));
     return real(fd);
 }
 
 ssize_t write(int fd, const void *buf, size_t n) {
     REAL(ssize_t, "write", int, const void *, size_t);
-    if (should_fail(OP_WRITE, "write", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_WRITE, "write", fd, { errno = fail_errno; return -1; }, real(fd, buf, n));
     return real(fd, buf, n);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
     REAL(ssize_t, "pwrite", int, const void *, size_t, off_t);
-    if (should_fail(OP_PWRITE, "pwrite", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_PWRITE, "pwrite", fd, { errno = fail_errno; return -1; }, real(fd, buf, n, off));
     return real(fd, buf, n, off);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
     REAL(ssize_t, "pwrite64", int, const void *, size_t, off_t);
-    if (should_fail(OP_PWRITE, "pwrite64", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_PWRITE, "pwrite64", fd, { errno = fail_errno; return -1; }, real(fd, buf, n, off));
     return real(fd, buf, n, off);
 }
 
 int msync(void *addr, size_t len, int flags) {
     REAL(int, "msync", void *, size_t, int);
-    if (should_fail(OP_MSYNC, "msync", -1)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_MSYNC, "msync", -1, { errno = fail_errno; return -1; }, real(addr, len, flags));
     return real(addr, len, flags);
 }
 
 int fallocate(int fd, int mode, off_t off, off_t len) {
     REAL(int, "fallocate", int, int, off_t, off_t);
-    if (should_fail(OP_FALLOCATE, "fallocate", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FALLOCATE, "fallocate", fd, { errno = fail_errno; return -1; }, real(fd, mode, off, len));
     return real(fd, mode, off, len);
 }
 
 int fallocate64(int fd, int mode, off_t off, off_t len) {
     REAL(int, "fallocate64", int, int, off_t, off_t);
-    if (should_fail(OP_FALLOCATE, "fallocate64", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FALLOCATE, "fallocate64", fd, { errno = fail_errno; return -1; }, real(fd, mode, off, len));
     return real(fd, mode, off, len);
 }
 
 int posix_fallocate(int fd, off_t off, off_t len) {
     REAL(int, "posix_fallocate", int, off_t, off_t);
-    if (should_fail(OP_FALLOCATE, "posix_fallocate", fd)) return fail_errno;
+    FAIL_OR_KILL(OP_FALLOCATE, "posix_fallocate", fd, return fail_errno, real(fd, off, len));
     return real(fd, off, len);
 }
 
 int posix_fallocate64(int fd, off_t off, off_t len) {
     REAL(int, "posix_fallocate64", int, off_t, off_t);
-    if (should_fail(OP_FALLOCATE, "posix_fallocate64", fd)) return fail_errno;
+    FAIL_OR_KILL(OP_FALLOCATE, "posix_fallocate64", fd, return fail_errno, real(fd, off, len));
     return real(fd, off, len);
 }
 
 int ftruncate(int fd, off_t len) {
     REAL(int, "ftruncate", int, off_t);
-    if (should_fail(OP_FTRUNCATE, "ftruncate", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FTRUNCATE, "ftruncate", fd, { errno = fail_errno; return -1; }, real(fd, len));
     return real(fd, len);
 }
 
 int ftruncate64(int fd, off_t len) {
     REAL(int, "ftruncate64", int, off_t);
-    if (should_fail(OP_FTRUNCATE, "ftruncate64", fd)) { errno = fail_errno; return -1; }
+    FAIL_OR_KILL(OP_FTRUNCATE, "ftruncate64", fd, { errno = fail_errno; return -1; }, real(fd, len));
     return real(fd, len);
+}
+
+int unlink(const char *path) {
+    REAL(int, "unlink", const char *);
+    if (should_fail(OP_UNLINK, "unlink", -1)) {
+        if (kill_mode) { real(path); kill(getpid(), SIGKILL); }
+        errno = fail_errno; return -1;
+    }
+    return real(path);
+}
+
+int unlinkat(int dirfd, const char *path, int flags) {
+    REAL(int, "unlinkat", int, const char *, int);
+    if (should_fail(OP_UNLINK, "unlinkat", -1)) {
+        if (kill_mode) { real(dirfd, path, flags); kill(getpid(), SIGKILL); }
+        errno = fail_errno; return -1;
+    }
+    return real(dirfd, path, flags);
+}
+
+int rename(const char *a, const char *b) {
+    REAL(int, "rename", const char *, const char *);
+    if (should_fail(OP_RENAME, "rename", -1)) {
+        if (kill_mode) { real(a, b); kill(getpid(), SIGKILL); }
+        errno = fail_errno; return -1;
+    }
+    return real(a, b);
+}
+
+int renameat(int da, const char *a, int db, const char *b) {
+    REAL(int, "renameat", int, const char *, int, const char *);
+    if (should_fail(OP_RENAME, "renameat", -1)) {
+        if (kill_mode) { real(da, a, db, b); kill(getpid(), SIGKILL); }
+        errno = fail_errno; return -1;
+    }
+    return real(da, a, db, b);
 }
