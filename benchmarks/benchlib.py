@@ -1,0 +1,95 @@
+"""State shared by the benchmark modules: sizes from the environment, the best
+round of each benchmark, and the list of project targets for the summary."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+N = int(os.environ.get("NORIKV_BENCH_N", "1000000"))
+SYNC_N = int(os.environ.get("NORIKV_BENCH_SYNC_N", "2000"))
+ROUNDS = int(os.environ.get("NORIKV_BENCH_ROUNDS", "3"))
+KEY_SIZE = 16
+VALUE_SIZE = 100
+
+# name -> best (minimum) seconds of a round, filled as benchmarks finish
+_BEST: dict[str, float] = {}
+# target rows, in the order they are declared
+_TARGETS: list[dict] = []
+
+
+def best_seconds(benchmark) -> float:
+    """Seconds of the best round of a finished pytest-benchmark run."""
+    return benchmark.stats.stats.min
+
+
+def remember(name: str, benchmark, ops: float | None = None, unit: str = "ops") -> float:
+    """Stores the best round of `benchmark` under `name`; records ops/s in extra_info."""
+    sec = best_seconds(benchmark)
+    _BEST[name] = sec
+    if ops is not None:
+        benchmark.extra_info[f"{unit}_per_second"] = ops / sec
+        benchmark.extra_info[unit] = ops
+    return sec
+
+
+def target(name: str, figure: str, value: float | None, goal: float, *, op: str = ">=",
+           reference: str = "", benchmark=None) -> None:
+    """Declares a project target: `value` (a ratio or an absolute rate) against `goal`.
+    value None means the figure could not be measured (reference missing)."""
+    met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+    row = dict(name=name, figure=figure, value=value, goal=goal, op=op, reference=reference,
+               met=met)
+    _TARGETS[:] = [t for t in _TARGETS if t["name"] != name] + [row]
+    if benchmark is not None:
+        benchmark.extra_info["target"] = f"{name}: {value if value is None else round(value, 3)} {op} {goal}"
+
+
+def best(name: str) -> float | None:
+    return _BEST.get(name)
+
+
+def interleaved(benchmark, subject, subject_setup, reference, reference_setup=None,
+                rounds: int | None = None) -> float:
+    """Benchmarks `subject` and, in the untimed setup before each of its rounds,
+    one round of `reference`, timed here. On a busy machine both see the same
+    load, so their ratio is steadier than that of two separate benchmarks.
+    The setups return the positional arguments (a tuple) of their function.
+    Returns the best reference round in seconds (also put into extra_info)."""
+    from time import perf_counter
+
+    ref_times: list[float] = []
+
+    def setup():
+        args = reference_setup() if reference_setup is not None else ()
+        t0 = perf_counter()
+        reference(*args)
+        ref_times.append(perf_counter() - t0)
+        return subject_setup(), {}
+
+    benchmark.pedantic(subject, setup=setup, rounds=rounds or ROUNDS, iterations=1)
+    best_ref = min(ref_times)
+    benchmark.extra_info["reference_best_seconds"] = best_ref
+    benchmark.extra_info["reference_seconds"] = ref_times
+    return best_ref
+
+
+class Scratch:
+    """Fresh directories under the bench root, removed when the next one is made."""
+
+    def __init__(self, root: str, name: str):
+        self.root = root
+        self.name = name
+        self.count = 0
+        self.current: str | None = None
+
+    def new(self) -> str:
+        self.clean()
+        self.count += 1
+        self.current = os.path.join(self.root, f"{self.name}-{self.count}")
+        return self.current
+
+    def clean(self) -> None:
+        if self.current is not None:
+            shutil.rmtree(self.current, ignore_errors=True)
+            self.current = None
