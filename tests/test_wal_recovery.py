@@ -335,3 +335,75 @@ def test_recovery_keeps_longest_valid_prefix(tmp_path_factory, n, cut, garbage):
         assert info.valid_records == n
         assert [r for r, _ in read_all(wal)] == [as_record(s) for s in recs]
         assert info.corruption_detected == bool(tail.rstrip(b"\0"))
+
+
+def test_crash_right_after_rotation(tmp_path):
+    """The newest segment was created and preallocated but holds no record yet."""
+    recs = srecs(8)
+    spec.write_segment(tmp_path, 0, recs)
+    (tmp_path / "000001.wal").write_bytes(bytes(MIB))
+    logical = sum(len(spec.encode(r)) for r in recs)
+    for mode in M:
+        wal, info = Wal.open(cfg(tmp_path, mode))
+        with wal:
+            assert info.valid_records == 8 and not info.corruption_detected
+            assert info.segments_scanned == 2
+            assert info.last_valid_position == Position(0, logical)
+            assert wal.current_position() == Position(1, 0)
+        assert os.path.getsize(tmp_path / "000001.wal") == 0
+    with Wal.open(cfg(tmp_path))[0] as wal:
+        assert wal.append(Record.put(b"x", b"y")) == Position(1, 0)
+
+
+@st.composite
+def damaged_logs(draw):
+    sizes = [draw(st.integers(1, 6)) for _ in range(3)]
+    segs = [[spec.SpecRecord(b"s%dr%d" % (s, i), draw(st.binary(min_size=0, max_size=40)),
+                             ttl_ms=draw(st.none() | st.integers(0, 1 << 40)))
+             for i in range(n)] for s, n in enumerate(sizes)]
+    seg = draw(st.integers(0, 2))
+    blob_len = sum(len(spec.encode(r)) for r in segs[seg])
+    off = draw(st.integers(0, blob_len - 1))
+    xor = draw(st.integers(1, 255))
+    return segs, seg, off, xor
+
+
+@given(damaged_logs())
+def test_modes_on_one_damaged_byte(tmp_path_factory, case):
+    """One damaged byte anywhere in a three-segment log: each mode does what
+    its docstring says."""
+    segs, seg, off, xor = case
+    offs = []
+    pos = 0
+    for r in segs[seg]:
+        offs.append(pos)
+        pos += len(spec.encode(r))
+    bad_idx = max(i for i, o in enumerate(offs) if o <= off)
+    flat = [r for s in segs for r in s]
+    bad_flat = sum(len(s) for s in segs[:seg]) + bad_idx
+    for mode in M:
+        d = tmp_path_factory.mktemp("m")
+        for i, s in enumerate(segs):
+            spec.write_segment(d, i, s)
+        p = d / spec.segment_name(seg)
+        data = bytearray(p.read_bytes())
+        data[off] ^= xor
+        p.write_bytes(bytes(data))
+        before = snapshot(d)
+        raises = mode is M.ABSOLUTE_CONSISTENCY or (
+            mode is M.TOLERATE_CORRUPTED_TAIL and seg < 2)
+        if raises:
+            with pytest.raises(CorruptionError) as ei:
+                Wal.open(cfg(d, mode))
+            assert ei.value.offset == offs[bad_idx] and ei.value.segment_id == seg
+            assert snapshot(d) == before
+            continue
+        wal, info = Wal.open(cfg(d, mode))
+        with wal:
+            got = [r for r, _ in read_all(wal)]
+        assert info.corruption_detected
+        if mode is M.SKIP_ANY_CORRUPTED_RECORDS:
+            expected = flat[:bad_flat] + flat[bad_flat + 1:]
+        else:  # TOLERATE (damage in the last segment) and POINT_IN_TIME: a prefix
+            expected = flat[:bad_flat]
+        assert got == [as_record(s) for s in expected], mode
