@@ -61,7 +61,9 @@ cdef class Record:
         if ttl_ms is not None:
             self._ttl_ms = _u64(ttl_ms, "ttl_ms")
             self.flags |= NK_FLAG_TTL
-        self.flags |= (<uint32_t>int(_compression_enum().parse(compression))) << NK_COMP_SHIFT
+        kind = int(_compression_enum().parse(compression))
+        if not tombstone:  # a delete has no value to compress (and is written without the bits)
+            self.flags |= (<uint32_t>kind) << NK_COMP_SHIFT
         if version is not None:
             term, index = version
             self._term = _u64(term, "term")
@@ -112,6 +114,8 @@ cdef class Record:
         """This record with its value compressed as ``compression`` on disk."""
         cdef Record r = self._copy()
         cdef uint32_t kind = int(_compression_enum().parse(compression))
+        if r.flags & NK_FLAG_TOMBSTONE:
+            kind = 0  # a delete has no value: it is written without compression bits
         r.flags = (r.flags & ~(<uint32_t>NK_COMP_MASK)) | (kind << NK_COMP_SHIFT)
         return r
 
