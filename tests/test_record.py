@@ -477,3 +477,15 @@ def test_zstd_bomb_is_bounded():
     assert len(stored) < 10_000
     with pytest.raises(CorruptionError, match="limit"):
         Record.decode(_zstd_record(stored))
+
+
+def test_delete_ignores_compression():
+    """A delete has no value to compress: it is written without compression
+    bits, so what is read back equals what was appended."""
+    for d in (Record.delete(b"k").with_compression(Compression.LZ4),
+              Record(b"k", tombstone=True, compression="zstd")):
+        assert d.compression is Compression.NONE
+        assert d == Record.delete(b"k")
+        data = d.encode()
+        assert data == bytes.fromhex("010001") + b"k" + data[-4:]
+        assert Record.decode(data)[0] == d
