@@ -115,6 +115,9 @@ def test_env_var_forces_software():
         "print(w.crc32c_implementation())\n"
         "d = os.urandom(100000)\n"
         "assert norikv.crc32c(d) == crc32c.crc32c(d)\n"
+        "r = norikv.Record.put(b'user:1', b'alice').encode()\n"
+        "assert r.hex() == '060500757365723a31616c6963652516ede1'\n"
+        "assert norikv.Record.decode(r)[0].value == b'alice'\n"
     )
     env = dict(os.environ, NORIKV_CRC32C_SOFTWARE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -124,3 +127,22 @@ def test_env_var_forces_software():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=60, check=True)
     assert out.stdout.strip() == HW
+
+
+def test_record_codec_on_both_paths(impl, tmp_path):
+    """The record encoder and the recovery scan use the selected path too."""
+    from norikv import FsyncPolicy, Position, Record, Wal, WalConfig
+    rec = Record.put(b"user:1", b"alice")
+    assert rec.encode().hex() == "060500757365723a31616c6963652516ede1"
+    big = Record.put(b"big", bytes(range(256)) * 400)
+    data = big.encode()
+    assert int.from_bytes(data[-4:], "little") == oracle.crc32c(data[:-4])
+    with Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20,
+                            fsync_policy=FsyncPolicy.OS))[0] as wal:
+        wal.append(rec)
+        wal.append(big)
+    wal, info = Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20,
+                                   fsync_policy=FsyncPolicy.OS))
+    with wal:
+        assert info.valid_records == 2 and not info.corruption_detected
+        assert [r for r, _ in wal.read_from(Position(0, 0))] == [rec, big]
