@@ -9,7 +9,7 @@
 import os
 from collections.abc import Callable, Iterable, Iterator
 from io import BufferedWriter
-from typing import Any, TypedDict, TypeVar, overload, type_check_only
+from typing import Any, TypeVar, overload
 
 from _typeshed import ReadableBuffer
 from typing_extensions import Self, TypeAlias, disjoint_base
@@ -115,17 +115,6 @@ class _RecordCollector(_Sink):
     records: list[tuple[Record, Position]]
     def __init__(self) -> None: ...
 
-@type_check_only
-class _ScanResult(TypedDict):
-    records: int
-    end: int
-    status: str | None
-    file_size: int
-    nonzero_end: int
-    batch_open: int | None
-    batch_records: int
-    skipped: list[tuple[int, int]]
-
 def scan_segment(
     path: str | os.PathLike[str],
     seg_id: int,
@@ -133,7 +122,7 @@ def scan_segment(
     *,
     limit: int = -1,
     skip_corrupt: bool = False,
-) -> _ScanResult: ...
+) -> dict[str, Any]: ...  # keys: see scan_segment's docstring
 def copy_valid_records(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int: ...
 
 @disjoint_base
