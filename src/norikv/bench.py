@@ -292,11 +292,21 @@ class SqliteAdapter(Adapter):
         import sqlite3
         return "SQLite " + sqlite3.sqlite_version
 
+    # SQLite's documentation: WITHOUT ROWID "works best" when a row is smaller
+    # than about 1/20 of a page (4 KiB pages here); above that a rowid table.
+    page_size = 4096
+
+    def _table(self) -> str:
+        if self.value_size + KEY_SIZE <= self.page_size // 20:
+            return "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID"
+        return "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB)"
+
     def config(self, level: str) -> str:
         sync = "FULL" if level == "synced" else "NORMAL"
         extra = "; batch: BEGIN ... COMMIT" if level == "synced" else ""
+        table = self._table().replace("CREATE TABLE IF NOT EXISTS ", "")
         return (f"journal_mode=WAL, synchronous={sync}, autocommit (one transaction per put), "
-                f"table (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID{extra}")
+                f"{table}{extra}")
 
     def _connect(self) -> Any:
         import sqlite3
@@ -309,8 +319,9 @@ class SqliteAdapter(Adapter):
         os.makedirs(path, exist_ok=True)
         self.file = os.path.join(path, "kv.sqlite")
         self.level = level
+        self.value_size = value_size
         self.db = self._connect()
-        self.db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        self.db.execute(self._table())
         self.local = threading.local()
 
     def _conn(self) -> Any:
@@ -649,17 +660,23 @@ def _trim() -> None:
         pass
 
 
-def _disk_usage(path: str) -> dict[str, int]:
+def _disk_usage(path: str) -> dict[str, Any]:
     allocated = apparent = 0
+    files_seen: list[tuple[int, str]] = []
     for root, _dirs, files in os.walk(path):
         for name in files:
+            full = os.path.join(root, name)
             try:
-                st = os.lstat(os.path.join(root, name))
+                st = os.lstat(full)
             except OSError:
                 continue
             apparent += st.st_size
-            allocated += getattr(st, "st_blocks", 0) * 512
-    return {"allocated": allocated, "apparent": apparent}
+            blocks = getattr(st, "st_blocks", 0) * 512
+            allocated += blocks
+            files_seen.append((blocks, os.path.relpath(full, path)))
+    files_seen.sort(reverse=True)
+    return {"allocated": allocated, "apparent": apparent, "files": len(files_seen),
+            "largest": {name: b for b, name in files_seen[:5]}}
 
 
 def _keys(seed: int, n: int, tag: int) -> list[bytes]:
@@ -722,6 +739,7 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     _trim()
     base = _proc_status()
     res["memory_baseline_rss_anon"] = base.get("RssAnon")
+    res["memory_baseline_rss"] = base.get("VmRSS")
 
     store = cls()
     path = os.path.join(root, "main")
@@ -761,6 +779,8 @@ def _worker(spec: dict[str, Any]) -> dict[str, Any]:
     res["memory_rss_anon_after_load"] = st.get("RssAnon")
     if st.get("RssAnon") is not None and base.get("RssAnon") is not None:
         res["memory_store_anon"] = st["RssAnon"] - base["RssAnon"]
+    if st.get("VmRSS") is not None and base.get("VmRSS") is not None:
+        res["memory_store_rss"] = st["VmRSS"] - base["VmRSS"]
 
     if "get" in ops:
         phase("get")
@@ -989,7 +1009,9 @@ def _run_one(spec: dict[str, Any], progress: _Progress, phases: int, timeout: fl
     stderr_buf: list[str] = []
     reader = threading.Thread(target=lambda: stderr_buf.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
-    deadline = time.monotonic() + timeout
+    timer = threading.Timer(timeout, proc.kill)
+    timer.daemon = True
+    timer.start()
     assert proc.stdout is not None
     for line in proc.stdout:
         try:
@@ -1002,14 +1024,15 @@ def _run_one(spec: dict[str, Any], progress: _Progress, phases: int, timeout: fl
                 progress.step(f"{label}: {msg['phase']}", 1)
         elif "result" in msg:
             result = msg["result"]
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
     rc = proc.wait()
+    timed_out = not timer.is_alive() and rc != 0
+    timer.cancel()
     reader.join(5)
     progress.step(label, max(phases - seen, 0))
     if result is None or rc != 0:
         err = "".join(stderr_buf).strip().splitlines()
+        if timed_out:
+            err.append(f"killed after --timeout={timeout:g} s")
         return {"status": "error", "reason": f"worker exited with {rc}: " + (err[-1] if err else "no output"),
                 "stderr_tail": err[-15:]}
     result["status"] = "measured"
@@ -1091,12 +1114,14 @@ def format_table(data: dict[str, Any]) -> str:
                  f"sync_ops={p['sync_ops']:,}  batches={p['batches']}x{p['batch_size']}")
     lines.append(f"machine: {m['cpu']}, {m['cores']} cores, {_fmt_bytes(m['memory_bytes'])}, "
                  f"Linux {m['kernel']}, Python {m['python']}")
-    lines.append("throughput in operations per second (higher is better); reopen in ms; "
-                 "mem = anonymous memory the store holds with N keys; disk = allocated bytes with N keys")
+    lines.append("throughput in operations per second (higher is better); reopen in ms (open + first get);")
+    lines.append("anon mem / rss mem = growth of RssAnon / VmRSS while the store holds N keys (rss includes "
+                 "mapped file pages); peak rss = whole process, including the workload's key list; "
+                 "disk = allocated bytes with N keys, after close")
     for vs in p["value_sizes"]:
         lines.append("")
         lines.append(f"== value size {vs} B ==")
-        head = ["store", "level"] + rate_ops + (["reopen ms"] if "reopen" in ops else []) + ["mem", "peak rss", "disk"]
+        head = ["store", "level"] + rate_ops + (["reopen ms"] if "reopen" in ops else []) + ["anon mem", "rss mem", "peak rss", "disk"]
         rows = [head]
         notes: list[str] = []
         for key, r in data["results"].items():
@@ -1120,6 +1145,7 @@ def format_table(data: dict[str, Any]) -> str:
                 f = r["ops"].get("reopen")
                 row.append("n/a" if not f or f["status"] != "ok" else f"{f['seconds'] * 1e3:.1f}")
             row.append(_fmt_bytes(r.get("memory_store_anon")))
+            row.append(_fmt_bytes(r.get("memory_store_rss")))
             row.append(_fmt_bytes(r.get("peak_rss")))
             row.append(_fmt_bytes(r.get("disk_bytes", {}).get("allocated")) if r.get("disk_bytes") else "n/a")
             rows.append(row)
@@ -1134,20 +1160,31 @@ def format_table(data: dict[str, Any]) -> str:
     lines.append("")
     lines.append("configuration (plain = put/get/get_missing/delete/reopen at the row's level; "
                  "synced = batch_sync/put_sync/threads8_sync):")
-    seen: set[str] = set()
+    configs: dict[tuple[str, str], dict[str, list[int]]] = {}
+    na: dict[str, str] = {}
     for r in data["results"].values():
-        if r["status"] != "measured" or r["store"] in seen:
+        if r["status"] != "measured":
             continue
-        seen.add(r["store"])
-        for lvl, label in (("plain_ops", "plain"), ("durable_ops", "synced")):
+        for lvl in ("plain_ops", "durable_ops"):
             c = r.get("config", {}).get(lvl)
             if c:
-                lines.append(f"  {r['store']:<14} {label:<6} {c}")
-        if "durable_ops" not in r.get("config", {}) and any(
-                r["ops"].get(o, {}).get("status") == "n/a" for o in ("batch_sync", "put_sync", "threads8_sync")):
-            reason = next(r["ops"][o]["reason"] for o in ("batch_sync", "put_sync", "threads8_sync")
-                          if r["ops"].get(o, {}).get("status") == "n/a")
-            lines.append(f"  {r['store']:<14} synced n/a: {reason}")
+                configs.setdefault((r["store"], lvl), {}).setdefault(c, []).append(r["value_size"])
+        for o in ("batch_sync", "put_sync", "threads8_sync"):
+            f = r["ops"].get(o)
+            if f and f.get("status") == "n/a" and "durable_ops" not in r.get("config", {}):
+                na[r["store"]] = f["reason"]
+    stores_seen: list[str] = []
+    for (store, _lvl) in configs:
+        if store not in stores_seen:
+            stores_seen.append(store)
+    for store in stores_seen:
+        for lvl, label in (("plain_ops", "plain"), ("durable_ops", "synced")):
+            texts = configs.get((store, lvl), {})
+            for c, sizes in texts.items():
+                suffix = "" if len(texts) == 1 else " [value size " + ", ".join(f"{v} B" for v in sizes) + "]"
+                lines.append(f"  {store:<14} {label:<6} {c}{suffix}")
+        if store in na:
+            lines.append(f"  {store:<14} synced n/a: {na[store]}")
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     return "\n".join(lines)
 
