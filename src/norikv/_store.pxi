@@ -532,6 +532,8 @@ def _deadline(ttl):
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
     if not ttl > 0:
         raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
+    if ttl > 1e15:   # deadlines are int64 Unix ms; 1e15 s is ~31 million years
+        raise ValueError(f"ttl must be at most 1e15 seconds, got {ttl!r}")
     return _now_ms() + <int64_t>(ttl * 1000.0 + 0.999999)
 
 
