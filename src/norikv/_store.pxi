@@ -245,6 +245,23 @@ cdef class _StoreCore:
             self._expiry.pop(key, None)
         return 0
 
+    cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1:
+        """_set for a caller that has not looked `old` up: a new key costs one
+        dict lookup (setdefault), a replaced one a second (setitem)."""
+        cdef Py_ssize_t n = PyDict_Size(self._data)
+        cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
+        if PyDict_Size(self._data) == n:       # the key was there: replace
+            return self._set(key, value, old, deadline)
+        self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
+        if self._indexed:
+            self._index_add(key)
+        if deadline >= 0:
+            self._expiry[key] = deadline
+            heappush(self._heap, (deadline, key))
+        elif PyDict_Size(self._expiry):
+            self._expiry.pop(key, None)
+        return 0
+
     cdef inline int _unset(self, bytes key, object old) except -1:
         self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(old)
         PyDict_DelItem(self._data, key)
@@ -271,9 +288,10 @@ cdef class _StoreCore:
         cdef bytes stored = v
         cdef uint32_t flags = 0
         cdef int64_t deadline = -1
-        cdef PyObject *old
+        cdef PyObject *old = NULL
         cdef uint64_t n
         cdef uint8_t *p
+        cdef bint limited
         if self._closed:
             raise ClosedError("the KvStore is closed")
         if ttl is not None:
@@ -288,14 +306,18 @@ cdef class _StoreCore:
         # From here to _commit nothing releases the GIL or runs Python code, so
         # the log and the map change together. `old` is read only now because
         # _reserve may have let other threads run.
-        old = PyDict_GetItem(self._data, k)
-        if self.max_keys or self.max_bytes:
+        limited = self.max_keys or self.max_bytes
+        if limited:
+            old = PyDict_GetItem(self._data, k)
             self._room_for(k, old, PyBytes_GET_SIZE(v), False)
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
                   <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
                   flags, <uint64_t>deadline, 0, 0)
         self._wal._commit(n)
-        self._set(k, v, old, deadline)
+        if limited:
+            self._set(k, v, old, deadline)
+        else:
+            self._set_lookup(k, v, deadline)
         self._after_write()
 
     def __setitem__(self, key, value):
