@@ -222,6 +222,7 @@ def test_ttl_in_batch(tmp_path, clock):
 
 
 @pytest.mark.parametrize("ttl,exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError),
+                                     (float("inf"), ValueError), (1e20, ValueError),
                                      ("10", TypeError), (True, TypeError), (b"1", TypeError)])
 def test_bad_ttl(tmp_path, ttl, exc):
     store = open_store(tmp_path)
