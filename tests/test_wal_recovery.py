@@ -407,3 +407,34 @@ def test_modes_on_one_damaged_byte(tmp_path_factory, case):
         else:  # TOLERATE (damage in the last segment) and POINT_IN_TIME: a prefix
             expected = flat[:bad_flat]
         assert got == [as_record(s) for s in expected], mode
+
+
+BOUNDED_SCRIPT = """
+import resource, sys
+from norikv import FsyncPolicy, Position, Wal, WalConfig
+with open("/proc/self/status") as f:
+    vm = [int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize")][0]
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (vm + (48 << 20), hard))
+wal, info = Wal.open(WalConfig(dir=sys.argv[1], max_segment_size=1 << 20,
+                               fsync_policy=FsyncPolicy.OS))
+n = sum(len(r.value) for r, _ in wal.read_from(Position(0, 0)))
+wal.close()
+print(info.valid_records, info.corruption_detected, n)
+"""
+
+
+def test_recovery_memory_is_bounded(tmp_path):
+    """A 96 MiB segment recovers and reads back under an address-space limit of
+    48 MiB above the interpreter's: segments are read in chunks, never whole."""
+    import subprocess
+    import sys
+    chunk = spec.encode(spec.SpecRecord(b"k", b"\x5a" * 100_000))
+    with open(tmp_path / "000000.wal", "wb") as f:
+        for _ in range(960):
+            f.write(chunk)
+    spec.write_segment(tmp_path, 1, srecs(3))
+    out = subprocess.run([sys.executable, "-c", BOUNDED_SCRIPT, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["963", "False", str(960 * 100_000 + 3 * 20)]
