@@ -4,8 +4,8 @@
 Each round forks a writer that opens the store (recovering whatever the
 previous kill left behind), then runs a random mix of put, delete, atomic
 batch, TTL put (long and already-expired deadlines), sync, explicit
-compaction, background auto-compaction and large values that force segment
-rotation. Before each operation the writer sends ``S <id> <op>`` over a pipe,
+compaction, background auto-compaction, large values that force segment
+rotation, and LZ4 / zstd value compression in some rounds. Before each operation the writer sends ``S <id> <op>`` over a pipe,
 after it returns ``A <id> <extra>``: an operation is *acknowledged* once its
 ``A`` line was sent (a batch once its ``with`` block exited). The runner
 SIGKILLs the writer after a random delay (sometimes during its recovery),
@@ -66,11 +66,13 @@ def value(opid: int, idx: int, size: int) -> bytes:
     head = b"%d/%d:" % (opid, idx)
     if size <= len(head):
         return head[:size]
+    if (opid + idx) % 3 == 0:                    # compressible
+        return (head * (size // len(head) + 1))[:size]
     return head + random.Random(opid * 64 + idx).randbytes(size - len(head))
 
 
-def store_options(policy: str, auto_compact: bool) -> dict:
-    return dict(fsync_policy=POLICIES[policy](), max_segment_size=SEG,
+def store_options(policy: str, auto_compact: bool, compression: str | None = None) -> dict:
+    return dict(fsync_policy=POLICIES[policy](), max_segment_size=SEG, compression=compression,
                 auto_compact=auto_compact, compact_min_bytes=2 * SEG, compact_dead_ratio=0.5)
 
 
@@ -95,7 +97,8 @@ def _random_size(rng: random.Random) -> int:
 def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool) -> None:
     """Runs in the forked child until killed."""
     rng = random.Random(seed)
-    store = KvStore.open(path, **store_options(policy, auto_compact))
+    compression = rng.choice([None, None, "lz4", "zstd"])
+    store = KvStore.open(path, **store_options(policy, auto_compact, compression))
     _send(fd, "R %d" % len(store))
     opid = opbase
     while True:

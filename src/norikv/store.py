@@ -20,7 +20,7 @@ from sortedcontainers import SortedList
 from norikv import _wal
 from norikv.compression import Compression
 from norikv.errors import ClosedError, ConfigError
-from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
+from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig, makedirs_durable
 
 __all__ = ["KvStore", "WriteBatch"]
 
@@ -131,7 +131,7 @@ class KvStore(_wal._StoreCore):
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode)
         config.validate()
-        os.makedirs(os.fspath(path), exist_ok=True)
+        makedirs_durable(path)
         store = cls()
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}

@@ -153,6 +153,35 @@ class RecoveryInfo:
     seconds: float = 0.0
 
 
+def makedirs_durable(path: str | os.PathLike[str]) -> None:
+    """Creates ``path`` and its missing parents like ``os.makedirs``, and
+    fsyncs each parent after an entry is made in it, so that a store created
+    just before a power loss does not vanish with its directory."""
+    path = os.path.abspath(os.fsdecode(path))
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+        try:
+            fd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except PermissionError:
+            continue                  # an unreadable parent cannot be fsynced by us
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _truncate(path: str, size: int) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -277,6 +306,7 @@ class Wal(_wal._WalCore):
         policy = config.fsync_policy
         path = os.fsdecode(config.dir)  # the core joins str names onto it
         _await_dropped_owner(path)
+        makedirs_durable(path)
         self._open(path, config.max_segment_size, policy.code,
                    float(policy.window), bool(config.preallocate))
         try:

@@ -6,7 +6,8 @@ one that does not. Here every write the writer treats as *durable* (each put
 under ALWAYS; everything before a returned ``sync()`` under batch and OS)
 must have been covered, after it was written and before it was acknowledged,
 by a completed fdatasync/fsync of its segment file, and each new segment
-file by a completed fsync of the directory. Writes go through a MAP_SHARED
+file by a completed fsync of the directory (and each directory the open
+created, by an fsync of its parent). Writes go through a MAP_SHARED
 mapping, so there is no write() per record to see: the fsync between the
 write's start and its acknowledgement is what counts. Acknowledgements are
 written by the child to a known descriptor (``ACKFD``), so they appear in the
@@ -79,7 +80,9 @@ def parse(trace: str):
                 pending[pid] = (name, args)
                 continue
             ret = int(ret)
-        if name == "openat" and ret >= 0:
+        if name in ("mkdir", "mkdirat") and ret == 0:
+            events.append(("mkdir", re.search(r'"([^"]*)"', args).group(1)))
+        elif name == "openat" and ret >= 0:
             p = re.search(r'"([^"]*)"', args).group(1)
             fdpath[ret] = p
             if "O_CREAT" in args and p.endswith(".wal"):
@@ -103,12 +106,18 @@ def check(events, waldir: str, policy: str, treat_every_put_as_durable: bool = F
     syncs: dict[str, list[int]] = {}
     undurable: list[int] = []
     dir_ok: set[str] = set()
+    mkdirs: dict[str, int] = {}
     violations = []
 
     def covered(path, since, until):
         return any(since < t < until for t in syncs.get(path, ()))
 
     def require(writes, at):
+        for d, t_made in list(mkdirs.items()):
+            if not covered(os.path.dirname(d), t_made, at):
+                violations.append(f"directory {d} was created but its parent was not fsynced "
+                                  f"before a durable acknowledgement")
+            del mkdirs[d]
         for w in writes:
             p = seg_path(seg_of[w])
             if not covered(p, begin_at[w], at):
@@ -124,6 +133,8 @@ def check(events, waldir: str, policy: str, treat_every_put_as_durable: bool = F
     for t, (kind, payload) in enumerate(events):
         if kind == "create":
             created_at[payload] = t
+        elif kind == "mkdir":
+            mkdirs[payload] = t
         elif kind == "sync":
             syncs.setdefault(payload, []).append(t)
         elif kind == "mark":
@@ -156,10 +167,11 @@ def strace():
 
 def _trace(strace, tmp_path, policy, n=260):
     out = tmp_path / "trace.txt"
-    db = tmp_path / "db"
+    db = tmp_path / "new" / "db"
     proc = subprocess.run(
         [strace, "-f", "-s", "256", "-o", str(out),
-         "-e", "trace=write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink",
+         "-e", "trace=write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,"
+               "unlink,mkdir,mkdirat",
          sys.executable, "-c", CHILD, str(db), policy, str(n)],
         capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, describe(proc)
@@ -173,6 +185,7 @@ def test_acknowledged_durable_writes_were_fsynced(strace, tmp_path, policy):
     assert len([m for m in marks if m[1].startswith("ACK")]) == 260
     creates = [e for e in events if e[0] == "create"]
     assert len(creates) >= 3, "the workload should rotate segments"
+    assert len([e for e in events if e[0] == "mkdir"]) >= 2   # the store and its wal/ directory
     assert check(events, waldir, policy) == []
 
 
