@@ -68,8 +68,12 @@ class WriteBatch:
         """Writes the batch atomically (also done by leaving the with block)."""
         self._check()
         self._done = True
-        if self._ops:
-            self._store._apply_batch(self._ops)
+        # A finished batch lets go of its store, so that a batch variable left
+        # in scope does not keep a dropped store (and its lock) alive.
+        store, ops = self._store, self._ops
+        self._store, self._ops = None, []
+        if ops:
+            store._apply_batch(ops)
 
     def __enter__(self) -> "WriteBatch":
         return self
@@ -79,6 +83,7 @@ class WriteBatch:
             self.write()
         else:
             self._done = True
+            self._store, self._ops = None, []
 
 
 class KvStore(_wal._StoreCore):
