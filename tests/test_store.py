@@ -3,8 +3,8 @@ directory layout and write batches."""
 
 from __future__ import annotations
 
-import gc
 import os
+import random
 
 import pytest
 
@@ -510,3 +510,26 @@ def test_batch_with_wrong_types_leaves_batch_usable(tmp_path):
         b.put(b"b", b"2")
     assert dict(store.items()) == {b"a": b"1", b"b": b"2"}
     store.close()
+
+
+def test_batch_and_value_larger_than_a_segment(tmp_path):
+    """A batch never spans segments (all-or-none relies on it), even one
+    bigger than max_segment_size; a single huge value is fine too."""
+    rng = random.Random(4)
+    store = open_store(tmp_path, max_segment_size=1 << 20)
+    store.put(b"first", b"1")
+    big = {b"big%d" % i: rng.randbytes(600_000) for i in range(3)}
+    with store.batch() as b:
+        for k, v in big.items():
+            b.put(k, v)
+    store.put(b"huge", rng.randbytes(2_500_000))
+    store.put(b"last", b"2")
+    state = dict(store.items())
+    del store                                   # drop without close
+    store = open_store(tmp_path, max_segment_size=1 << 20)
+    assert dict(store.items()) == state
+    assert not store.recovery_info.corruption_detected
+    store.compact()
+    store.close()
+    with open_store(tmp_path, max_segment_size=1 << 20) as store:
+        assert dict(store.items()) == state
