@@ -533,3 +533,20 @@ def test_batch_and_value_larger_than_a_segment(tmp_path):
     store.close()
     with open_store(tmp_path, max_segment_size=1 << 20) as store:
         assert dict(store.items()) == state
+
+
+def test_finished_batches_do_not_keep_a_dropped_store_alive(tmp_path):
+    store = open_store(tmp_path)
+    with store.batch() as written:
+        written.put(b"k", b"v")
+    try:
+        with store.batch() as discarded:
+            discarded.put(b"x", b"y")
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    del store                     # drop without close, batches still in scope
+    store = open_store(tmp_path)  # the lock was released: no LockError
+    assert store.items() == [(b"k", b"v")]
+    assert len(written) == 0 and len(discarded) == 0
+    store.close()
