@@ -226,7 +226,12 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> R
             core._fsync_dir()
             end = os.path.getsize(seg_path)
             if res["batch_open"] is not None:
-                res["batch_open"] = None  # positions changed; the sink already dropped it
+                # The sink already dropped the open batch, but its records are
+                # still in the rewritten file: find where it starts now, so
+                # that it is cut below (else the next append would complete it).
+                again = _wal.scan_segment(seg_path, seg, None)
+                res["batch_open"] = again["batch_open"]
+                res["batch_records"] = again["batch_records"]
         if res["status"] is not None:
             where = f"{seg_path}: {res['status']} at offset {end}"
             if mode is RecoveryMode.ABSOLUTE_CONSISTENCY or (

@@ -299,3 +299,30 @@ def test_random_kills_during_recovery(tmp_path):
             p.communicate(timeout=60)
         keys, _ = open_keys(d, mode)
         assert keys == want, mode
+
+
+@pytest.mark.parametrize("mode", [TCT, PIT, SKIP], ids=lambda m: m.name)
+def test_torn_batch_never_completed_by_later_appends(tmp_path, mode):
+    """A crash tears the last record of an atomic batch. Whatever the mode,
+    the batch's complete records must not be completed by the next append
+    (regression: SKIP_ANY_CORRUPTED_RECORDS kept them in the rewritten
+    segment, and the next put made b1, b2 apply without b3)."""
+    from norikv import KvStore
+    with KvStore.open(tmp_path) as s:
+        s.put(b"a", b"1")
+        with s.batch() as b:
+            b.put(b"b1", b"x")
+            b.put(b"b2", b"y")
+            b.put(b"b3", b"z")
+    segp = os.path.join(tmp_path, "wal", "000000.wal")
+    with open(segp, "rb") as f:
+        data = f.read()
+    torn = len(Record.put(b"b3", b"z").encode()) - 3
+    with open(segp, "wb") as f:
+        f.write(data[:-torn])
+    with KvStore.open(tmp_path, recovery_mode=mode) as s:
+        assert dict(s.items()) == {b"a": b"1"}
+        assert s.recovery_info.corruption_detected
+        s.put(b"c", b"2")
+    with KvStore.open(tmp_path, recovery_mode=mode) as s:
+        assert dict(s.items()) == {b"a": b"1", b"c": b"2"}
