@@ -15,7 +15,7 @@ import textwrap
 import threading
 
 import pytest
-from benchlib import _BEST, N, ROUNDS, SYNC_N, Scratch, interleaved, remember, target
+from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, interleaved, remember, target
 
 from norikv import FsyncPolicy, KvStore
 
@@ -83,6 +83,7 @@ def lmdb_closer():
 def test_put_norikv_vs_dict(benchmark, scratch, closer, pairs):
     """Target: KvStore.put (OS policy) >= 0.8x the same loop over a plain dict
     (put = d.__setitem__), the dict round run right before each norikv round."""
+    cpu_bound(benchmark)
     def subject_setup():
         closer.replace()
         return (closer.replace(_open_store(scratch.new())).put, pairs)
@@ -101,6 +102,7 @@ def test_put_norikv_vs_dict(benchmark, scratch, closer, pairs):
 def test_put_norikv_vs_lmdb(benchmark, scratch, closer, lmdb_closer, bench_root, pairs):
     """Target: KvStore.put >= 1.2x lmdb putting everything in one write
     transaction (lmdb.open(sync=False, metasync=False): OS buffers, like FsyncPolicy.OS)."""
+    cpu_bound(benchmark)
     lscratch = Scratch(bench_root, "lmdb-one-txn")
 
     def subject_setup():
@@ -140,6 +142,7 @@ def _get_loop(get, keys):
 def test_get_norikv_vs_dict(benchmark, scratch, closer, pairs, keys):
     """Target: KvStore.get >= 0.85x dict.get. Both hold the same key objects
     (the store filled by put, the dict by dict(pairs)); the lookups use them."""
+    cpu_bound(benchmark)
     d = dict(pairs)
     store = closer.replace(_open_store(scratch.new()))
     _put_loop(store.put, pairs)
@@ -156,6 +159,7 @@ def test_get_norikv_vs_dict(benchmark, scratch, closer, pairs, keys):
 def test_get_after_reopen_vs_dict_of_copies(benchmark, closer, loaded_store, pairs, keys):
     """Information: get from a reopened store (its own key objects) against a
     dict holding equal but distinct key objects."""
+    cpu_bound(benchmark)
     d = {bytes(bytearray(k)): v for k, v in pairs}
     store = closer.replace(_open_store(loaded_store))
     ref = interleaved(benchmark, _get_loop, lambda: (store.get, keys), _get_loop,
@@ -166,6 +170,7 @@ def test_get_after_reopen_vs_dict_of_copies(benchmark, closer, loaded_store, pai
 
 @pytest.mark.benchmark(group="store-get")
 def test_get_missing_norikv(benchmark, closer, loaded_store):
+    cpu_bound(benchmark)
     store = closer.replace(_open_store(loaded_store))
     missing = [b"absent:%09d" % i for i in range(min(N, 1_000_000))]
     benchmark.pedantic(_get_loop, args=(store.get, missing), rounds=ROUNDS, iterations=1)
@@ -191,6 +196,7 @@ def semidbm_file(bench_root, pairs):
 def test_reopen_norikv_vs_semidbm(benchmark, closer, loaded_store, semidbm_file):
     """Targets: KvStore.open (full recovery, N keys) >= 3,000,000 records/s and
     >= 3x semidbm.open(path, 'r') rebuilding its index over the same pairs."""
+    cpu_bound(benchmark)
     sdb = _Closer()
 
     def ref():

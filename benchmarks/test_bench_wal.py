@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from benchlib import _BEST, N, ROUNDS, SYNC_N, Scratch, best, interleaved, remember, target
+from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, best, interleaved, remember, target
 
 from norikv import FsyncPolicy, Position, Record, Wal, WalConfig
 
@@ -49,6 +49,7 @@ def _append_loop(wal, pairs):
 @pytest.mark.benchmark(group="wal-append")
 def test_append_os_100b(benchmark, scratch, opened, pairs):
     """Target: >= 2,000,000 records/s from a Python loop (OS policy, 100-byte values)."""
+    cpu_bound(benchmark)
 
     def setup():
         opened.replace()
@@ -75,6 +76,7 @@ def test_append_batch_policy_100b(benchmark, scratch, opened, pairs):
 
 @pytest.mark.benchmark(group="wal-append")
 def test_append_os_1kb(benchmark, scratch, opened, keys):
+    cpu_bound(benchmark)
     n = max(1, N // 4)
     value = os.urandom(1000)
     data = [(k, value) for k in keys[:n]]
@@ -91,6 +93,7 @@ def test_append_os_1kb(benchmark, scratch, opened, keys):
 @pytest.mark.benchmark(group="wal-append")
 def test_append_batch_api_100b(benchmark, scratch, opened, pairs):
     """wal.append_batch of 1,000 records at a time (OS policy)."""
+    cpu_bound(benchmark)
     records = [Record.put(k, v) for k, v in pairs]
     chunks = [records[i:i + 1000] for i in range(0, len(records), 1000)]
 
@@ -135,6 +138,7 @@ def wal_100b(bench_root, pairs):
 @pytest.mark.benchmark(group="wal-recovery")
 def test_recovery_1kb(benchmark, opened, wal_1kb):
     """Target: open (full CRC-checked recovery) of a WAL of 1 KB records >= 3 GB/s."""
+    cpu_bound(benchmark)
     path, n, size = wal_1kb
 
     def run():
@@ -154,6 +158,7 @@ def test_recovery_1kb(benchmark, opened, wal_1kb):
 @pytest.mark.benchmark(group="wal-read")
 def test_read_from(benchmark, opened, wal_100b):
     """Target: read_from iteration >= 1,000,000 records/s."""
+    cpu_bound(benchmark)
     path, n = wal_100b
     wal = opened.replace(_open_wal(path, FsyncPolicy.OS))
 
