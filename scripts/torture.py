@@ -5,7 +5,8 @@ Each round forks a writer that opens the store (recovering whatever the
 previous kill left behind), then runs a random mix of put, delete, atomic
 batch, TTL put (long and already-expired deadlines), sync, explicit
 compaction, background auto-compaction, large values that force segment
-rotation, and LZ4 / zstd value compression in some rounds. Before each operation the writer sends ``S <id> <op>`` over a pipe,
+rotation, LZ4 / zstd value compression and growing (not preallocated)
+segments in some rounds. Before each operation the writer sends ``S <id> <op>`` over a pipe,
 after it returns ``A <id> <extra>``: an operation is *acknowledged* once its
 ``A`` line was sent (a batch once its ``with`` block exited). The runner
 SIGKILLs the writer after a random delay (sometimes during its recovery),
@@ -98,7 +99,11 @@ def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact
     """Runs in the forked child until killed."""
     rng = random.Random(seed)
     compression = rng.choice([None, None, "lz4", "zstd"])
-    store = KvStore.open(path, **store_options(policy, auto_compact, compression))
+    opts = store_options(policy, auto_compact, compression)
+    if rng.random() < 0.3:        # segments grown (and remapped) 1 MiB at a time
+        opts["preallocate"] = False
+        opts["max_segment_size"] = 4 * SEG
+    store = KvStore.open(path, **opts)
     _send(fd, "R %d" % len(store))
     opid = opbase
     while True:
@@ -302,7 +307,8 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
 
 
 def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: float = 0.25,
-            time_budget: float | None = None, verbose: bool = False) -> dict:
+            time_budget: float | None = None, verbose: bool = False,
+            keep_failures: bool = False) -> dict:
     rng = random.Random(seed)
     summary = {"kills": 0, "rounds_failed": 0, "acknowledged_ops": 0, "lost": 0,
                "kills_before_ready": 0, "pending_applied": 0, "pending_dropped": 0,
@@ -360,6 +366,9 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
                 summary["errors"].append(f"{policy} round {rnd} (delay {res['delay']:.3f}s): {err}")
                 if verbose:
                     print(summary["errors"][-1], file=sys.stderr)
+                if keep_failures:       # the raw crash state and the repaired copy
+                    shutil.copytree(path, os.path.join(base, f"fail-{policy}-{rnd}-raw"))
+                    shutil.copytree(scratch, os.path.join(base, f"fail-{policy}-{rnd}-checked"))
                 # Continue from what is actually there, so one finding does not cascade.
                 with KvStore.open(scratch, **store_options(policy, False)) as s:
                     model = {k: (v, s._deadline_of(k)) for k, v in s.items()}
@@ -382,13 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-budget", type=float, default=None, help="stop starting rounds after this")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--keep-failures", action="store_true",
+                    help="copy the directory of each failed round (needs --dir)")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     policies = args.policy or ["always", "batch", "os"]
     base = args.dir or tempfile.mkdtemp(prefix="norikv-torture-")
     try:
         summary = torture(base, args.kills, policies, seed, args.max_delay, args.time_budget,
-                          args.verbose)
+                          args.verbose, args.keep_failures and args.dir is not None)
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
