@@ -250,6 +250,7 @@ class KvStore(_wal._StoreCore):
         get = self.get
         missing = object()
         cursor: bytes | None = None
+        want = 32  # chunks grow to _SCAN_CHUNK: a short scan does not fetch 1,024 keys
         while True:
             idx = self._refresh_index()
             with self._index_lock:
@@ -259,14 +260,15 @@ class KvStore(_wal._StoreCore):
                 else:
                     bottom = lo if cursor is None else cursor
                     it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
-                chunk = [k for _, k in zip(range(_SCAN_CHUNK), it)]
+                chunk = [k for _, k in zip(range(want), it)]
             for k in chunk:
                 v = get(k, missing)
                 if v is not missing:
                     yield k, v
-            if len(chunk) < _SCAN_CHUNK:
+            if len(chunk) < want:
                 return
             cursor = chunk[-1]
+            want = min(want * 2, _SCAN_CHUNK)
 
     # ---------------------------------------------------------------- compaction
 
