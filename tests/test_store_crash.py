@@ -109,9 +109,10 @@ def apply(model, mode, seed, i):
 class Child:
     def __init__(self, path, mode, seed, start, policy, errfile):
         self.err = errfile
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path), mode, str(seed), str(start), policy],
-            stdout=subprocess.PIPE, stderr=open(errfile, "wb"), stdin=subprocess.DEVNULL)
+        with open(errfile, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(path), mode, str(seed), str(start), policy],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         self.buf = b""
         self.acked: list[int] = []
         self.events: list[str] = []    # "r", "s" (compaction started), "c" (done), "w" (write acked)
