@@ -192,12 +192,16 @@ def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
     keys = set(state) | set(model)
     for k in sorted(keys):
         exp = model.get(k)
+        got = state.get(k)
         if exp is not None and exp[1] is not None and exp[1] != -1:
             if abs(exp[1] - now) < TTL_SLACK_MS:
-                continue                    # expiring right now: either is fine
+                # Expiring right now: gone, or this very value (not another one:
+                # that is how an in-flight op shows it was applied).
+                if got is not None and got != exp[0]:
+                    return f"{k!r}: expiring value replaced by {got[:20]!r}"
+                continue
             if exp[1] <= now:
                 exp = None                  # expired
-        got = state.get(k)
         if exp is None:
             if got is not None:
                 return f"{k!r}: expected absent, found {len(got)} bytes {got[:20]!r}"
@@ -271,6 +275,8 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
     if pid == 0:  # pragma: no cover - child
         code = 0
         try:
+            import faulthandler
+            faulthandler.enable(all_threads=True)   # a crash other than our SIGKILL is a finding
             os.close(rfd)
             writer(path, policy, seed, opbase, wfd, auto_compact)
         except BaseException as exc:  # noqa: BLE001
@@ -328,6 +334,9 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
                 break
             auto = rng.random() < 0.5
             res = run_round(path, policy, rng, opbase, auto, max_delay)
+            if keep_failures:           # the op history, to explain a failure
+                with open(os.path.join(base, policy + ".history"), "a") as h:
+                    h.write(f"# round {rnd} auto_compact={auto}\n" + "\n".join(res["lines"]) + "\n")
             opbase += 10_000_000
             summary["kills"] += 1
             done += 1
