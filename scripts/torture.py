@@ -316,6 +316,7 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
             time_budget: float | None = None, verbose: bool = False,
             keep_failures: bool = False) -> dict:
     rng = random.Random(seed)
+    os.makedirs(base, exist_ok=True)
     summary = {"kills": 0, "rounds_failed": 0, "acknowledged_ops": 0, "lost": 0,
                "kills_before_ready": 0, "pending_applied": 0, "pending_dropped": 0,
                "torn_tails_repaired": 0, "bytes_truncated": 0, "errors": [], "per_policy": {},
