@@ -236,6 +236,13 @@ def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bi
                             batch_records=batch_count, skipped=skipped)
             if skip_corrupt:
                 bad_at = rd.pos
+                if batch_open >= 0:
+                    # The damage broke an atomic batch: its records before the
+                    # damage go too (copy_valid_records drops them likewise).
+                    count -= batch_count
+                    batch_open = -1
+                    if sink is not None:
+                        sink.end_segment()
                 rd.resync()
                 skipped.append((bad_at, rd.pos))
                 if rd.pos >= rd.limit:
@@ -254,23 +261,38 @@ def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bi
 
 def copy_valid_records(src, dst):
     """Writes every record of ``src`` that decodes with a valid CRC to ``dst``
-    (skipping damaged spans); returns the number of records copied."""
+    (skipping damaged spans, and the records of an atomic batch that a damaged
+    span interrupts); returns the number of records copied."""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
     cdef int st
     cdef uint64_t count = 0
+    cdef list batch = []
     rd.open(src, 0, -1, 1)
     try:
         with open(dst, "wb") as out:
             while True:
                 st = rd.next(&r)
                 if st == NK_OK:
-                    out.write(PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size))
+                    rec = PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size)
+                    if r.flags & NK_FLAG_BATCH_CONT:
+                        batch.append(rec)
+                        continue
+                    for b in batch:
+                        out.write(b)
+                        count += 1
+                    batch.clear()
+                    out.write(rec)
                     count += 1
                 elif st == SCAN_END:
                     break
-                elif not rd.resync():
-                    break
+                else:
+                    batch.clear()
+                    if not rd.resync():
+                        break
+            for b in batch:             # left open at the end: recovery cuts it
+                out.write(b)
+                count += 1
             out.flush()
             os.fsync(out.fileno())
     finally:

@@ -326,3 +326,29 @@ def test_torn_batch_never_completed_by_later_appends(tmp_path, mode):
         s.put(b"c", b"2")
     with KvStore.open(tmp_path, recovery_mode=mode) as s:
         assert dict(s.items()) == {b"a": b"1", b"c": b"2"}
+
+
+def test_skip_mode_drops_a_batch_interrupted_by_damage(tmp_path):
+    """SKIP_ANY_CORRUPTED_RECORDS: damage in the last record of an atomic batch
+    (b1, b2, [b3 damaged]) followed by an unrelated put c. The batch's
+    surviving records must not be applied, and c must not "complete" them
+    (regression: b1, b2 and c were applied together)."""
+    from norikv import KvStore
+    with KvStore.open(tmp_path) as s:
+        s.put(b"a", b"1")
+        with s.batch() as b:
+            b.put(b"b1", b"x")
+            b.put(b"b2", b"y")
+            b.put(b"b3", b"z")
+        s.put(b"c", b"2")
+    segp = os.path.join(tmp_path, "wal", "000000.wal")
+    with open(segp, "rb") as f:
+        data = bytearray(f.read())
+    c_len = len(Record.put(b"c", b"2").encode())
+    b3_len = len(Record.put(b"b3", b"z").encode())
+    data[len(data) - c_len - b3_len + 4] ^= 0x01        # a key byte of b3
+    with open(segp, "wb") as f:
+        f.write(data)
+    for _ in range(2):                                   # and again after the rewrite
+        with KvStore.open(tmp_path, recovery_mode=SKIP) as s:
+            assert dict(s.items()) == {b"a": b"1", b"c": b"2"}
