@@ -10,7 +10,8 @@
 # summary table; exits non-zero if any interpreter failed.
 #
 # Usage: scripts/test-all-pythons.sh [--keep] [VERSION...] [-- PYTEST_ARGS...]
-# Environment: PYENV_ROOT (default ~/.pyenv), NORIKV_ALL_PY_DIR (work dir).
+# Environment: PYENV_ROOT (default ~/.pyenv), NORIKV_ALL_PY_DIR (work dir),
+#   NORIKV_TEST_TIMEOUT (seconds per interpreter's test run; default 1800).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,7 +82,9 @@ for v in "${PYS[@]}"; do
     "$vpy" -m pip install -q "$whl[test]" mypy
     cd "$RUN"
     "$vpy" -I -c "import norikv, sys; print(sys.version.split()[0], norikv.__version__, norikv.__file__)"
-    "$vpy" -I -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+    # A hung test fails the interpreter instead of hanging the script.
+    timeout --kill-after=30 "${NORIKV_TEST_TIMEOUT:-1800}" \
+      "$vpy" -I -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
   ) > "$log" 2>&1
   rc=$?
   SECONDS_TAKEN[$v]=$(( $(date +%s) - t0 ))

@@ -18,7 +18,8 @@
 #   --ref REF   build from `git archive REF` instead of the working tree
 #   --keep      keep the work directory (printed at the end)
 # Environment: PYTHON (interpreter to build and test with; default python3),
-#   NORIKV_WHEEL_CHECK_DIR (work directory; default a new mktemp -d).
+#   NORIKV_WHEEL_CHECK_DIR (work directory; default a new mktemp -d),
+#   NORIKV_TEST_TIMEOUT (seconds for the test run; default 1800).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -185,6 +186,8 @@ esac
 if "$VPY" -I -c "import norikv.cli" 2>/dev/null; then
   "$VENV/bin/norikv" --help > /dev/null || fail "the norikv command does not run"
 fi
-env -u PYTHONPATH "$VPY" -I -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+# A hung test fails the check (exit 124) instead of hanging CI.
+env -u PYTHONPATH timeout --kill-after=30 "${NORIKV_TEST_TIMEOUT:-1800}" \
+  "$VPY" -I -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}" || fail "test suite (exit $?)"
 
 step "OK: $(basename "$WHEEL") passes the test suite installed from the sdist-built wheel"
