@@ -19,7 +19,7 @@ from sortedcontainers import SortedList
 
 from norikv import _wal
 from norikv.compression import Compression
-from norikv.errors import ClosedError, ConfigError
+from norikv.errors import ClosedError, ConfigError, NoriError, io_error
 from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig, makedirs_durable
 
 __all__ = ["KvStore", "WriteBatch"]
@@ -292,7 +292,7 @@ class KvStore(_wal._StoreCore):
                 del data, expiry
                 for tmp, seg, size in parts:
                     self.wal._install_segment(tmp, seg, size)
-            except BaseException:
+            except BaseException as exc:
                 # A failed snapshot (e.g. ENOSPC) must not keep its partial
                 # temporary files, and their disk space, until the next open.
                 for seg in range(first, first + gap):
@@ -301,6 +301,8 @@ class KvStore(_wal._StoreCore):
                         os.unlink(tmp)
                     except FileNotFoundError:
                         pass
+                if isinstance(exc, OSError) and not isinstance(exc, NoriError) and exc.errno:
+                    raise io_error(exc.errno, exc.filename, "compaction snapshot") from exc
                 raise
             old = [s for s in self.wal._segment_ids() if s < first]
             self.wal._delete_segments(old)
