@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ SHIM_SRC = Path(__file__).resolve().parent / "shim" / "faultshim.c"
 
 @pytest.fixture(scope="session")
 def shim_path(tmp_path_factory) -> str:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the fault shim is injected with LD_PRELOAD (Linux only)")
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         pytest.skip("no C compiler to build the fault shim")
