@@ -254,3 +254,41 @@ def test_random_fault_sweep(shim_path, tmp_path):
     assert out["trials"] == 40 and out["recovered_ok"] == 40
     assert out["raised"] >= 15 and out["poisoned"] >= 5, out
     assert out["faults_injected"] >= out["raised"]
+
+
+READ_FAIL = r"""
+import json, os, sys
+from norikv import KvStore, FsyncPolicy, NoriIOError, LockError
+path, control, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+from norikv import RecoveryMode
+out = {}
+with KvStore.open(path, fsync_policy=FsyncPolicy.ALWAYS) as s:
+    for i in range(100):
+        s.put(b"k%03d" % i, b"v" * 500)
+before = {n: open(os.path.join(path, "wal", n), "rb").read() for n in os.listdir(os.path.join(path, "wal"))}
+open(control, "w").close()                         # arm: pread fails
+try:
+    KvStore.open(path, recovery_mode=RecoveryMode[mode])
+    out["open"] = "ok"
+except OSError as exc:
+    out["open"] = [type(exc).__name__, exc.errno]
+os.unlink(control)
+after = {n: open(os.path.join(path, "wal", n), "rb").read() for n in os.listdir(os.path.join(path, "wal"))}
+out["unchanged"] = before == after
+with KvStore.open(path, recovery_mode=RecoveryMode[mode]) as s:   # the lock was released
+    out["len"] = len(s)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("mode", ["TOLERATE_CORRUPTED_TAIL", "SKIP_ANY_CORRUPTED_RECORDS"])
+def test_read_error_during_recovery(shim_path, tmp_path, mode):
+    """EIO from pread while recovery scans: open raises NoriIOError(EIO),
+    changes no file (a read error is not corruption: nothing is cut), and
+    releases the lock; a later open recovers everything."""
+    control = str(tmp_path / "armed")
+    env = shim_env(shim_path, "pread", control=control, path=str(tmp_path / "db"))
+    proc = run_py(READ_FAIL, args=[str(tmp_path / "db"), control, mode], env=env, timeout=60)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"open": ["NoriIOError", errno.EIO], "unchanged": True, "len": 100}

@@ -22,7 +22,8 @@
  *                      with FAULTSHIM_AFTER=n, after the n+1-th matching call)
  *
  * Calls that can be named: fsync, fdatasync, write, pwrite, msync, fallocate,
- * ftruncate, unlink (also unlinkat), rename (also renameat).
+ * ftruncate, unlink (also unlinkat), rename (also renameat), pread (also
+ * pread64: the reads of recovery).
  *
  * The process sees the failure exactly as from the kernel: -1 and errno (or
  * the error number returned, for posix_fallocate).  Nothing is written or
@@ -42,7 +43,7 @@
 #include <unistd.h>
 
 enum { OP_FSYNC = 1, OP_FDATASYNC = 2, OP_WRITE = 4, OP_PWRITE = 8, OP_MSYNC = 16,
-       OP_FALLOCATE = 32, OP_FTRUNCATE = 64, OP_UNLINK = 128, OP_RENAME = 256 };
+       OP_FALLOCATE = 32, OP_FTRUNCATE = 64, OP_UNLINK = 128, OP_RENAME = 256, OP_PREAD = 512 };
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static unsigned ops_mask;
@@ -70,6 +71,7 @@ static unsigned parse_ops(const char *s) {
         else if (!strcmp(tok, "ftruncate")) mask |= OP_FTRUNCATE;
         else if (!strcmp(tok, "unlink")) mask |= OP_UNLINK;
         else if (!strcmp(tok, "rename")) mask |= OP_RENAME;
+        else if (!strcmp(tok, "pread")) mask |= OP_PREAD;
     }
     return mask;
 }
@@ -267,4 +269,16 @@ int renameat(int da, const char *a, int db, const char *b) {
         errno = fail_errno; return -1;
     }
     return real(da, a, db, b);
+}
+
+ssize_t pread(int fd, void *buf, size_t n, off_t off) {
+    REAL(ssize_t, "pread", int, void *, size_t, off_t);
+    if (should_fail(OP_PREAD, "pread", fd)) { errno = fail_errno; return -1; }
+    return real(fd, buf, n, off);
+}
+
+ssize_t pread64(int fd, void *buf, size_t n, off_t off) {
+    REAL(ssize_t, "pread64", int, void *, size_t, off_t);
+    if (should_fail(OP_PREAD, "pread64", fd)) { errno = fail_errno; return -1; }
+    return real(fd, buf, n, off);
 }
