@@ -435,6 +435,8 @@ HOSTILE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.skipif(os.uname().sysname != "Linux",
+                    reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
 def test_hostile_claims_never_allocate(tmp_path):
     """Under an address-space limit far below the claimed sizes, hostile
     lengths give CorruptionError, not MemoryError or a crash."""

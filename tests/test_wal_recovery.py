@@ -424,6 +424,8 @@ print(info.valid_records, info.corruption_detected, n)
 """
 
 
+@pytest.mark.skipif(os.uname().sysname != "Linux",
+                    reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
 def test_recovery_memory_is_bounded(tmp_path):
     """A 96 MiB segment recovers and reads back under an address-space limit of
     48 MiB above the interpreter's: segments are read in chunks, never whole."""
