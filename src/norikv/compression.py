@@ -12,6 +12,7 @@ stored size, at least 64 MiB) and must produce exactly what its header claims.
 from __future__ import annotations
 
 import enum
+import threading
 
 import lz4.block
 
@@ -29,8 +30,25 @@ MAX_LZ4_RATIO = 255
 MAX_ZSTD_RATIO = 1024
 _ZSTD_FLOOR = 64 << 20
 
-_zstd_c = _zstandard.ZstdCompressor(level=3)
-_zstd_d = _zstandard.ZstdDecompressor()
+# zstandard's compressor and decompressor objects must not be used by two
+# threads at once (a writer thread and the background compactor both
+# compress: shared objects gave ZstdError, heap corruption and segfaults), so
+# each thread gets its own.
+_zstd_local = threading.local()
+
+
+def _zstd_c() -> _zstandard.ZstdCompressor:
+    c = getattr(_zstd_local, "c", None)
+    if c is None:
+        c = _zstd_local.c = _zstandard.ZstdCompressor(level=3)
+    return c
+
+
+def _zstd_d() -> _zstandard.ZstdDecompressor:
+    d = getattr(_zstd_local, "d", None)
+    if d is None:
+        d = _zstd_local.d = _zstandard.ZstdDecompressor()
+    return d
 
 
 class Compression(enum.IntEnum):
@@ -72,7 +90,7 @@ def compress(kind: int, value: bytes) -> bytes:
     if kind == 1:
         return _varint(len(value)) + lz4.block.compress(value, store_size=False)
     if kind == 2:
-        return _zstd_c.compress(value)
+        return _zstd_c().compress(value)
     return value
 
 
@@ -115,7 +133,7 @@ def decompress(kind: int, stored: bytes) -> bytes:
             # truncated frame's partial output without complaint).
             parts = []
             total = 0
-            dobj = _zstd_d.decompressobj()
+            dobj = _zstd_d().decompressobj()
             i = 0
             for i in range(0, len(stored), 1024):
                 chunk = dobj.decompress(stored[i:i + 1024])

@@ -72,19 +72,24 @@ def background(store, fn, errors, stop):
         errors.append(f"{fn.__name__}: {exc!r}")
 
 
-@pytest.mark.parametrize("policy", [FsyncPolicy.batch(0.002), FsyncPolicy.OS, FsyncPolicy.ALWAYS],
-                         ids=["batch", "os", "always"])
-def test_hammer(tmp_path, policy):
+@pytest.mark.parametrize("policy,compression", [
+    (FsyncPolicy.batch(0.002), None), (FsyncPolicy.OS, None), (FsyncPolicy.ALWAYS, None),
+    # Writers and the compactor compress at once (regression: one shared zstd
+    # compressor for all threads gave ZstdError, heap corruption, SIGSEGV).
+    (FsyncPolicy.OS, "zstd"), (FsyncPolicy.OS, "lz4"),
+], ids=["batch", "os", "always", "os-zstd", "os-lz4"])
+def test_hammer(tmp_path, policy, compression):
     faulthandler.dump_traceback_later(WATCHDOG, exit=True, file=sys.stderr)
     try:
-        _hammer(tmp_path, policy)
+        _hammer(tmp_path, policy, compression)
     finally:
         faulthandler.cancel_dump_traceback_later()
 
 
-def _hammer(tmp_path, policy):
+def _hammer(tmp_path, policy, compression=None):
     store = KvStore.open(tmp_path, fsync_policy=policy, max_segment_size=1 << 20,
-                         compact_min_bytes=1 << 20, compact_dead_ratio=0.3)
+                         compact_min_bytes=1 << 20, compact_dead_ratio=0.3,
+                         compression=compression, compress_min_size=64)
     models = [dict() for _ in range(WRITERS)]
     errors: list[str] = []
     stop = threading.Event()
@@ -121,3 +126,35 @@ def _hammer(tmp_path, policy):
     store.close()
     with KvStore.open(tmp_path, fsync_policy=policy) as again:
         assert dict(again.items()) == want
+
+
+ZSTD_THREADS = r"""
+import random, threading
+from norikv.compression import compress, decompress
+errors = []
+def work(t):
+    rng = random.Random(t)
+    try:
+        for i in range(60):
+            v = (rng.randbytes(64) * 4096)[: rng.randint(100_000, 262_144)]
+            for kind in (2, 1):
+                if decompress(kind, compress(kind, v)) != v:
+                    errors.append("roundtrip")
+    except Exception as exc:
+        errors.append(repr(exc))
+ts = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+assert not errors, errors[:3]
+print("ok")
+"""
+
+
+def test_compression_from_many_threads():
+    """Compression is called from writer threads and the compactor at once
+    (regression: a single zstd compressor shared by every thread crashed the
+    process: ZstdError, "malloc(): corrupted top size", SIGSEGV). In a
+    subprocess, since the failure is a crash."""
+    from ._util import describe, run_py
+    proc = run_py(ZSTD_THREADS, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", describe(proc)
