@@ -22,8 +22,13 @@ drains the pipe, and checks a copy of the directory in-process:
 The next writer then opens the original, un-repaired directory, so recovery
 itself runs on raw crash state and can itself be killed.
 
+With ``--threads N`` the writer runs N threads, each owning the keys equal
+to its number modulo N, and each thread's keys are checked against its own
+model (plus its own op in flight).
+
     python scripts/torture.py --kills 500            # full run, all policies
     python scripts/torture.py --kills 45 --json      # quick mode (the tests)
+    python scripts/torture.py --kills 150 --threads 4
 
 Exit status 0 when every round checked out; the summary gives the figures.
 """
@@ -95,8 +100,11 @@ def _random_size(rng: random.Random) -> int:
     return rng.randint(1, 4096)
 
 
-def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool) -> None:
-    """Runs in the forked child until killed."""
+def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool,
+           threads: int = 1) -> None:
+    """Runs in the forked child until killed. With several threads, thread t
+    owns the keys whose number is t modulo `threads` and numbers its ops from
+    opbase + t * THREAD_STRIDE."""
     rng = random.Random(seed)
     compression = rng.choice([None, None, "lz4", "zstd"])
     opts = store_options(policy, auto_compact, compression)
@@ -105,24 +113,42 @@ def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact
         opts["max_segment_size"] = 4 * SEG
     store = KvStore.open(path, **opts)
     _send(fd, "R %d" % len(store))
-    opid = opbase
+    if threads == 1:
+        _writer_loop(store, rng, opbase, fd, 0, 1)
+        return
+    import threading
+    ts = [threading.Thread(target=_writer_loop, daemon=True,
+                           args=(store, random.Random(seed * 31 + t), opbase + t * THREAD_STRIDE, fd, t,
+                                 threads)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+THREAD_STRIDE = 1_000_000
+
+
+def _writer_loop(store, rng: random.Random, opid: int, fd: int, me: int, threads: int) -> None:
+    def rkey() -> int:
+        return rng.randrange(NKEYS // threads) * threads + me
     while True:
         opid += 1
         r = rng.random()
         if r < 0.50:
-            op = {"t": "put", "k": rng.randrange(NKEYS), "n": _random_size(rng)}
+            op = {"t": "put", "k": rkey(), "n": _random_size(rng)}
         elif r < 0.65:
-            op = {"t": "del", "k": rng.randrange(NKEYS)}
+            op = {"t": "del", "k": rkey()}
         elif r < 0.80:
             items = []
             for _ in range(rng.randint(1, 8)):
                 if rng.random() < 0.3:
-                    items.append(["d", rng.randrange(NKEYS), 0])
+                    items.append(["d", rkey(), 0])
                 else:
-                    items.append(["p", rng.randrange(NKEYS), _random_size(rng)])
+                    items.append(["p", rkey(), _random_size(rng)])
             op = {"t": "batch", "ops": items}
         elif r < 0.90:
-            op = {"t": "ttl", "k": rng.randrange(NKEYS), "n": rng.randint(0, 2000),
+            op = {"t": "ttl", "k": rkey(), "n": rng.randint(0, 2000),
                   "ttl": SHORT_TTL if rng.random() < 0.3 else LONG_TTL}
         elif r < 0.97:
             op = {"t": "sync"}
@@ -219,9 +245,12 @@ def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
     return None
 
 
-def check_copy(path: str, policy: str, scratch: str, model: dict, pending) -> tuple[str | None, dict, dict]:
-    """Opens a copy of `path`, compares it with the model(s). Returns
-    (error or None, observed model, figures)."""
+def check_copy(path: str, policy: str, scratch: str, model: dict, pendings: dict,
+               threads: int = 1) -> tuple[str | None, dict, dict]:
+    """Opens a copy of `path`, compares it with the model: for each writer
+    thread's keys, the acknowledged model or it plus that thread's op in
+    flight (`pendings`: thread -> (opid, op)). Returns (error or None,
+    observed model, figures)."""
     if os.path.exists(scratch):
         shutil.rmtree(scratch)
     if os.path.exists(path):
@@ -240,32 +269,47 @@ def check_copy(path: str, policy: str, scratch: str, model: dict, pending) -> tu
     finally:
         store.close()
     now = now_ms()
-    err0 = _matches(state, deadlines, model, now)
-    if err0 is None:
-        figures["pending_applied"] = False
-        return None, model, figures
-    if pending is not None:
-        m1 = apply_pending(model, *pending)
-        err1 = _matches(state, deadlines, m1, now)
-        if err1 is None:
-            figures["pending_applied"] = True
-            # Adopt what recovery decided, with the deadline actually stored.
-            if pending[1]["t"] == "ttl":
-                k = key(pending[1]["k"])
-                if k in state:
-                    m1[k] = (state[k], deadlines[k])
-                else:
-                    m1.pop(k, None)
-            return None, m1, figures
-        return (f"state matches neither the acknowledged model ({err0}) nor it plus "
-                f"the in-flight op {pending[1]} ({err1})"), model, figures
-    return f"state differs from the acknowledged model: {err0}", model, figures
+    errors = []
+    applied = False
+    new_model: dict = {}
+    for t in range(threads):
+        own = lambda d: {k: v for k, v in d.items() if int(k[1:]) % threads == t}  # noqa: E731
+        st_t, m_t = own(state), own(model)
+        err0 = _matches(st_t, deadlines, m_t, now)
+        if err0 is None:
+            new_model.update(m_t)
+            continue
+        p = pendings.get(t)
+        if p is None:
+            errors.append(f"state differs from the acknowledged model: {err0}")
+            new_model.update(m_t)
+            continue
+        m1 = own(apply_pending(m_t, *p))
+        err1 = _matches(st_t, deadlines, m1, now)
+        if err1 is not None:
+            errors.append(f"state matches neither the acknowledged model ({err0}) nor it plus "
+                          f"the in-flight op {p[1]} ({err1})")
+            new_model.update(m_t)
+            continue
+        applied = True
+        # Adopt what recovery decided, with the deadline actually stored.
+        if p[1]["t"] == "ttl":
+            k = key(p[1]["k"])
+            if k in state:
+                m1[k] = (state[k], deadlines[k])
+            else:
+                m1.pop(k, None)
+        new_model.update(m1)
+    figures["pending_applied"] = applied
+    if errors:
+        return "; ".join(errors), model, figures
+    return None, new_model, figures
 
 
 # ------------------------------------------------------------------ the runner
 
 def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_compact: bool,
-              max_delay: float) -> dict:
+              max_delay: float, threads: int = 1) -> dict:
     """One fork / random delay / SIGKILL. Returns the lines the writer sent."""
     rfd, wfd = os.pipe()
     seed = rng.getrandbits(32)
@@ -278,7 +322,7 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
             import faulthandler
             faulthandler.enable(all_threads=True)   # a crash other than our SIGKILL is a finding
             os.close(rfd)
-            writer(path, policy, seed, opbase, wfd, auto_compact)
+            writer(path, policy, seed, opbase, wfd, auto_compact, threads)
         except BaseException as exc:  # noqa: BLE001
             try:
                 _send(wfd, "E %r" % (exc,))
@@ -314,13 +358,13 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
 
 def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: float = 0.25,
             time_budget: float | None = None, verbose: bool = False,
-            keep_failures: bool = False) -> dict:
+            keep_failures: bool = False, threads: int = 1) -> dict:
     rng = random.Random(seed)
     os.makedirs(base, exist_ok=True)
     summary = {"kills": 0, "rounds_failed": 0, "acknowledged_ops": 0, "lost": 0,
                "kills_before_ready": 0, "pending_applied": 0, "pending_dropped": 0,
                "torn_tails_repaired": 0, "bytes_truncated": 0, "errors": [], "per_policy": {},
-               "seed": seed}
+               "seed": seed, "threads": threads}
     t0 = time.monotonic()
     per = max(1, kills // len(policies))
     for pi, policy in enumerate(policies):
@@ -334,14 +378,14 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
             if time_budget is not None and time.monotonic() - t0 > time_budget:
                 break
             auto = rng.random() < 0.5
-            res = run_round(path, policy, rng, opbase, auto, max_delay)
+            res = run_round(path, policy, rng, opbase, auto, max_delay, threads)
             if keep_failures:           # the op history, to explain a failure
                 with open(os.path.join(base, policy + ".history"), "a") as h:
                     h.write(f"# round {rnd} auto_compact={auto}\n" + "\n".join(res["lines"]) + "\n")
             opbase += 10_000_000
             summary["kills"] += 1
             done += 1
-            pending = None
+            pendings: dict = {}          # writer thread -> (opid, op) started, not acknowledged
             ready = False
             for line in res["lines"]:
                 tag, _, rest = line.partition(" ")
@@ -349,26 +393,26 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
                     ready = True
                 elif tag == "S":
                     sid, _, js = rest.partition(" ")
-                    pending = (int(sid), json.loads(js))
+                    pendings[int(sid) % 10_000_000 // THREAD_STRIDE] = (int(sid), json.loads(js))
                 elif tag == "A":
                     parts = rest.split()
                     aid = int(parts[0])
+                    pending = pendings.pop(aid % 10_000_000 // THREAD_STRIDE, None)
                     assert pending is not None and pending[0] == aid, (pending, line)
                     deadline = int(parts[1]) if len(parts) > 1 else None
                     apply(model, aid, pending[1], deadline)
                     summary["acknowledged_ops"] += 1
-                    pending = None
                 elif tag == "E":
                     summary["errors"].append(f"{policy} round {rnd}: writer raised {rest}")
             if not ready:
                 summary["kills_before_ready"] += 1
             if not (os.WIFSIGNALED(res["status"]) and os.WTERMSIG(res["status"]) == signal.SIGKILL):
                 summary["errors"].append(f"{policy} round {rnd}: writer exited with status {res['status']}")
-            err, model, fig = check_copy(path, policy, scratch, model, pending)
+            err, model, fig = check_copy(path, policy, scratch, model, pendings, threads)
             if fig.get("corruption_detected"):
                 summary["torn_tails_repaired"] += 1
             summary["bytes_truncated"] += fig.get("bytes_truncated", 0)
-            if pending is not None and err is None:
+            if pendings and err is None:
                 summary["pending_applied" if fig["pending_applied"] else "pending_dropped"] += 1
             if err is not None:
                 summary["rounds_failed"] += 1
@@ -399,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--max-delay", type=float, default=0.25, help="longest run before a kill, seconds")
     ap.add_argument("--time-budget", type=float, default=None, help="stop starting rounds after this")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="writer threads, each with its own keys (default 1)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument("--keep-failures", action="store_true",
@@ -409,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.dir or tempfile.mkdtemp(prefix="norikv-torture-")
     try:
         summary = torture(base, args.kills, policies, seed, args.max_delay, args.time_budget,
-                          args.verbose, args.keep_failures and args.dir is not None)
+                          args.verbose, args.keep_failures and args.dir is not None, args.threads)
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
