@@ -615,3 +615,39 @@ def test_bench_without_the_runner_is_a_clear_error() -> None:
             "from norikv.cli import main; sys.exit(main(['bench', '--quick']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
     one_line_error(r, 2, "norikv bench", "not available")
+
+
+def test_verify_and_info_while_another_process_keeps_writing(tmp_path: Path) -> None:
+    """Records being copied into the active segment, rotations and
+    compactions in the writer never show up as damage."""
+    d = tmp_path / "s"
+    stop = tmp_path / "stop"
+    code = textwrap.dedent(f"""
+        import os
+        from norikv import KvStore
+        s = KvStore.open({str(d)!r}, max_segment_size={SEG}, compact_min_bytes={SEG})
+        for i in range(2000):
+            s.put(b"k%04d" % i, b"x" * 100)
+        print("ready", flush=True)
+        i = 0
+        while not os.path.exists({str(stop)!r}):
+            s.put(b"k%04d" % (i % 2000), b"x" * (i % 300))
+            if i % 500 == 0:
+                with s.batch() as b:
+                    for j in range(20):
+                        b.put(b"b%02d" % j, b"y" * 50)
+            i += 1
+        s.close()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        for _ in range(3):
+            r = run("verify", d, "--quiet")
+            assert r.returncode == 0, r.stderr
+            info = json.loads(ok("info", d, "--json"))
+            assert info["keys"] >= 2000 and info["locked_by"] == [p.pid]
+    finally:
+        stop.touch()
+        assert p.wait(TIMEOUT) == 0
+    assert run("verify", d).returncode == 0

@@ -376,7 +376,13 @@ def _is_enoent(exc: BaseException) -> bool:
 def _load_view(args: argparse.Namespace, waldir: str) -> View:
     for attempt in range(_RETRIES):
         try:
-            return _load_view_once(args, waldir)
+            view = _load_view_once(args, waldir)
+            if view.tail is not None and attempt + 1 < _RETRIES and _lock_holders(waldir):
+                # The process holding the store may have been copying a record
+                # into its active segment as we read it: read again.
+                time.sleep(0.02)
+                continue
+            return view
         except OSError as exc:
             # A compaction by the process holding the store deleted a segment
             # between listing and reading: list again.
