@@ -651,3 +651,31 @@ def test_verify_and_info_while_another_process_keeps_writing(tmp_path: Path) -> 
         stop.touch()
         assert p.wait(TIMEOUT) == 0
     assert run("verify", d).returncode == 0
+
+
+def test_a_torn_atomic_batch_is_reported_and_only_repair_removes_it(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    with KvStore.open(d) as s:
+        s.put(b"before", b"1")
+        with s.batch() as b:
+            b.put(b"in-batch-1", b"2")
+            b.put(b"in-batch-2", b"3")
+    (seg,) = segments(d)
+    data = seg.read_bytes()
+    first, size = Record.decode(data, 0)
+    second_at = size
+    _, size2 = Record.decode(data, second_at)
+    seg.write_bytes(data[: second_at + size2])    # the batch's last record never made it
+    before = fingerprint(d)
+    r = run("verify", d)
+    one_line_error(r, 1, f"offset {second_at}", "never terminated")
+    assert ok("scan", d) == b"before\t1\n"         # replay drops the partial batch
+    one_line_error(run("put", d, "x", "y"), 3, "never terminated", f"0:{second_at}", "repair")
+    assert fingerprint(d) == before
+    r = run("repair", d, "--mode", "tolerate_corrupted_tail")
+    assert r.returncode == 0, r.stderr
+    (backup,) = (d / "wal").glob("repair-backup-*")
+    assert (backup / seg.name).read_bytes() == data[: second_at + size2]
+    assert seg.stat().st_size == second_at
+    ok("put", d, "x", "y")
+    assert ok("scan", d) == b"before\t1\nx\ty\n"

@@ -315,6 +315,7 @@ def _open_store(args: argparse.Namespace, create: bool = False):  # -> KvStore
     from norikv import FsyncPolicy, KvStore, RecoveryMode
 
     root, waldir = _locate(args.dir, create)
+    _refuse_torn_batch(root, waldir)
     try:
         store = KvStore.open(root, recovery_mode=RecoveryMode.ABSOLUTE_CONSISTENCY,
                              fsync_policy=FsyncPolicy.OS, auto_compact=False)
@@ -327,6 +328,29 @@ def _open_store(args: argparse.Namespace, create: bool = False):  # -> KvStore
         _warn(args, f"note: the open dropped an atomic batch left unterminated by a crash "
                     f"({info.bytes_truncated} bytes at the end of the log)")
     return store
+
+
+def _refuse_torn_batch(root: str, waldir: str) -> None:
+    """Every recovery mode cuts an atomic batch left unterminated at the end
+    of the log; a writing command must not do that without a backup, so it
+    refuses (after checking the lock: a live writer may be mid-copy)."""
+    if not os.path.isdir(waldir):
+        return
+    ids = _wal.list_segments(waldir)
+    if not ids:
+        return
+    path = os.path.join(waldir, _wal.segment_name(ids[-1]))
+    try:
+        res = _wal.scan_segment(path, ids[-1], None)
+    except OSError:
+        return          # the open reports it
+    if res["status"] is None and res["batch_open"] is not None:
+        if _lock_holders(waldir):
+            raise CliError(_locked_message(root, waldir))
+        raise CliError(f"{root}: the log ends with an atomic batch that was never terminated "
+                       f"(a crash in the middle of writing it) at {ids[-1]}:{res['batch_open']}; "
+                       f"nothing was changed. `norikv repair {root} --mode tolerate_corrupted_tail` "
+                       f"removes it, keeping a copy")
 
 
 # ====================================================================== lock-free read-only view
