@@ -87,7 +87,8 @@ class RecoveryMode(enum.Enum):
     longest valid prefix (a torn or corrupt tail, reported); damage in any
     earlier segment raises CorruptionError and changes nothing.
     ``ABSOLUTE_CONSISTENCY``: any damage raises CorruptionError; nothing is
-    changed. A zero-filled preallocated tail is still a clean end.
+    changed (a torn tail and an atomic batch left unterminated by a crash are
+    damage too). A zero-filled preallocated tail is still a clean end.
     ``POINT_IN_TIME``: the log is cut at the first damage wherever it is and
     every later segment is deleted, so what remains is a prefix of what was
     written.
@@ -253,9 +254,12 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> R
                 is_last = True
             _truncate(seg_path, end)
         if is_last and res["batch_open"] is not None:
-            # An atomic batch whose last record never made it: cut it off so that
-            # later appends cannot complete it by accident.
+            # An atomic batch whose last record never made it (a torn tail): cut
+            # it off so that later appends cannot complete it by accident.
             cut = res["batch_open"]
+            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
+                raise CorruptionError(f"corrupt segment {seg_path}: atomic batch left "
+                                      f"unterminated at offset {cut}", seg_path, cut, seg)
             truncated += end - cut
             corrupt = True
             _truncate(seg_path, cut)

@@ -209,7 +209,7 @@ def test_truncation_at_every_byte_of_the_last_record(tmp_path, mode):
 def test_unterminated_batch_is_cut_in_every_mode(tmp_path):
     """An atomic batch whose last record never made it (records with the
     continuation flag, then a clean end) is cut off, so that later appends
-    cannot complete it."""
+    cannot complete it; ABSOLUTE_CONSISTENCY instead refuses and changes nothing."""
     for mode in MODES:
         d = str(tmp_path / mode.name)
         write_log(d)
@@ -219,6 +219,13 @@ def test_unterminated_batch_is_cut_in_every_mode(tmp_path):
         size = os.path.getsize(seg(d, 2))
         last = Record.put(b"b2", b"x").encode()
         truncate(d, 2, size - len(last))          # drop the terminating record
+        if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
+            before = open(seg(d, 2), "rb").read()
+            with pytest.raises(CorruptionError) as exc:
+                open_keys(d, mode)
+            assert exc.value.segment_id == 2 and "unterminated" in str(exc.value)
+            assert open(seg(d, 2), "rb").read() == before
+            continue
         keys, info = open_keys(d, mode)
         assert keys == ORDER, mode
         assert info.corruption_detected
