@@ -670,7 +670,7 @@ def test_a_torn_atomic_batch_is_reported_and_only_repair_removes_it(tmp_path: Pa
     r = run("verify", d)
     one_line_error(r, 1, f"offset {second_at}", "never terminated")
     assert ok("scan", d) == b"before\t1\n"         # replay drops the partial batch
-    one_line_error(run("put", d, "x", "y"), 3, "never terminated", f"0:{second_at}", "repair")
+    one_line_error(run("put", d, "x", "y"), 3, "unterminated", f"offset {second_at}", "repair")
     assert fingerprint(d) == before
     r = run("repair", d, "--mode", "tolerate_corrupted_tail")
     assert r.returncode == 0, r.stderr

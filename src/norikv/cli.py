@@ -309,48 +309,20 @@ def _corrupt_message(root: str, exc: CorruptionError) -> str:
 
 
 def _open_store(args: argparse.Namespace, create: bool = False):  # -> KvStore
-    """Opens the store for writing. Recovery may not cut anything (a damaged
-    store needs `norikv repair`); an atomic batch left unterminated by a crash
-    is dropped as by every open, and said so."""
+    """Opens the store for writing with ABSOLUTE_CONSISTENCY recovery, which
+    cuts nothing: a damaged store, including one whose log ends in an atomic
+    batch left unterminated by a crash, is refused and needs `norikv repair`
+    (which keeps a copy of what it cuts)."""
     from norikv import FsyncPolicy, KvStore, RecoveryMode
 
-    root, waldir = _locate(args.dir, create)
-    _refuse_torn_batch(root, waldir)
+    root, _ = _locate(args.dir, create)
     try:
-        store = KvStore.open(root, recovery_mode=RecoveryMode.ABSOLUTE_CONSISTENCY,
-                             fsync_policy=FsyncPolicy.OS, auto_compact=False)
+        return KvStore.open(root, recovery_mode=RecoveryMode.ABSOLUTE_CONSISTENCY,
+                            fsync_policy=FsyncPolicy.OS, auto_compact=False)
     except LockError:
-        raise CliError(_locked_message(root, waldir)) from None
+        raise CliError(_locked_message(root, os.path.join(root, "wal"))) from None
     except CorruptionError as exc:
         raise CliError(_corrupt_message(root, exc)) from None
-    info = store.recovery_info
-    if info.corruption_detected:
-        _warn(args, f"note: the open dropped an atomic batch left unterminated by a crash "
-                    f"({info.bytes_truncated} bytes at the end of the log)")
-    return store
-
-
-def _refuse_torn_batch(root: str, waldir: str) -> None:
-    """Every recovery mode cuts an atomic batch left unterminated at the end
-    of the log; a writing command must not do that without a backup, so it
-    refuses (after checking the lock: a live writer may be mid-copy)."""
-    if not os.path.isdir(waldir):
-        return
-    ids = _wal.list_segments(waldir)
-    if not ids:
-        return
-    path = os.path.join(waldir, _wal.segment_name(ids[-1]))
-    try:
-        res = _wal.scan_segment(path, ids[-1], None)
-    except OSError:
-        return          # the open reports it
-    if res["status"] is None and res["batch_open"] is not None:
-        if _lock_holders(waldir):
-            raise CliError(_locked_message(root, waldir))
-        raise CliError(f"{root}: the log ends with an atomic batch that was never terminated "
-                       f"(a crash in the middle of writing it) at {ids[-1]}:{res['batch_open']}; "
-                       f"nothing was changed. `norikv repair {root} --mode tolerate_corrupted_tail` "
-                       f"removes it, keeping a copy")
 
 
 # ====================================================================== lock-free read-only view
@@ -1088,6 +1060,9 @@ def _repair_plan(waldir: str, mode: Any) -> tuple[list[int], str | None, list[di
     if mode is RecoveryMode.ABSOLUTE_CONSISTENCY and bad:
         s = bad[0]
         return [], f"{s['path']}: {s['status']} at offset {s['end']}", scans
+    if mode is RecoveryMode.ABSOLUTE_CONSISTENCY and batch_cut and last is not None:
+        return [], (f"{last['path']}: atomic batch left unterminated at offset "
+                    f"{last['batch_open']}"), scans
     if mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and any(not s["last"] for s in bad):
         s = next(s for s in bad if not s["last"])
         return [], (f"damage before the last segment ({s['path']}: {s['status']} at offset "
