@@ -266,13 +266,14 @@ def test_expired_keys_do_not_count_against_max_keys(tmp_path, clock):
     store.close()
 
 
-def test_foreign_relative_ttl_counts_from_open(tmp_path, clock):
+def test_foreign_relative_ttl_counts_from_first_open(tmp_path, clock):
     """A nori-wal record with ttl_ms but without TTL_ABS is relative: norikv
-    counts it from the open that replays it (docs/FORMAT.md), so its clock
-    restarts at every open until a compaction rewrites it as an absolute
-    deadline."""
+    counts it from the first open that replays it (docs/FORMAT.md) and pins
+    that deadline with an absolute record, so a restart neither starts the
+    clock again nor brings the key back once it has expired."""
     wal, _ = Wal.open(WalConfig(dir=str(tmp_path / "wal")))
     wal.append(Record.put_with_ttl(b"foreign", b"f", 100))
+    wal.append(Record.put_with_ttl(b"gone", b"g", 10))
     wal.append(Record.put(b"plain", b"p"))
     wal.close()
     (rec, _size) = raw_records(str(tmp_path))[0]
@@ -280,34 +281,33 @@ def test_foreign_relative_ttl_counts_from_open(tmp_path, clock):
 
     clock.advance(3600)          # written long ago: a relative TTL has no date
     store = open_store(tmp_path)
+    assert store.get(b"foreign") == b"f" and store.get(b"gone") == b"g"
+    assert store.stats()["relative_ttl_records"] == 2
+    clock.advance(50)
+    assert store.get(b"gone") is None
+    store.close()
+    pinned = {r.key for r, _ in raw_records(str(tmp_path)) if r.flags & TTL_ABS}
+    assert pinned == {b"foreign", b"gone"}
+
+    # the next open keeps the first open's clock: 50 s have passed of 100
+    store = open_store(tmp_path)
+    assert store.get(b"gone") is None          # expired: not brought back
     assert store.get(b"foreign") == b"f"
-    assert store.stats()["relative_ttl_records"] == 1
-    clock.advance(95)
+    assert store.get(b"plain") == b"p"
+    clock.advance(45)
     assert store.get(b"foreign") == b"f"
-    clock.advance(10)
+    clock.advance(10)            # 105 s after the first open
     assert store.get(b"foreign") is None
     store.close()
-
-    # without compaction, the next open starts its clock again
     store = open_store(tmp_path)
-    assert store.get(b"foreign") == b"f"
-    assert store.stats()["relative_ttl_records"] == 1
-    clock.advance(50)
-    store.compact()              # rewritten with an absolute deadline
+    assert store.get(b"foreign") is None and len(store) == 1
+    store.compact()              # the relative records are dropped for good
     store.close()
-    recs = {r.key: r for r in wal_records(str(tmp_path))}
-    assert recs[b"foreign"].flags & TTL_ABS
-    clock.advance(30)
+    assert [r.key for r in wal_records(str(tmp_path))] == [b"plain"]
     store = open_store(tmp_path)
     assert store.stats()["relative_ttl_records"] == 0
-    assert store.get(b"foreign") == b"f"
-    clock.advance(25)            # 105 s after the previous open, 25 s after this one
-    assert store.get(b"foreign") is None
-    assert store.keys() == [b"plain"]
     store.close()
 
-
-# ================================================================== range / prefix
 
 def model_range(model, start, end, reverse=False):
     keys = sorted(k for k in model if (start is None or k >= start) and (end is None or k < end))

@@ -24,10 +24,12 @@ cdef class _StoreLoader(_Sink):
     cdef readonly uint64_t records
     cdef readonly uint64_t live_bytes
     cdef readonly uint64_t relative_ttls
+    cdef readonly dict relative      # key -> deadline derived from a relative TTL
 
     def __init__(self, dict data, dict expiry, int64_t open_ms):
         self.data = data
         self.expiry = expiry
+        self.relative = {}
         self.staged = []
         self.open_ms = open_ms
         self.now_ms = _now_ms()
@@ -82,9 +84,11 @@ cdef class _StoreLoader(_Sink):
                     deadline = <int64_t>r.ttl_ms
                 else:
                     # A relative TTL written by another nori-wal user counts
-                    # from the open that replays it (docs/FORMAT.md).
+                    # from the first open that replays it (docs/FORMAT.md);
+                    # KvStore.open pins it with an absolute record.
                     deadline = self.open_ms + <int64_t>r.ttl_ms
                     self.relative_ttls += 1
+                    self.relative[key] = deadline
         if r.flags & NK_FLAG_BATCH_CONT:
             self.staged.append((key, value, deadline))
             return 0

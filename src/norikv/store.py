@@ -166,7 +166,21 @@ class KvStore(_wal._StoreCore):
         store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
                          int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
                          weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
+        if loader.relative:
+            store._pin_relative_ttls(loader.relative)
         return store
+
+    def _pin_relative_ttls(self, relative: dict[bytes, int]) -> None:
+        """A relative TTL written by another nori-wal user counts from the first
+        open that replays it: each such key still carrying that deadline is
+        written again with the absolute deadline (TTL_ABS), so that a restart
+        neither starts its clock again nor brings it back once expired."""
+        now = _wal.now_ms()
+        for key, deadline in relative.items():
+            if self._deadline_of(key) == deadline:
+                value = self.get(key)
+                if value is not None:
+                    self.put(key, value, ttl=max(deadline - now, 1) / 1000)
 
     # ---------------------------------------------------------------- mapping
 
