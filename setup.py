@@ -26,7 +26,8 @@ if debug:
     directives.update(boundscheck=True, wraparound=True, linetrace=True, cdivision=False)
     compile_args += ["-O0", "-g", "-UNDEBUG"]
 elif sys.platform != "win32":
-    compile_args += ["-O3"]
+    # -g0: Python's own CFLAGS carry -g, which would triple the wheel's size.
+    compile_args += ["-O3", "-g0"]
 
 ext = Extension(
     "norikv._wal",
