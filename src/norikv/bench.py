@@ -490,7 +490,7 @@ class PlyvelAdapter(Adapter):
         return "plyvel.DB(create_if_missing=True); put(sync=False) (LevelDB's default)"
 
     def open(self, path: str, level: str, n_hint: int, value_size: int) -> None:
-        import plyvel
+        import plyvel  # type: ignore[import-untyped]
         self.db = plyvel.DB(path, create_if_missing=True)
         self.sync = level == "synced"
 
@@ -546,7 +546,7 @@ class SemidbmAdapter(Adapter):
         return base
 
     def open(self, path: str, level: str, n_hint: int, value_size: int) -> None:
-        import semidbm
+        import semidbm  # type: ignore[import-untyped]
         self.db = semidbm.open(path, "c")
         self.lock = threading.Lock()
 
@@ -595,7 +595,7 @@ class DiskcacheAdapter(Adapter):
                 f"size_limit=2**40, eviction_policy='none'){extra}")
 
     def open(self, path: str, level: str, n_hint: int, value_size: int) -> None:
-        import diskcache
+        import diskcache  # type: ignore[import-untyped]
         self.db = diskcache.Cache(path, sqlite_journal_mode="wal",
                                   sqlite_synchronous=2 if level == "synced" else 1,
                                   size_limit=2 ** 40, eviction_policy="none")
