@@ -633,22 +633,14 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _prefix_end(p: bytes) -> bytes | None:
-    b = bytearray(p)
-    while b and b[-1] == 0xFF:
-        b.pop()
-    if not b:
-        return None
-    b[-1] += 1
-    return bytes(b)
-
-
 def cmd_scan(args: argparse.Namespace) -> int:
     enc = args.encoding
     lo = _decode_arg(args.start, enc, "--start") if args.start is not None else None
     hi = _decode_arg(args.end, enc, "--end") if args.end is not None else None
     if args.prefix is not None:
         p = _decode_arg(args.prefix, enc, "--prefix")
+        from norikv.store import _prefix_end
+
         pe = _prefix_end(p)
         lo = p if lo is None or p > lo else lo
         if pe is not None:
