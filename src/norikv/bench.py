@@ -121,9 +121,15 @@ class Adapter:
     def delete(self, k: bytes) -> None:
         raise NotImplementedError
 
+    def _native(self) -> tuple[Any, Any, Any]:
+        """(get, put, delete) callables the timed loops call: the store's own
+        bound methods where their signatures fit, so that no adapter call is
+        timed. Default: the adapter's methods."""
+        return self.get, self.put, self.delete
+
     def get_many(self, keys: list[bytes]) -> int:
         """Gets every key; returns how many were found (checked by the runner)."""
-        get = self.get
+        get = self._native()[0]
         found = 0
         for k in keys:
             if get(k) is not None:
@@ -131,12 +137,12 @@ class Adapter:
         return found
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        put = self.put
+        put = self._native()[1]
         for k, v in items:
             put(k, v)
 
     def delete_many(self, keys: list[bytes]) -> None:
-        delete = self.delete
+        delete = self._native()[2]
         for k in keys:
             delete(k)
 
@@ -175,23 +181,8 @@ class DictAdapter(Adapter):
     def get(self, k: bytes) -> Any:
         return self.db.get(k)
 
-    def get_many(self, keys: list[bytes]) -> int:
-        get = self.db.get
-        found = 0
-        for k in keys:
-            if get(k) is not None:
-                found += 1
-        return found
-
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        db = self.db
-        for k, v in items:
-            db[k] = v
-
-    def delete_many(self, keys: list[bytes]) -> None:
-        db = self.db
-        for k in keys:
-            del db[k]
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.db.get, self.db.__setitem__, self.db.__delitem__
 
     def delete(self, k: bytes) -> None:
         del self.db[k]
@@ -228,23 +219,8 @@ class NorikvAdapter(Adapter):
     def get(self, k: bytes) -> Any:
         return self.db.get(k)
 
-    def get_many(self, keys: list[bytes]) -> int:
-        get = self.db.get
-        found = 0
-        for k in keys:
-            if get(k) is not None:
-                found += 1
-        return found
-
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        put = self.db.put
-        for k, v in items:
-            put(k, v)
-
-    def delete_many(self, keys: list[bytes]) -> None:
-        delete = self.db.delete
-        for k in keys:
-            delete(k)
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.db.get, self.db.put, self.db.delete
 
     def delete(self, k: bytes) -> None:
         self.db.delete(k)
@@ -447,21 +423,11 @@ class RocksdictAdapter(Adapter):
     def put(self, k: bytes, v: bytes) -> None:
         self.db.put(k, v)
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        put = self.db.put
-        for k, v in items:
-            put(k, v)
-
     def get(self, k: bytes) -> Any:
         return self.db.get(k)
 
-    def get_many(self, keys: list[bytes]) -> int:
-        get = self.db.get
-        found = 0
-        for k in keys:
-            if get(k) is not None:
-                found += 1
-        return found
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.db.get, self.db.put, self.db.delete
 
     def delete(self, k: bytes) -> None:
         self.db.delete(k)
@@ -506,13 +472,8 @@ class PlyvelAdapter(Adapter):
     def get(self, k: bytes) -> Any:
         return self.db.get(k)
 
-    def get_many(self, keys: list[bytes]) -> int:
-        get = self.db.get
-        found = 0
-        for k in keys:
-            if get(k) is not None:
-                found += 1
-        return found
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.db.get, self.put, self.delete
 
     def delete(self, k: bytes) -> None:
         self.db.delete(k, sync=self.sync)
@@ -553,10 +514,8 @@ class SemidbmAdapter(Adapter):
     def put(self, k: bytes, v: bytes) -> None:
         self.db[k] = v
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        db = self.db
-        for k, v in items:
-            db[k] = v
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.get, self.db.__setitem__, self.db.__delitem__
 
     def get(self, k: bytes) -> Any:
         try:
@@ -603,10 +562,8 @@ class DiskcacheAdapter(Adapter):
     def put(self, k: bytes, v: bytes) -> None:
         self.db.set(k, v)
 
-    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        s = self.db.set
-        for k, v in items:
-            s(k, v)
+    def _native(self) -> tuple[Any, Any, Any]:
+        return self.db.get, self.db.set, self.db.delete
 
     def get(self, k: bytes) -> Any:
         return self.db.get(k)
