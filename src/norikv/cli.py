@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 from norikv import _wal
 from norikv._version import __version__
 from norikv.errors import CorruptionError, LockError, NoriError
+from norikv.wal import RecoveryMode
 
 __all__ = ["main"]
 
@@ -313,7 +314,7 @@ def _open_store(args: argparse.Namespace, create: bool = False):  # -> KvStore
     cuts nothing: a damaged store, including one whose log ends in an atomic
     batch left unterminated by a crash, is refused and needs `norikv repair`
     (which keeps a copy of what it cuts)."""
-    from norikv import FsyncPolicy, KvStore, RecoveryMode
+    from norikv import FsyncPolicy, KvStore
 
     root, _ = _locate(args.dir, create)
     try:
@@ -1037,8 +1038,6 @@ def _copy_trimmed(src: str, dst: str) -> tuple[int, int]:
 def _repair_plan(waldir: str, mode: Any) -> tuple[list[int], str | None, list[dict[str, Any]]]:
     """(segment ids recovery in ``mode`` will change, reason it will refuse
     or None, scan results) from a scan made while holding the lock."""
-    from norikv import RecoveryMode
-
     files = _segment_files(waldir)
     scans = []
     for i, (seg, path) in enumerate(files):
@@ -1072,7 +1071,7 @@ def _repair_plan(waldir: str, mode: Any) -> tuple[list[int], str | None, list[di
 def cmd_repair(args: argparse.Namespace) -> int:
     import fcntl
 
-    from norikv import FsyncPolicy, KvStore, RecoveryMode
+    from norikv import FsyncPolicy, KvStore
 
     mode = RecoveryMode(args.mode)
     root, waldir = _locate(args.dir)
@@ -1234,9 +1233,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("repair", parents=[store_arg],
                        help="explicit recovery; keeps a copy of the segment files it changes")
-    p.add_argument("--mode", required=True,
-                   choices=("tolerate_corrupted_tail", "absolute_consistency", "point_in_time",
-                            "skip_any_corrupted_records"),
+    p.add_argument("--mode", required=True, choices=[m.value for m in RecoveryMode],
                    help="the recovery mode (see RecoveryMode)")
     p.set_defaults(func=cmd_repair)
 
