@@ -238,21 +238,30 @@ cdef class _StoreCore:
             return <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes
         return False
 
-    cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1:
-        if old == NULL:
+    cdef inline int _account(self, bytes key, bytes value, Py_ssize_t old_size,
+                             int64_t deadline) except -1:
+        """Bookkeeping of a put whose dict entry is written: live bytes, the
+        range index (new keys), TTL. ``old_size`` is the replaced value's size,
+        or -1 for a new key."""
+        if old_size < 0:
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
             if self._indexed:
                 self._index_add(key)
         else:
             self.live_bytes += PyBytes_GET_SIZE(value)
-            self.live_bytes -= PyBytes_GET_SIZE(<object>old)
-        PyDict_SetItem(self._data, key, value)
+            self.live_bytes -= old_size
         if deadline >= 0:
             self._expiry[key] = deadline
             heappush(self._heap, (deadline, key))
         elif PyDict_Size(self._expiry):
             self._expiry.pop(key, None)
         return 0
+
+    cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1:
+        # The old value's size is read first: PyDict_SetItem may free it.
+        cdef Py_ssize_t old_size = PyBytes_GET_SIZE(<object>old) if old != NULL else -1
+        PyDict_SetItem(self._data, key, value)
+        return self._account(key, value, old_size, deadline)
 
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1:
         """_set for a caller that has not looked `old` up: a new key costs one
@@ -261,15 +270,7 @@ cdef class _StoreCore:
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_Size(self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
-        self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
-        if self._indexed:
-            self._index_add(key)
-        if deadline >= 0:
-            self._expiry[key] = deadline
-            heappush(self._heap, (deadline, key))
-        elif PyDict_Size(self._expiry):
-            self._expiry.pop(key, None)
-        return 0
+        return self._account(key, value, -1, deadline)
 
     cdef inline int _unset(self, bytes key, object old) except -1:
         self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(old)
