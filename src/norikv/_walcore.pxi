@@ -183,10 +183,10 @@ cdef class _WalCore:
     # ------------------------------------------------------------ open
 
     def _open(self, path, uint64_t max_segment_size, int policy, double window, bint preallocate):
-        """Takes the directory lock. Recovery is driven by norikv.wal."""
+        """Takes the directory lock of an existing directory (norikv.wal
+        creates it durably first). Recovery is driven by norikv.wal."""
         cdef struct_stat st
         cdef bytes bdir
-        os.makedirs(path, exist_ok=True)
         self.dir = os.fspath(path)
         self.max_segment_size = max_segment_size
         self.policy = policy

@@ -20,7 +20,7 @@ from sortedcontainers import SortedList
 from norikv import _wal
 from norikv.compression import Compression
 from norikv.errors import ClosedError, ConfigError, NoriError, io_error
-from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig, makedirs_durable
+from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
 
 __all__ = ["KvStore", "WriteBatch"]
 
@@ -135,8 +135,7 @@ class KvStore(_wal._StoreCore):
         config = WalConfig(dir=os.path.join(os.fspath(path), "wal"), max_segment_size=max_segment_size,
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode)
-        config.validate()
-        makedirs_durable(path)
+        config.validate()   # the Wal creates <path>/wal and <path> durably
         store = cls()
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}
