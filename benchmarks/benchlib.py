@@ -109,3 +109,22 @@ def cpu_bound(benchmark) -> None:
         benchmark.extra_info["clock"] = "process_time"
     else:
         benchmark.extra_info["clock"] = "perf_counter"
+
+
+class Closer:
+    """Closes what the previous round opened when the next round is set up."""
+
+    def __init__(self):
+        self.objs = []
+
+    def replace(self, *objs):
+        while self.objs:
+            self.objs.pop().close()
+        self.objs.extend(objs)
+        return objs[0] if objs else None
+
+
+def open_store(path, policy=None, **kw):
+    """A KvStore for benchmarks: OS policy unless told, no auto-compaction."""
+    from norikv import FsyncPolicy, KvStore
+    return KvStore.open(path, fsync_policy=policy or FsyncPolicy.OS, auto_compact=False, **kw)

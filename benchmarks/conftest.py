@@ -30,7 +30,7 @@ import tempfile
 
 import pytest
 
-from benchlib import _BEST, _TARGETS, CLOCK, KEY_SIZE, N, ROUNDS, SYNC_N, VALUE_SIZE, Scratch
+from benchlib import _BEST, _TARGETS, CLOCK, KEY_SIZE, N, ROUNDS, SYNC_N, VALUE_SIZE, Closer, Scratch
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -111,3 +111,11 @@ def loaded_store(bench_root, pairs):
         put(k, v)
     store.close()
     return path
+
+
+@pytest.fixture
+def closer():
+    """A Closer that also closes what the last round left open at teardown."""
+    c = Closer()
+    yield c
+    c.replace()

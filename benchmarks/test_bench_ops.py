@@ -7,35 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from benchlib import N, ROUNDS, cpu_bound, remember
+from benchlib import N, ROUNDS, cpu_bound, open_store, remember
 
-from norikv import FsyncPolicy, KvStore
-
-
-def _open_store(path, policy=FsyncPolicy.OS, **kw):
-    return KvStore.open(path, fsync_policy=policy, auto_compact=False, **kw)
-
-
-class _Closer:
-    def __init__(self):
-        self.objs = []
-
-    def replace(self, *objs):
-        while self.objs:
-            self.objs.pop().close()
-        self.objs.extend(objs)
-        return objs[0] if objs else None
-
-
-@pytest.fixture
-def closer():
-    c = _Closer()
-    yield c
-    c.replace()
 
 
 def _filled(scratch, closer, pairs):
-    store = closer.replace(_open_store(scratch.new()))
+    store = closer.replace(open_store(scratch.new()))
     put = store.put
     for k, v in pairs:
         put(k, v)
@@ -117,7 +94,7 @@ def test_write_batches(benchmark, scratch, closer, pairs):
 
     def setup():
         closer.replace()
-        return (closer.replace(_open_store(scratch.new())),), {}
+        return (closer.replace(open_store(scratch.new())),), {}
 
     def run(store):
         batch = store.batch

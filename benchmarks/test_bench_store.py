@@ -15,7 +15,7 @@ import textwrap
 import threading
 
 import pytest
-from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, interleaved, remember, target
+from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, interleaved, remember, target, Closer, open_store
 
 from norikv import FsyncPolicy, KvStore
 
@@ -33,28 +33,6 @@ BATCHES = max(1, SYNC_N // 4)      # durable commits of 1,000 puts: SYNC_N/4 (50
 THREADS = 8
 
 
-class _Closer:
-    """Closes what the previous round opened when the next round is set up."""
-
-    def __init__(self):
-        self.objs = []
-
-    def replace(self, *objs):
-        while self.objs:
-            self.objs.pop().close()
-        self.objs.extend(objs)
-        return objs[0] if objs else None
-
-
-@pytest.fixture
-def closer():
-    c = _Closer()
-    yield c
-    c.replace()
-
-
-def _open_store(path, policy=FsyncPolicy.OS, **kw):
-    return KvStore.open(path, fsync_policy=policy, auto_compact=False, **kw)
 
 
 def _lmdb_env(path, *, sync):
@@ -74,7 +52,7 @@ def _put_loop(put, pairs):
 
 @pytest.fixture
 def lmdb_closer():
-    c = _Closer()
+    c = Closer()
     yield c
     c.replace()
 
@@ -86,7 +64,7 @@ def test_put_norikv_vs_dict(benchmark, scratch, closer, pairs):
     cpu_bound(benchmark)
     def subject_setup():
         closer.replace()
-        return (closer.replace(_open_store(scratch.new())).put, pairs)
+        return (closer.replace(open_store(scratch.new())).put, pairs)
 
     ref = interleaved(benchmark, _put_loop, subject_setup, _put_loop,
                       lambda: (({}).__setitem__, pairs))
@@ -107,7 +85,7 @@ def test_put_norikv_vs_lmdb(benchmark, scratch, closer, lmdb_closer, bench_root,
 
     def subject_setup():
         closer.replace()
-        return (closer.replace(_open_store(scratch.new())).put, pairs)
+        return (closer.replace(open_store(scratch.new())).put, pairs)
 
     def ref_setup():
         lmdb_closer.replace()
@@ -144,7 +122,7 @@ def test_get_norikv_vs_dict(benchmark, scratch, closer, pairs, keys):
     (the store filled by put, the dict by dict(pairs)); the lookups use them."""
     cpu_bound(benchmark)
     d = dict(pairs)
-    store = closer.replace(_open_store(scratch.new()))
+    store = closer.replace(open_store(scratch.new()))
     _put_loop(store.put, pairs)
     ref = interleaved(benchmark, _get_loop, lambda: (store.get, keys), _get_loop,
                       lambda: (d.get, keys), rounds=max(ROUNDS, 5))
@@ -161,7 +139,7 @@ def test_get_after_reopen_vs_dict_of_copies(benchmark, closer, loaded_store, pai
     dict holding equal but distinct key objects."""
     cpu_bound(benchmark)
     d = {bytes(bytearray(k)): v for k, v in pairs}
-    store = closer.replace(_open_store(loaded_store))
+    store = closer.replace(open_store(loaded_store))
     ref = interleaved(benchmark, _get_loop, lambda: (store.get, keys), _get_loop,
                       lambda: (d.get, keys), rounds=max(ROUNDS, 5))
     sec = remember("norikv_get_reopened", benchmark, len(keys), "gets")
@@ -171,7 +149,7 @@ def test_get_after_reopen_vs_dict_of_copies(benchmark, closer, loaded_store, pai
 @pytest.mark.benchmark(group="store-get")
 def test_get_missing_norikv(benchmark, closer, loaded_store):
     cpu_bound(benchmark)
-    store = closer.replace(_open_store(loaded_store))
+    store = closer.replace(open_store(loaded_store))
     missing = [b"absent:%09d" % i for i in range(min(N, 1_000_000))]
     benchmark.pedantic(_get_loop, args=(store.get, missing), rounds=ROUNDS, iterations=1)
     remember("norikv_get_missing", benchmark, len(missing), "gets")
@@ -197,13 +175,13 @@ def test_reopen_norikv_vs_semidbm(benchmark, closer, loaded_store, semidbm_file)
     """Targets: KvStore.open (full recovery, N keys) >= 3,000,000 records/s and
     >= 3x semidbm.open(path, 'r') rebuilding its index over the same pairs."""
     cpu_bound(benchmark)
-    sdb = _Closer()
+    sdb = Closer()
 
     def ref():
         sdb.replace(semidbm.open(semidbm_file, "r"))
 
     def run():
-        store = _open_store(loaded_store)
+        store = open_store(loaded_store)
         closer.replace(store)
         assert store.recovery_info.valid_records == N
 
@@ -244,7 +222,7 @@ def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, be
 
     def subject_setup():
         closer.replace()
-        return (closer.replace(_open_store(scratch.new())),)
+        return (closer.replace(open_store(scratch.new())),)
 
     def run(store):
         put = store.put
@@ -311,16 +289,16 @@ def test_put_sync_8_threads_vs_1(benchmark, scratch, closer, bench_root):
     """Target: 8 threads each doing put + sync() >= 3x the throughput of one
     thread doing the same (group commit: one fdatasync covers many threads)."""
     total = SYNC_N - SYNC_N % THREADS
-    one = _Closer()
+    one = Closer()
     oscratch = Scratch(bench_root, "one-thread")
 
     def subject_setup():
         closer.replace()
-        return (closer.replace(_open_store(scratch.new())), THREADS, total)
+        return (closer.replace(open_store(scratch.new())), THREADS, total)
 
     def ref_setup():
         one.replace()
-        return (one.replace(_open_store(oscratch.new())), 1, total)
+        return (one.replace(open_store(oscratch.new())), 1, total)
 
     try:
         ref = interleaved(benchmark, _durable_writers, subject_setup, _durable_writers, ref_setup)
