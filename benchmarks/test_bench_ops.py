@@ -10,7 +10,6 @@ import pytest
 from benchlib import N, ROUNDS, cpu_bound, open_store, remember
 
 
-
 def _filled(scratch, closer, pairs):
     store = closer.replace(open_store(scratch.new()))
     put = store.put
