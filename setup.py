@@ -43,6 +43,7 @@ ext = Extension(
         "src/norikv/_record.pxi",
         "src/norikv/_reader.pxi",
         "src/norikv/_walcore.pxi",
+        "src/norikv/_fastcall.pxi",
         "src/norikv/_store.pxi",
     ],
 )

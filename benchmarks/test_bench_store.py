@@ -67,7 +67,7 @@ def test_put_norikv_vs_dict(benchmark, scratch, closer, pairs):
         return (closer.replace(open_store(scratch.new())).put, pairs)
 
     ref = interleaved(benchmark, _put_loop, subject_setup, _put_loop,
-                      lambda: (({}).__setitem__, pairs))
+                      lambda: (({}).__setitem__, pairs), rounds=max(ROUNDS, 5))
     sec = remember("norikv_put", benchmark, len(pairs), "puts")
     _BEST["dict_put"] = ref
     target("KvStore.put vs dict loop", f"{len(pairs) / sec / 1e6:.2f} M puts/s vs dict "

@@ -339,6 +339,67 @@ def test_wrong_range_bound_types(tmp_path):
     store.close()
 
 
+# ------------------------------------------------------------------ get/put call shapes
+# get and put are METH_FASTCALL entries (src/norikv/_fastcall.pxi) that take
+# the common shape themselves and forward every other one to the general def.
+
+
+def test_get_and_put_are_fastcall_method_descriptors():
+    import inspect
+
+    for name in ("get", "put"):
+        method = inspect.getattr_static(KvStore, name)
+        assert type(method).__name__ == "method_descriptor", name
+    assert str(inspect.signature(KvStore.get)) == "(self, /, key, default=None)"
+    assert str(inspect.signature(KvStore.put)) == \
+        "(self, /, key, value, *, ttl=None, compression=None)"
+    assert "WAL first" in KvStore.put.__doc__
+
+
+def test_get_and_put_every_call_shape(tmp_path):
+    store = open_store(tmp_path)
+    store.put(b"a", b"1")                                   # the entry's own shape
+    store.put(key=b"b", value=b"2")                         # keywords: forwarded
+    store.put(b"c", value=b"3")
+    store.put(bytearray(b"d"), memoryview(b"4"))            # bytes-like: forwarded
+    store.put(b"e", b"5", ttl=60)
+    store.put(b"f", b"6" * 100, compression="lz4")
+    assert store.get(b"a") == b"1"
+    assert store.get(key=b"b") == b"2"
+    assert store.get(b"c", default=b"x") == b"3"
+    assert store.get(bytearray(b"d")) == b"4"
+    assert store.get(b"e") == b"5"                          # TTL store: general path
+    assert store.get(b"f") == b"6" * 100
+    assert store.get(b"missing") is None
+    assert store.get(b"missing", b"dflt") == b"dflt"
+    assert store.get(b"missing", default=0) == 0
+    store.close()
+    store = open_store(tmp_path)
+    assert {k: store[k] for k in store} == {b"a": b"1", b"b": b"2", b"c": b"3", b"d": b"4",
+                                            b"e": b"5", b"f": b"6" * 100}
+    store.close()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.get(), r"get\(\) takes at least 1 positional argument"),
+    (lambda s: s.get(b"k", None, None), r"get\(\) takes at most 2 positional arguments"),
+    (lambda s: s.get(b"k", nope=1), r"get\(\) got an unexpected keyword argument 'nope'"),
+    (lambda s: s.put(b"k"), r"put\(\) takes exactly 2 positional arguments"),
+    (lambda s: s.put(b"k", b"v", 60), r"put\(\) takes exactly 2 positional arguments"),
+    (lambda s: s.put(*[b"x"] * 20), r"put\(\) takes exactly 2 positional arguments"),
+    (lambda s: s.put(b"k", b"v", **{f"k{i}": 1 for i in range(20)}),
+     r"put\(\) got an unexpected keyword argument"),
+    (lambda s: s.put(b"k", None), "value must be bytes"),
+    (lambda s: s.get("k"), "key must be bytes"),
+])
+def test_get_and_put_wrong_calls_raise_type_error_naming_the_method(tmp_path, call, message):
+    store = open_store(tmp_path)
+    with pytest.raises(TypeError, match=message):
+        call(store)
+    assert len(store) == 0 and store.stats()["wal_bytes"] == 0
+    store.close()
+
+
 # ------------------------------------------------------------------ delete of an absent key
 
 def test_delete_absent_key_writes_no_tombstone(tmp_path):

@@ -158,12 +158,8 @@ cdef class _StoreCore:
         cdef PyObject *d = PyDict_GetItem(self._expiry, key)
         return d != NULL and <int64_t>(<object>d) <= _now_ms()
 
-    # binding=False: a plain method descriptor, so `store.get` is called as
-    # directly as `dict.get` (a bound cyfunction costs an extra indirection).
-    @cython.binding(False)
-    @cython.embedsignature.format("clinic")
     def get(self, key, default=None):
-        """The value of ``key``, or ``default``. Served from memory."""
+        """The general path of get (see _get_entry)."""
         cdef PyObject *v
         if not PyBytes_CheckExact(key):
             key = _as_bytes(key, "key")
@@ -288,13 +284,12 @@ cdef class _StoreCore:
         return 0
 
     def put(self, key, value, *, ttl=None, compression=None):
-        """Stores ``key`` = ``value``: written to the WAL first, then to memory.
+        """The general path of put (see _put_entry)."""
+        self._put(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"),
+                  <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value"),
+                  ttl, compression)
 
-        ``ttl`` (seconds) makes the key expire that long after this call, also
-        across restarts. ``compression`` overrides the store's setting for this
-        value. Durability follows the store's fsync policy."""
-        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef bytes v = <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value")
+    cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1:
         cdef bytes stored = v
         cdef uint32_t flags = 0
         cdef int64_t deadline = -1
@@ -328,7 +323,7 @@ cdef class _StoreCore:
             self._set(k, v, old, deadline)
         else:
             self._set_lookup(k, v, deadline)
-        self._after_write()
+        return self._after_write()
 
     def __setitem__(self, key, value):
         if value is None:
@@ -558,6 +553,45 @@ cdef class _StoreCore:
 
     def _mark_closed(self):
         self._closed = True
+
+
+# ------------------------------------------------------------ fastcall entries
+# (_fastcall.pxi says why). Each handles the call shape of a hot loop and
+# passes every other call, unchanged, to the general def it replaces.
+
+cdef PyMethodDef _get_slot, _put_slot
+
+
+cdef object _get_entry(_StoreCore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    cdef PyObject *v
+    if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
+            and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
+        v = _PyDict_GetItemWithError(<PyObject *>self._data, args[0])
+        if v != NULL:
+            return <object>v
+        return <object>args[1] if nargs == 2 else None
+    return _call_general(_get_general, self, args, nargs, kwnames)
+
+
+cdef object _put_entry(_StoreCore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
+    if (kwnames == NULL and nargs == 2 and _PyBytes_CheckExact(args[0])
+            and _PyBytes_CheckExact(args[1])):
+        self._put(<bytes>args[0], <bytes>args[1], None, None)
+        return None
+    return _call_general(_put_general, self, args, nargs, kwnames)
+
+
+_get_general = _install_fastcall(
+    _StoreCore, &_get_slot, "get", <_fastcall_fn>_get_entry,
+    "get($self, key, default=None)\n--\n\n"
+    "The value of ``key``, or ``default``. Served from memory.")
+_put_general = _install_fastcall(
+    _StoreCore, &_put_slot, "put", <_fastcall_fn>_put_entry,
+    "put($self, key, value, *, ttl=None, compression=None)\n--\n\n"
+    "Stores ``key`` = ``value``: written to the WAL first, then to memory.\n\n"
+    "``ttl`` (seconds) makes the key expire that long after this call, also\n"
+    "across restarts. ``compression`` overrides the store's setting for this\n"
+    "value. Durability follows the store's fsync policy.")
 
 def _deadline(ttl):
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):

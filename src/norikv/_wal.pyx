@@ -133,4 +133,5 @@ def _check_bytes(obj, what):
 include "_record.pxi"
 include "_reader.pxi"
 include "_walcore.pxi"
+include "_fastcall.pxi"
 include "_store.pxi"
