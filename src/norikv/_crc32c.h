@@ -27,8 +27,11 @@
 #endif
 
 static uint32_t nk_crc_table[8][256];
-/* Operators that advance a raw CRC register over 256 and 512 zero bytes, one
-   table per input byte, used to join the three interleaved hardware streams. */
+/* Operators that advance a raw CRC register over 32, 64, 256 and 512 zero
+   bytes, one table per input byte, used to join three interleaved hardware
+   streams (of 256 bytes each for long inputs, of 32 for record-sized ones). */
+static uint32_t nk_crc_zeros32[4][256];
+static uint32_t nk_crc_zeros64[4][256];
 static uint32_t nk_crc_zeros256[4][256];
 static uint32_t nk_crc_zeros512[4][256];
 
@@ -97,12 +100,16 @@ static inline uint32_t nk_crc_shift(uint32_t tab[4][256], uint32_t c) {
 #if defined(NK_CRC_X86)
 #  define NK_HW_TARGET __attribute__((target("sse4.2")))
 #  define NK_CRC8(c, v) _mm_crc32_u8((uint32_t)(c), (v))
+#  define NK_CRC16(c, v) _mm_crc32_u16((uint32_t)(c), (v))
+#  define NK_CRC32(c, v) _mm_crc32_u32((uint32_t)(c), (v))
 #  define NK_CRC64(c, v) _mm_crc32_u64((c), (v))
 #  define NK_HAVE_HW 1
 #elif defined(NK_CRC_ARM)
 #  define NK_HW_TARGET __attribute__((target("+crc")))
 #  include <arm_acle.h>
 #  define NK_CRC8(c, v) __crc32cb((uint32_t)(c), (v))
+#  define NK_CRC16(c, v) __crc32ch((uint32_t)(c), (v))
+#  define NK_CRC32(c, v) __crc32cw((uint32_t)(c), (v))
 #  define NK_CRC64(c, v) __crc32cd((uint32_t)(c), (v))
 #  define NK_HAVE_HW 1
 #endif
@@ -111,8 +118,9 @@ static inline uint32_t nk_crc_shift(uint32_t tab[4][256], uint32_t c) {
 NK_HW_TARGET
 static uint32_t nk_crc32c_hw(uint32_t crc, const uint8_t *p, size_t n) {
     uint64_t c = (uint32_t)~crc;
-    while (n && ((uintptr_t)p & 7)) { c = NK_CRC8(c, *p++); n--; }
-    /* Three independent streams hide the instruction's latency; the partial
+    /* No alignment prologue: unaligned 8-byte loads cost the same on both
+       targets, and records start anywhere. Three independent streams hide the
+       instruction's latency (3 cycles, 1 per cycle throughput); the partial
        CRCs are joined with the zero-shift operators. */
     while (n >= 768) {
         uint64_t c1 = 0, c2 = 0;
@@ -125,8 +133,21 @@ static uint32_t nk_crc32c_hw(uint32_t crc, const uint8_t *p, size_t n) {
         p += 768;
         n -= 768;
     }
+    while (n >= 96) {
+        uint64_t c1 = 0, c2 = 0;
+        for (int i = 0; i < 32; i += 8) {
+            uint64_t a, b, d;
+            memcpy(&a, p + i, 8); memcpy(&b, p + 32 + i, 8); memcpy(&d, p + 64 + i, 8);
+            c = NK_CRC64(c, a); c1 = NK_CRC64(c1, b); c2 = NK_CRC64(c2, d);
+        }
+        c = nk_crc_shift(nk_crc_zeros64, (uint32_t)c) ^ nk_crc_shift(nk_crc_zeros32, (uint32_t)c1) ^ (uint32_t)c2;
+        p += 96;
+        n -= 96;
+    }
     while (n >= 8) { uint64_t w; memcpy(&w, p, 8); c = NK_CRC64(c, w); p += 8; n -= 8; }
-    while (n--) c = NK_CRC8(c, *p++);
+    if (n & 4) { uint32_t w; memcpy(&w, p, 4); c = NK_CRC32(c, w); p += 4; }
+    if (n & 2) { uint16_t w; memcpy(&w, p, 2); c = NK_CRC16(c, w); p += 2; }
+    if (n & 1) c = NK_CRC8(c, *p);
     return ~(uint32_t)c;
 }
 #endif
@@ -178,6 +199,8 @@ static int nk_crc32c_select(int want_hw) {
 
 static void nk_crc32c_init(int want_hw) {
     nk_crc32c_make_tables();
+    nk_crc_make_zeros(nk_crc_zeros32, 32);
+    nk_crc_make_zeros(nk_crc_zeros64, 64);
     nk_crc_make_zeros(nk_crc_zeros256, 256);
     nk_crc_make_zeros(nk_crc_zeros512, 512);
     nk_crc32c_select(want_hw);
