@@ -23,6 +23,16 @@
 #  define NK_PLATFORM "posix"
 #endif
 
+/* Publishing a counter to a thread that reads it without the GIL (the
+   group-commit leader reads written_total): the release store orders the
+   record bytes written before it; the acquire load pairs with it. */
+static inline void nk_store_release_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+static inline uint64_t nk_load_acquire_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
 /* Makes the data of fd (including bytes written through a shared mapping of
    [addr, addr+len)) durable.  Returns 0 or an errno value. */
 static int nk_sync_data(int fd, void *addr, size_t len) {

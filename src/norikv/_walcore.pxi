@@ -53,10 +53,22 @@ def list_segments(path):
     return ids
 
 
-cdef extern from "Python.h":
-    # PyLockStatus: 1 = PY_LOCK_ACQUIRED
-    int _acquire_lock_timed "PyThread_acquire_lock_timed" (PyThread_type_lock lock, long long microseconds,
-                                                            int intr_flag) nogil
+cdef enum:
+    _SYNC_COVERED, _SYNC_DONE, _SYNC_UNUSABLE, _SYNC_FAILED
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
 
 
 cdef class _WalCore:
@@ -89,9 +101,18 @@ cdef class _WalCore:
     cdef int busy
     cdef readonly bint closed
     cdef object failed
+    cdef bint broken                 # failed is set (readable without the GIL)
     cdef unsigned long fork_gen
     cdef PyThread_type_lock io_lock
     cdef PyThread_type_lock map_lock   # held to change/unmap the mapping, and while prefaulting
+    # Group commit (sync): one leader fsyncs at a time; the others wait on
+    # sync_cond for synced_total to cover them or for the leader's turn to
+    # end. sync_mutex is only ever held for a few instructions, never while
+    # waiting for the GIL, so it may be taken with the GIL held.
+    cdef pthread_mutex_t sync_mutex
+    cdef pthread_cond_t sync_cond
+    cdef bint syncing
+    cdef bint sync_init
     cdef readonly bint prefault_pending
     cdef readonly bint dirty
     cdef readonly double dirty_since
@@ -109,6 +130,12 @@ cdef class _WalCore:
         self.map_lock = PyThread_allocate_lock()
         if self.io_lock == NULL or self.map_lock == NULL:
             raise MemoryError()
+        if pthread_mutex_init(&self.sync_mutex, NULL) != 0:
+            raise MemoryError()
+        if pthread_cond_init(&self.sync_cond, NULL) != 0:
+            pthread_mutex_destroy(&self.sync_mutex)
+            raise MemoryError()
+        self.sync_init = True
 
     def __dealloc__(self):
         # Dropped without close(): release resources, leave the files as a
@@ -118,6 +145,9 @@ cdef class _WalCore:
             PyThread_free_lock(self.io_lock)
         if self.map_lock != NULL:
             PyThread_free_lock(self.map_lock)
+        if self.sync_init:
+            pthread_cond_destroy(&self.sync_cond)
+            pthread_mutex_destroy(&self.sync_mutex)
 
     # ------------------------------------------------------------ locking
 
@@ -129,21 +159,55 @@ cdef class _WalCore:
     cdef inline void _unlock_io(self) noexcept:
         PyThread_release_lock(self.io_lock)
 
-    cdef bint _lock_io_unless_synced(self, uint64_t target):
-        """For sync(): takes io_lock and returns True, or returns False without
-        it as soon as another thread's fsync has covered `target`. Waiters
-        whose bytes a group fsync covered then return at once instead of
-        passing through io_lock one at a time (each handoff a context switch)
-        while a new leader queues behind them."""
-        cdef int got = 0
-        if PyThread_acquire_lock(self.io_lock, NOWAIT_LOCK):
-            return True
-        with nogil:
-            while True:
-                got = _acquire_lock_timed(self.io_lock, 100, 0)
-                if got == 1 or self.synced_total >= target:
-                    break
-        return got == 1
+    cdef int _sync_nogil(self, uint64_t target, double *t0, double *dt, int *err) noexcept nogil:
+        """The group commit, run without the GIL. Waits until `target` is
+        durable or no fsync is running; in the second case this thread is
+        the leader: it takes io_lock, fsyncs, and ends its turn at once, so
+        the next leader starts its fsync while this one queues for the GIL.
+
+        Returns _SYNC_COVERED (another fsync covered target), _SYNC_DONE (this
+        thread fsynced), _SYNC_UNUSABLE (closed, failed or forked: the caller
+        raises) or _SYNC_FAILED (err set; the turn and io_lock stay held so
+        that no thread can fsync, and succeed, before the Wal is poisoned)."""
+        cdef uint64_t cover
+        pthread_mutex_lock(&self.sync_mutex)
+        while True:
+            if self.synced_total >= target:
+                pthread_mutex_unlock(&self.sync_mutex)
+                return _SYNC_COVERED
+            if not self.syncing:
+                self.syncing = True
+                break
+            pthread_cond_wait(&self.sync_cond, &self.sync_mutex)
+        pthread_mutex_unlock(&self.sync_mutex)
+        PyThread_acquire_lock(self.io_lock, WAIT_LOCK)
+        if self.closed or self.broken or self.fork_gen != _fork_generation:
+            self._end_sync_turn(0)
+            return _SYNC_UNUSABLE
+        if self.synced_total >= target:         # a segment rotation synced it
+            self._end_sync_turn(0)
+            return _SYNC_COVERED
+        # io_lock keeps the segment, its fd and mapping in place; appends go
+        # on, and what they publish after this load is left to the next fsync.
+        t0[0] = _now_monotonic()
+        cover = nk_load_acquire_u64(&self.written_total)
+        err[0] = nk_sync_data(self.seg_fd, self.map, self.seg_size)
+        dt[0] = _now_monotonic() - t0[0]
+        if err[0]:
+            return _SYNC_FAILED
+        self._end_sync_turn(cover)
+        return _SYNC_DONE
+
+    cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil:
+        """Ends the leader's turn: publishes `cover` as durable (0: nothing
+        new), releases io_lock and wakes every waiting sync()."""
+        pthread_mutex_lock(&self.sync_mutex)
+        if cover > self.synced_total:
+            self.synced_total = cover
+        self.syncing = False
+        PyThread_release_lock(self.io_lock)
+        pthread_cond_broadcast(&self.sync_cond)
+        pthread_mutex_unlock(&self.sync_mutex)
 
     # map_lock is always taken with the GIL released while waiting (the
     # prefault thread holds it and then waits for the GIL). Order: io_lock, then map_lock.
@@ -178,6 +242,7 @@ cdef class _WalCore:
     cdef int _poison(self, int err, object path, str what) except -1:
         exc = io_error(err, path, what, WalFailedError)
         self.failed = exc
+        self.broken = True
         raise exc
 
     # ------------------------------------------------------------ open
@@ -496,7 +561,7 @@ cdef class _WalCore:
         """Publishes n reserved bytes. Runs no Python code, so a caller can keep
         its in-memory update atomic with the append."""
         self.seg_size += n
-        self.written_total += n
+        nk_store_release_u64(&self.written_total, self.written_total + n)
         if self.policy == POLICY_BATCH and not self.dirty:
             self.dirty = True
             self.dirty_since = _now_monotonic()
@@ -597,38 +662,29 @@ cdef class _WalCore:
         """Makes everything appended before this call durable (fdatasync; on
         macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
         cdef uint64_t target = self.written_total
-        cdef uint64_t cover
         cdef int err = 0
-        cdef int fd
-        cdef uint64_t size
-        cdef double t0, dt
+        cdef int status
+        cdef double t0 = 0, dt = 0
         self._check_usable()
         if self.synced_total >= target:
             return
-        if not self._lock_io_unless_synced(target):
+        with nogil:
+            status = self._sync_nogil(target, &t0, &dt, &err)
+        if status == _SYNC_COVERED:
             return
-        try:
+        if status == _SYNC_UNUSABLE:
             self._check_usable()
-            if self.synced_total >= target:
-                return
-            cover = self.written_total
-            fd = self.seg_fd
-            size = self.seg_size
-            with nogil:
-                t0 = _now_monotonic()
-                err = nk_sync_data(fd, self.map, size)
-                dt = _now_monotonic() - t0
-            if err:
+            raise AssertionError("unreachable: _sync_nogil found the Wal unusable")
+        if status == _SYNC_FAILED:
+            try:
                 self._poison(err, self._segment_path(self.seg_id), "fdatasync")
-            self._count_fsync(dt)
-            if cover > self.synced_total:
-                self.synced_total = cover
-            if self.synced_total >= self.written_total:
-                self.dirty = False
-            else:
-                self.dirty_since = t0
-        finally:
-            self._unlock_io()
+            finally:
+                self._end_sync_turn(0)
+        self._count_fsync(dt)
+        if self.synced_total >= self.written_total:
+            self.dirty = False
+        else:
+            self.dirty_since = t0
 
     def current_position(self):
         """Position at which the next record will be written."""

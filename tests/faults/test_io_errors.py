@@ -102,6 +102,66 @@ def test_failed_fsync_poisons_until_reopen(shim_path, tmp_path, policy):
         assert f.read().split()[0] in ("fdatasync", "fsync")
 
 
+GROUP = r"""
+import json, os, sys, threading
+from norikv import KvStore, FsyncPolicy, WalFailedError
+base, control = sys.argv[1], sys.argv[2]
+store = KvStore.open(base, fsync_policy=FsyncPolicy.OS, auto_compact=False)
+armed = threading.Event()
+acked, late_acks, ends = [], [], []
+lock = threading.Lock()
+
+def writer(t):
+    i = 0
+    try:
+        while True:
+            after_arming = armed.is_set()
+            key = b"t%d:%06d" % (t, i)
+            store.put(key, b"v")
+            store.sync()
+            with lock:
+                acked.append(key.decode())
+                if after_arming:
+                    late_acks.append(key.decode())
+                if len(acked) == 400 and not armed.is_set():
+                    open(control, "w").close()      # fsync/fdatasync fail from now on
+                    armed.set()
+            i += 1
+    except WalFailedError as exc:
+        ends.append(exc.errno)
+    except BaseException as exc:
+        ends.append(repr(exc))
+
+threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+os.unlink(control)
+store.close()
+with KvStore.open(base) as s2:
+    missing = [k for k in acked if s2.get(k.encode()) != b"v"]
+print(json.dumps({"ends": ends, "late_acks": late_acks, "acked": len(acked), "missing": missing}))
+"""
+
+
+def test_failed_group_fsync_fails_every_waiting_thread(shim_path, tmp_path):
+    """8 threads in put + sync() when fdatasync starts failing: every thread
+    ends with WalFailedError (none hangs in the group-commit wait), no put
+    made after the failure began is acknowledged, and every acknowledged put
+    is there after reopen."""
+    control = str(tmp_path / "armed")
+    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path),
+                   log=str(tmp_path / "faults.log"))
+    proc = run_py(GROUP, args=[str(tmp_path / "db"), control], env=env, timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ends"] == [errno.EIO] * 8
+    assert out["late_acks"] == []
+    assert out["acked"] >= 400
+    assert out["missing"] == []
+
+
 SWEEP = r"""
 import json, os, random, shutil, sys
 from norikv import KvStore, FsyncPolicy, WalFailedError, NoriIOError, RecoveryMode
