@@ -23,7 +23,6 @@ cdef extern from "Python.h":
     void PyType_Modified(type cls)
     object PyObject_Vectorcall(object func, PyObject **args, size_t nargsf, PyObject *kwnames)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *t)
-    Py_ssize_t PyDict_GET_SIZE(PyObject *d)
     bint _PyBytes_CheckExact "PyBytes_CheckExact"(PyObject *o)
     PyObject *_PyDict_GetItemWithError "PyDict_GetItemWithError"(PyObject *d, PyObject *k) except? NULL
 

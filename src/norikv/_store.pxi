@@ -64,13 +64,13 @@ cdef class _StoreLoader(_Sink):
             # The common record, a plain put: one dict lookup (setdefault)
             # instead of get + set; a second one only when the key existed.
             value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-            n = PyDict_Size(self.data)
+            n = PyDict_GET_SIZE(<PyObject *>self.data)
             old = PyDict_SetDefault(self.data, key, value)
             # (not `old != value`: empty and 1-byte bytes are shared singletons)
-            if PyDict_Size(self.data) == n:
+            if PyDict_GET_SIZE(<PyObject *>self.data) == n:
                 self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
                 PyDict_SetItem(self.data, key, value)
-                if PyDict_Size(self.expiry):
+                if PyDict_GET_SIZE(<PyObject *>self.expiry):
                     self.expiry.pop(key, None)
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
             return 0
@@ -168,7 +168,7 @@ cdef class _StoreCore:
         v = PyDict_GetItemWithError(self._data, key)
         if v == NULL:
             return default
-        if PyDict_Size(self._expiry) and self._expired(key):
+        if PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key):
             return default
         return <object>v
 
@@ -179,7 +179,7 @@ cdef class _StoreCore:
         if self._closed:
             raise ClosedError("the KvStore is closed")
         v = PyDict_GetItem(self._data, key)
-        if v == NULL or (PyDict_Size(self._expiry) and self._expired(key)):
+        if v == NULL or (PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key)):
             raise KeyError(key)
         return <object>v
 
@@ -188,7 +188,7 @@ cdef class _StoreCore:
             key = _as_bytes(key, "key")
         self._check_open()
         return PyDict_GetItem(self._data, key) != NULL and not (
-            PyDict_Size(self._expiry) and self._expired(key))
+            PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key))
 
     def __len__(self):
         self._check_open()
@@ -249,7 +249,7 @@ cdef class _StoreCore:
         if deadline >= 0:
             self._expiry[key] = deadline
             heappush(self._heap, (deadline, key))
-        elif PyDict_Size(self._expiry):
+        elif PyDict_GET_SIZE(<PyObject *>self._expiry):
             self._expiry.pop(key, None)
         return 0
 
@@ -262,16 +262,16 @@ cdef class _StoreCore:
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1:
         """_set for a caller that has not looked `old` up: a new key costs one
         dict lookup (setdefault), a replaced one a second (setitem)."""
-        cdef Py_ssize_t n = PyDict_Size(self._data)
+        cdef Py_ssize_t n = PyDict_GET_SIZE(<PyObject *>self._data)
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
-        if PyDict_Size(self._data) == n:       # the key was there: replace
+        if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
         return self._account(key, value, -1, deadline)
 
     cdef inline int _unset(self, bytes key, object old) except -1:
         self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(old)
         PyDict_DelItem(self._data, key)
-        if PyDict_Size(self._expiry):
+        if PyDict_GET_SIZE(<PyObject *>self._expiry):
             self._expiry.pop(key, None)
         if self._indexed:
             self._index_remove(key)
@@ -341,7 +341,7 @@ cdef class _StoreCore:
         old = PyDict_GetItem(self._data, k)
         if old == NULL:
             return False
-        if PyDict_Size(self._expiry) and self._expired(k):
+        if PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(k):
             self._unset(k, <object>old)        # expired: its record already says so
             return False
         n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)

@@ -32,6 +32,8 @@ from norikv.errors import (ClosedError, ConfigError, CorruptionError, LockError,
 
 cdef extern from "Python.h":
     PyObject *PyDict_GetItemWithError(object d, object k) except? NULL
+    # The macro, on a borrowed pointer: no call, no reference taken.
+    Py_ssize_t PyDict_GET_SIZE(PyObject *d)
 
 
 # ---------------------------------------------------------------- CRC32C

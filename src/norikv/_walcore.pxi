@@ -18,7 +18,7 @@ cdef enum:
 
 DEF _GROW_STEP = 1 << 20
 DEF _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
-DEF _PREFAULT_AHEAD = 8 << 20       # the background thread keeps this much ready
+DEF _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
 
 cdef bint _prefault_supported = True
 
@@ -210,13 +210,16 @@ cdef class _WalCore:
         pthread_mutex_unlock(&self.sync_mutex)
 
     # map_lock is always taken with the GIL released while waiting (the
-    # prefault thread holds it and then waits for the GIL). Order: io_lock, then map_lock.
+    # prefault thread holds it without the GIL). Order: io_lock, then map_lock.
     cdef inline void _lock_map(self) noexcept:
         if not PyThread_acquire_lock(self.map_lock, NOWAIT_LOCK):
             with nogil:
                 PyThread_acquire_lock(self.map_lock, WAIT_LOCK)
 
-    cdef inline void _unlock_map(self) noexcept:
+    cdef inline void _lock_map_nogil(self) noexcept nogil:
+        PyThread_acquire_lock(self.map_lock, WAIT_LOCK)
+
+    cdef inline void _unlock_map(self) noexcept nogil:
         PyThread_release_lock(self.map_lock)
 
     cdef void _unmap(self) noexcept:
@@ -475,45 +478,49 @@ cdef class _WalCore:
     def _prefault_ahead(self):
         """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
         write offset, a step at a time, without io_lock (so fsyncs and appends
-        go on) but holding map_lock (so the mapping cannot go away)."""
+        go on) but holding map_lock (so the mapping cannot go away). Runs
+        without the GIL from start to end: a writer holds the GIL for 5 ms
+        at a time, and a loop that took it back between steps fell behind
+        (the writer then faulted most pages itself)."""
+        with nogil:
+            self._prefault_loop()
+
+    cdef void _prefault_loop(self) noexcept nogil:
         global _prefault_supported
         cdef uint64_t page = nk_page_size()
         cdef uint64_t start, stop, target
         cdef uint8_t *m
         cdef int err
         while True:
-            self._lock_map()
-            try:
-                m = self.map
-                if m == NULL or self.closed or not _prefault_supported:
-                    self.prefault_pending = False
-                    return
-                # Page-aligned, so that `populated` never lands mid-page (the
-                # next step would round down and fault the same bytes forever).
-                target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
-                if target > self.alloc:
-                    target = self.alloc
-                start = self.populated if self.populated > self.seg_size else self.seg_size
-                start -= start % page
-                if start >= target:
-                    self.prefault_pending = False
-                    return
-                stop = start + _PREFAULT_STEP
-                if stop > target:
-                    stop = target
-                with nogil:
-                    err = nk_prefault(m + start, <size_t>(stop - start))
-                if err:
-                    if err in (22, 38, 95):
-                        _prefault_supported = False
-                    self.prefault_pending = False
-                    return
-                if self.map != m or stop <= self.populated:
-                    self.prefault_pending = False
-                    return
-                self.populated = stop
-            finally:
-                self._unlock_map()
+            self._lock_map_nogil()
+            m = self.map
+            if m == NULL or self.closed or not _prefault_supported:
+                break
+            # Page-aligned, so that `populated` never lands mid-page (the
+            # next step would round down and fault the same bytes forever).
+            # seg_size is read without the GIL: a stale value only moves the
+            # target; `populated` is a hint for _reserve, never past alloc.
+            target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
+            if target > self.alloc:
+                target = self.alloc
+            start = self.populated if self.populated > self.seg_size else self.seg_size
+            start -= start % page
+            if start >= target:
+                break
+            stop = start + _PREFAULT_STEP
+            if stop > target:
+                stop = target
+            err = nk_prefault(m + start, <size_t>(stop - start))
+            if err:
+                if err == 22 or err == 38 or err == 95:
+                    _prefault_supported = False
+                break
+            if stop <= self.populated:
+                break
+            self.populated = stop
+            self._unlock_map()
+        self.prefault_pending = False
+        self._unlock_map()
 
     cdef int _grow(self, uint64_t end) except -1:
         cdef uint64_t page = nk_page_size()
@@ -574,7 +581,13 @@ cdef class _WalCore:
 
     cdef inline int _after_append(self) except -1:
         """Work that may run Python code or release the GIL: waking the
-        flusher (batch policy) and the fsync of the ALWAYS policy."""
+        flusher (batch policy) and the fsync of the ALWAYS policy. (Split so
+        that the check, all an OS-policy append pays, is inlined.)"""
+        if self.wake_pending or self.policy == POLICY_ALWAYS:
+            return self._after_append_work()
+        return 0
+
+    cdef int _after_append_work(self) except -1:
         if self.wake_pending:
             self.wake_pending = False
             if self.wake is not None:
