@@ -19,6 +19,7 @@ cdef enum:
 DEF _GROW_STEP = 1 << 20
 DEF _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
 DEF _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
+DEF _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
 
 cdef bint _prefault_supported = True
 
@@ -114,6 +115,9 @@ cdef class _WalCore:
     cdef bint syncing
     cdef bint sync_init
     cdef readonly bint prefault_pending
+    # Page-sized page-cache folios for the mapping (nk_advise_small_folios):
+    # from the start under ALWAYS and BATCH, from the first sync() under OS.
+    cdef readonly bint small_folios
     cdef readonly bint dirty
     cdef readonly double dirty_since
     cdef object wake
@@ -258,6 +262,7 @@ cdef class _WalCore:
         self.dir = os.fspath(path)
         self.max_segment_size = max_segment_size
         self.policy = policy
+        self.small_folios = policy == POLICY_ALWAYS or policy == POLICY_BATCH
         self.window = window
         self.preallocate = preallocate
         bdir = os.fsencode(self.dir)
@@ -327,6 +332,8 @@ cdef class _WalCore:
         m = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, self.seg_fd, 0)
         if m == MAP_FAILED:
             raise io_error(errno, self._segment_path(self.seg_id), "mmap")
+        if self.small_folios:
+            nk_advise_small_folios(m, want)
         self._lock_map()
         self.map = <uint8_t *>m
         self.map_len = want
@@ -665,6 +672,36 @@ cdef class _WalCore:
         self._after_append()
         return positions
 
+    cdef int _use_small_folios(self) except -1:
+        """The first sync() of an OS-policy Wal: page-sized folios from now on
+        (nk_advise_small_folios). Linux grows the folios of a mapping written
+        sequentially, past ~24 MiB to sizes whose whole-folio writeback makes
+        every small fsync write up to 2 MiB; if the active segment is faulted
+        in that far, it is sealed and the log goes on in a new segment, which
+        starts with page-sized folios. Otherwise only the part of the mapping
+        not yet faulted in is advised."""
+        cdef size_t page = nk_page_size()
+        cdef size_t start
+        self.small_folios = True
+        if self.seg_fd < 0:
+            return 0
+        if self.populated > _LARGE_FOLIOS_PAST:
+            self._lock_io()
+            try:
+                self._check_usable()
+                if self.seg_fd >= 0 and self.seg_size > 0:
+                    self._rotate(0)
+            finally:
+                self._unlock_io()
+            return 0
+        self._lock_map()
+        if self.map != NULL:
+            start = <size_t>_round_up(self.populated, page)
+            if start < self.map_len:
+                nk_advise_small_folios(self.map + start, self.map_len - start)
+        self._unlock_map()
+        return 0
+
     def flush(self):
         """Nothing to do: every append already reached the OS page cache.
         Kept for API parity with nori-wal."""
@@ -679,6 +716,8 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
+        if not self.small_folios:
+            self._use_small_folios()
         if self.synced_total >= target:
             return
         with nogil:
