@@ -458,29 +458,36 @@ def test_small_syncs_deep_into_a_segment_write_little(tmp_path, load):
 
 
 @pytest.mark.parametrize("policy, small", [(FsyncPolicy.ALWAYS, True),
-                                           (FsyncPolicy.batch(0.005), True),
+                                           (FsyncPolicy.batch(0.005), False),
                                            (FsyncPolicy.OS, False)])
-def test_page_sized_folios_from_open_or_from_the_first_sync(tmp_path, policy, small):
-    wal, _ = Wal.open(cfg(tmp_path, fsync_policy=policy))
-    wal.append(Record.put(b"k", b"v"))
+def test_page_sized_folios_from_open_or_from_the_first_small_sync(tmp_path, policy, small):
+    wal, _ = Wal.open(cfg(tmp_path, fsync_policy=policy, max_segment_size=64 * MIB))
     assert wal.small_folios is small
+    for _ in range(4):                      # a bulk write: one sync covering 1 MiB
+        wal.append(Record.put(b"k", b"v" * (256 * 1024)))
+    wal.sync()
+    assert wal.small_folios is small
+    wal.append(Record.put(b"k", b"v"))      # a small sync switches for good
     wal.sync()
     assert wal.small_folios is True
     wal.close()
 
 
-def test_first_sync_after_a_large_unsynced_write_starts_a_new_segment(tmp_path):
+def test_first_small_sync_after_a_large_unsynced_write_starts_a_new_segment(tmp_path):
     wal, _ = Wal.open(cfg(tmp_path, max_segment_size=128 * MIB))
     big = Record.put(b"load", b"x" * (100 * 1024))
     for _ in range(32 * MIB // len(big.value)):
         wal.append(big)
     first = wal.seg_id
-    wal.sync()
-    assert wal.seg_id == first + 1 and wal.seg_size == 0
+    wal.sync()                              # covers 32 MiB: not a small sync
+    assert wal.seg_id == first and not wal.small_folios
+    wal.append(Record.put(b"small", b"1"))
+    wal.sync()                              # seals the segment faulted in past 24 MiB
+    assert wal.seg_id == first + 1 and wal.seg_size == 0 and wal.small_folios
     pos = wal.append(Record.put(b"after", b"1"))
     wal.close()
     wal, info = Wal.open(cfg(tmp_path, max_segment_size=128 * MIB))
     records = list(wal.read_from(Position(0, 0)))
     assert records[-1][0].key == b"after" and records[-1][1] == pos
-    assert len(records) == 32 * MIB // len(big.value) + 1
+    assert len(records) == 32 * MIB // len(big.value) + 2
     wal.close()

@@ -20,6 +20,7 @@ DEF _GROW_STEP = 1 << 20
 DEF _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
 DEF _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
 DEF _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
+DEF _SMALL_SYNC = 256 << 10         # a sync covering less switches to page-sized folios
 
 cdef bint _prefault_supported = True
 
@@ -116,7 +117,8 @@ cdef class _WalCore:
     cdef bint sync_init
     cdef readonly bint prefault_pending
     # Page-sized page-cache folios for the mapping (nk_advise_small_folios):
-    # from the start under ALWAYS and BATCH, from the first sync() under OS.
+    # from the start under ALWAYS, from the first sync() that covers less
+    # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
     cdef readonly bint small_folios
     cdef readonly bint dirty
     cdef readonly double dirty_since
@@ -262,7 +264,7 @@ cdef class _WalCore:
         self.dir = os.fspath(path)
         self.max_segment_size = max_segment_size
         self.policy = policy
-        self.small_folios = policy == POLICY_ALWAYS or policy == POLICY_BATCH
+        self.small_folios = policy == POLICY_ALWAYS
         self.window = window
         self.preallocate = preallocate
         bdir = os.fsencode(self.dir)
@@ -673,7 +675,7 @@ cdef class _WalCore:
         return positions
 
     cdef int _use_small_folios(self) except -1:
-        """The first sync() of an OS-policy Wal: page-sized folios from now on
+        """The first small sync(): page-sized folios from now on
         (nk_advise_small_folios). Linux grows the folios of a mapping written
         sequentially, past ~24 MiB to sizes whose whole-folio writeback makes
         every small fsync write up to 2 MiB; if the active segment is faulted
@@ -716,10 +718,10 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
-        if not self.small_folios:
-            self._use_small_folios()
         if self.synced_total >= target:
             return
+        if not self.small_folios and target - self.synced_total < _SMALL_SYNC:
+            self._use_small_folios()
         with nogil:
             status = self._sync_nogil(target, &t0, &dt, &err)
         if status == _SYNC_COVERED:
