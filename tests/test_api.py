@@ -147,3 +147,12 @@ def test_typing_sample_runs(tmp_path):
     proc = _run([sys.executable, str(HERE / "typing_sample.py"), str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(norikv.__version__ + " ")
+
+
+@needs_mypy
+def test_mypy_accepts_the_package_itself(tmp_path):
+    # The package's own sources type-check against its stubs (lz4 and
+    # sortedcontainers ship no type information).
+    proc = _run([sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", os.devnull,
+                 "--ignore-missing-imports", "-p", "norikv"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -82,7 +82,8 @@ class WalFailedError(NoriIOError):
     """
 
 
-def io_error(err: int, path: object, what: str, cls: type[NoriIOError] = NoriIOError) -> NoriIOError:
+def io_error(err: int, path: "str | bytes | _os.PathLike[str] | _os.PathLike[bytes] | None", what: str,
+             cls: type[NoriIOError] = NoriIOError) -> NoriIOError:
     """The single place that turns an errno from a system call into an exception."""
     return cls(err, f"{what}: {_os.strerror(err)}", _os.fsdecode(path) if path is not None else None)
 

@@ -35,7 +35,7 @@ class WriteBatch:
     with an exception discards the batch."""
 
     def __init__(self, store: "KvStore") -> None:
-        self._store = store
+        self._store: KvStore | None = store
         self._ops: list[tuple[bytes, bytes | None, int, object]] = []
         self._done = False
 
@@ -73,6 +73,7 @@ class WriteBatch:
         store, ops = self._store, self._ops
         self._store, self._ops = None, []
         if ops:
+            assert store is not None      # set until the batch is done (_check above)
             store._apply_batch(ops)
 
     def __enter__(self) -> "WriteBatch":
@@ -96,6 +97,17 @@ class KvStore(_wal._StoreCore):
 
     wal: Wal
     recovery_info: RecoveryInfo
+    path: str
+    _recovery_seconds: float
+    _recovered_records: int
+    _relative_ttl_records: int
+    _compactions: int
+    _last_compaction: dict[str, float] | None
+    _compact_lock: threading.Lock
+    _index_lock: threading.Lock
+    _index: SortedList | None
+    _compactor: threading.Thread | None
+    _compact_error: BaseException | None
 
     @classmethod
     def open(
@@ -156,12 +168,12 @@ class KvStore(_wal._StoreCore):
         store._recovered_records = loader.records
         store._relative_ttl_records = loader.relative_ttls
         store._compactions = 0
-        store._last_compaction: dict[str, float] | None = None
+        store._last_compaction = None
         store._compact_lock = threading.Lock()
         store._index_lock = threading.Lock()
-        store._index: SortedList | None = None
-        store._compactor: threading.Thread | None = None
-        store._compact_error: BaseException | None = None
+        store._index = None
+        store._compactor = None
+        store._compact_error = None
         store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
                          int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
                          weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
@@ -261,7 +273,6 @@ class KvStore(_wal._StoreCore):
 
     def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         get = self.get
-        missing = object()
         cursor: bytes | None = None
         want = 32  # chunks grow to _SCAN_CHUNK: a short scan does not fetch 1,024 keys
         while True:
@@ -275,8 +286,8 @@ class KvStore(_wal._StoreCore):
                     it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
                 chunk = [k for _, k in zip(range(want), it)]
             for k in chunk:
-                v = get(k, missing)
-                if v is not missing:
+                v = get(k)          # None: deleted or expired since the index saw it
+                if v is not None:
                     yield k, v
             if len(chunk) < want:
                 return

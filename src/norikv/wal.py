@@ -192,7 +192,7 @@ def _truncate(path: str, size: int) -> None:
         os.close(fd)
 
 
-def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: object = None) -> RecoveryInfo:
+def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
     """Scans every segment in id order, applies ``mode`` and returns what it did.
 
     Nothing is modified when the mode raises CorruptionError."""
@@ -295,6 +295,8 @@ class Wal(_wal._WalCore):
     write through its parent's Wal."""
 
     config: WalConfig
+    _bg_stop: bool
+    _bg_holding: bool
 
     @classmethod
     def open(cls, config: WalConfig | None = None, **kwargs: object) -> tuple["Wal", RecoveryInfo]:
@@ -310,7 +312,7 @@ class Wal(_wal._WalCore):
         info = wal._open_config(config, None)
         return wal, info
 
-    def _open_config(self, config: WalConfig, sink: object) -> RecoveryInfo:
+    def _open_config(self, config: WalConfig, sink: "_wal._Sink | None") -> RecoveryInfo:
         self.config = config
         policy = config.fsync_policy
         path = os.fsdecode(config.dir)  # the core joins str names onto it
