@@ -89,17 +89,24 @@ static int nk_lock_file(int fd) {
     return flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : errno;
 }
 
-/* Faults in [addr, addr+len) of a shared file mapping for writing ahead of
-   the appender (Linux 5.14+), so that appends do not take one page fault per
-   page.  Returns 0, or an errno value (EINVAL/ENOSYS: not supported here). */
-static int nk_prefault(void *addr, size_t len) {
+/* Faults in [addr, addr+len) of a shared file mapping ahead of the appender
+   (Linux 5.14+), so that appends do not take a full page fault per page.
+   for_write: writable and dirty at once (fastest for bulk appends, but the
+   zero pages are dirty, and the next fsync writes them: megabytes at once);
+   otherwise readable and clean (an append then takes a light write fault per
+   page; used with page-sized folios, where small fsyncs are the point).
+   Returns 0, or an errno value (EINVAL/ENOSYS: not supported here). */
+static int nk_prefault(void *addr, size_t len, int for_write) {
 #if defined(__linux__)
+#  ifndef MADV_POPULATE_READ
+#    define MADV_POPULATE_READ 22
+#  endif
 #  ifndef MADV_POPULATE_WRITE
 #    define MADV_POPULATE_WRITE 23
 #  endif
-    return madvise(addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+    return madvise(addr, len, for_write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0 ? 0 : errno;
 #else
-    (void)addr; (void)len;
+    (void)addr; (void)len; (void)for_write;
     return ENOSYS;
 #endif
 }

@@ -471,7 +471,7 @@ cdef class _WalCore:
         if _prefault_supported and stop > start:
             # Mapping changes need io_lock, which the caller holds.
             with nogil:
-                err = nk_prefault(self.map + start, <size_t>(stop - start))
+                err = nk_prefault(self.map + start, <size_t>(stop - start), not self.small_folios)
             if err:
                 # Not supported (old kernel, other OS) or no memory: fall back
                 # to ordinary page faults.
@@ -519,7 +519,7 @@ cdef class _WalCore:
             stop = start + _PREFAULT_STEP
             if stop > target:
                 stop = target
-            err = nk_prefault(m + start, <size_t>(stop - start))
+            err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
             if err:
                 if err == 22 or err == 38 or err == 95:
                     _prefault_supported = False
