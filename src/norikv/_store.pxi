@@ -155,7 +155,12 @@ cdef class _StoreCore:
     # ------------------------------------------------------------ reads
 
     cdef inline bint _expired(self, object key) except -1:
-        cdef PyObject *d = PyDict_GetItem(self._expiry, key)
+        """Whether key has a TTL that has passed (no lookup in a store
+        without TTL keys)."""
+        cdef PyObject *d
+        if PyDict_GET_SIZE(<PyObject *>self._expiry) == 0:
+            return False
+        d = PyDict_GetItem(self._expiry, key)
         return d != NULL and <int64_t>(<object>d) <= _now_ms()
 
     def get(self, key, default=None):
@@ -168,7 +173,7 @@ cdef class _StoreCore:
         v = PyDict_GetItemWithError(self._data, key)
         if v == NULL:
             return default
-        if PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key):
+        if self._expired(key):
             return default
         return <object>v
 
@@ -179,7 +184,7 @@ cdef class _StoreCore:
         if self._closed:
             raise ClosedError("the KvStore is closed")
         v = PyDict_GetItem(self._data, key)
-        if v == NULL or (PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key)):
+        if v == NULL or self._expired(key):
             raise KeyError(key)
         return <object>v
 
@@ -187,8 +192,7 @@ cdef class _StoreCore:
         if not PyBytes_CheckExact(key):
             key = _as_bytes(key, "key")
         self._check_open()
-        return PyDict_GetItem(self._data, key) != NULL and not (
-            PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(key))
+        return PyDict_GetItem(self._data, key) != NULL and not self._expired(key)
 
     def __len__(self):
         self._check_open()
@@ -341,7 +345,7 @@ cdef class _StoreCore:
         old = PyDict_GetItem(self._data, k)
         if old == NULL:
             return False
-        if PyDict_GET_SIZE(<PyObject *>self._expiry) and self._expired(k):
+        if self._expired(k):
             self._unset(k, <object>old)        # expired: its record already says so
             return False
         n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
