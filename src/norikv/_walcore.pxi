@@ -457,10 +457,19 @@ cdef class _WalCore:
             self.busy = 0
         return 0
 
+    cdef int _populate(self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil:
+        """Faults in [start, stop) of mapping m, for writing or, in page-sized
+        mode, for reading (nk_prefault). Returns 0 or the errno; an errno that
+        says the kernel cannot do it turns prefaulting off for the process."""
+        global _prefault_supported
+        cdef int err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
+        if err == 22 or err == 38 or err == 95:
+            _prefault_supported = False
+        return err
+
     cdef int _prefault(self, uint64_t end) except -1:
         """Faults in the mapping up to at least `end` (a step ahead), or marks
         everything allocated as populated where the kernel cannot do it."""
-        global _prefault_supported
         cdef uint64_t page = nk_page_size()
         cdef uint64_t start = self.populated if self.populated > self.seg_size else self.seg_size
         start -= start % page
@@ -471,12 +480,10 @@ cdef class _WalCore:
         if _prefault_supported and stop > start:
             # Mapping changes need io_lock, which the caller holds.
             with nogil:
-                err = nk_prefault(self.map + start, <size_t>(stop - start), not self.small_folios)
+                err = self._populate(self.map, start, stop)
             if err:
                 # Not supported (old kernel, other OS) or no memory: fall back
                 # to ordinary page faults.
-                if err in (22, 38, 95):
-                    _prefault_supported = False
                 stop = self.alloc
         else:
             stop = self.alloc
@@ -495,11 +502,9 @@ cdef class _WalCore:
             self._prefault_loop()
 
     cdef void _prefault_loop(self) noexcept nogil:
-        global _prefault_supported
         cdef uint64_t page = nk_page_size()
         cdef uint64_t start, stop, target
         cdef uint8_t *m
-        cdef int err
         while True:
             self._lock_map_nogil()
             m = self.map
@@ -519,10 +524,7 @@ cdef class _WalCore:
             stop = start + _PREFAULT_STEP
             if stop > target:
                 stop = target
-            err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
-            if err:
-                if err == 22 or err == 38 or err == 95:
-                    _prefault_supported = False
+            if self._populate(m, start, stop):
                 break
             if stop <= self.populated:
                 break
