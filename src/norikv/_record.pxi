@@ -175,6 +175,13 @@ cdef class Record:
         return (_record_from_fields, (self.key, self.value, self.flags, self._ttl_ms,
                                       self._term, self._index))
 
+    cdef inline uint32_t _wire_flags(self):
+        """The flags as written: a delete carries no compression bits (a
+        record read from a foreign log may have them)."""
+        if self.flags & NK_FLAG_TOMBSTONE:
+            return self.flags & ~(<uint32_t>NK_COMP_MASK)
+        return self.flags
+
     cdef bytes _stored_value(self):
         cdef uint32_t kind = (self.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
         if kind == 0 or (self.flags & NK_FLAG_TOMBSTONE):
@@ -184,9 +191,7 @@ cdef class Record:
     def encode(self):
         """The record's bytes exactly as they are written to a segment."""
         cdef bytes stored = self._stored_value()
-        cdef uint32_t flags = self.flags
-        if flags & NK_FLAG_TOMBSTONE:
-            flags &= ~(<uint32_t>NK_COMP_MASK)
+        cdef uint32_t flags = self._wire_flags()
         cdef size_t n = nk_encoded_len(len(self.key), len(stored), flags, self._ttl_ms,
                                        self._term, self._index)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n)

@@ -614,12 +614,10 @@ cdef class _WalCore:
         """Appends one record; returns its Position. The bytes are in the OS
         page cache when this returns (ALWAYS: on stable storage)."""
         cdef bytes stored = record._stored_value()
-        cdef uint32_t flags = record.flags
+        cdef uint32_t flags = record._wire_flags()
         cdef uint64_t n
         cdef uint8_t *p
         cdef Position pos
-        if flags & NK_FLAG_TOMBSTONE:
-            flags &= ~(<uint32_t>NK_COMP_MASK)
         n = nk_encoded_len(PyBytes_GET_SIZE(record.key), PyBytes_GET_SIZE(stored), flags,
                            record._ttl_ms, record._term, record._index)
         p = self._reserve(n)
@@ -653,9 +651,7 @@ cdef class _WalCore:
             if r is None:
                 raise TypeError("records must be Record objects")
             sv = r._stored_value()
-            f = r.flags & ~(<uint32_t>NK_FLAG_BATCH_CONT)
-            if f & NK_FLAG_TOMBSTONE:
-                f &= ~(<uint32_t>NK_COMP_MASK)
+            f = r._wire_flags() & ~(<uint32_t>NK_FLAG_BATCH_CONT)
             if atomic and i + 1 < count:
                 f |= NK_FLAG_BATCH_CONT
             stored.append(sv)
