@@ -116,10 +116,10 @@ class Adapter:
         raise NotImplementedError
 
     def get(self, k: bytes) -> Any:
-        raise NotImplementedError
+        return self.db.get(k)
 
     def delete(self, k: bytes) -> None:
-        raise NotImplementedError
+        self.db.delete(k)
 
     def _native(self) -> tuple[Any, Any, Any]:
         """(get, put, delete) callables the timed loops call: the store's own
@@ -155,7 +155,7 @@ class Adapter:
         raise NotAvailable("no synced put")
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.db.close()
 
 
 class DictAdapter(Adapter):
@@ -177,9 +177,6 @@ class DictAdapter(Adapter):
 
     def put(self, k: bytes, v: bytes) -> None:
         self.db[k] = v
-
-    def get(self, k: bytes) -> Any:
-        return self.db.get(k)
 
     def _native(self) -> tuple[Any, Any, Any]:
         return self.db.get, self.db.__setitem__, self.db.__delitem__
@@ -216,14 +213,8 @@ class NorikvAdapter(Adapter):
     def put(self, k: bytes, v: bytes) -> None:
         self.db.put(k, v)
 
-    def get(self, k: bytes) -> Any:
-        return self.db.get(k)
-
     def _native(self) -> tuple[Any, Any, Any]:
         return self.db.get, self.db.put, self.db.delete
-
-    def delete(self, k: bytes) -> None:
-        self.db.delete(k)
 
     def durable_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         with self.db.batch() as b:
@@ -236,9 +227,6 @@ class NorikvAdapter(Adapter):
         self.db.put(k, v)
         if self.policy != "always":
             self.db.sync()
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class NorikvOs(NorikvAdapter):
@@ -399,9 +387,6 @@ class LmdbAdapter(Adapter):
 
     put_synced = put
 
-    def close(self) -> None:
-        self.db.close()
-
 
 class RocksdictAdapter(Adapter):
     name = "rocksdict"
@@ -423,14 +408,8 @@ class RocksdictAdapter(Adapter):
     def put(self, k: bytes, v: bytes) -> None:
         self.db.put(k, v)
 
-    def get(self, k: bytes) -> Any:
-        return self.db.get(k)
-
     def _native(self) -> tuple[Any, Any, Any]:
         return self.db.get, self.db.put, self.db.delete
-
-    def delete(self, k: bytes) -> None:
-        self.db.delete(k)
 
     def durable_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         from rocksdict import WriteBatch
@@ -440,9 +419,6 @@ class RocksdictAdapter(Adapter):
         self.db.write(wb)
 
     put_synced = put
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class PlyvelAdapter(Adapter):
@@ -469,9 +445,6 @@ class PlyvelAdapter(Adapter):
         for k, v in items:
             put(k, v, sync=s)
 
-    def get(self, k: bytes) -> Any:
-        return self.db.get(k)
-
     def _native(self) -> tuple[Any, Any, Any]:
         return self.db.get, self.put, self.delete
 
@@ -484,9 +457,6 @@ class PlyvelAdapter(Adapter):
                 wb.put(k, v)
 
     put_synced = put
-
-    def close(self) -> None:
-        self.db.close()
 
 
 class SemidbmAdapter(Adapter):
@@ -537,9 +507,6 @@ class SemidbmAdapter(Adapter):
             self.db[k] = v
             self.db.sync()
 
-    def close(self) -> None:
-        self.db.close()
-
 
 class DiskcacheAdapter(Adapter):
     name = "diskcache"
@@ -565,12 +532,6 @@ class DiskcacheAdapter(Adapter):
     def _native(self) -> tuple[Any, Any, Any]:
         return self.db.get, self.db.set, self.db.delete
 
-    def get(self, k: bytes) -> Any:
-        return self.db.get(k)
-
-    def delete(self, k: bytes) -> None:
-        self.db.delete(k)
-
     def durable_batch(self, items: list[tuple[bytes, bytes]]) -> None:
         c = self.db
         with c.transact():
@@ -578,9 +539,6 @@ class DiskcacheAdapter(Adapter):
                 c.set(k, v)
 
     put_synced = put
-
-    def close(self) -> None:
-        self.db.close()
 
 
 STORES: dict[str, type[Adapter]] = {a.name: a for a in (
