@@ -8,29 +8,17 @@ import random
 
 import pytest
 
+from storeutil import open_store, wal_entries
+
 from norikv import (
     ClosedError,
-    FsyncPolicy,
     KvStore,
-    Position,
     Wal,
     WalConfig,
     WriteBatch,
 )
 
 
-def open_store(path, **kw):
-    kw.setdefault("fsync_policy", FsyncPolicy.OS)
-    return KvStore.open(path, **kw)
-
-
-def wal_records(path):
-    """(Record, Position) of every record in <path>/wal, read with norikv.Wal."""
-    wal, _ = Wal.open(WalConfig(dir=os.path.join(path, "wal")))
-    try:
-        return list(wal.read_from(Position(0, 0)))
-    finally:
-        wal.close()
 
 
 def active_segment(store):
@@ -419,7 +407,7 @@ def test_delete_absent_key_writes_no_tombstone(tmp_path):
     assert store.delete(b"present") is False
     assert store.stats()["wal_bytes"] == after_one
     store.close()
-    recs = wal_records(str(tmp_path))
+    recs = wal_entries(str(tmp_path))
     assert [(r.key, r.tombstone) for r, _ in recs] == [(b"present", False), (b"present", True)]
 
 
@@ -434,7 +422,7 @@ def test_wal_lives_in_path_wal_and_a_wal_reader_reads_it(tmp_path):
     store.close()
     assert sorted(os.listdir(tmp_path)) == ["wal"]
     assert "000000.wal" in os.listdir(tmp_path / "wal")
-    recs = wal_records(str(tmp_path))
+    recs = wal_entries(str(tmp_path))
     assert [(r.key, r.value, r.tombstone) for r, _ in recs] == [
         (b"user:1", b"alice", False),
         (b"user:2", b"Bob", False),
@@ -528,7 +516,7 @@ def test_batch_on_disk_is_one_contiguous_atomic_group(tmp_path):
         b.put(b"c", b"3")
     store.put(b"after", b"9")
     store.close()
-    recs = wal_records(str(tmp_path))
+    recs = wal_entries(str(tmp_path))
     flags = [(r.key, bool(r.flags & 0x20)) for r, _ in recs]
     # BATCH_CONT on every record of the batch but its last
     assert flags == [(b"before", False), (b"a", True), (b"before", True), (b"c", False),
@@ -546,7 +534,7 @@ def test_partial_batch_on_disk_is_dropped_at_recovery(tmp_path):
         b.put(b"c", b"3")
     store.close()
     path = tmp_path / "wal" / "000000.wal"
-    recs = wal_records(str(tmp_path))
+    recs = wal_entries(str(tmp_path))
     last_start = recs[-1][1].offset
     for cut in (recs[1][1].offset + 3, recs[2][1].offset, last_start, last_start + 2):
         data = path.read_bytes()

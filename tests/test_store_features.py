@@ -8,13 +8,12 @@ import threading
 
 import pytest
 
+from storeutil import open_store, wal_records
+
 from norikv import (
     Compression,
     ConfigError,
-    FsyncPolicy,
-    KvStore,
     NoriError,
-    Position,
     Record,
     StoreFullError,
     Wal,
@@ -26,17 +25,6 @@ TTL_ABS = 0x40
 TTL_FLAG = 0x02
 
 
-def open_store(path, **kw):
-    kw.setdefault("fsync_policy", FsyncPolicy.OS)
-    return KvStore.open(path, **kw)
-
-
-def wal_records(path):
-    wal, _ = Wal.open(WalConfig(dir=os.path.join(path, "wal")))
-    try:
-        return [r for r, _ in wal.read_from(Position(0, 0))]
-    finally:
-        wal.close()
 
 
 def raw_records(path):

@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from norikv import ClosedError, FsyncPolicy, KvStore, Record
+from storeutil import open_store
+
+from norikv import ClosedError, FsyncPolicy, Record
 
 WATCHDOG_S = 120.0
 
@@ -48,9 +50,6 @@ def run_threads(*targets, timeout=WATCHDOG_S):
         raise errors[0]
 
 
-def open_store(path, **kw):
-    kw.setdefault("fsync_policy", FsyncPolicy.OS)
-    return KvStore.open(path, **kw)
 
 
 # ------------------------------------------------------------------ readers + writers
