@@ -372,6 +372,29 @@ def test_range_after_many_changes_since_last_range(tmp_path):
     store.close()
 
 
+def test_range_after_more_changes_than_the_index_keeps_track_of(tmp_path):
+    # Past a bound (an eighth of the map + 65,536 changes) the store stops
+    # recording changes for the range index and rebuilds it at the next range
+    # query instead: the answers must not change.
+    store = open_store(tmp_path)
+    for i in range(1000):
+        store.put(b"old:%05d" % i, b"o")
+    assert [k for k, _ in store.range(b"old:00010", b"old:00013")] == [
+        b"old:00010", b"old:00011", b"old:00012"]
+    for i in range(70_000):
+        store.put(b"new:%06d" % i, b"n")
+    for i in range(0, 1000, 2):
+        store.delete(b"old:%05d" % i)
+    assert [k for k, _ in store.range(b"old:00010", b"old:00014")] == [b"old:00011", b"old:00013"]
+    assert sum(1 for _ in store.prefix(b"new:")) == 70_000
+    store.put(b"new:999999", b"n")
+    store.delete(b"old:00011")
+    assert [k for k, _ in store.range(b"old:00010", b"old:00014")] == [b"old:00013"]
+    assert list(store.range(b"new:999998", b"old:")) == [(b"new:999999", b"n")]
+    assert len(list(store.range())) == 500 - 1 + 70_001
+    store.close()
+
+
 def test_range_over_more_than_one_chunk_while_writing(tmp_path):
     store = open_store(tmp_path)
     n = 3000   # more than the 1024-key chunk of a range scan

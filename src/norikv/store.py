@@ -239,22 +239,20 @@ class KvStore(_wal._StoreCore):
     # ---------------------------------------------------------------- ranges
 
     def _refresh_index(self) -> SortedList:
-        """Brings the sorted key index up to date: O(k log n) for k changes."""
+        """Brings the sorted key index up to date: O(k log n) for k changes,
+        a rebuild from the map when k is large."""
         with self._index_lock:
-            if self._index is None:
-                added, _ = self._take_index_delta(True)
+            rebuild, added, removed = self._take_index_delta()
+            if rebuild or self._index is None:
                 self._index = SortedList(added)
-            else:
-                added, removed = self._take_index_delta(False)
-                idx = self._index
-                for k in removed:
-                    idx.discard(k)
-                if len(added) > 64 and len(added) * 8 > len(idx):
-                    idx.update(added)
-                else:
-                    for k in added:
-                        idx.add(k)
-            return self._index
+                return self._index
+            idx = self._index
+            for k in removed:
+                idx.discard(k)
+            for k in added:
+                if k not in idx:
+                    idx.add(k)
+            return idx
 
     def range(self, start: BytesLike | None = None, end: BytesLike | None = None, *,
               reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
