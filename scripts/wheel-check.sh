@@ -107,6 +107,12 @@ for f in $(grep -oE '\]\((docs/[^)#]+)' "$SRC/README.md" | sed 's/^](//' | sort 
   fi
   grep -qx "$f" "$WORK/sdist.txt" || fail "sdist lacks $f (linked from README.md)"
 done
+# The nori-wal corpus (tests/test_noriwal_corpus.py): every file SHA256SUMS lists.
+CORPUS=tests/data/noriwal-corpus
+grep -qx "$CORPUS/SHA256SUMS" "$WORK/sdist.txt" || fail "sdist lacks $CORPUS/SHA256SUMS"
+while read -r _ f; do
+  grep -qx "$CORPUS/${f#\*}" "$WORK/sdist.txt" || fail "sdist lacks $CORPUS/${f#\*}"
+done < "$SRC/$CORPUS/SHA256SUMS"
 # Decision (docs/packaging.md): the sdist does not ship Cython's generated C.
 # (C sources of test helpers, such as tests/faults/shim/*.c, are fine.)
 if grep -qE '^src/.*\.c$|\.(so|dylib|o)$' "$WORK/sdist.txt"; then
