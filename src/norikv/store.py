@@ -35,6 +35,8 @@ class WriteBatch:
     with an exception discards the batch."""
 
     def __init__(self, store: "KvStore") -> None:
+        if not isinstance(store, KvStore):
+            raise TypeError("a WriteBatch comes from store.batch() on an open KvStore")
         self._store: KvStore | None = store
         self._ops: list[tuple[bytes, bytes | None, int, object]] = []
         self._done = False
@@ -109,6 +111,9 @@ class KvStore(_wal._StoreCore):
     _compactor: threading.Thread | None
     _compact_error: BaseException | None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("KvStore cannot be constructed directly: use KvStore.open(path)")
+
     @classmethod
     def open(
         cls,
@@ -148,7 +153,7 @@ class KvStore(_wal._StoreCore):
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode)
         config.validate()   # the Wal creates <path>/wal and <path> durably
-        store = cls()
+        store = cls.__new__(cls)   # closed until _init_core (KvStore() itself raises)
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}
         loader = _wal._StoreLoader(data, expiry, _wal.now_ms())
