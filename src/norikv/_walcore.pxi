@@ -767,6 +767,7 @@ cdef class _WalCore:
     def _delete_segments(self, list ids):
         cdef int err
         cdef int n = 0
+        self._check_usable()
         for seg in ids:
             path = self._segment_path(seg)
             if unlink(os.fsencode(path)) != 0 and errno != 2:
@@ -810,6 +811,7 @@ cdef class _WalCore:
         """Compaction support: renames a fully written, fsynced temporary file
         into place as segment seg_id and makes the rename durable."""
         cdef int err
+        self._check_usable()      # never after close(): another process may own the directory
         final = self._segment_path(seg_id)
         os.rename(tmp_path, final)
         with nogil:

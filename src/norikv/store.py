@@ -306,7 +306,8 @@ class KvStore(_wal._StoreCore):
         fsynced, renamed into segment ids reserved between the old log and the
         segment that takes new writes, and only then are the old segments
         deleted, oldest first. Reads and writes go on meanwhile. Returns
-        figures about the run."""
+        figures about the run. :meth:`close` waits for a running compaction;
+        one that starts after close() began raises ClosedError."""
         self._check_open_py()
         with self._compact_lock:
             t0 = time.perf_counter()
@@ -402,14 +403,19 @@ class KvStore(_wal._StoreCore):
         return self._is_closed()
 
     def close(self) -> None:
-        """Waits for a running compaction, syncs and closes the WAL. Idempotent."""
-        if self._is_closed():
-            return
+        """Refuses new writes and compactions at once (ClosedError), waits for a
+        running compaction (manual, in any thread, or background) to finish,
+        then syncs and closes the WAL. When it returns nothing in the
+        directory changes any more. Idempotent."""
+        self._mark_closed()
+        lock = getattr(self, "_compact_lock", None)
+        if lock is None:
+            return                  # never opened (KvStore.__new__): nothing to release
+        with lock:                  # held by compact() from start to end
+            self.wal.close()
         t = self._compactor
         if t is not None and t is not threading.current_thread():
-            t.join()
-        self._mark_closed()
-        self.wal.close()
+            t.join()                # a background compaction that found the store closed
 
     def __enter__(self) -> "KvStore":
         return self
