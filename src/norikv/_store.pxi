@@ -489,6 +489,12 @@ cdef class _StoreCore:
             self._touched = []
         return 0
 
+    def _drop_index(self):
+        """Forgets the range index (after fork: a thread of the parent may
+        have been changing it); the next range query rebuilds it from the map."""
+        self._indexed = False
+        self._touched = []
+
     def _take_index_delta(self):
         """(rebuild, added, removed) for the range index. With rebuild, added
         is every key of the map and the index is to be built anew; otherwise

@@ -179,6 +179,7 @@ class KvStore(_wal._StoreCore):
         store._index = None
         store._compactor = None
         store._compact_error = None
+        wal._fork_callback = weakref.WeakMethod(store._after_fork_in_child)
         store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
                          int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
                          weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
@@ -406,7 +407,11 @@ class KvStore(_wal._StoreCore):
         """Refuses new writes and compactions at once (ClosedError), waits for a
         running compaction (manual, in any thread, or background) to finish,
         then syncs and closes the WAL. When it returns nothing in the
-        directory changes any more. Idempotent."""
+        directory changes any more. Idempotent.
+
+        In a child created by fork(), on a store inherited from the parent:
+        releases only this process's handle (no waiting, no change to the
+        files, which stay the parent's)."""
         self._mark_closed()
         lock = getattr(self, "_compact_lock", None)
         if lock is None:
@@ -416,6 +421,20 @@ class KvStore(_wal._StoreCore):
         t = self._compactor
         if t is not None and t is not threading.current_thread():
             t.join()                # a background compaction that found the store closed
+
+    def _after_fork_in_child(self) -> None:
+        """In a child created by fork() (called through the Wal's
+        _after_fork_in_child): the Python locks are made anew, since a thread
+        of the parent may have held them at the fork, and the range index is
+        rebuilt on the next query (that thread may have been changing it).
+        Reads keep serving the map as it was at the fork, which every write
+        changes atomically with the GIL held; writes, sync and compact raise
+        NoriIOError (the Wal is the parent's)."""
+        self._compact_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._index = None
+        self._compactor = None
+        self._drop_index()
 
     def __enter__(self) -> "KvStore":
         return self
