@@ -366,7 +366,9 @@ def test_fork_while_a_thread_puts_in_a_loop(tmp_path, policy):
     try:
         for n in range(6):
             before = count[0]
+            deadline = time.monotonic() + TIMEOUT
             while count[0] < before + 50:            # the loop is running at the fork
+                assert t.is_alive() and time.monotonic() < deadline, "the writer stopped"
                 stop.wait(0.001)
             how = ("close", "with", "del")[n % 3]
 
