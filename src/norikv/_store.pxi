@@ -125,6 +125,11 @@ cdef class _StoreCore:
     cdef readonly uint64_t compact_min_bytes
     cdef object _compact_trigger
 
+    def __cinit__(self):
+        # Until _init_core (KvStore.open) the store is closed: every method
+        # raises ClosedError instead of reaching the missing Wal and maps.
+        self._closed = True
+
     def _init_core(self, _WalCore wal, dict data, dict expiry, uint64_t live_bytes,
                    Py_ssize_t max_keys, uint64_t max_bytes, int compression,
                    Py_ssize_t compress_min_size, double compact_dead_ratio,
@@ -484,6 +489,12 @@ cdef class _StoreCore:
             self._touched = []
         return 0
 
+    def _drop_index(self):
+        """Forgets the range index (after fork: a thread of the parent may
+        have been changing it); the next range query rebuilds it from the map."""
+        self._indexed = False
+        self._touched = []
+
     def _take_index_delta(self):
         """(rebuild, added, removed) for the range index. With rebuild, added
         is every key of the map and the index is to be built anew; otherwise
@@ -511,7 +522,7 @@ cdef class _StoreCore:
         self._next_check = self._wal.written_total + max(1 << 20, log_bytes // 16)
         if self._compact_trigger is None or log_bytes < self.compact_min_bytes:
             return
-        if self.dead_ratio(log_bytes) >= self.compact_dead_ratio:
+        if self._dead_share(log_bytes) >= self.compact_dead_ratio:
             trigger = self._compact_trigger()     # a WeakMethod: no cycle through the store
             if trigger is not None:
                 trigger()
@@ -522,8 +533,11 @@ cdef class _StoreCore:
     def dead_ratio(self, log_bytes=None):
         """Share of the WAL's bytes that no longer hold live data (an estimate
         from uncompressed sizes plus per-record overhead)."""
-        if log_bytes is None:
-            log_bytes = self._wal_bytes()
+        self._check_open()
+        return self._dead_share(self._wal_bytes() if log_bytes is None else log_bytes)
+
+    cdef double _dead_share(self, uint64_t log_bytes) except -1:
+        cdef double live
         if not log_bytes:
             return 0.0
         live = self.live_bytes + 8 * len(self._data)

@@ -77,12 +77,15 @@ PLATFORM = NK_PLATFORM.decode()
 # ---------------------------------------------------------------- fork tracking
 
 # Incremented in every child created by fork(); a Wal remembers the value it
-# was opened under and refuses to write when it differs.
+# was opened under and, when it differs, it was inherited from the parent: it
+# refuses everything but close(), which releases only the child's mapping and
+# descriptors (_walcore.pxi).
 cdef unsigned long _fork_generation = 0
 
 def _after_fork_in_child():
     global _fork_generation
     _fork_generation += 1
+    _detach_inherited_wals()
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 

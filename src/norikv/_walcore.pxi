@@ -131,6 +131,7 @@ cdef class _WalCore:
         self.seg_fd = -1
         self.map = NULL
         self.closed = True
+        self.fork_gen = _fork_generation
         self.seg_sizes = {}
         self.io_lock = PyThread_allocate_lock()
         self.map_lock = PyThread_allocate_lock()
@@ -147,6 +148,13 @@ cdef class _WalCore:
         # Dropped without close(): release resources, leave the files as a
         # crash would (the zero tail is a clean end for recovery).
         self._release(False)
+        if self.fork_gen != _fork_generation:
+            # Inherited through fork(): a thread of the parent may have held
+            # these locks, or waited on sync_cond, at the fork. Freeing them
+            # could block (glibc's pthread_cond_destroy waits for the waiters,
+            # which do not exist here); they are leaked on purpose, as CPython
+            # does with its own locks after fork.
+            return
         if self.io_lock != NULL:
             PyThread_free_lock(self.io_lock)
         if self.map_lock != NULL:
@@ -230,19 +238,29 @@ cdef class _WalCore:
 
     cdef void _unmap(self) noexcept:
         self._lock_map()
+        self._unmap_locked()
+        self._unlock_map()
+
+    cdef void _unmap_locked(self) noexcept:
         if self.map != NULL:
             munmap(self.map, self.map_len)
             self.map = NULL
             self.map_len = 0
             self.populated = 0
-        self._unlock_map()
 
-    cdef int _check_usable(self) except -1:
+    cdef int _check_owner(self) except -1:
+        """Raises unless this Wal is open and owned by this process (not
+        inherited from the parent through fork())."""
         if self.closed:
             raise ClosedError("the Wal is closed")
         if self.fork_gen != _fork_generation:
-            raise NoriIOError(1, "this Wal was opened by the parent process; a forked child must "
-                              "open its own", self.dir)
+            raise NoriIOError(1, "this Wal was opened by the parent process; a forked child can "
+                              "only close it, and must open the directory itself once the parent "
+                              "has closed it", self.dir)
+        return 0
+
+    cdef int _check_usable(self) except -1:
+        self._check_owner()
         if self.failed is not None:
             raise WalFailedError(self.failed.errno, "the Wal failed earlier and refuses writes "
                                  f"until reopened ({self.failed.strerror})", self.failed.filename)
@@ -705,8 +723,7 @@ cdef class _WalCore:
     def flush(self):
         """Nothing to do: every append already reached the OS page cache.
         Kept for API parity with nori-wal."""
-        if self.closed:
-            raise ClosedError("the Wal is closed")
+        self._check_owner()
 
     def sync(self):
         """Makes everything appended before this call durable (fdatasync; on
@@ -740,16 +757,14 @@ cdef class _WalCore:
 
     def current_position(self):
         """Position at which the next record will be written."""
-        if self.closed:
-            raise ClosedError("the Wal is closed")
+        self._check_owner()
         return _pos(self.seg_id, self.seg_size)
 
     def read_from(self, Position start not None):
         """Iterator of (Record, Position) from ``start`` to the current end,
         across segments in order."""
         cdef WalIterator it = WalIterator.__new__(WalIterator)
-        if self.closed:
-            raise ClosedError("the Wal is closed")
+        self._check_owner()
         it.wal = self
         it.seg_id = start.segment_id
         it._start_offset = start.offset
@@ -767,6 +782,7 @@ cdef class _WalCore:
     def _delete_segments(self, list ids):
         cdef int err
         cdef int n = 0
+        self._check_usable()
         for seg in ids:
             path = self._segment_path(seg)
             if unlink(os.fsencode(path)) != 0 and errno != 2:
@@ -810,6 +826,7 @@ cdef class _WalCore:
         """Compaction support: renames a fully written, fsynced temporary file
         into place as segment seg_id and makes the rename durable."""
         cdef int err
+        self._check_usable()      # never after close(): another process may own the directory
         final = self._segment_path(seg_id)
         os.rename(tmp_path, final)
         with nogil:
@@ -834,12 +851,18 @@ cdef class _WalCore:
         tail) and releases the directory lock. Idempotent."""
         if self.closed:
             return
+        if self.fork_gen != _fork_generation:
+            # Inherited through fork(): the parent owns the files. Release
+            # this process's mapping and descriptors only, without io_lock (a
+            # thread of the parent may have held it at the fork).
+            self._release(False)
+            return
         self._lock_io()
         try:
             if self.closed:
                 return
             try:
-                if self.fork_gen == _fork_generation and self.failed is None:
+                if self.failed is None:
                     self.busy = 1
                     self._finalize_active()
             finally:
@@ -853,7 +876,10 @@ cdef class _WalCore:
 
     cdef void _release(self, bint in_order) noexcept:
         if self.map != NULL:
-            self._unmap()
+            if self.fork_gen != _fork_generation:
+                self._unmap_locked()    # map_lock may be held by a parent thread that is gone
+            else:
+                self._unmap()
         if self.seg_fd >= 0:
             c_close(self.seg_fd)
             self.seg_fd = -1
@@ -870,3 +896,31 @@ cdef class _WalCore:
             self.dir_key = None
         self.closed = True
         self.busy = 1
+
+    cdef void _detach_inherited(self) noexcept:
+        """In a child created by fork(): this process stops owning the
+        directory. The inherited descriptor of LOCK shares the parent's flock
+        (one open file description): it is closed, never unlocked (LOCK_UN
+        would drop the parent's lock), so that the lock ends with the parent's
+        close and this process can then open the directory itself."""
+        if self.lock_fd >= 0:
+            c_close(self.lock_fd)
+            self.lock_fd = -1
+        self.dir_key = None
+
+
+def _detach_inherited_wals():
+    """Run right after fork() in the child (norikv._wal's at-fork hook): every
+    Wal the parent had open is detached (_WalCore._detach_inherited) and
+    forgotten by the registry, then its ``_after_fork_in_child`` method (the
+    Python side: background thread, locks of a KvStore) is called."""
+    wals = [ref() for ref in _open_dirs.values()]
+    _open_dirs.clear()
+    for w in wals:
+        if w is not None:
+            (<_WalCore>w)._detach_inherited()
+    for w in wals:
+        if w is not None:
+            hook = getattr(w, "_after_fork_in_child", None)
+            if hook is not None:
+                hook()

@@ -35,6 +35,8 @@ class WriteBatch:
     with an exception discards the batch."""
 
     def __init__(self, store: "KvStore") -> None:
+        if not isinstance(store, KvStore):
+            raise TypeError("a WriteBatch comes from store.batch() on an open KvStore")
         self._store: KvStore | None = store
         self._ops: list[tuple[bytes, bytes | None, int, object]] = []
         self._done = False
@@ -109,6 +111,9 @@ class KvStore(_wal._StoreCore):
     _compactor: threading.Thread | None
     _compact_error: BaseException | None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("KvStore cannot be constructed directly: use KvStore.open(path)")
+
     @classmethod
     def open(
         cls,
@@ -148,7 +153,7 @@ class KvStore(_wal._StoreCore):
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode)
         config.validate()   # the Wal creates <path>/wal and <path> durably
-        store = cls()
+        store = cls.__new__(cls)   # closed until _init_core (KvStore() itself raises)
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}
         loader = _wal._StoreLoader(data, expiry, _wal.now_ms())
@@ -174,6 +179,7 @@ class KvStore(_wal._StoreCore):
         store._index = None
         store._compactor = None
         store._compact_error = None
+        wal._fork_callback = weakref.WeakMethod(store._after_fork_in_child)
         store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
                          int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
                          weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
@@ -301,7 +307,8 @@ class KvStore(_wal._StoreCore):
         fsynced, renamed into segment ids reserved between the old log and the
         segment that takes new writes, and only then are the old segments
         deleted, oldest first. Reads and writes go on meanwhile. Returns
-        figures about the run."""
+        figures about the run. :meth:`close` waits for a running compaction;
+        one that starts after close() began raises ClosedError."""
         self._check_open_py()
         with self._compact_lock:
             t0 = time.perf_counter()
@@ -397,14 +404,37 @@ class KvStore(_wal._StoreCore):
         return self._is_closed()
 
     def close(self) -> None:
-        """Waits for a running compaction, syncs and closes the WAL. Idempotent."""
-        if self._is_closed():
-            return
+        """Refuses new writes and compactions at once (ClosedError), waits for a
+        running compaction (manual, in any thread, or background) to finish,
+        then syncs and closes the WAL. When it returns nothing in the
+        directory changes any more. Idempotent.
+
+        In a child created by fork(), on a store inherited from the parent:
+        releases only this process's handle (no waiting, no change to the
+        files, which stay the parent's)."""
+        self._mark_closed()
+        lock = getattr(self, "_compact_lock", None)
+        if lock is None:
+            return                  # never opened (KvStore.__new__): nothing to release
+        with lock:                  # held by compact() from start to end
+            self.wal.close()
         t = self._compactor
         if t is not None and t is not threading.current_thread():
-            t.join()
-        self._mark_closed()
-        self.wal.close()
+            t.join()                # a background compaction that found the store closed
+
+    def _after_fork_in_child(self) -> None:
+        """In a child created by fork() (called through the Wal's
+        _after_fork_in_child): the Python locks are made anew, since a thread
+        of the parent may have held them at the fork, and the range index is
+        rebuilt on the next query (that thread may have been changing it).
+        Reads keep serving the map as it was at the fork, which every write
+        changes atomically with the GIL held; writes, sync and compact raise
+        NoriIOError (the Wal is the parent's)."""
+        self._compact_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._index = None
+        self._compactor = None
+        self._drop_index()
 
     def __enter__(self) -> "KvStore":
         return self

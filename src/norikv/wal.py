@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from norikv import _wal
 from norikv._wal import Position, Record, WalIterator
@@ -291,12 +291,16 @@ class Wal(_wal._WalCore):
     """A write-ahead log directory. Open with :meth:`Wal.open`.
 
     Safe to share between threads. One Wal per directory: a second open, in
-    this process or another, raises LockError. A child created by fork() cannot
-    write through its parent's Wal."""
+    this process or another, raises LockError. In a child created by fork(), a
+    Wal inherited from the parent can only be closed (or dropped): that releases
+    the child's mapping and descriptors and leaves the files to the parent;
+    everything else raises NoriIOError. The child can open the directory itself
+    once no other process holds it."""
 
     config: WalConfig
     _bg_stop: bool
     _bg_holding: bool
+    _fork_callback: "weakref.WeakMethod[Callable[[], None]]"
 
     @classmethod
     def open(cls, config: WalConfig | None = None, **kwargs: object) -> tuple["Wal", RecoveryInfo]:
@@ -359,9 +363,23 @@ class Wal(_wal._WalCore):
             self._drop()
 
     def close(self) -> None:
-        """Syncs, truncates the preallocated tail and releases the lock. Idempotent."""
+        """Syncs, truncates the preallocated tail and releases the lock. Idempotent.
+        In a child created by fork(), on a Wal inherited from the parent: only
+        releases this process's mapping and descriptors (the files stay as the
+        parent has them)."""
         self._stop_background()
         super().close()
+
+    def _after_fork_in_child(self) -> None:
+        """Called in a child created by fork() for each Wal the parent had
+        open, once norikv._wal has detached it (_detach_inherited_wals): the
+        background thread did not survive the fork, and a KvStore on this Wal
+        re-creates its own locks (a thread of the parent may have held them)."""
+        self._bg_thread = None
+        ref = getattr(self, "_fork_callback", None)
+        callback = ref() if ref is not None else None
+        if callback is not None:
+            callback()
 
     def __enter__(self) -> "Wal":
         return self
@@ -377,6 +395,16 @@ class Wal(_wal._WalCore):
 # Notified whenever the background thread lets go of a Wal, so that an open of
 # the same directory can wait for a Wal its user already dropped.
 _released = threading.Condition()
+
+
+def _renew_released() -> None:
+    # After fork() in the child: a background thread of the parent may have
+    # held the condition's lock at the fork; it would stay held forever.
+    global _released
+    _released = threading.Condition()
+
+
+os.register_at_fork(after_in_child=_renew_released)
 
 
 def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
