@@ -135,7 +135,8 @@ RAW=${RAWS[0]}
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 pkg = [n for n in names if n.startswith("norikv/")]
-need = ["norikv/__init__.py", "norikv/_version.py", "norikv/_wal.pyi", "norikv/py.typed"]
+need = ["norikv/__init__.py", "norikv/_version.py", "norikv/_wal.pyi", "norikv/py.typed",
+        "norikv/progress.py", "norikv/bench/__init__.py", "norikv/bench/__main__.py", "norikv/bench/worker.py"]
 missing = [n for n in need if n not in names]
 ext = [n for n in pkg if n.startswith("norikv/_wal.") and n.endswith(".so")]
 sources = [n for n in pkg if n.endswith((".pyx", ".pxi", ".pxd", ".h", ".c"))]

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -35,6 +34,8 @@ from typing import Any, Callable, Iterator
 from norikv import _wal
 from norikv._version import __version__
 from norikv.errors import CorruptionError, LockError, NoriError
+from norikv.progress import Progress, Spinner
+from norikv.progress import format_size as _size
 from norikv.wal import RecoveryMode
 
 __all__ = ["main"]
@@ -82,20 +83,6 @@ def _note(args: argparse.Namespace, text: str) -> None:
         _out(text + "\n")
 
 
-def _warn(args: argparse.Namespace, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        sys.stderr.write(f"norikv {args.command}: {text}\n")
-        sys.stderr.flush()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _text(b: bytes) -> str:
     """Bytes as one line of text: UTF-8 where it decodes; backslash, tab, CR,
     LF, other control characters and undecodable bytes escaped (\\\\, \\t, \\r,
@@ -129,89 +116,6 @@ def _json_field(obj: dict[str, Any], name: str, b: bytes) -> None:
         obj[name] = b.decode("utf-8")
     except UnicodeDecodeError:
         obj[name + "_base64"] = base64.b64encode(b).decode("ascii")
-
-
-class Progress:
-    """A progress line on stderr, drawn only when stderr is a terminal and
-    --quiet is not given; at most ten redraws a second."""
-
-    def __init__(self, args: argparse.Namespace, label: str, total: int | None = None,
-                 unit: str = "bytes") -> None:
-        self.enabled = not getattr(args, "quiet", False) and _stderr_is_tty()
-        self.label = label
-        self.total = total
-        self.unit = unit
-        self.done = 0
-        self._last = 0.0
-        self._width = 0
-
-    def update(self, done: int, force: bool = False) -> None:
-        self.done = done
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        if self.unit == "bytes":
-            shown = _size(done) + (f" / {_size(self.total)}" if self.total else "")
-        else:
-            shown = f"{done:,}" + (f" / {self.total:,}" if self.total else "") + f" {self.unit}"
-        if self.total:
-            frac = min(1.0, done / self.total)
-            bar = "#" * int(frac * 30)
-            line = f"{self.label} [{bar:<30}] {frac * 100:5.1f}% {shown}"
-        else:
-            line = f"{self.label} {shown}"
-        pad = max(0, self._width - len(line))
-        self._width = len(line)
-        sys.stderr.write("\r" + line + " " * pad)
-        sys.stderr.flush()
-
-    def advance(self, n: int) -> None:
-        self.update(self.done + n)
-
-    def close(self) -> None:
-        if self.enabled and self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-            self._width = 0
-
-
-class Spinner:
-    """Elapsed time on stderr while an operation without progress figures
-    runs (same terminal rule as Progress)."""
-
-    def __init__(self, args: argparse.Namespace, label: str) -> None:
-        self.progress = Progress(args, label, unit="")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> "Spinner":
-        if self.progress.enabled:
-            t0 = time.monotonic()
-
-            def run() -> None:
-                while not self._stop.wait(0.2):
-                    self.progress.label = f"{self.progress.label.split(' ')[0]} {time.monotonic() - t0:.1f} s"
-                    self.progress.update(0, force=True)
-
-            self._thread = threading.Thread(target=run, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.progress.close()
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # ====================================================================== arguments
