@@ -1,6 +1,6 @@
 """norikv's format extensions against what a nori-wal writer can do
-(issue 11, point 6): atomic batches torn by a crash and then appended to by
-a writer that ignores bits 5-7."""
+(issue 11, points 4 and 6): TTLs too large for the clock, and atomic batches
+torn by a crash and then appended to by a writer that ignores bits 5-7."""
 
 from __future__ import annotations
 
@@ -260,6 +260,93 @@ def test_batch_rule_model(tmp_path_factory, events, tail):
     assert (root / "wal" / spec.segment_name(0)).stat().st_size == size
     with open_store(root) as s:
         assert dict(s.items()) == model
+
+
+# ------------------------------------------------------------------ point 4: huge TTLs
+
+
+@pytest.mark.parametrize("ttl_ms", [0, 1, 1 << 32] + HUGE)
+def test_relative_ttl_of_any_size(tmp_path, clock, ttl_ms):
+    """A relative ttl_ms as nori-wal writes it: 0 is expired at once, a TTL
+    too large for the clock means practically never (the deadline saturates
+    at DEADLINE_MAX), never expired and never "no TTL"; the key stays so after
+    the pinning open, a reopen and compact()."""
+    with Wal.open(WalConfig(dir=str(tmp_path / "wal")))[0] as wal:
+        wal.append(Record(b"k", b"v", ttl_ms=ttl_ms))
+        wal.append(Record.put(b"plain", b"p"))
+    before = _wal.now_ms()
+    s = open_store(tmp_path)
+    after = _wal.now_ms()
+    if ttl_ms == 0:
+        assert s.get(b"k") is None and s.stats()["ttl_keys"] == 0
+        s.close()
+        return
+    if ttl_ms == 1:
+        _wal._set_clock_offset_ms(1000)
+        assert s.get(b"k") is None
+        s.close()
+        return
+    want = min(ttl_ms, MAX) if ttl_ms in HUGE else None
+    for step in ("open", "reopen", "compact"):
+        assert s.get(b"k") == b"v", step
+        deadline = s._deadline_of(b"k")
+        if want is not None:
+            assert deadline == want, step
+        else:
+            assert before + ttl_ms <= deadline <= after + ttl_ms, step
+        assert s.stats()["ttl_keys"] == 1
+        if step == "compact":
+            # pinned once (not again by the reopen), with the deadline as it is
+            raw, _ = spec.decode_segment((tmp_path / "wal" / "000000.wal").read_bytes())
+            assert [(r.reserved, r.ttl_ms) for r, _ in raw if r.key == b"k"] == \
+                [(0, ttl_ms), (TTL_ABS, deadline)]
+            s.compact()
+        s.close()
+        s = open_store(tmp_path)
+    assert s.get(b"k") == b"v" and s._deadline_of(b"k") == deadline
+    s.close()
+    recs = [r for r, _ in wal_entries(str(tmp_path)) if r.key == b"k"]
+    assert [(r.flags & (0x02 | TTL_ABS), r.ttl_ms) for r in recs] == [(0x02 | TTL_ABS, deadline)]
+
+
+@pytest.mark.parametrize("ttl_ms", [0, 1, 1 << 32] + HUGE)
+def test_absolute_ttl_of_any_size(tmp_path, clock, ttl_ms):
+    """A TTL_ABS deadline past int64 saturates at DEADLINE_MAX (not "no TTL");
+    small ones lie in 1970: expired."""
+    write_segments(tmp_path, rec(b"k", flags=TTL_ABS, ttl_ms=ttl_ms) + rec(b"plain"))
+    for step in ("open", "reopen", "compact"):
+        with open_store(tmp_path) as s:
+            if ttl_ms < (1 << 40):
+                assert s.get(b"k") is None and s.stats()["ttl_keys"] == 0
+                return
+            assert s.get(b"k") == b"v", step
+            assert s._deadline_of(b"k") == MAX
+            assert s.stats()["ttl_keys"] == 1
+            if step == "compact":
+                s.compact()
+    assert sorted((r.key, r.ttl_ms) for r, _ in wal_entries(str(tmp_path))) == [(b"k", MAX), (b"plain", None)]
+    with open_store(tmp_path) as s:
+        assert s.get(b"k") == b"v" and s._deadline_of(b"k") == MAX
+
+
+def test_export_import_keeps_a_saturated_deadline(tmp_path):
+    """The CLI shows and carries the saturated deadline: export writes it,
+    import takes it back (it used to fail on `ttl must be at most 1e15`)."""
+    with Wal.open(WalConfig(dir=str(tmp_path / "a" / "wal")))[0] as wal:
+        wal.append(Record(b"k", b"v", ttl_ms=(1 << 64) - 1))
+    cli = [sys.executable, "-m", "norikv"]
+    out = subprocess.run(cli + ["export", str(tmp_path / "a")], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    line = json.loads(out.stdout)
+    assert line["expires_at_ms"] == MAX
+    info = subprocess.run(cli + ["info", "--json", str(tmp_path / "a")], capture_output=True, timeout=60)
+    assert json.loads(info.stdout)["ttl_keys"] == 1
+    line["expires_at_ms"] = 1 << 70             # beyond int64 too: saturates
+    r = subprocess.run(cli + ["import", "--create", str(tmp_path / "b")],
+                       input=(json.dumps(line) + "\n").encode(), capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open_store(tmp_path / "b") as s:
+        assert s.get(b"k") == b"v" and s._deadline_of(b"k") == MAX
 
 
 def test_cli_reads_batches_by_the_library_rule(tmp_path):

@@ -51,6 +51,7 @@ cdef extern from "_record.h" nogil:
     uint32_t nk_batch_flags(uint32_t flags, size_t i, size_t n)
     int nk_batch_step(nk_batch *b, uint32_t flags, uint64_t offset)
     uint64_t nk_batch_drop(nk_batch *b)
+    int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms)
 
 cdef extern from "_platform.h" nogil:
     const char *NK_PLATFORM

@@ -193,6 +193,16 @@ static inline uint64_t nk_batch_drop(nk_batch *b) {
     return n;
 }
 
+/* ---- TTL deadlines ----
+   base_ms + ttl_ms, saturated at INT64_MAX: a TTL too large for the clock
+   means "practically never", never "already expired" and never "no TTL".
+   An absolute deadline d (TTL_ABS) is nk_deadline(0, d). */
+static inline int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms) {
+    uint64_t room = (uint64_t)INT64_MAX - (uint64_t)base_ms;   /* exact, also for base_ms < 0 */
+    if (ttl_ms > room) return INT64_MAX;
+    return (int64_t)((uint64_t)base_ms + ttl_ms);
+}
+
 /* True when every byte of [p, p + n) is zero. */
 static inline int nk_all_zero(const uint8_t *p, size_t n) {
     while (n && ((uintptr_t)p & 7)) { if (*p++) return 0; n--; }

@@ -34,6 +34,8 @@ FLAG_VERSION = NK_FLAG_VERSION
 FLAG_BATCH_CONT = NK_FLAG_BATCH_CONT
 FLAG_TTL_ABS = NK_FLAG_TTL_ABS
 FLAG_BATCH_END = NK_FLAG_BATCH_END
+# The largest TTL deadline (Unix ms): larger ones saturate to it (nk_deadline).
+DEADLINE_MAX = 0x7FFFFFFFFFFFFFFF
 
 
 cdef inline uint64_t _u64(object v, str what) except? 0:

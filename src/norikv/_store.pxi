@@ -74,12 +74,12 @@ cdef class _StoreLoader(_Sink):
                 value = _decompress(kind, value)
             if r.flags & NK_FLAG_TTL:
                 if r.flags & NK_FLAG_TTL_ABS:
-                    deadline = <int64_t>r.ttl_ms
+                    deadline = nk_deadline(0, r.ttl_ms)
                 else:
                     # A relative TTL written by another nori-wal user counts
                     # from the first open that replays it (docs/FORMAT.md);
                     # KvStore.open pins it with an absolute record.
-                    deadline = self.open_ms + <int64_t>r.ttl_ms
+                    deadline = nk_deadline(self.open_ms, r.ttl_ms)
                     relative = True
         return (key, value, deadline, relative)
 

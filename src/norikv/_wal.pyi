@@ -29,6 +29,7 @@ FLAG_VERSION: int
 FLAG_BATCH_CONT: int
 FLAG_TTL_ABS: int
 FLAG_BATCH_END: int
+DEADLINE_MAX: int
 
 def crc32c(data: ReadableBuffer, value: int = 0) -> int: ...
 def crc32c_implementation() -> str: ...

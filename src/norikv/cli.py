@@ -998,13 +998,13 @@ def cmd_import(args: argparse.Namespace) -> int:
                 while i < len(items) and len(b) < _IMPORT_BATCH_KEYS and nbytes < _IMPORT_BATCH_BYTES:
                     k, v, exp = items[i]
                     i += 1
-                    ttl = None
-                    if exp is not None:
-                        ttl = (exp - _wal.now_ms()) / 1000.0
-                        if ttl <= 0:
-                            expired += 1
-                            continue
-                    b.put(k, v, ttl=ttl)
+                    if exp is None:
+                        b.put(k, v)
+                    elif exp <= _wal.now_ms():
+                        expired += 1
+                        continue
+                    else:
+                        b._put_deadline(k, v, exp)
                     nbytes += len(k) + len(v)
                     imported += 1
             prog.update(i)
