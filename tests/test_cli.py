@@ -248,7 +248,7 @@ def test_dump_lists_every_record_with_its_position(tmp_path: Path) -> None:
     assert [ln[2] for ln in lines] == ["a", "b", "a", "c", "\\xff", "big"]
     assert lines[0][3] == "5" and lines[2][3] == "0"
     assert lines[1][4].startswith("0x42 ttl_ms=") and lines[1][4].endswith("(abs)")
-    assert lines[3][4] == "0x20 batch" and lines[4][4] == "0x00"
+    assert lines[3][4] == "0x20 batch" and lines[4][4] == "0x80 batch-end"
     assert "zstd" in lines[5][4] and int(lines[5][3]) < 4000   # stored (compressed) size
     objs = [json.loads(ln) for ln in ok("dump", d, "--format", "json").decode().splitlines()]
     assert [(o["segment"], o["offset"]) for o in objs] == [(0, p) for p, _ in expected]

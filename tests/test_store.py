@@ -517,10 +517,10 @@ def test_batch_on_disk_is_one_contiguous_atomic_group(tmp_path):
     store.put(b"after", b"9")
     store.close()
     recs = wal_entries(str(tmp_path))
-    flags = [(r.key, bool(r.flags & 0x20)) for r, _ in recs]
-    # BATCH_CONT on every record of the batch but its last
-    assert flags == [(b"before", False), (b"a", True), (b"before", True), (b"c", False),
-                     (b"after", False)]
+    flags = [(r.key, r.flags & 0xA0) for r, _ in recs]
+    # BATCH_CONT on every record of the batch but its last, BATCH_END on that
+    assert flags == [(b"before", 0), (b"a", 0x20), (b"before", 0x20), (b"c", 0x80),
+                     (b"after", 0)]
 
 
 def test_partial_batch_on_disk_is_dropped_at_recovery(tmp_path):

@@ -19,12 +19,18 @@ cdef extern from "_record.h" nogil:
         NK_FLAG_VERSION
         NK_FLAG_BATCH_CONT
         NK_FLAG_TTL_ABS
+        NK_FLAG_BATCH_END
+        NK_FLAGS_BATCH
         NK_FLAGS_RESERVED
         NK_OK
         NK_INCOMPLETE
         NK_BAD_VARINT
         NK_BAD_COMPRESSION
         NK_BAD_CRC
+        NK_BATCH_PLAIN
+        NK_BATCH_STAGE
+        NK_BATCH_COMMIT
+        NK_BATCH_BREAK
     ctypedef struct nk_rec:
         const uint8_t *key
         const uint8_t *value
@@ -40,6 +46,12 @@ cdef extern from "_record.h" nogil:
                      const uint8_t *value, size_t vlen, uint32_t flags,
                      uint64_t ttl_ms, uint64_t term, uint64_t index)
     int nk_all_zero(const uint8_t *p, size_t n)
+    ctypedef struct nk_batch:
+        uint64_t start, count, closed
+    uint32_t nk_batch_flags(uint32_t flags, size_t i, size_t n)
+    int nk_batch_step(nk_batch *b, uint32_t flags, uint64_t offset)
+    uint64_t nk_batch_drop(nk_batch *b)
+    int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms)
 
 cdef extern from "_platform.h" nogil:
     const char *NK_PLATFORM

@@ -175,44 +175,88 @@ cdef class _SegmentReader:
 
 
 cdef class _Sink:
-    """Receives the records of a recovery scan, in log order (subclassed by KvStore)."""
+    """Receives the records of a recovery scan in log order, with the batch
+    rule (nk_batch_step, docs/FORMAT.md) already applied by the scanner:
+    ``on_record`` for a record to apply now; ``stage`` for a record of an
+    atomic batch, followed later by ``end_batch(True)`` (apply the staged
+    records, in order) or ``end_batch(False)`` (discard them). on_record is
+    never called while records are staged. (Subclassed by KvStore.)"""
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         return 0
 
-    cdef int end_segment(self) except -1:
+    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        return 0
+
+    cdef int end_batch(self, bint commit) except -1:
         return 0
 
 
 cdef class _RecordCollector(_Sink):
-    """A sink that keeps Records (used by tests and tools)."""
+    """A sink that keeps the Records a replay applies, in order (used by tests
+    and tools)."""
     cdef public list records
+    cdef list staged
 
     def __init__(self):
         self.records = []
+        self.staged = []
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         self.records.append((_record_from_view(r), _pos(seg_id, offset)))
         return 0
 
+    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        self.staged.append((_record_from_view(r), _pos(seg_id, offset)))
+        return 0
 
-def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bint skip_corrupt=False):
-    """Scans one segment, handing each valid record to ``sink``.
+    cdef int end_batch(self, bint commit) except -1:
+        if commit:
+            self.records.extend(self.staged)
+        self.staged.clear()
+        return 0
 
-    Returns a dict: ``records`` (count), ``end`` (offset of the clean end, or of
-    the first bad record), ``status`` (``None`` when clean, else a reason),
-    ``file_size``, ``nonzero_end`` (end of the last non-zero byte after a bad
-    record), ``batch_open`` (offset of an atomic batch left unterminated at the
-    end, or None), ``skipped`` (list of (start, end) byte ranges skipped when
-    ``skip_corrupt``)."""
+
+cdef inline int _feed(_Sink sink, int action, const nk_rec *r, uint64_t seg_id,
+                      uint64_t offset) except -1:
+    """Hands a record to sink as nk_batch_step decided."""
+    if action == NK_BATCH_PLAIN:
+        return sink.on_record(r, seg_id, offset)
+    if action == NK_BATCH_STAGE:
+        return sink.stage(r, seg_id, offset)
+    if action == NK_BATCH_COMMIT:
+        sink.stage(r, seg_id, offset)
+        return sink.end_batch(True)
+    sink.end_batch(False)                 # NK_BATCH_BREAK
+    return sink.on_record(r, seg_id, offset)
+
+
+def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1,
+                 bint skip_corrupt=False, bint final=True):
+    """Scans one segment, handing each valid record to ``sink`` as the atomic
+    batch rule says (see _Sink).
+
+    ``final``: the segment is the last of the log. Returns a dict: ``records``
+    (valid records read, less those of a batch broken by damage when
+    ``skip_corrupt``), ``end`` (offset of the clean end, or of the first bad
+    record), ``status`` (``None`` when clean, else a reason), ``file_size``,
+    ``nonzero_end`` (end of the last non-zero byte after a bad record),
+    ``batch_open`` (offset of an atomic batch left unterminated where the log
+    may go on -- the end of a final segment, or the damage that stopped the
+    scan -- for recovery to cut; else None) and ``batch_records`` (its
+    records), ``batch_dropped`` (records of broken batches that are never
+    applied: a run ended by a record without BATCH_END, or left open at the
+    clean end of a non-final segment), ``skipped`` (list of (start, end) byte
+    ranges skipped when ``skip_corrupt``)."""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
-    cdef int st
+    cdef int st, action
     cdef uint64_t count = 0
-    cdef int64_t batch_open = -1
-    cdef uint64_t batch_count = 0
+    cdef uint64_t dropped = 0
+    cdef nk_batch batch
     cdef uint64_t bad_at
     cdef list skipped = []
+    batch.start = batch.count = batch.closed = 0
     rd.open(path, 0, limit, 1)
     try:
         file_size = rd.limit
@@ -220,54 +264,58 @@ def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bi
             st = rd.next(&r)
             if st == NK_OK:
                 count += 1
-                if r.flags & NK_FLAG_BATCH_CONT:
-                    if batch_open < 0:
-                        batch_open = rd.rec_off
-                        batch_count = 0
-                    batch_count += 1
-                else:
-                    batch_open = -1
+                action = nk_batch_step(&batch, r.flags, rd.rec_off)
+                if action == NK_BATCH_BREAK:
+                    dropped += batch.closed
                 if sink is not None:
-                    sink.on_record(&r, seg_id, rd.rec_off)
+                    _feed(sink, action, &r, seg_id, rd.rec_off)
                 continue
             if st == SCAN_END:
+                if not final and batch.count:
+                    # Never completed: batches never span segments.
+                    dropped += nk_batch_drop(&batch)
+                    if sink is not None:
+                        sink.end_batch(False)
                 return dict(records=count, end=rd.pos, status=None, file_size=file_size,
-                            nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
-                            batch_records=batch_count, skipped=skipped)
+                            nonzero_end=rd.pos, batch_open=batch.start if batch.count else None,
+                            batch_records=batch.count, batch_dropped=dropped, skipped=skipped)
             if skip_corrupt:
                 bad_at = rd.pos
-                if batch_open >= 0:
+                if batch.count:
                     # The damage broke an atomic batch: its records before the
                     # damage go too (copy_valid_records drops them likewise).
-                    count -= batch_count
-                    batch_open = -1
+                    count -= nk_batch_drop(&batch)
                     if sink is not None:
-                        sink.end_segment()
+                        sink.end_batch(False)
                 rd.resync()
                 skipped.append((bad_at, rd.pos))
                 if rd.pos >= rd.limit:
                     return dict(records=count, end=bad_at, status=None, file_size=file_size,
-                                nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
-                                batch_records=batch_count, skipped=skipped)
+                                nonzero_end=rd.pos, batch_open=None, batch_records=0,
+                                batch_dropped=dropped, skipped=skipped)
                 continue
             return dict(records=count, end=rd.pos, status=_status_text(st), file_size=file_size,
-                        nonzero_end=rd.nonzero_end, batch_open=None if batch_open < 0 else batch_open,
-                        batch_records=batch_count, skipped=skipped)
+                        nonzero_end=rd.nonzero_end, batch_open=batch.start if batch.count else None,
+                        batch_records=batch.count, batch_dropped=dropped, skipped=skipped)
     finally:
         rd.close()
-        if sink is not None:
-            sink.end_segment()
+        if sink is not None and batch.count:
+            sink.end_batch(False)       # a run left open here is never applied
 
 
 def copy_valid_records(src, dst):
-    """Writes every record of ``src`` that decodes with a valid CRC to ``dst``
-    (skipping damaged spans, and the records of an atomic batch that a damaged
-    span interrupts); returns the number of records copied."""
+    """Writes every record of ``src`` that decodes with a valid CRC to ``dst``,
+    skipping damaged spans and the records of atomic batches that replay
+    never applies (a batch broken by damage or by a record without BATCH_END);
+    a batch left open at the end is kept for recovery to cut. Returns the
+    number of records copied."""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
-    cdef int st
+    cdef int st, action
     cdef uint64_t count = 0
     cdef list batch = []
+    cdef nk_batch state
+    state.start = state.count = state.closed = 0
     rd.open(src, 0, -1, 1)
     try:
         with open(dst, "wb") as out:
@@ -275,18 +323,21 @@ def copy_valid_records(src, dst):
                 st = rd.next(&r)
                 if st == NK_OK:
                     rec = PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size)
-                    if r.flags & NK_FLAG_BATCH_CONT:
+                    action = nk_batch_step(&state, r.flags, rd.rec_off)
+                    if action == NK_BATCH_STAGE:
                         batch.append(rec)
                         continue
-                    for b in batch:
-                        out.write(b)
-                        count += 1
+                    if action == NK_BATCH_COMMIT:
+                        for b in batch:
+                            out.write(b)
+                            count += 1
                     batch.clear()
                     out.write(rec)
                     count += 1
                 elif st == SCAN_END:
                     break
                 else:
+                    nk_batch_drop(&state)
                     batch.clear()
                     if not rd.resync():
                         break

@@ -19,6 +19,8 @@
    documented in docs/FORMAT.md. */
 #define NK_FLAG_BATCH_CONT 0x20   /* another record of the same atomic batch follows */
 #define NK_FLAG_TTL_ABS    0x40   /* ttl_ms is an absolute Unix time in ms */
+#define NK_FLAG_BATCH_END  0x80   /* the last record of an atomic batch */
+#define NK_FLAGS_BATCH     (NK_FLAG_BATCH_CONT | NK_FLAG_BATCH_END)
 #define NK_FLAGS_RESERVED  0xe0
 
 enum {
@@ -134,6 +136,71 @@ static inline size_t nk_encode(uint8_t *out, const uint8_t *key, size_t klen,
     uint32_t crc = nk_crc32c(0, out, (size_t)(p - out));
     p[0] = (uint8_t)crc; p[1] = (uint8_t)(crc >> 8); p[2] = (uint8_t)(crc >> 16); p[3] = (uint8_t)(crc >> 24);
     return (size_t)(p - out) + 4;
+}
+
+/* ---- Atomic batches: the one statement of the rule (docs/FORMAT.md), used
+   by every writer (nk_batch_flags) and every reader (nk_batch_step). ----
+
+   A batch of n >= 2 records is n - 1 records carrying BATCH_CONT followed by
+   one carrying BATCH_END; a batch of one record is a plain record.  Reading in
+   log order, a run of BATCH_CONT records is applied only when the record that
+   follows it carries BATCH_END.  A run followed by a record without BATCH_END
+   (for example one appended by nori-wal after a crash tore the batch) is
+   discarded whole, and that record is applied on its own; a run still open
+   at the end of a segment is never applied (batches never span segments).
+   A BATCH_END record with no run before it is a plain record, and a record
+   with both bits counts as BATCH_CONT. */
+
+/* The flags of record i of an atomic batch of n records: `flags` with its
+   batch bits set by the rule above. */
+static inline uint32_t nk_batch_flags(uint32_t flags, size_t i, size_t n) {
+    flags &= ~(uint32_t)NK_FLAGS_BATCH;
+    if (n < 2) return flags;
+    return flags | (i + 1 < n ? NK_FLAG_BATCH_CONT : NK_FLAG_BATCH_END);
+}
+
+typedef struct {
+    uint64_t start;    /* offset of the first record of the open run */
+    uint64_t count;    /* records in the open run (0: none is open) */
+    uint64_t closed;   /* after NK_BATCH_COMMIT / NK_BATCH_BREAK: records of the run it closed */
+} nk_batch;
+
+enum {
+    NK_BATCH_PLAIN = 0,   /* apply the record on its own */
+    NK_BATCH_STAGE = 1,   /* the record joins the open run: hold it */
+    NK_BATCH_COMMIT = 2,  /* the record ends the run: apply the held records, then it */
+    NK_BATCH_BREAK = 3    /* the run is broken: discard the held records, apply the record on its own */
+};
+
+/* Feeds the next record (its flags and offset) to the batch state b, which
+   starts zeroed; returns what to do with it (NK_BATCH_*). */
+static inline int nk_batch_step(nk_batch *b, uint32_t flags, uint64_t offset) {
+    if (flags & NK_FLAG_BATCH_CONT) {
+        if (b->count == 0) b->start = offset;
+        b->count++;
+        return NK_BATCH_STAGE;
+    }
+    if (b->count == 0) return NK_BATCH_PLAIN;
+    b->closed = b->count;
+    b->count = 0;
+    return (flags & NK_FLAG_BATCH_END) ? NK_BATCH_COMMIT : NK_BATCH_BREAK;
+}
+
+/* Drops the open run (damage, or the end of a segment); returns its size. */
+static inline uint64_t nk_batch_drop(nk_batch *b) {
+    uint64_t n = b->count;
+    b->count = 0;
+    return n;
+}
+
+/* ---- TTL deadlines ----
+   base_ms + ttl_ms, saturated at INT64_MAX: a TTL too large for the clock
+   means "practically never", never "already expired" and never "no TTL".
+   An absolute deadline d (TTL_ABS) is nk_deadline(0, d). */
+static inline int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms) {
+    uint64_t room = (uint64_t)INT64_MAX - (uint64_t)base_ms;   /* exact, also for base_ms < 0 */
+    if (ttl_ms > room) return INT64_MAX;
+    return (int64_t)((uint64_t)base_ms + ttl_ms);
 }
 
 /* True when every byte of [p, p + n) is zero. */

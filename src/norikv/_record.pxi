@@ -26,6 +26,18 @@ cdef inline bytes _decompress(uint32_t kind, bytes stored):
         _decompress_fn = decompress
     return _decompress_fn(kind, stored)
 
+# The flag bits (docs/FORMAT.md), for tools such as the CLI's dump.
+FLAG_TOMBSTONE = NK_FLAG_TOMBSTONE
+FLAG_TTL = NK_FLAG_TTL
+COMPRESSION_MASK = NK_COMP_MASK
+FLAG_VERSION = NK_FLAG_VERSION
+FLAG_BATCH_CONT = NK_FLAG_BATCH_CONT
+FLAG_TTL_ABS = NK_FLAG_TTL_ABS
+FLAG_BATCH_END = NK_FLAG_BATCH_END
+# The largest TTL deadline (Unix ms): larger ones saturate to it (nk_deadline).
+DEADLINE_MAX = 0x7FFFFFFFFFFFFFFF
+
+
 cdef inline uint64_t _u64(object v, str what) except? 0:
     if not isinstance(v, int) or isinstance(v, bool):
         raise TypeError(f"{what} must be an int, not {type(v).__name__}")

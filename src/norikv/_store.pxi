@@ -8,13 +8,13 @@ cdef extern from "Python.h":
     PyObject *PyDict_SetDefault(object d, object k, object v) except NULL
 
 # Record flags that need the general replay path (everything but a plain put).
-cdef uint32_t _LOADER_SLOW_FLAGS = (NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK
-                                    | NK_FLAG_BATCH_CONT)
+cdef uint32_t _LOADER_SLOW_FLAGS = NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK
 
 
 cdef class _StoreLoader(_Sink):
     """Replays records into the dicts of a store: last write wins, tombstones
-    delete, atomic batches apply whole or not at all, expired puts delete."""
+    delete, atomic batches apply whole or not at all (the scanner applies the
+    batch rule, see _Sink), expired puts delete."""
 
     cdef dict data
     cdef dict expiry
@@ -24,7 +24,9 @@ cdef class _StoreLoader(_Sink):
     cdef readonly uint64_t records
     cdef readonly uint64_t live_bytes
     cdef readonly uint64_t relative_ttls
-    cdef readonly dict relative      # key -> deadline derived from a relative TTL
+    # key -> deadline derived from a relative TTL, for the keys whose live
+    # value comes from such a record (a later record of the key removes it)
+    cdef readonly dict relative
 
     def __init__(self, dict data, dict expiry, int64_t open_ms):
         self.data = data
@@ -34,8 +36,12 @@ cdef class _StoreLoader(_Sink):
         self.open_ms = open_ms
         self.now_ms = _now_ms()
 
-    cdef int _apply(self, bytes key, object value, int64_t deadline) except -1:
+    cdef int _apply(self, bytes key, object value, int64_t deadline, bint relative) except -1:
         cdef PyObject *old = PyDict_GetItem(self.data, key)
+        if relative:
+            self.relative_ttls += 1
+        if PyDict_GET_SIZE(<PyObject *>self.relative):
+            self.relative.pop(key, None)
         if old != NULL:
             self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
         if value is None or (deadline >= 0 and deadline <= self.now_ms):
@@ -48,21 +54,45 @@ cdef class _StoreLoader(_Sink):
         self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
         if deadline >= 0:
             self.expiry[key] = deadline
+            if relative:
+                self.relative[key] = deadline
         elif len(self.expiry):
             self.expiry.pop(key, None)
         return 0
 
-    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+    cdef tuple _decode(self, const nk_rec *r):
+        """(key, value or None, deadline or -1, relative TTL?) of a record."""
         cdef bytes key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
         cdef object value = None
         cdef int64_t deadline = -1
+        cdef bint relative = False
         cdef uint32_t kind
+        if not (r.flags & NK_FLAG_TOMBSTONE):
+            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
+            kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+            if kind:
+                value = _decompress(kind, value)
+            if r.flags & NK_FLAG_TTL:
+                if r.flags & NK_FLAG_TTL_ABS:
+                    deadline = nk_deadline(0, r.ttl_ms)
+                else:
+                    # A relative TTL written by another nori-wal user counts
+                    # from the first open that replays it (docs/FORMAT.md);
+                    # KvStore.open pins it with an absolute record.
+                    deadline = nk_deadline(self.open_ms, r.ttl_ms)
+                    relative = True
+        return (key, value, deadline, relative)
+
+    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        cdef bytes key
+        cdef object value
         cdef PyObject *old
         cdef Py_ssize_t n
         self.records += 1
-        if not (r.flags & _LOADER_SLOW_FLAGS) and not self.staged:
+        if not (r.flags & _LOADER_SLOW_FLAGS):
             # The common record, a plain put: one dict lookup (setdefault)
             # instead of get + set; a second one only when the key existed.
+            key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
             value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
             n = PyDict_GET_SIZE(<PyObject *>self.data)
             old = PyDict_SetDefault(self.data, key, value)
@@ -72,35 +102,24 @@ cdef class _StoreLoader(_Sink):
                 PyDict_SetItem(self.data, key, value)
                 if PyDict_GET_SIZE(<PyObject *>self.expiry):
                     self.expiry.pop(key, None)
+                    if PyDict_GET_SIZE(<PyObject *>self.relative):
+                        self.relative.pop(key, None)
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
             return 0
-        if not (r.flags & NK_FLAG_TOMBSTONE):
-            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-            kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-            if kind:
-                value = _decompress(kind, value)
-            if r.flags & NK_FLAG_TTL:
-                if r.flags & NK_FLAG_TTL_ABS:
-                    deadline = <int64_t>r.ttl_ms
-                else:
-                    # A relative TTL written by another nori-wal user counts
-                    # from the first open that replays it (docs/FORMAT.md);
-                    # KvStore.open pins it with an absolute record.
-                    deadline = self.open_ms + <int64_t>r.ttl_ms
-                    self.relative_ttls += 1
-                    self.relative[key] = deadline
-        if r.flags & NK_FLAG_BATCH_CONT:
-            self.staged.append((key, value, deadline))
-            return 0
-        if self.staged:
-            for k, v, d in self.staged:
-                self._apply(k, v, d)
-            self.staged.clear()
-        self._apply(key, value, deadline)
+        k, v, d, rel = self._decode(r)
+        return self._apply(k, v, d, rel)
+
+    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        self.records += 1
+        self.staged.append(self._decode(r))
         return 0
 
-    cdef int end_segment(self) except -1:
-        # Batches never span segments; one left open here was never completed.
+    cdef int end_batch(self, bint commit) except -1:
+        if commit:
+            for k, v, d, rel in self.staged:
+                self._apply(k, v, d, rel)
+        else:
+            self.records -= len(self.staged)
         self.staged.clear()
         return 0
 
@@ -371,8 +390,8 @@ cdef class _StoreCore:
 
     def _apply_batch(self, list ops):
         """Writes ops [(key, value or None, deadline, compression)] as one atomic
-        batch (one contiguous span, continuation flags on all records but the
-        last) and applies them to memory; all or nothing."""
+        batch (one contiguous span, batch flags by nk_batch_flags; one op is a
+        plain record) and applies them to memory; all or nothing."""
         cdef list recs = []
         cdef bytes k, v, stored
         cdef uint32_t flags
@@ -397,11 +416,8 @@ cdef class _StoreCore:
         n = len(recs)
         for i in range(n):
             k, stored, flags, deadline = recs[i]
-            if i + 1 < n:
-                flags |= NK_FLAG_BATCH_CONT
-                recs[i] = (k, stored, flags, deadline)
-            total += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags,
-                                    <uint64_t>deadline, 0, 0)
+            total += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored),
+                                    nk_batch_flags(flags, i, n), <uint64_t>deadline, 0, 0)
         self._check_batch_limits(ops)
         p = self._wal._reserve(total)
         self._check_batch_limits(ops)       # other threads may have run in _reserve
@@ -409,7 +425,7 @@ cdef class _StoreCore:
             k, stored, flags, deadline = recs[i]
             off += nk_encode(p + off, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
                              <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
-                             flags, <uint64_t>deadline, 0, 0)
+                             nk_batch_flags(flags, i, n), <uint64_t>deadline, 0, 0)
         self._wal._commit(total)
         for k, v, deadline, compression in ops:
             cur = PyDict_GetItem(self._data, k)

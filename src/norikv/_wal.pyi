@@ -22,6 +22,14 @@ _CompressionArg: TypeAlias = Compression | str | int | None
 _T = TypeVar("_T")
 
 PLATFORM: str
+FLAG_TOMBSTONE: int
+FLAG_TTL: int
+COMPRESSION_MASK: int
+FLAG_VERSION: int
+FLAG_BATCH_CONT: int
+FLAG_TTL_ABS: int
+FLAG_BATCH_END: int
+DEADLINE_MAX: int
 
 def crc32c(data: ReadableBuffer, value: int = 0) -> int: ...
 def crc32c_implementation() -> str: ...
@@ -123,6 +131,7 @@ def scan_segment(
     *,
     limit: int = -1,
     skip_corrupt: bool = False,
+    final: bool = True,
 ) -> dict[str, Any]: ...  # keys: see scan_segment's docstring
 def copy_valid_records(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> int: ...
 

@@ -650,8 +650,10 @@ cdef class _WalCore:
     def append_batch(self, records, *, bint atomic=False):
         """Appends records contiguously in one segment; returns their Positions.
 
-        With ``atomic=True`` every record but the last carries the batch
-        continuation flag (docs/FORMAT.md): recovery keeps all of them or none."""
+        With ``atomic=True`` (and two records or more) every record but the
+        last carries BATCH_CONT and the last BATCH_END (docs/FORMAT.md):
+        recovery applies all of them or none. Without it, batch flags the
+        records carry are cleared."""
         cdef list recs = list(records)
         cdef list stored = []
         cdef list flags = []
@@ -669,9 +671,7 @@ cdef class _WalCore:
             if r is None:
                 raise TypeError("records must be Record objects")
             sv = r._stored_value()
-            f = r._wire_flags() & ~(<uint32_t>NK_FLAG_BATCH_CONT)
-            if atomic and i + 1 < count:
-                f |= NK_FLAG_BATCH_CONT
+            f = nk_batch_flags(r._wire_flags(), i, count if atomic else 1)
             stored.append(sv)
             flags.append(f)
             total += nk_encoded_len(PyBytes_GET_SIZE(r.key), PyBytes_GET_SIZE(sv), f,

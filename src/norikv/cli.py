@@ -51,12 +51,13 @@ _RETRIES = 5            # lock-free reads restart when a live compaction deletes
 _IMPORT_BATCH_KEYS = 1000
 _IMPORT_BATCH_BYTES = 4 << 20
 
-_FLAG_TOMBSTONE = 0x01
-_FLAG_TTL = 0x02
-_COMP_MASK = 0x0C
-_FLAG_VERSION = 0x10
-_FLAG_BATCH_CONT = 0x20
-_FLAG_TTL_ABS = 0x40
+_FLAG_TOMBSTONE = _wal.FLAG_TOMBSTONE
+_FLAG_TTL = _wal.FLAG_TTL
+_COMP_MASK = _wal.COMPRESSION_MASK
+_FLAG_VERSION = _wal.FLAG_VERSION
+_FLAG_BATCH_CONT = _wal.FLAG_BATCH_CONT
+_FLAG_TTL_ABS = _wal.FLAG_TTL_ABS
+_FLAG_BATCH_END = _wal.FLAG_BATCH_END
 
 
 class CliError(Exception):
@@ -246,6 +247,7 @@ class View:
         self.seconds = 0.0
         self.tail: dict[str, Any] | None = None   # what the next open would cut
         self.relative_ttls = 0
+        self.batch_dropped = 0                     # records of broken batches, not applied
 
     @property
     def wal_bytes(self) -> int:
@@ -308,10 +310,11 @@ def _load_view_once(args: argparse.Namespace, waldir: str) -> View:
     done = 0
     try:
         for i, (seg, path) in enumerate(files):
-            res = _wal.scan_segment(path, seg, loader)
             last = i == len(files) - 1
+            res = _wal.scan_segment(path, seg, loader, final=last)
             end = res["end"]
-            records = res["records"]
+            records = res["records"] - res["batch_dropped"]
+            view.batch_dropped += res["batch_dropped"]
             if res["status"] is not None:
                 if not last:
                     raise CorruptionError(f"{path}: {res['status']} at offset {end}", path, end, seg)
@@ -461,8 +464,8 @@ def _flag_names(rec: dict[str, Any]) -> str:
         names.append(f"version={rec['term']}/{rec['index']}")
     if flags & _FLAG_BATCH_CONT:
         names.append("batch")
-    if flags & 0x80:
-        names.append("reserved")
+    if flags & _FLAG_BATCH_END:
+        names.append("batch-end")
     return " ".join(names)
 
 
@@ -488,6 +491,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "dead_ratio": round(dead, 4),
         "ttl_keys": len(view.expiry),
         "recovery_records": view.records,
+        "recovery_batch_records_dropped": view.batch_dropped,
         "recovery_seconds": round(view.seconds, 6),
         "recovery_corruption_detected": view.tail is not None,
         "tail_damage": view.tail,
@@ -520,7 +524,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"dead ratio     {dead:.2f}",
         f"ttl keys       {len(view.expiry):,}",
         f"lock           {lock}",
-        f"recovery       {view.records:,} records replayed in {view.seconds:.3f} s; {rec_state}",
+        f"recovery       {view.records:,} records replayed in {view.seconds:.3f} s; {rec_state}"
+        + (f"; {view.batch_dropped:,} records of broken atomic batches not applied"
+           if view.batch_dropped else ""),
     ]
     if leftovers:
         lines.append(f"leftovers      {', '.join(leftovers)} (removed by the next open)")
@@ -631,15 +637,15 @@ def cmd_dump(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- verify
 
 
-def _scan_stable(path: str, seg: int, live: bool) -> dict[str, Any]:
+def _scan_stable(path: str, seg: int, live: bool, final: bool) -> dict[str, Any]:
     """scan_segment, rescanned a few times when a live writer may be in the
     middle of copying a record into the last segment (a transient torn tail)."""
-    res = _wal.scan_segment(path, seg, None)
+    res = _wal.scan_segment(path, seg, None, final=final)
     if res["status"] is None or not live:
         return res
     for _ in range(10):
         time.sleep(0.02)
-        again = _wal.scan_segment(path, seg, None)
+        again = _wal.scan_segment(path, seg, None, final=final)
         if again["status"] is None:
             return again
         if (again["end"], again["status"]) == (res["end"], res["status"]):
@@ -664,10 +670,11 @@ def _verify_once(args: argparse.Namespace, waldir: str) -> dict[str, Any]:
     try:
         for i, (seg, path) in enumerate(files):
             last = i == len(files) - 1
-            res = _scan_stable(path, seg, live and last)
+            res = _scan_stable(path, seg, live and last, last)
             entry: dict[str, Any] = dict(segment=seg, file=os.path.basename(path), path=path,
                                          file_size=res["file_size"], records=res["records"],
-                                         data_end=res["end"], damage=[])
+                                         data_end=res["end"], damage=[],
+                                         batch_records_dropped=res["batch_dropped"])
             if res["status"] is not None:
                 # Read on past the damage to say how much is still intact.
                 detail = _wal.scan_segment(path, seg, None, limit=res["nonzero_end"], skip_corrupt=True)
@@ -730,7 +737,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                  f"bad bytes {spans}{more}")
             else:
                 tail = f" + {s['zero_tail']} zero bytes of preallocation" if s["zero_tail"] else ""
-                lines.append(f"{s['file']}: ok, {s['records']} records, {s['data_end']} bytes{tail}")
+                broken = (f" ({s['batch_records_dropped']} of them in broken atomic batches, "
+                          f"never applied)" if s["batch_records_dropped"] else "")
+                lines.append(f"{s['file']}: ok, {s['records']} records{broken}, {s['data_end']} bytes{tail}")
         for name in leftovers:
             lines.append(f"{name}: leftover of an interrupted compaction (removed by the next open)")
         if report["locked_by"]:
@@ -893,13 +902,13 @@ def cmd_import(args: argparse.Namespace) -> int:
                 while i < len(items) and len(b) < _IMPORT_BATCH_KEYS and nbytes < _IMPORT_BATCH_BYTES:
                     k, v, exp = items[i]
                     i += 1
-                    ttl = None
-                    if exp is not None:
-                        ttl = (exp - _wal.now_ms()) / 1000.0
-                        if ttl <= 0:
-                            expired += 1
-                            continue
-                    b.put(k, v, ttl=ttl)
+                    if exp is None:
+                        b.put(k, v)
+                    elif exp <= _wal.now_ms():
+                        expired += 1
+                        continue
+                    else:
+                        b._put_deadline(k, v, exp)
                     nbytes += len(k) + len(v)
                     imported += 1
             prog.update(i)
@@ -945,7 +954,7 @@ def _repair_plan(waldir: str, mode: Any) -> tuple[list[int], str | None, list[di
     files = _segment_files(waldir)
     scans = []
     for i, (seg, path) in enumerate(files):
-        res = _wal.scan_segment(path, seg, None)
+        res = _wal.scan_segment(path, seg, None, final=i == len(files) - 1)
         res.update(id=seg, path=path, last=i == len(files) - 1)
         scans.append(res)
     bad = [s for s in scans if s["status"] is not None]

@@ -51,6 +51,17 @@ class WriteBatch:
             Compression.parse(compression)
         self._ops.append((k, v, deadline, compression))
 
+    def _put_deadline(self, key: BytesLike, value: BytesLike, deadline: int) -> None:
+        """A put that expires at ``deadline`` (Unix ms, an int >= 0; larger
+        than DEADLINE_MAX means practically never and saturates to it)
+        instead of after a ttl (norikv import)."""
+        self._check()
+        k = _wal._check_bytes(key, "key")
+        v = _wal._check_bytes(value, "value")
+        if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 0:
+            raise ValueError(f"deadline must be an int >= 0 (Unix ms), got {deadline!r}")
+        self._ops.append((k, v, min(deadline, _wal.DEADLINE_MAX), None))
+
     def delete(self, key: BytesLike) -> None:
         self._check()
         self._ops.append((_wal._check_bytes(key, "key"), None, -1, None))
@@ -189,15 +200,15 @@ class KvStore(_wal._StoreCore):
 
     def _pin_relative_ttls(self, relative: dict[bytes, int]) -> None:
         """A relative TTL written by another nori-wal user counts from the first
-        open that replays it: each such key still carrying that deadline is
-        written again with the absolute deadline (TTL_ABS), so that a restart
-        neither starts its clock again nor brings it back once expired."""
-        now = _wal.now_ms()
+        open that replays it: each key whose value comes from such a record
+        (the loader's ``relative``) is written again with that deadline as an
+        absolute one (TTL_ABS), so that a restart neither starts its clock
+        again nor brings it back once expired. The deadline is written as it
+        is (a huge TTL saturates to DEADLINE_MAX, beyond what ``ttl=`` takes)."""
         for key, deadline in relative.items():
-            if self._deadline_of(key) == deadline:
-                value = self.get(key)
-                if value is not None:
-                    self.put(key, value, ttl=max(deadline - now, 1) / 1000)
+            value = self.get(key)
+            if value is not None:
+                self._apply_batch([(key, value, deadline, None)])   # one op: a plain record
 
     # ---------------------------------------------------------------- mapping
 

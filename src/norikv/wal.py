@@ -141,7 +141,14 @@ class RecoveryInfo:
     not counted); ``last_valid_position``: position just after the last valid
     record; ``corruption_detected``: anything was cut, skipped or removed.
     norikv adds ``segments_removed`` (POINT_IN_TIME), ``records_skipped`` spans
-    (SKIP mode), ``mode`` and ``seconds``."""
+    (SKIP mode), ``mode``, ``seconds`` and ``batch_records_dropped``: records
+    of broken atomic batches found before the end of the log, which replay
+    never applies (a run of BATCH_CONT records followed by a record without
+    BATCH_END, e.g. one appended by nori-wal after a crash tore the batch, or
+    left open at the end of a non-final segment; docs/FORMAT.md). They are
+    well-formed records left in place (not counted in ``valid_records``, not
+    corruption) until a compaction drops them. A batch left open at the end
+    of the log is cut instead (``bytes_truncated``)."""
 
     valid_records: int
     segments_scanned: int
@@ -152,6 +159,7 @@ class RecoveryInfo:
     spans_skipped: int = 0
     mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
     seconds: float = 0.0
+    batch_records_dropped: int = 0
 
 
 def makedirs_durable(path: str | os.PathLike[str]) -> None:
@@ -207,6 +215,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
     truncated = 0
     removed = 0
     skipped = 0
+    batch_dropped = 0
     corrupt = False
     last_pos = Position(0, 0)
     last_id = None
@@ -214,9 +223,10 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
     for i, seg in enumerate(ids):
         seg_path = os.path.join(path, _wal.segment_name(seg))
         is_last = i == len(ids) - 1
-        res = _wal.scan_segment(seg_path, seg, sink,
+        res = _wal.scan_segment(seg_path, seg, sink, final=is_last,
                                 skip_corrupt=mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS)
-        valid += res["records"]
+        valid += res["records"] - res["batch_dropped"]
+        batch_dropped += res["batch_dropped"]
         end = res["end"]
         if res["skipped"]:
             corrupt = True
@@ -230,7 +240,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
                 # The sink already dropped the open batch, but its records are
                 # still in the rewritten file: find where it starts now, so
                 # that it is cut below (else the next append would complete it).
-                again = _wal.scan_segment(seg_path, seg, None)
+                again = _wal.scan_segment(seg_path, seg, None, final=is_last)
                 res["batch_open"] = again["batch_open"]
                 res["batch_records"] = again["batch_records"]
         if res["status"] is not None:
@@ -255,7 +265,8 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
             _truncate(seg_path, end)
         if is_last and res["batch_open"] is not None:
             # An atomic batch whose last record never made it (a torn tail): cut
-            # it off so that later appends cannot complete it by accident.
+            # it off (it was never acknowledged; a later append could not
+            # complete it, but it would leave it in the log as a broken batch).
             cut = res["batch_open"]
             if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
                 raise CorruptionError(f"corrupt segment {seg_path}: atomic batch left "
@@ -282,6 +293,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
         spans_skipped=skipped,
         mode=mode,
         seconds=time.perf_counter() - t0,
+        batch_records_dropped=batch_dropped,
     )
     core._start(finalized, last_id, last_size)
     return info
