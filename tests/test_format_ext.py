@@ -309,6 +309,23 @@ def test_relative_ttl_of_any_size(tmp_path, clock, ttl_ms):
     assert [(r.flags & (0x02 | TTL_ABS), r.ttl_ms) for r in recs] == [(0x02 | TTL_ABS, deadline)]
 
 
+def test_expired_relative_ttl_then_a_plain_put_keeps_no_ttl(tmp_path, clock):
+    """A relative-TTL put that has expired by the open, then a plain put of the
+    same key: the plain value is live and carries no TTL (the pinning of
+    expired relative TTLs must not reach the later value)."""
+    with Wal.open(WalConfig(dir=str(tmp_path / "wal")))[0] as wal:
+        wal.append(Record(b"k", b"old", ttl_ms=0))
+        wal.append(Record.put(b"k", b"new"))
+        wal.append(Record(b"gone", b"x", ttl_ms=0))
+    for _ in range(2):
+        with open_store(tmp_path) as s:
+            assert s.get(b"k") == b"new" and s._deadline_of(b"k") is None
+            assert s.get(b"gone") is None and s.stats()["ttl_keys"] == 0
+    # `gone` is pinned by a tombstone, `k` by nothing
+    tail = [(r.key, r.tombstone) for r, _ in wal_entries(str(tmp_path))][3:]
+    assert tail == [(b"gone", True)]
+
+
 @pytest.mark.parametrize("ttl_ms", [0, 1, 1 << 32] + HUGE)
 def test_absolute_ttl_of_any_size(tmp_path, clock, ttl_ms):
     """A TTL_ABS deadline past int64 saturates at DEADLINE_MAX (not "no TTL");

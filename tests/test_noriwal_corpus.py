@@ -83,18 +83,14 @@ _P1 = ("issue #11 point 1: a zstd value over 64 MiB (68157441 zero bytes, writte
        "nori-wal) is refused as a decompression bomb")
 _P3 = ("issue #11 point 3: a compressed tombstone decodes to its stored bytes "
        "(LZ4 b'\\x00\\x00', a zstd frame) instead of b'' as nori-wal decodes it")
-_P4 = ("issue #11 point 4: a relative ttl_ms of 2**64-1 is dropped at once and 2**63 / "
-       "2**63-1 become 'no TTL' (open_ms + <int64_t>ttl_ms wraps)")
 XFAIL = {
     ("wal", "07-compressed-tombstone"): _P3,
     ("wal", "11-zstd-65mib-zeros"): _P1,
     ("decode", "07-compressed-tombstone"): _P3,
     ("decode", "11-zstd-65mib-zeros"): _P1,
-    ("store", "05-ttl"): _P4,
     ("store", "11-zstd-65mib-zeros"): _P1,
     ("wal_append", "07-compressed-tombstone"): _P3,
     ("wal_append", "11-zstd-65mib-zeros"): _P1,
-    ("store_put", "05-ttl"): _P4,
     ("store_put", "11-zstd-65mib-zeros"): _P1,
 }
 
@@ -351,17 +347,15 @@ def replay(records):
     return model
 
 
-def assert_store(store, model, elapsed_ms, revivable_ms=0):
+def assert_store(store, model, elapsed_ms):
     """The store holds the model as seen ``elapsed_ms`` (a range: at least
     elapsed_ms, less than elapsed_ms + SLACK_MS) after the first open: a key
-    whose relative TTL ends inside that range may or may not be there yet.
-    A key whose TTL is at most ``revivable_ms`` may be there too (see
-    test_relative_ttl_that_ran_out_during_the_first_open_stays_expired)."""
+    whose relative TTL ends inside that range may or may not be there yet."""
     live = dict(store.items())
     for key, (value, ttl) in model.items():
         if ttl is None or ttl > elapsed_ms + SLACK_MS:
             assert key in live, f"{key!r} (ttl_ms {ttl}) is missing"
-        elif ttl <= elapsed_ms and ttl > revivable_ms:
+        elif ttl <= elapsed_ms:
             assert key not in live, f"{key!r} (ttl_ms {ttl}) should have expired"
         if key in live:
             assert value_matches(value, live[key]), f"{key!r}: wrong value"
@@ -384,11 +378,7 @@ def test_store_holds_the_replayed_records(case, tmp_path):
     model = replay(c.records)
     relative = sum(1 for r in c.records if r.ttl_ms is not None and not r.tombstone)
 
-    t0 = _wal.now_ms()
     with open_store(store_dir) as s:
-        # A TTL shorter than the open itself may run out before it is pinned
-        # (the 9 ms of case 06 under load); a reopen then counts it again.
-        revivable = _wal.now_ms() - t0 + 1
         assert s.stats()["relative_ttl_records"] == relative
         assert_store(s, model, 0)
     with open_store(store_dir) as s:     # the same contents again
@@ -397,16 +387,11 @@ def test_store_holds_the_replayed_records(case, tmp_path):
             assert_store(s, model, 2 * HOUR_MS)
     with clock_ahead(2 * HOUR_MS):       # a reopen keeps the first open's deadlines
         with open_store(store_dir) as s:
-            late = assert_store(s, model, 2 * HOUR_MS, revivable)
+            late = assert_store(s, model, 2 * HOUR_MS)
     forever = {k for k, (_, ttl) in model.items() if ttl is None or ttl >= 1 << 32}
-    assert forever <= set(late) <= forever | {
-        k for k, (_, ttl) in model.items() if ttl is not None and ttl <= revivable}
+    assert set(late) == forever
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "norikv bug found with this corpus, not in issue #11: a relative TTL that runs out "
-    "before KvStore.open pins it (_pin_relative_ttls skips keys already expired) is "
-    "never pinned, so the next open counts it again from that open: the key is back"))
 def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path, monkeypatch):
     """docs/FORMAT.md: a later open never brings a relative-TTL key back once it
     has expired. Here the first open takes "two hours" between replaying the

@@ -24,8 +24,9 @@ cdef class _StoreLoader(_Sink):
     cdef readonly uint64_t records
     cdef readonly uint64_t live_bytes
     cdef readonly uint64_t relative_ttls
-    # key -> deadline derived from a relative TTL, for the keys whose live
-    # value comes from such a record (a later record of the key removes it)
+    # key -> deadline derived from a relative TTL, for the keys whose last
+    # record is such a put, live or already expired (a later record of the
+    # key removes it): KvStore.open pins each one
     cdef readonly dict relative
 
     def __init__(self, dict data, dict expiry, int64_t open_ms):
@@ -49,6 +50,10 @@ cdef class _StoreLoader(_Sink):
                 del self.data[key]
             if len(self.expiry):
                 self.expiry.pop(key, None)
+            if relative and value is not None:
+                # Expired already: still pinned (as a tombstone), or the next
+                # open would count its TTL again and bring it back.
+                self.relative[key] = deadline
             return 0
         self.data[key] = value
         self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
@@ -102,8 +107,9 @@ cdef class _StoreLoader(_Sink):
                 PyDict_SetItem(self.data, key, value)
                 if PyDict_GET_SIZE(<PyObject *>self.expiry):
                     self.expiry.pop(key, None)
-                    if PyDict_GET_SIZE(<PyObject *>self.relative):
-                        self.relative.pop(key, None)
+            if PyDict_GET_SIZE(<PyObject *>self.relative):
+                # (also for a key that is new again: `relative` keeps expired keys)
+                self.relative.pop(key, None)
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
             return 0
         k, v, d, rel = self._decode(r)

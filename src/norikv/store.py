@@ -204,11 +204,13 @@ class KvStore(_wal._StoreCore):
         (the loader's ``relative``) is written again with that deadline as an
         absolute one (TTL_ABS), so that a restart neither starts its clock
         again nor brings it back once expired. The deadline is written as it
-        is (a huge TTL saturates to DEADLINE_MAX, beyond what ``ttl=`` takes)."""
+        is (a huge TTL saturates to DEADLINE_MAX, beyond what ``ttl=`` takes).
+        A key that expired before it was pinned (during replay, or during this
+        loop) gets a tombstone instead, so a later open cannot revive it."""
         for key, deadline in relative.items():
             value = self.get(key)
-            if value is not None:
-                self._apply_batch([(key, value, deadline, None)])   # one op: a plain record
+            # one op each: a plain record (a put, or a tombstone for None)
+            self._apply_batch([(key, value, deadline if value is not None else -1, None)])
 
     # ---------------------------------------------------------------- mapping
 
