@@ -320,7 +320,13 @@ class KvStore(_wal._StoreCore):
         fsynced, renamed into segment ids reserved between the old log and the
         segment that takes new writes, and only then are the old segments
         deleted, oldest first. Reads and writes go on meanwhile. Returns
-        figures about the run."""
+        figures about the run.
+
+        A failure while the snapshot is written or fsynced (NoriIOError, e.g.
+        ENOSPC or EIO) fails this compaction only: its temporary files are
+        deleted and the store goes on. A failed fsync of the log directory
+        after a rename poisons the store (WalFailedError), as any failed
+        fsync of the log does."""
         self._check_open_py()
         with self._compact_lock:
             t0 = time.perf_counter()
@@ -340,8 +346,8 @@ class KvStore(_wal._StoreCore):
                     tmp = os.path.join(self.wal.dir, _wal.segment_name(seg) + ".compact-tmp")
                     try:
                         os.unlink(tmp)
-                    except FileNotFoundError:
-                        pass
+                    except (FileNotFoundError, IsADirectoryError):
+                        pass        # never written, or a directory that is not ours
                 if isinstance(exc, OSError) and not isinstance(exc, NoriError) and exc.errno:
                     raise io_error(exc.errno, exc.filename, "compaction snapshot") from exc
                 raise

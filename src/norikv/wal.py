@@ -21,6 +21,7 @@ Durability (see README, "Durability"):
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import threading
 import time
@@ -173,15 +174,30 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
             os.mkdir(d)
         except FileExistsError:
             if not os.path.isdir(d):
-                raise
+                raise io_error(errno.ENOTDIR, d, "create directory (a non-directory has that name)") from None
+        except OSError as exc:
+            raise _os_error(exc, d, "create directory") from exc
+        parent = os.path.dirname(d)
         try:
-            fd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except PermissionError:
             continue                  # an unreadable parent cannot be fsynced by us
+        except OSError as exc:
+            raise _os_error(exc, parent, "open directory") from exc
         try:
             os.fsync(fd)
+        except OSError as exc:
+            raise _os_error(exc, parent, "fsync directory") from exc
         finally:
             os.close(fd)
+
+
+def _os_error(exc: OSError, path: str, what: str) -> OSError:
+    """A builtin OSError from an os call as the NoriIOError saying what failed
+    on which file (one already in the hierarchy, or without errno, unchanged)."""
+    if isinstance(exc, NoriError) or not exc.errno:
+        return exc
+    return io_error(exc.errno, exc.filename or path, what)
 
 
 def _truncate(path: str, size: int) -> None:
@@ -193,15 +209,27 @@ def _truncate(path: str, size: int) -> None:
         os.close(fd)
 
 
+def compaction_leftovers(path: str) -> list[str]:
+    """Names of the temporary files (``*.compact-tmp``) that a compaction or a
+    SKIP_ANY_CORRUPTED_RECORDS rewrite left in ``path`` when interrupted;
+    recovery deletes them. A directory with such a name is not norikv's (it
+    never makes one): it is left alone and not listed (docs/FORMAT.md)."""
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries
+                      if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
+
+
 def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
     """Scans every segment in id order, applies ``mode`` and returns what it did.
 
     Nothing is modified when the mode raises CorruptionError."""
     t0 = time.perf_counter()
     path = core.dir
-    for name in os.listdir(path):
-        if name.endswith(_TMP_SUFFIX):
+    for name in compaction_leftovers(path):
+        try:
             os.unlink(os.path.join(path, name))
+        except OSError as exc:
+            raise _os_error(exc, os.path.join(path, name), "remove compaction leftover") from exc
     ids = _wal.list_segments(path)
     finalized: dict[int, int] = {}
     valid = 0
