@@ -108,9 +108,10 @@ class Path(Spec):
     def _check(self, name: str, value: object) -> None:
         if not isinstance(value, (str, bytes, os.PathLike)):
             raise TypeError(f"{name} must be a path (str, bytes or os.PathLike), not {_type_name(value)}")
-        p = os.fspath(value)
-        if not isinstance(p, (str, bytes)):   # a PathLike returning something else
-            raise TypeError(f"{name}: __fspath__ returned {_type_name(p)}, not str or bytes")
+        try:
+            p = os.fspath(value)
+        except TypeError as exc:          # __fspath__ returned something else
+            raise TypeError(_naming(name, exc)) from None
         if not p:
             raise ConfigError(f"{name} must not be empty")
         if ("\0" if isinstance(p, str) else b"\0") in p:  # type: ignore[operator]
@@ -135,7 +136,7 @@ class Parsed(Spec):
 
 def _naming(name: str, exc: Exception) -> str:
     msg = str(exc)
-    return msg if name in msg else f"{name}: {msg}"
+    return msg if msg.startswith(name + " ") else f"{name}: {msg}"
 
 
 def check_options(table: Mapping[str, Spec], values: Mapping[str, object]) -> None:
