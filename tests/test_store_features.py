@@ -593,12 +593,14 @@ def test_batch_limits_all_or_nothing(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("kw", [{"max_keys": 0}, {"max_keys": -1}, {"max_keys": True},
-                                {"max_keys": 1.5}, {"max_bytes": 0}, {"max_bytes": "10"},
-                                {"compact_dead_ratio": 0}, {"compact_dead_ratio": 1.0},
-                                {"compress_min_size": 1.5}])
-def test_bad_limits_config(tmp_path, kw):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("kw,exc", [({"max_keys": 0}, ConfigError), ({"max_keys": -1}, ConfigError),
+                                    ({"max_keys": True}, TypeError), ({"max_keys": 1.5}, TypeError),
+                                    ({"max_bytes": 0}, ConfigError), ({"max_bytes": "10"}, TypeError),
+                                    ({"compact_dead_ratio": 0}, ConfigError),
+                                    ({"compact_dead_ratio": 1.0}, ConfigError),
+                                    ({"compress_min_size": 1.5}, TypeError)])
+def test_bad_limits_config(tmp_path, kw, exc):
+    with pytest.raises(exc):
         open_store(tmp_path, **kw)
 
 

@@ -29,35 +29,35 @@ def size_of(path, seg):
 # ---------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(max_segment_size=MIB - 1), "1 MiB"),
-    (dict(max_segment_size=0), "1 MiB"),
-    (dict(max_segment_size=-5), "1 MiB"),
-    (dict(max_segment_size="1048576"), "int"),
-    (dict(max_segment_size=float(MIB)), "int"),
-    (dict(max_segment_size=True), "int"),
-    (dict(fsync_policy=FsyncPolicy.batch(0)), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(0.0)), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(-0.001)), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(1.0001)), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(5)), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch("0.005")), "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(float("nan"))), "window"),
-    (dict(fsync_policy="always"), "FsyncPolicy"),
-    (dict(fsync_policy=None), "FsyncPolicy"),
-    (dict(recovery_mode="point_in_time"), "RecoveryMode"),
-    (dict(node_id=-1), "node_id"),
-    (dict(node_id="0"), "node_id"),
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(max_segment_size=MIB - 1), ConfigError, "1 MiB"),
+    (dict(max_segment_size=0), ConfigError, "1 MiB"),
+    (dict(max_segment_size=-5), ConfigError, "1 MiB"),
+    (dict(max_segment_size="1048576"), TypeError, "int"),
+    (dict(max_segment_size=float(MIB)), TypeError, "int"),
+    (dict(max_segment_size=True), TypeError, "int"),
+    (dict(fsync_policy=FsyncPolicy.batch(0)), ConfigError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(0.0)), ConfigError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(-0.001)), ConfigError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(1.0001)), ConfigError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(5)), ConfigError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch("0.005")), TypeError, "window"),
+    (dict(fsync_policy=FsyncPolicy.batch(float("nan"))), ConfigError, "window"),
+    (dict(fsync_policy="always"), TypeError, "FsyncPolicy"),
+    (dict(fsync_policy=None), TypeError, "FsyncPolicy"),
+    (dict(recovery_mode="point_in_time"), TypeError, "RecoveryMode"),
+    (dict(node_id=-1), ConfigError, "node_id"),
+    (dict(node_id="0"), TypeError, "node_id"),
 ])
-def test_config_validation(tmp_path, kwargs, match):
+def test_config_validation(tmp_path, kwargs, exc, match):
     d = tmp_path / "wal"
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(exc, match=match):
         Wal.open(cfg(d, **kwargs))
     assert not d.exists() or not seg_files(d)
 
 
 def test_config_dir_type(tmp_path):
-    with pytest.raises(ConfigError):
+    with pytest.raises(TypeError):
         Wal.open(WalConfig(dir=123, max_segment_size=MIB))
     with pytest.raises(TypeError):
         Wal.open("not a config")

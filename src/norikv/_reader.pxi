@@ -386,6 +386,9 @@ cdef class WalIterator:
                 self.rd.close()
                 self.rd = None
                 seg = self.seg_id
+                if seg == UINT64_MAX:       # the last possible id: seg + 1 would wrap to 0
+                    self.done = True
+                    raise StopIteration
                 self.seg_id = seg + 1
                 continue
             raise CorruptionError(

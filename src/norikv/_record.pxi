@@ -97,9 +97,12 @@ cdef class Record:
         cdef Record r = Record.put(key, value)
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
             raise TypeError("seconds must be a number")
-        if not seconds >= 0:
-            raise ValueError("seconds must be >= 0")
-        r._ttl_ms = _u64(int(round(seconds * 1000)), "ttl_ms")
+        if not 0 <= seconds < float("inf"):       # also NaN
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        ms = int(round(seconds * 1000))
+        if ms > 0xFFFFFFFFFFFFFFFF:
+            raise ValueError(f"seconds must be at most (2**64-1)/1000, got {seconds!r}")
+        r._ttl_ms = <uint64_t>ms
         r.flags |= NK_FLAG_TTL
         return r
 

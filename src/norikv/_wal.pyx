@@ -7,8 +7,9 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, UINT64_MAX
 from libc.string cimport memcpy, memmove
 from libc.stdlib cimport malloc, free, realloc
 from libc.errno cimport errno
-from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact,
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Check
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.dict cimport PyDict_SetItem, PyDict_DelItem, PyDict_Size
 from cpython.list cimport PyList_Append, PyList_GET_SIZE
@@ -121,10 +122,16 @@ def _set_clock_offset_ms(int64_t offset_ms):
 
 
 cdef inline bytes _as_bytes(object obj, str what):
-    """bytes, bytearray and memoryview pass; anything else is a TypeError."""
+    """bytes, bytearray and memoryview pass; anything else is a TypeError.
+    A subclass of bytes or bytearray gives its own content: bytes(obj) would
+    ask its __bytes__ (or __buffer__), which may say something else."""
     if PyBytes_CheckExact(obj):
         return <bytes>obj
-    if isinstance(obj, (bytes, bytearray, memoryview)):
+    if PyBytes_Check(obj):
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj))
+    if PyByteArray_Check(obj):
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj))
+    if isinstance(obj, memoryview):     # memoryview cannot be subclassed
         return bytes(obj)
     raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(obj).__name__}"
                     f" (encode text first, e.g. {what}.encode())")

@@ -43,14 +43,49 @@ def segment_name(uint64_t seg_id):
     return f"{seg_id:06d}.wal"
 
 
+def segment_id_of(name):
+    """The segment id named by a directory entry, or None when the name is not
+    a segment's. nori-wal takes any name whose extension is ``wal`` and whose
+    stem Rust's ``u64::from_str`` parses (ASCII digits, optional leading ``+``,
+    any leading zeros, at most 2**64-1), then opens ``format!("{:06}.wal", id)``;
+    of those names only that canonical one is a segment here (docs/FORMAT.md),
+    so each id has exactly one file and none is read twice."""
+    cdef Py_ssize_t n = len(name)
+    if n < 10 or n > 24 or not name.endswith(".wal"):     # 6 to 20 digits + ".wal"
+        return None
+    stem = name[:n - 4]
+    if not (stem.isascii() and stem.isdigit()):
+        return None
+    seg = int(stem)
+    if seg > UINT64_MAX or segment_name(seg) != name:
+        return None
+    return seg
+
+
 def list_segments(path):
-    """Sorted ids of the segment files in a directory (other names are ignored)."""
+    """Sorted ids of the segments in a directory: the entries segment_id_of()
+    accepts; every other name is ignored. Every reader of a directory's
+    segments (recovery, hence the Wal and WalIterator, compaction, the CLI)
+    gets them from here. An entry with a segment's name that is not a regular
+    file (after symlinks) raises NoriIOError: it holds that id's place in the
+    log, nori-wal fails on it too, and opening a FIFO would block."""
     ids = []
-    for name in os.listdir(path):
-        if name.endswith(".wal"):
-            stem = name[:len(name) - 4]
-            if stem and stem.isascii() and stem.isdigit() and len(stem) >= 6:
-                ids.append(int(stem))
+    path = os.fsdecode(path)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            seg = segment_id_of(entry.name)
+            if seg is None:
+                continue
+            try:
+                regular = entry.is_file()
+            except OSError as exc:
+                raise io_error(exc.errno or 5, entry.path, "stat") from exc
+            if not regular:
+                kind = "a directory" if entry.is_dir() else "not a regular file"
+                raise NoriIOError(21 if entry.is_dir() else 22,
+                                  f"{entry.name} has a segment's name but is {kind}; "
+                                  "move it out of the log directory", entry.path)
+            ids.append(seg)
     ids.sort()
     return ids
 
@@ -465,8 +500,17 @@ cdef class _WalCore:
         if dt > self.fsync_max:
             self.fsync_max = dt
 
+    cdef int _check_ids_left(self, uint64_t n) except -1:
+        """Raises unless n more segment ids follow the active one (ids are u64:
+        a wrapped id would be replayed first)."""
+        if self.seg_id > UINT64_MAX - n:
+            raise NoriIOError(27, f"no segment id left after {self.seg_id} (ids are 64-bit)",
+                              self._segment_path(self.seg_id))
+        return 0
+
     cdef int _rotate(self, uint64_t need) except -1:
         """Seals the active segment and starts the next. Holds io_lock."""
+        self._check_ids_left(1)
         self.busy = 1
         try:
             self._finalize_active()
@@ -707,7 +751,7 @@ cdef class _WalCore:
             self._lock_io()
             try:
                 self._check_usable()
-                if self.seg_fd >= 0 and self.seg_size > 0:
+                if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
                     self._rotate(0)
             finally:
                 self._unlock_io()
@@ -816,7 +860,9 @@ cdef class _WalCore:
         """Compaction support, inside _begin_exclusive: finalizes the active
         segment and opens the next one `gap` ids further on, leaving ids
         [old+1, old+gap] free for a snapshot. Returns (first free id, new active id)."""
-        cdef uint64_t first = self.seg_id + 1
+        cdef uint64_t first
+        self._check_ids_left(gap + 1)
+        first = self.seg_id + 1
         self._finalize_active()
         self.next_seg_id = first + gap
         self._create_segment(0)

@@ -36,7 +36,7 @@ from norikv._version import __version__
 from norikv.errors import CorruptionError, LockError, NoriError
 from norikv.progress import Progress, Spinner
 from norikv.progress import format_size as _size
-from norikv.wal import RecoveryMode
+from norikv.wal import RecoveryMode, compaction_leftovers
 
 __all__ = ["main"]
 
@@ -479,7 +479,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     live = view.live_bytes + 8 * keys
     dead = max(0.0, 1.0 - live / wal_bytes) if wal_bytes else 0.0
     holders = _lock_holders(waldir)
-    leftovers = sorted(n for n in os.listdir(waldir) if n.endswith(".compact-tmp"))
+    leftovers = compaction_leftovers(waldir)
     info: dict[str, Any] = {
         "path": os.path.abspath(root),
         "keys": keys,
@@ -713,7 +713,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     damaged = [s for s in segs if s["damage"]]
     records = sum(s["records"] for s in segs)
     data_bytes = sum(s["data_end"] for s in segs)
-    leftovers = sorted(n for n in os.listdir(waldir) if n.endswith(".compact-tmp"))
+    leftovers = compaction_leftovers(waldir)
     if damaged:
         mid = [s for s in damaged if not s["last"]]
         verdict = ("the default open (tolerate_corrupted_tail) refuses this store: damage before "

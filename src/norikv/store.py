@@ -17,9 +17,9 @@ from typing import Iterator, Union
 
 from sortedcontainers import SortedList
 
-from norikv import _wal
+from norikv import _options, _wal
 from norikv.compression import Compression
-from norikv.errors import ClosedError, ConfigError, NoriError, io_error
+from norikv.errors import ClosedError, NoriError, io_error
 from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
 
 __all__ = ["KvStore", "WriteBatch"]
@@ -100,6 +100,21 @@ class WriteBatch:
             self._store, self._ops = None, []
 
 
+# The options of KvStore.open (those it passes to WalConfig are checked by
+# WalConfig's table), checked before anything on disk is touched.
+_STORE_OPTIONS: dict[str, _options.Spec] = {
+    "path": _options.Path(),
+    "fsync_policy": _options.Instance(FsyncPolicy, optional=True),
+    "compression": _options.Parsed(Compression.parse),
+    "compress_min_size": _options.Int(0, _options.INT64_MAX, unit=" bytes"),
+    "max_keys": _options.Int(1, _options.INT64_MAX, optional=True),
+    "max_bytes": _options.Int(1, _options.INT64_MAX, optional=True, unit=" bytes"),
+    "auto_compact": _options.Bool(),
+    "compact_dead_ratio": _options.Real(0, 1, open_lo=True, open_hi=True),
+    "compact_min_bytes": _options.Int(0, _options.INT64_MAX, unit=" bytes"),
+}
+
+
 class KvStore(_wal._StoreCore):
     """A durable key-value store. Open with :meth:`KvStore.open`.
 
@@ -150,17 +165,11 @@ class KvStore(_wal._StoreCore):
         bytes) make puts of new data beyond them raise StoreFullError.
         ``auto_compact``: compact in the background once the WAL holds at least
         ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``."""
+        _options.check_options(_STORE_OPTIONS, locals())
         if fsync_policy is None:
             fsync_policy = FsyncPolicy.batch(0.005)
         kind = Compression.parse(compression)
-        for name, val in (("max_keys", max_keys), ("max_bytes", max_bytes)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, int) or val <= 0):
-                raise ConfigError(f"{name} must be a positive int or None, got {val!r}")
-        if isinstance(compress_min_size, bool) or not isinstance(compress_min_size, int) or compress_min_size < 0:
-            raise ConfigError("compress_min_size must be an int >= 0")
-        if not isinstance(compact_dead_ratio, (int, float)) or not 0 < compact_dead_ratio < 1:
-            raise ConfigError("compact_dead_ratio must be between 0 and 1")
-        config = WalConfig(dir=os.path.join(os.fspath(path), "wal"), max_segment_size=max_segment_size,
+        config = WalConfig(dir=os.path.join(os.fsdecode(path), "wal"), max_segment_size=max_segment_size,
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode)
         config.validate()   # the Wal creates <path>/wal and <path> durably
@@ -177,25 +186,35 @@ class KvStore(_wal._StoreCore):
         finally:
             if gc_was_enabled:
                 gc.enable()
-        store.wal = wal
-        store.path = os.fspath(path)
-        store.recovery_info = info
-        store._recovery_seconds = time.perf_counter() - t0
-        store._recovered_records = loader.records
-        store._relative_ttl_records = loader.relative_ttls
-        store._compactions = 0
-        store._last_compaction = None
-        store._compact_lock = threading.Lock()
-        store._index_lock = threading.Lock()
-        store._index = None
-        store._compactor = None
-        store._compact_error = None
-        wal._fork_callback = weakref.WeakMethod(store._after_fork_in_child)
-        store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
-                         int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
-                         weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
-        if loader.relative:
-            store._pin_relative_ttls(loader.relative)
+        try:
+            store.wal = wal
+            store.path = os.fspath(path)
+            store.recovery_info = info
+            store._recovery_seconds = time.perf_counter() - t0
+            store._recovered_records = loader.records
+            store._relative_ttl_records = loader.relative_ttls
+            store._compactions = 0
+            store._last_compaction = None
+            store._compact_lock = threading.Lock()
+            store._index_lock = threading.Lock()
+            store._index = None
+            store._compactor = None
+            store._compact_error = None
+            wal._fork_callback = weakref.WeakMethod(store._after_fork_in_child)
+            store._init_core(wal, data, expiry, loader.live_bytes, max_keys or 0, max_bytes or 0,
+                             int(kind), compress_min_size, float(compact_dead_ratio), compact_min_bytes,
+                             weakref.WeakMethod(store._start_background_compaction) if auto_compact else None)
+            if loader.relative:
+                store._pin_relative_ttls(loader.relative)
+        except BaseException:
+            # A failed open releases the lock at once: the exception (its
+            # traceback holds this frame) may live on in the caller.
+            store._mark_closed()
+            t = getattr(store, "_compactor", None)
+            if t is not None:
+                t.join()
+            wal._abandon()
+            raise
         return store
 
     def _pin_relative_ttls(self, relative: dict[bytes, int]) -> None:
@@ -321,7 +340,13 @@ class KvStore(_wal._StoreCore):
         segment that takes new writes, and only then are the old segments
         deleted, oldest first. Reads and writes go on meanwhile. Returns
         figures about the run. :meth:`close` waits for a running compaction;
-        one that starts after close() began raises ClosedError."""
+        one that starts after close() began raises ClosedError.
+
+        A failure while the snapshot is written or fsynced (NoriIOError, e.g.
+        ENOSPC or EIO) fails this compaction only: its temporary files are
+        deleted and the store goes on. A failed fsync of the log directory
+        after a rename poisons the store (WalFailedError), as any failed
+        fsync of the log does."""
         self._check_open_py()
         with self._compact_lock:
             t0 = time.perf_counter()
@@ -341,8 +366,8 @@ class KvStore(_wal._StoreCore):
                     tmp = os.path.join(self.wal.dir, _wal.segment_name(seg) + ".compact-tmp")
                     try:
                         os.unlink(tmp)
-                    except FileNotFoundError:
-                        pass
+                    except (FileNotFoundError, IsADirectoryError):
+                        pass        # never written, or a directory that is not ours
                 if isinstance(exc, OSError) and not isinstance(exc, NoriError) and exc.errno:
                     raise io_error(exc.errno, exc.filename, "compaction snapshot") from exc
                 raise

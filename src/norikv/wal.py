@@ -21,6 +21,7 @@ Durability (see README, "Durability"):
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import threading
 import time
@@ -28,13 +29,14 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
-from norikv import _wal
+from norikv import _options, _wal
 from norikv._wal import Position, Record, WalIterator
-from norikv.errors import ConfigError, CorruptionError
+from norikv.errors import ConfigError, CorruptionError, NoriError, io_error
 
 __all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "Wal"]
 
 MIN_SEGMENT_SIZE = 1 << 20
+MAX_SEGMENT_SIZE = 1 << 40
 _TMP_SUFFIX = ".compact-tmp"
 
 
@@ -57,14 +59,12 @@ class FsyncPolicy:
         return cls("batch", window_seconds)
 
     def validate(self) -> None:
+        if not isinstance(self.kind, str):
+            raise TypeError(f"the fsync policy kind must be a str, not {type(self.kind).__name__}")
         if self.kind not in ("always", "os", "batch"):
             raise ConfigError(f"unknown fsync policy {self.kind!r}")
         if self.kind == "batch":
-            w = self.window
-            if isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise ConfigError("the batch window must be a number of seconds")
-            if not 0 < w <= 1:
-                raise ConfigError(f"the batch window must be > 0 and <= 1 second, got {w!r}")
+            _options.check_options(_BATCH_OPTIONS, {"the batch window": self.window})
 
     @property
     def code(self) -> int:
@@ -114,22 +114,24 @@ class WalConfig:
     recovery_mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
 
     def validate(self) -> None:
-        if not isinstance(self.dir, (str, bytes, os.PathLike)):
-            raise ConfigError(f"dir must be a path, not {type(self.dir).__name__}")
-        m = self.max_segment_size
-        if isinstance(m, bool) or not isinstance(m, int):
-            raise ConfigError("max_segment_size must be an int")
-        if m < MIN_SEGMENT_SIZE:
-            raise ConfigError(f"max_segment_size must be at least 1 MiB ({MIN_SEGMENT_SIZE}), got {m}")
-        if m > 1 << 40:
-            raise ConfigError(f"max_segment_size must be at most 1 TiB, got {m}")
-        if not isinstance(self.fsync_policy, FsyncPolicy):
-            raise ConfigError("fsync_policy must be a FsyncPolicy")
-        self.fsync_policy.validate()
-        if not isinstance(self.recovery_mode, RecoveryMode):
-            raise ConfigError("recovery_mode must be a RecoveryMode")
-        if isinstance(self.node_id, bool) or not isinstance(self.node_id, int) or self.node_id < 0:
-            raise ConfigError("node_id must be a non-negative int")
+        """Raises TypeError (wrong type) or ConfigError (wrong value) naming
+        the option; touches nothing on disk."""
+        _options.check_options(_WAL_OPTIONS, vars(self))
+
+
+# The options of WalConfig (and so of Wal.open and KvStore.open), checked
+# before anything on disk is touched (norikv._options).
+_WAL_OPTIONS: dict[str, _options.Spec] = {
+    "dir": _options.Path(),
+    "max_segment_size": _options.Int(MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE, unit=" bytes (1 MiB to 1 TiB)"),
+    "fsync_policy": _options.Instance(FsyncPolicy),
+    "preallocate": _options.Bool(),
+    "node_id": _options.Int(0, _options.UINT32_MAX),     # nori-wal's node_id is a u32
+    "recovery_mode": _options.Instance(RecoveryMode),
+}
+_BATCH_OPTIONS: dict[str, _options.Spec] = {
+    "the batch window": _options.Real(0, 1, open_lo=True, unit=" second"),
+}
 
 
 @dataclass(frozen=True)
@@ -180,15 +182,30 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
             os.mkdir(d)
         except FileExistsError:
             if not os.path.isdir(d):
-                raise
+                raise io_error(errno.ENOTDIR, d, "create directory (a non-directory has that name)") from None
+        except OSError as exc:
+            raise _os_error(exc, d, "create directory") from exc
+        parent = os.path.dirname(d)
         try:
-            fd = os.open(os.path.dirname(d), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except PermissionError:
             continue                  # an unreadable parent cannot be fsynced by us
+        except OSError as exc:
+            raise _os_error(exc, parent, "open directory") from exc
         try:
             os.fsync(fd)
+        except OSError as exc:
+            raise _os_error(exc, parent, "fsync directory") from exc
         finally:
             os.close(fd)
+
+
+def _os_error(exc: OSError, path: str, what: str) -> OSError:
+    """A builtin OSError from an os call as the NoriIOError saying what failed
+    on which file (one already in the hierarchy, or without errno, unchanged)."""
+    if isinstance(exc, NoriError) or not exc.errno:
+        return exc
+    return io_error(exc.errno, exc.filename or path, what)
 
 
 def _truncate(path: str, size: int) -> None:
@@ -200,15 +217,27 @@ def _truncate(path: str, size: int) -> None:
         os.close(fd)
 
 
+def compaction_leftovers(path: str) -> list[str]:
+    """Names of the temporary files (``*.compact-tmp``) that a compaction or a
+    SKIP_ANY_CORRUPTED_RECORDS rewrite left in ``path`` when interrupted;
+    recovery deletes them. A directory with such a name is not norikv's (it
+    never makes one): it is left alone and not listed (docs/FORMAT.md)."""
+    with os.scandir(path) as entries:
+        return sorted(e.name for e in entries
+                      if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
+
+
 def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
     """Scans every segment in id order, applies ``mode`` and returns what it did.
 
     Nothing is modified when the mode raises CorruptionError."""
     t0 = time.perf_counter()
     path = core.dir
-    for name in os.listdir(path):
-        if name.endswith(_TMP_SUFFIX):
+    for name in compaction_leftovers(path):
+        try:
             os.unlink(os.path.join(path, name))
+        except OSError as exc:
+            raise _os_error(exc, os.path.join(path, name), "remove compaction leftover") from exc
     ids = _wal.list_segments(path)
     finalized: dict[int, int] = {}
     valid = 0
@@ -338,10 +367,10 @@ class Wal(_wal._WalCore):
                    float(policy.window), bool(config.preallocate))
         try:
             info = recover(self, config.recovery_mode, sink)
+            self._start_background()
         except BaseException:
-            self._abandon()
+            self._abandon()    # the lock goes now, not when the traceback dies
             raise
-        self._start_background()
         return info
 
     # -- background thread: batch-policy fsyncs and prefaulting the mapping --
