@@ -175,9 +175,37 @@ cdef class _SegmentReader:
 
 
 cdef class _Sink:
-    """Receives the records of a recovery scan, in log order (subclassed by KvStore)."""
+    """Receives the records of a recovery scan, in log order (subclassed by
+    KvStore's loader). A record whose value does not decompress to at most
+    ``max_value_size`` bytes is damaged: ``on_record`` returns 1 for it,
+    taking nothing of it, and says why in ``bad_value``. The base class only
+    makes that check (what Wal recovery does with the records)."""
+
+    cdef readonly uint64_t max_value_size
+    cdef readonly object bad_value      # why the last record refused was damaged
+
+    def __cinit__(self, *args, **kwargs):
+        self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
+
+    def __init__(self, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        self.max_value_size = _u64(max_value_size, "max_value_size")
+
+    cdef object _value(self, const nk_rec *r):
+        """The record's value (decompressed), or None when it is damaged."""
+        cdef uint32_t kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+        cdef bytes stored = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
+        if kind == 0:
+            return stored
+        try:
+            return _decompress(kind, stored, self.max_value_size)
+        except CorruptionError as exc:
+            self.bad_value = str(exc)
+            return None
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        """0: the record is taken; 1: its value is damaged (see the class)."""
+        if r.flags & NK_COMP_MASK and self._value(r) is None:
+            return 1
         return 0
 
     cdef int end_segment(self) except -1:
@@ -188,116 +216,184 @@ cdef class _RecordCollector(_Sink):
     """A sink that keeps Records (used by tests and tools)."""
     cdef public list records
 
-    def __init__(self):
+    def __init__(self, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        _Sink.__init__(self, max_value_size)
         self.records = []
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        self.records.append((_record_from_view(r), _pos(seg_id, offset)))
+        try:
+            rec = _record_from_view(r, self.max_value_size)
+        except CorruptionError as exc:
+            self.bad_value = str(exc)
+            return 1
+        self.records.append((rec, _pos(seg_id, offset)))
         return 0
 
 
-def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bint skip_corrupt=False):
-    """Scans one segment, handing each valid record to ``sink``.
+cdef dict _scan_result(uint64_t records, uint64_t end, object status, bint value_damage,
+                       uint64_t file_size, uint64_t nonzero_end, int64_t batch_open,
+                       uint64_t batch_records, list skipped, list dropped):
+    return dict(records=records, end=end, status=status, value_damage=value_damage,
+                file_size=file_size, nonzero_end=nonzero_end,
+                batch_open=None if batch_open < 0 else batch_open, batch_records=batch_records,
+                skipped=skipped, dropped=[tuple(d) for d in dropped])
 
-    Returns a dict: ``records`` (count), ``end`` (offset of the clean end, or of
-    the first bad record), ``status`` (``None`` when clean, else a reason),
-    ``file_size``, ``nonzero_end`` (end of the last non-zero byte after a bad
-    record), ``batch_open`` (offset of an atomic batch left unterminated at the
-    end, or None), ``skipped`` (list of (start, end) byte ranges skipped when
-    ``skip_corrupt``)."""
+
+def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1, bint skip_corrupt=False):
+    """Scans one segment, handing each valid record to ``sink`` (which also
+    judges the values: see _Sink).
+
+    Returns a dict: ``records`` (count), ``end`` (offset of the clean end, or
+    of the first bad record), ``status`` (``None`` when clean, else a
+    reason), ``value_damage`` (the bad record is whole, its CRC holds, but
+    its value does not decompress within the sink's max_value_size: damage,
+    never a torn write), ``file_size``, ``nonzero_end`` (end of the last
+    non-zero byte after a bad record), ``batch_open`` (offset of an atomic
+    batch left unterminated at the end, or None) and ``batch_records``.
+
+    With ``skip_corrupt`` damage is skipped and the scan goes on: ``status``
+    stays None, ``end`` is where the segment's data ends, ``skipped`` lists
+    the damaged spans as (start, end, reason, records before it), and
+    ``dropped`` the byte ranges that a rewrite leaves out: those spans and
+    the records of an atomic batch one of them broke (the records before the
+    damage; and after it too when the damaged record is whole and says the
+    batch goes on). The sink never sees a dropped record, or sees the batch
+    dropped by ``end_segment``."""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
     cdef int st
     cdef uint64_t count = 0
     cdef int64_t batch_open = -1
     cdef uint64_t batch_count = 0
-    cdef uint64_t bad_at
+    cdef uint64_t bad_at, drop_from
+    cdef bint dropping = False
     cdef list skipped = []
+    cdef list dropped = []
     rd.open(path, 0, limit, 1)
     try:
         file_size = rd.limit
         while True:
             st = rd.next(&r)
             if st == NK_OK:
-                count += 1
-                if r.flags & NK_FLAG_BATCH_CONT:
-                    if batch_open < 0:
-                        batch_open = rd.rec_off
-                        batch_count = 0
-                    batch_count += 1
-                else:
+                if dropping:
+                    # The rest of an atomic batch whose damaged record was skipped.
+                    dropped[len(dropped) - 1][1] = rd.pos     # (no wraparound: not [-1])
+                    dropping = (r.flags & NK_FLAG_BATCH_CONT) != 0
+                    continue
+                if sink is None or not sink.on_record(&r, seg_id, rd.rec_off):
+                    count += 1
+                    if r.flags & NK_FLAG_BATCH_CONT:
+                        if batch_open < 0:
+                            batch_open = rd.rec_off
+                            batch_count = 0
+                        batch_count += 1
+                    else:
+                        batch_open = -1
+                    continue
+                # Whole, its CRC holds, but its value is damaged (the sink says why).
+                bad_at = rd.rec_off
+                if not skip_corrupt:
+                    rd._rest_is_zero(bad_at)
+                    return _scan_result(count, bad_at, sink.bad_value, True, file_size,
+                                        rd.nonzero_end, batch_open, batch_count, skipped, dropped)
+                drop_from = bad_at
+                if batch_open >= 0:
+                    count -= batch_count
+                    drop_from = batch_open
                     batch_open = -1
-                if sink is not None:
-                    sink.on_record(&r, seg_id, rd.rec_off)
+                    sink.end_segment()
+                skipped.append((bad_at, rd.pos, sink.bad_value, count))
+                dropped.append([drop_from, rd.pos])
+                dropping = (r.flags & NK_FLAG_BATCH_CONT) != 0
                 continue
+            dropping = False
             if st == SCAN_END:
-                return dict(records=count, end=rd.pos, status=None, file_size=file_size,
-                            nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
-                            batch_records=batch_count, skipped=skipped)
+                return _scan_result(count, rd.pos, None, False, file_size, rd.pos, batch_open,
+                                    batch_count, skipped, dropped)
             if skip_corrupt:
                 bad_at = rd.pos
+                drop_from = bad_at
                 if batch_open >= 0:
                     # The damage broke an atomic batch: its records before the
-                    # damage go too (copy_valid_records drops them likewise).
+                    # damage go too.
                     count -= batch_count
+                    drop_from = batch_open
                     batch_open = -1
                     if sink is not None:
                         sink.end_segment()
                 rd.resync()
-                skipped.append((bad_at, rd.pos))
+                skipped.append((bad_at, rd.pos, _status_text(st), count))
+                dropped.append([drop_from, rd.pos])
                 if rd.pos >= rd.limit:
-                    return dict(records=count, end=bad_at, status=None, file_size=file_size,
-                                nonzero_end=rd.pos, batch_open=None if batch_open < 0 else batch_open,
-                                batch_records=batch_count, skipped=skipped)
+                    return _scan_result(count, rd.pos, None, False, file_size, rd.pos, batch_open,
+                                        batch_count, skipped, dropped)
                 continue
-            return dict(records=count, end=rd.pos, status=_status_text(st), file_size=file_size,
-                        nonzero_end=rd.nonzero_end, batch_open=None if batch_open < 0 else batch_open,
-                        batch_records=batch_count, skipped=skipped)
+            return _scan_result(count, rd.pos, _status_text(st), False, file_size, rd.nonzero_end,
+                                batch_open, batch_count, skipped, dropped)
     finally:
         rd.close()
         if sink is not None:
             sink.end_segment()
 
 
-def copy_valid_records(src, dst):
-    """Writes every record of ``src`` that decodes with a valid CRC to ``dst``
-    (skipping damaged spans, and the records of an atomic batch that a damaged
-    span interrupts); returns the number of records copied."""
+def segment_records(path, uint64_t start=0):
+    """Lists the records of a segment from ``start`` as they are stored,
+    with the scanner recovery uses but without decompressing values:
+    yields ``(offset, fields)``, fields a dict of size, flags, key, vlen
+    (the stored value's size), ttl_ms, term and index (None when absent);
+    at a bad record, a last ``(offset, reason)``. An all-zero tail is a clean
+    end. (For ``norikv dump``.)"""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
     cdef int st
-    cdef uint64_t count = 0
-    cdef list batch = []
-    rd.open(src, 0, -1, 1)
+    rd.open(path, start, -1, 1)
     try:
-        with open(dst, "wb") as out:
-            while True:
-                st = rd.next(&r)
-                if st == NK_OK:
-                    rec = PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size)
-                    if r.flags & NK_FLAG_BATCH_CONT:
-                        batch.append(rec)
-                        continue
-                    for b in batch:
-                        out.write(b)
-                        count += 1
-                    batch.clear()
-                    out.write(rec)
-                    count += 1
-                elif st == SCAN_END:
-                    break
-                else:
-                    batch.clear()
-                    if not rd.resync():
-                        break
-            for b in batch:             # left open at the end: recovery cuts it
-                out.write(b)
-                count += 1
-            out.flush()
-            os.fsync(out.fileno())
+        while True:
+            st = rd.next(&r)
+            if st == SCAN_END:
+                return
+            if st != NK_OK:
+                yield rd.pos, _status_text(st)
+                return
+            fields = dict(size=r.size, flags=r.flags,
+                          key=PyBytes_FromStringAndSize(<const char *>r.key, r.klen), vlen=r.vlen,
+                          ttl_ms=r.ttl_ms if r.flags & NK_FLAG_TTL else None,
+                          term=r.term if r.flags & NK_FLAG_VERSION else None,
+                          index=r.index if r.flags & NK_FLAG_VERSION else None)
+            yield rd.rec_off, fields
     finally:
         rd.close()
-    return count
+
+
+def copy_valid_records(src, dst, uint64_t end, dropped):
+    """Writes the bytes [0, end) of segment ``src`` to a new file ``dst``,
+    leaving out the ``dropped`` byte ranges (what scan_segment with
+    skip_corrupt found), and fsyncs it; returns its size. OSError as raised
+    (the caller names the segment and removes ``dst``)."""
+    cdef uint64_t pos = 0, a, b, n, size = 0
+    keep = []
+    for a, b in sorted(dropped):
+        if a > pos:
+            keep.append((pos, min(a, end)))
+        if b > pos:
+            pos = b
+    if pos < end:
+        keep.append((pos, end))
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for a, b in keep:
+            f.seek(a)
+            n = b - a
+            while n:
+                chunk = f.read(min(n, _CHUNK))
+                if not chunk:
+                    raise CorruptionError(f"{os.fspath(src)} shrank while being rewritten",
+                                          os.fspath(src), a, None)
+                out.write(chunk)
+                n -= len(chunk)
+                size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size
 
 
 cdef class WalIterator:
@@ -327,7 +423,14 @@ cdef class WalIterator:
                 self.rd.set_limit(self.wal.seg_size)
             st = self.rd.next(&r)
             if st == NK_OK:
-                return (_record_from_view(&r), _pos(self.seg_id, self.rd.rec_off))
+                try:
+                    rec = _record_from_view(&r, self.wal.max_value_size)
+                except CorruptionError as exc:
+                    self.rd.pos = self.rd.rec_off     # stays on it: the next call raises again
+                    raise CorruptionError(f"{self.rd.path}: {exc} at offset {self.rd.rec_off}",
+                                          os.fspath(self.rd.path), self.rd.rec_off,
+                                          self.seg_id) from None
+                return (rec, _pos(self.seg_id, self.rd.rec_off))
             if st == SCAN_END:
                 if self.seg_id == self.wal.seg_id and not self.wal.closed \
                         and self.rd.pos < self.wal.seg_size:

@@ -14,7 +14,8 @@ cdef uint32_t _LOADER_SLOW_FLAGS = (NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MA
 
 cdef class _StoreLoader(_Sink):
     """Replays records into the dicts of a store: last write wins, tombstones
-    delete, atomic batches apply whole or not at all, expired puts delete."""
+    delete, atomic batches apply whole or not at all, expired puts delete.
+    A record whose value is damaged (see _Sink) is refused, changing nothing."""
 
     cdef dict data
     cdef dict expiry
@@ -26,7 +27,8 @@ cdef class _StoreLoader(_Sink):
     cdef readonly uint64_t relative_ttls
     cdef readonly dict relative      # key -> deadline derived from a relative TTL
 
-    def __init__(self, dict data, dict expiry, int64_t open_ms):
+    def __init__(self, dict data, dict expiry, int64_t open_ms, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        _Sink.__init__(self, max_value_size)
         self.data = data
         self.expiry = expiry
         self.relative = {}
@@ -56,13 +58,12 @@ cdef class _StoreLoader(_Sink):
         cdef bytes key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
         cdef object value = None
         cdef int64_t deadline = -1
-        cdef uint32_t kind
         cdef PyObject *old
         cdef Py_ssize_t n
-        self.records += 1
         if not (r.flags & _LOADER_SLOW_FLAGS) and not self.staged:
             # The common record, a plain put: one dict lookup (setdefault)
             # instead of get + set; a second one only when the key existed.
+            self.records += 1
             value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
             n = PyDict_GET_SIZE(<PyObject *>self.data)
             old = PyDict_SetDefault(self.data, key, value)
@@ -74,11 +75,15 @@ cdef class _StoreLoader(_Sink):
                     self.expiry.pop(key, None)
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
             return 0
-        if not (r.flags & NK_FLAG_TOMBSTONE):
-            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-            kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-            if kind:
-                value = _decompress(kind, value)
+        if r.flags & NK_FLAG_TOMBSTONE:
+            # nori-wal stores a compressed delete's empty value compressed and
+            # decompresses it on read: a damaged one is a damaged record here too.
+            if r.flags & NK_COMP_MASK and self._value(r) is None:
+                return 1
+        else:
+            value = self._value(r)
+            if value is None:
+                return 1
             if r.flags & NK_FLAG_TTL:
                 if r.flags & NK_FLAG_TTL_ABS:
                     deadline = <int64_t>r.ttl_ms
@@ -89,6 +94,7 @@ cdef class _StoreLoader(_Sink):
                     deadline = self.open_ms + <int64_t>r.ttl_ms
                     self.relative_ttls += 1
                     self.relative[key] = deadline
+        self.records += 1
         if r.flags & NK_FLAG_BATCH_CONT:
             self.staged.append((key, value, deadline))
             return 0
@@ -124,12 +130,14 @@ cdef class _StoreCore:
     cdef readonly double compact_dead_ratio
     cdef readonly uint64_t compact_min_bytes
     cdef object _compact_trigger
+    cdef readonly uint64_t max_value_size
 
     def _init_core(self, _WalCore wal, dict data, dict expiry, uint64_t live_bytes,
                    Py_ssize_t max_keys, uint64_t max_bytes, int compression,
                    Py_ssize_t compress_min_size, double compact_dead_ratio,
                    uint64_t compact_min_bytes, compact_trigger):
         self._wal = wal
+        self.max_value_size = wal.max_value_size
         self._data = data
         self._expiry = expiry
         self._heap = [(d, k) for k, d in expiry.items()]
@@ -303,6 +311,8 @@ cdef class _StoreCore:
         cdef bint limited
         if self._closed:
             raise ClosedError("the KvStore is closed")
+        if <uint64_t>PyBytes_GET_SIZE(v) > self.max_value_size:
+            _check_value_size(v, self.max_value_size)
         if ttl is not None:
             deadline = _deadline(ttl)
             flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
