@@ -290,6 +290,25 @@ def test_values_put_at_the_bound_reopen(tmp_path, comp, content):
             assert dict(s.items()) == expected
 
 
+def test_compaction_never_compresses_a_value_over_the_bound(tmp_path):
+    """An uncompressed value larger than the store's max_value_size (written
+    by another nori-wal writer) stays readable across compact(): it is
+    written back uncompressed, never in a form the next open would refuse."""
+    p = tmp_path / "s"
+    wal, _ = Wal.open(wal_config(p / "wal", max_value_size=10_000))
+    with wal:
+        wal.append(Record.put(b"huge", bytes(5000)))
+    with KvStore.open(p, max_value_size=1000, compression="zstd", compress_min_size=0) as s:
+        assert s[b"huge"] == bytes(5000)
+        s.put(b"small", bytes(500))
+        s.compact()
+    with KvStore.open(p, max_value_size=1000) as s:
+        assert s[b"huge"] == bytes(5000) and s[b"small"] == bytes(500)
+    raws = [Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal"))
+            for _, raw in records_of(seg.read_bytes())]
+    assert {r.key: r.compression for r in raws} == {b"huge": Compression.NONE, b"small": Compression.ZSTD}
+
+
 @pytest.mark.parametrize("mode", list(RecoveryMode))
 def test_a_65_mib_zstd_value_reopens_in_every_mode(tmp_path, mode):
     """The issue's reproduction: a 65 MiB zstd value (and the same written by

@@ -628,10 +628,13 @@ def _deadline(ttl):
 
 
 def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
-                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size):
+                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size,
+                   uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
     """Writes the live map as segment files named ``<id>.wal.compact-tmp``,
     fsynced, for ids first_id .. first_id+ids-1 (the last takes any overflow).
-    Returns [(tmp path, id, size)]. Expired keys are left out."""
+    Returns [(tmp path, id, size)]. Expired keys are left out. A value over
+    max_value_size (read uncompressed from a log another writer made) is
+    written uncompressed: compressed, no open with that bound could read it."""
     cdef uint64_t seg = first_id
     cdef uint64_t size = 0
     cdef int64_t now = _now_ms()
@@ -657,7 +660,8 @@ def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t 
                 deadline = <uint64_t>d
                 flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
             stored = v
-            if compression and PyBytes_GET_SIZE(v) >= compress_min_size:
+            if compression and PyBytes_GET_SIZE(v) >= compress_min_size \
+                    and <uint64_t>PyBytes_GET_SIZE(v) <= max_value_size:
                 c = _compress(compression, v)
                 if len(c) < len(v):
                     stored = c

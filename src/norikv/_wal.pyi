@@ -308,5 +308,6 @@ def write_snapshot(
     max_segment_size: int,
     compression: int,
     compress_min_size: int,
+    max_value_size: int = ...,
 ) -> list[tuple[str, int, int]]: ...
 def _seal_tmp(f: BufferedWriter) -> None: ...

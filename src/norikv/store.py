@@ -317,7 +317,7 @@ class KvStore(_wal._StoreCore):
             try:
                 parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
                                             self.wal.max_segment_size, int(self._compression_kind()),
-                                            self.compress_min_size)
+                                            self.compress_min_size, self.max_value_size)
                 del data, expiry
                 for tmp, seg, size in parts:
                     self.wal._install_segment(tmp, seg, size)
