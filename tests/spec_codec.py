@@ -85,12 +85,16 @@ class SpecRecord:
 
 
 def stored_value(rec: SpecRecord) -> bytes:
-    if rec.tombstone or rec.compression == NONE:
+    """The value as nori-wal stores it: compressed whenever the record says so,
+    a delete's (empty) value included."""
+    if rec.compression == NONE:
         return rec.value
     if rec.compression == LZ4:
         return put_varint(len(rec.value)) + lz4.block.compress(rec.value, store_size=False)
     if rec.compression == ZSTD:
-        return zstandard.ZstdCompressor(level=3).compress(rec.value)
+        # zstd::encode_all(value, 3): a stream, no content size up front.
+        c = zstandard.ZstdCompressor(level=3).compressobj()
+        return c.compress(rec.value) + c.flush()
     raise ValueError(f"bad compression {rec.compression}")
 
 
@@ -102,8 +106,7 @@ def encode(rec: SpecRecord, stored: bytes | None = None) -> bytes:
     flags = rec.reserved & 0xE0
     if rec.tombstone:
         flags |= TOMBSTONE
-    else:
-        flags |= (rec.compression & 3) << COMP_SHIFT
+    flags |= (rec.compression & 3) << COMP_SHIFT
     if rec.ttl_ms is not None:
         flags |= HAS_TTL
     if rec.version is not None:
@@ -174,7 +177,7 @@ def decode(buf: bytes, pos: int = 0) -> tuple[SpecRecord, int]:
     if crc32c(bytes(buf[start:end - 4])) != crc:
         raise SpecError("CRC32C mismatch")
     tomb = bool(flags & TOMBSTONE)
-    value = stored if tomb else _decompress(kind, stored)
+    value = _decompress(kind, stored)      # a compressed delete's value too, as nori-wal does
     rec = SpecRecord(key=key, value=value, tombstone=tomb, ttl_ms=ttl, version=version,
                      compression=kind, reserved=flags & 0xE0)
     return rec, end - start

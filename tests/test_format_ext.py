@@ -105,9 +105,9 @@ def test_torn_batch_then_a_foreign_plain_append(tmp_path, mode):
 
 
 def test_foreign_append_after_torn_batch_with_skip_mode_rewrite(tmp_path):
-    """SKIP_ANY_CORRUPTED_RECORDS rewrites a damaged segment with
-    copy_valid_records: the broken batch is not copied (replay never applies
-    it), everything else is."""
+    """SKIP_ANY_CORRUPTED_RECORDS rewrites a damaged segment without its
+    damaged span; the broken batch stays in the log (as in every mode: replay
+    never applies it, a compaction removes it), everything else is kept."""
     bad = bytearray(rec(b"damaged", b"zzzz"))
     bad[-1] ^= 0xFF
     write_segments(tmp_path, ISSUE_SEGMENT + bytes(bad) + rec(b"tail"))
@@ -115,9 +115,11 @@ def test_foreign_append_after_torn_batch_with_skip_mode_rewrite(tmp_path):
         assert dict(s.items()) == {b"before": b"0", b"later": b"x", b"tail": b"v"}
         assert s.recovery_info.batch_records_dropped == 3
         assert s.recovery_info.spans_skipped == 1
-    assert [k for k, _ in flags_on_disk(tmp_path)] == [b"before", b"later", b"tail"]
+    assert [k for k, _ in flags_on_disk(tmp_path)] == [b"before", b"b1", b"b2", b"b3", b"later", b"tail"]
     with open_store(tmp_path) as s:
         assert dict(s.items()) == {b"before": b"0", b"later": b"x", b"tail": b"v"}
+        assert s.recovery_info.batch_records_dropped == 3
+        assert not s.recovery_info.corruption_detected
 
 
 def test_batch_open_at_the_end_of_the_log_is_cut(tmp_path):

@@ -28,10 +28,6 @@ can never hold a valid record), while nori-wal counts the zero tail as
 truncated corruption. The test asserts norikv's values and that nori-wal's
 ``bytes_truncated`` is exactly that all-zero tail. A real torn tail (case 10)
 is reported by both alike. See docs/FORMAT.md, "nori-wal corpus".
-
-Checks that fail today because of bugs of issue #11 being fixed elsewhere are
-marked ``xfail(strict=True)`` (``XFAIL`` below); remove a mark once its fix is
-in.
 """
 
 from __future__ import annotations
@@ -76,33 +72,9 @@ MAX_SEGMENT_SIZE = 1 << 20
 
 COMPRESSION = {"none": Compression.NONE, "lz4": Compression.LZ4, "zstd": Compression.ZSTD}
 
-# Checks that fail on the code this file was written against, because of bugs
-# of issue #11 that are being fixed separately. strict=True: once a fix is
-# merged the test passes, the mark fails the run, and it must be removed.
-_P1 = ("issue #11 point 1: a zstd value over 64 MiB (68157441 zero bytes, written by "
-       "nori-wal) is refused as a decompression bomb")
-_P3 = ("issue #11 point 3: a compressed tombstone decodes to its stored bytes "
-       "(LZ4 b'\\x00\\x00', a zstd frame) instead of b'' as nori-wal decodes it")
-XFAIL = {
-    ("wal", "07-compressed-tombstone"): _P3,
-    ("wal", "11-zstd-65mib-zeros"): _P1,
-    ("decode", "07-compressed-tombstone"): _P3,
-    ("decode", "11-zstd-65mib-zeros"): _P1,
-    ("store", "11-zstd-65mib-zeros"): _P1,
-    ("wal_append", "07-compressed-tombstone"): _P3,
-    ("wal_append", "11-zstd-65mib-zeros"): _P1,
-    ("store_put", "11-zstd-65mib-zeros"): _P1,
-}
-
-
 def cases(check):
-    """The cases as pytest params, with the xfail marks of ``check``."""
-    out = []
-    for case in CASES:
-        reason = XFAIL.get((check, case))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-        out.append(pytest.param(case, marks=marks, id=case))
-    return out
+    """The cases as pytest params (``check`` names the test, for marks)."""
+    return [pytest.param(case, id=case) for case in CASES]
 
 
 # ---------------------------------------------------------------- the fixtures
@@ -404,7 +376,7 @@ def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path,
     copy_wal(c, store_dir / "wal")
     assert [r.ttl_ms for r in c.records if r.key == b"ttl"] == [HOUR_MS]
     pin = getattr(KvStore, "_pin_relative_ttls", None)
-    if pin is None:   # not an AssertionError: the xfail must not absorb this
+    if pin is None:
         raise RuntimeError("KvStore._pin_relative_ttls is gone: update this test")
     calls = []
 

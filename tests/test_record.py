@@ -43,7 +43,7 @@ def cfg(path, **kw):
 def as_spec(r: Record) -> spec.SpecRecord:
     return spec.SpecRecord(key=r.key, value=r.value, tombstone=r.tombstone, ttl_ms=r.ttl_ms,
                            version=r.version,
-                           compression=0 if r.tombstone else int(r.compression))
+                           compression=int(r.compression))
 
 
 def as_record(s: spec.SpecRecord) -> Record:
@@ -143,9 +143,8 @@ def test_roundtrip_and_interop(srec):
     sdata = spec.encode(srec)
     got3, n3 = Record.decode(sdata)
     assert n3 == len(sdata) and got3 == rec
-    # uncompressed records are byte-identical between the two encoders
-    if srec.compression == 0:
-        assert sdata == data
+    # byte-identical between the two encoders (zstd: both stream like nori-wal)
+    assert sdata == data
 
 
 @given(st.lists(records(), min_size=1, max_size=25))
@@ -383,7 +382,7 @@ HOSTILE_SCRIPT = textwrap.dedent("""
     import lz4.block
     sys.path.insert(0, {tests!r})
     import spec_codec as spec
-    from norikv import CorruptionError, Record, Wal, WalConfig, FsyncPolicy, Position
+    from norikv import CorruptionError, Record, Wal, WalConfig, FsyncPolicy, Position, RecoveryMode
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     # room for the interpreter and a 1 MiB segment mapping, nowhere near the claims below
     with open("/proc/self/status") as f:
@@ -420,14 +419,23 @@ HOSTILE_SCRIPT = textwrap.dedent("""
         f.write(good + rec)
     with open(d + "/000001.wal", "wb") as f:
         f.write(good + cases[1])
-    wal, info = Wal.open(WalConfig(dir=d, max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS))
-    assert info.corruption_detected and info.valid_records == 3, info
+    cfg = dict(dir=d, max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS)
+    try:
+        Wal.open(WalConfig(**cfg))      # a damaged record, not a torn tail: refused
+    except CorruptionError as exc:
+        assert (exc.segment_id, exc.offset) == (0, len(good)), exc
+    else:
+        raise SystemExit("recovery accepted the lz4 claim")
+    wal, info = Wal.open(WalConfig(recovery_mode=RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS, **cfg))
+    assert info.corruption_detected and info.valid_records == 2 and info.spans_skipped == 2, info
+    with open(d + "/000000.wal", "ab") as f:   # put back behind the open Wal's back
+        f.write(rec)
     it = wal.read_from(Position(0, 0))
     assert next(it)[0].key == b"a"
     try:
         next(it)
-    except CorruptionError:
-        pass
+    except CorruptionError as exc:
+        assert (exc.segment_id, exc.offset) == (0, len(good)), exc
     else:
         raise SystemExit("read_from accepted the lz4 claim")
     wal.close()
@@ -477,8 +485,8 @@ def test_zstd_frames_with_and_without_size(value):
 def test_zstd_bomb_is_bounded():
     stored = _zstd_stream(bytes(100 << 20))  # 100 MiB of zeros in ~3 KB, no size in the header
     assert len(stored) < 10_000
-    with pytest.raises(CorruptionError, match="limit"):
-        Record.decode(_zstd_record(stored))
+    with pytest.raises(CorruptionError, match="max_value_size"):
+        Record.decode(_zstd_record(stored), max_value_size=64 << 20)
 
 
 def test_delete_ignores_compression():

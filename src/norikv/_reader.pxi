@@ -180,7 +180,42 @@ cdef class _Sink:
     ``on_record`` for a record to apply now; ``stage`` for a record of an
     atomic batch, followed later by ``end_batch(True)`` (apply the staged
     records, in order) or ``end_batch(False)`` (discard them). on_record is
-    never called while records are staged. (Subclassed by KvStore.)"""
+    never called while records are staged. (Subclassed by KvStore's loader.)
+
+    Before a record with compressed value is handed on, the scanner calls
+    ``check``: a value that does not decompress to at most
+    ``max_value_size`` bytes makes the record damaged (``check`` returns 1
+    and says why in ``bad_value``); otherwise the decompressed value is in
+    ``value`` for on_record/stage to take, so it is decompressed once."""
+
+    cdef readonly uint64_t max_value_size
+    cdef readonly object bad_value      # why the last record refused was damaged
+    cdef object value                   # the value `check` decompressed
+
+    def __cinit__(self, *args, **kwargs):
+        self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
+
+    def __init__(self, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        self.max_value_size = _u64(max_value_size, "max_value_size")
+
+    cdef int check(self, const nk_rec *r) except -1:
+        """0: the compressed value of r decompresses (now in ``value``);
+        1: it is damaged (see the class)."""
+        cdef uint32_t kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+        try:
+            self.value = _decompress(kind, PyBytes_FromStringAndSize(<const char *>r.value, r.vlen),
+                                     self.max_value_size)
+        except CorruptionError as exc:
+            self.value = None
+            self.bad_value = str(exc)
+            return 1
+        return 0
+
+    cdef object _value(self, const nk_rec *r):
+        """The value of r as check left it (stored bytes when uncompressed)."""
+        if r.flags & NK_COMP_MASK:
+            return self.value
+        return PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         return 0
@@ -198,16 +233,17 @@ cdef class _RecordCollector(_Sink):
     cdef public list records
     cdef list staged
 
-    def __init__(self):
+    def __init__(self, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        _Sink.__init__(self, max_value_size)
         self.records = []
         self.staged = []
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        self.records.append((_record_from_view(r), _pos(seg_id, offset)))
+        self.records.append((_record_with_value(r, self._value(r)), _pos(seg_id, offset)))
         return 0
 
     cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        self.staged.append((_record_from_view(r), _pos(seg_id, offset)))
+        self.staged.append((_record_with_value(r, self._value(r)), _pos(seg_id, offset)))
         return 0
 
     cdef int end_batch(self, bint commit) except -1:
@@ -231,31 +267,53 @@ cdef inline int _feed(_Sink sink, int action, const nk_rec *r, uint64_t seg_id,
     return sink.on_record(r, seg_id, offset)
 
 
+cdef dict _scan_result(uint64_t records, uint64_t end, object status, bint value_damage,
+                       uint64_t file_size, uint64_t nonzero_end, nk_batch *batch,
+                       uint64_t batch_dropped, list skipped, list dropped):
+    return dict(records=records, end=end, status=status, value_damage=value_damage,
+                file_size=file_size, nonzero_end=nonzero_end,
+                batch_open=batch.start if batch.count else None, batch_records=batch.count,
+                batch_dropped=batch_dropped, skipped=skipped, dropped=[tuple(d) for d in dropped])
+
+
 def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1,
                  bint skip_corrupt=False, bint final=True):
     """Scans one segment, handing each valid record to ``sink`` as the atomic
-    batch rule says (see _Sink).
+    batch rule says, after the sink has judged its value (see _Sink).
 
-    ``final``: the segment is the last of the log. Returns a dict: ``records``
-    (valid records read, less those of a batch broken by damage when
-    ``skip_corrupt``), ``end`` (offset of the clean end, or of the first bad
-    record), ``status`` (``None`` when clean, else a reason), ``file_size``,
-    ``nonzero_end`` (end of the last non-zero byte after a bad record),
-    ``batch_open`` (offset of an atomic batch left unterminated where the log
-    may go on -- the end of a final segment, or the damage that stopped the
-    scan -- for recovery to cut; else None) and ``batch_records`` (its
-    records), ``batch_dropped`` (records of broken batches that are never
-    applied: a run ended by a record without BATCH_END, or left open at the
-    clean end of a non-final segment), ``skipped`` (list of (start, end) byte
-    ranges skipped when ``skip_corrupt``)."""
+    ``final``: the segment is the last of the log. Returns a dict:
+    ``records`` (valid records read, less those of a batch broken by damage
+    when ``skip_corrupt``), ``end`` (offset of the clean end, or of the first
+    bad record), ``status`` (``None`` when clean, else a reason),
+    ``value_damage`` (the bad record is whole, its CRC holds, but its value
+    does not decompress within the sink's max_value_size: damage, never a
+    torn write), ``file_size``, ``nonzero_end`` (end of the last non-zero
+    byte after a bad record), ``batch_open`` (offset of an atomic batch left
+    unterminated where the log may go on -- the end of a final segment, or
+    the damage that stopped the scan -- for recovery to cut; else None) and
+    ``batch_records`` (its records), ``batch_dropped`` (records of broken
+    batches that are never applied: a run ended by a record without
+    BATCH_END, or left open at the clean end of a non-final segment).
+
+    With ``skip_corrupt`` damage is skipped and the scan goes on: ``status``
+    stays None, ``end`` is where the segment's data ends, ``skipped`` lists
+    the damaged spans as (start, end, reason, records before it), and
+    ``dropped`` the byte ranges that a rewrite leaves out: those spans and
+    the records of an atomic batch one of them broke (the records before the
+    damage; and after it too when the damaged record is whole and says the
+    batch goes on). The sink never sees a dropped record, or sees its batch
+    discarded with end_batch(False)."""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
     cdef int st, action
     cdef uint64_t count = 0
-    cdef uint64_t dropped = 0
+    cdef uint64_t batch_dropped = 0
     cdef nk_batch batch
-    cdef uint64_t bad_at
+    cdef uint64_t bad_at, drop_from
+    cdef bint dropping = False
     cdef list skipped = []
+    cdef list dropped = []
+    cdef object reason
     batch.start = batch.count = batch.closed = 0
     rd.open(path, 0, limit, 1)
     try:
@@ -263,92 +321,129 @@ def scan_segment(path, uint64_t seg_id, _Sink sink=None, *, int64_t limit=-1,
         while True:
             st = rd.next(&r)
             if st == NK_OK:
-                count += 1
-                action = nk_batch_step(&batch, r.flags, rd.rec_off)
-                if action == NK_BATCH_BREAK:
-                    dropped += batch.closed
-                if sink is not None:
-                    _feed(sink, action, &r, seg_id, rd.rec_off)
+                if dropping:
+                    if r.flags & (NK_FLAG_BATCH_CONT | NK_FLAG_BATCH_END):
+                        # The rest of an atomic batch whose damaged record was skipped.
+                        dropped[len(dropped) - 1][1] = rd.pos     # (no wraparound: not [-1])
+                        dropping = (r.flags & NK_FLAG_BATCH_CONT) != 0
+                        continue
+                    dropping = False
+                if sink is None or not (r.flags & NK_COMP_MASK) or not sink.check(&r):
+                    count += 1
+                    action = nk_batch_step(&batch, r.flags, rd.rec_off)
+                    if action == NK_BATCH_BREAK:
+                        batch_dropped += batch.closed
+                    if sink is not None:
+                        _feed(sink, action, &r, seg_id, rd.rec_off)
+                    continue
+                # Whole, its CRC holds, but its value is damaged (the sink says why).
+                bad_at = rd.rec_off
+                if not skip_corrupt:
+                    rd._rest_is_zero(bad_at)
+                    return _scan_result(count, bad_at, sink.bad_value, True, file_size,
+                                        rd.nonzero_end, &batch, batch_dropped, skipped, dropped)
+                reason = sink.bad_value
+                drop_from = bad_at
+                if batch.count:
+                    drop_from = batch.start
+                    count -= nk_batch_drop(&batch)
+                    sink.end_batch(False)
+                skipped.append((bad_at, rd.pos, reason, count))
+                dropped.append([drop_from, rd.pos])
+                dropping = (r.flags & NK_FLAG_BATCH_CONT) != 0
                 continue
+            dropping = False
             if st == SCAN_END:
                 if not final and batch.count:
                     # Never completed: batches never span segments.
-                    dropped += nk_batch_drop(&batch)
+                    batch_dropped += nk_batch_drop(&batch)
                     if sink is not None:
                         sink.end_batch(False)
-                return dict(records=count, end=rd.pos, status=None, file_size=file_size,
-                            nonzero_end=rd.pos, batch_open=batch.start if batch.count else None,
-                            batch_records=batch.count, batch_dropped=dropped, skipped=skipped)
+                return _scan_result(count, rd.pos, None, False, file_size, rd.pos, &batch,
+                                    batch_dropped, skipped, dropped)
             if skip_corrupt:
                 bad_at = rd.pos
+                drop_from = bad_at
                 if batch.count:
                     # The damage broke an atomic batch: its records before the
-                    # damage go too (copy_valid_records drops them likewise).
+                    # damage go too.
+                    drop_from = batch.start
                     count -= nk_batch_drop(&batch)
                     if sink is not None:
                         sink.end_batch(False)
                 rd.resync()
-                skipped.append((bad_at, rd.pos))
+                skipped.append((bad_at, rd.pos, _status_text(st), count))
+                dropped.append([drop_from, rd.pos])
                 if rd.pos >= rd.limit:
-                    return dict(records=count, end=bad_at, status=None, file_size=file_size,
-                                nonzero_end=rd.pos, batch_open=None, batch_records=0,
-                                batch_dropped=dropped, skipped=skipped)
+                    return _scan_result(count, rd.pos, None, False, file_size, rd.pos, &batch,
+                                        batch_dropped, skipped, dropped)
                 continue
-            return dict(records=count, end=rd.pos, status=_status_text(st), file_size=file_size,
-                        nonzero_end=rd.nonzero_end, batch_open=batch.start if batch.count else None,
-                        batch_records=batch.count, batch_dropped=dropped, skipped=skipped)
+            return _scan_result(count, rd.pos, _status_text(st), False, file_size, rd.nonzero_end,
+                                &batch, batch_dropped, skipped, dropped)
     finally:
         rd.close()
         if sink is not None and batch.count:
             sink.end_batch(False)       # a run left open here is never applied
 
 
-def copy_valid_records(src, dst):
-    """Writes every record of ``src`` that decodes with a valid CRC to ``dst``,
-    skipping damaged spans and the records of atomic batches that replay
-    never applies (a batch broken by damage or by a record without BATCH_END);
-    a batch left open at the end is kept for recovery to cut. Returns the
-    number of records copied."""
+def segment_records(path, uint64_t start=0):
+    """Lists the records of a segment from ``start`` as they are stored,
+    with the scanner recovery uses but without decompressing values:
+    yields ``(offset, fields)``, fields a dict of size, flags, key, vlen
+    (the stored value's size), ttl_ms, term and index (None when absent);
+    at a bad record, a last ``(offset, reason)``. An all-zero tail is a clean
+    end. (For ``norikv dump``.)"""
     cdef _SegmentReader rd = _SegmentReader()
     cdef nk_rec r
-    cdef int st, action
-    cdef uint64_t count = 0
-    cdef list batch = []
-    cdef nk_batch state
-    state.start = state.count = state.closed = 0
-    rd.open(src, 0, -1, 1)
+    cdef int st
+    rd.open(path, start, -1, 1)
     try:
-        with open(dst, "wb") as out:
-            while True:
-                st = rd.next(&r)
-                if st == NK_OK:
-                    rec = PyBytes_FromStringAndSize(<const char *>rd.buf + (rd.rec_off - rd.buf_off), r.size)
-                    action = nk_batch_step(&state, r.flags, rd.rec_off)
-                    if action == NK_BATCH_STAGE:
-                        batch.append(rec)
-                        continue
-                    if action == NK_BATCH_COMMIT:
-                        for b in batch:
-                            out.write(b)
-                            count += 1
-                    batch.clear()
-                    out.write(rec)
-                    count += 1
-                elif st == SCAN_END:
-                    break
-                else:
-                    nk_batch_drop(&state)
-                    batch.clear()
-                    if not rd.resync():
-                        break
-            for b in batch:             # left open at the end: recovery cuts it
-                out.write(b)
-                count += 1
-            out.flush()
-            os.fsync(out.fileno())
+        while True:
+            st = rd.next(&r)
+            if st == SCAN_END:
+                return
+            if st != NK_OK:
+                yield rd.pos, _status_text(st)
+                return
+            fields = dict(size=r.size, flags=r.flags,
+                          key=PyBytes_FromStringAndSize(<const char *>r.key, r.klen), vlen=r.vlen,
+                          ttl_ms=r.ttl_ms if r.flags & NK_FLAG_TTL else None,
+                          term=r.term if r.flags & NK_FLAG_VERSION else None,
+                          index=r.index if r.flags & NK_FLAG_VERSION else None)
+            yield rd.rec_off, fields
     finally:
         rd.close()
-    return count
+
+
+def copy_valid_records(src, dst, uint64_t end, dropped):
+    """Writes the bytes [0, end) of segment ``src`` to a new file ``dst``,
+    leaving out the ``dropped`` byte ranges (what scan_segment with
+    skip_corrupt found), and fsyncs it; returns its size. OSError as raised
+    (the caller names the segment and removes ``dst``)."""
+    cdef uint64_t pos = 0, a, b, n, size = 0
+    keep = []
+    for a, b in sorted(dropped):
+        if a > pos:
+            keep.append((pos, min(a, end)))
+        if b > pos:
+            pos = b
+    if pos < end:
+        keep.append((pos, end))
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for a, b in keep:
+            f.seek(a)
+            n = b - a
+            while n:
+                chunk = f.read(min(n, _CHUNK))
+                if not chunk:
+                    raise CorruptionError(f"{os.fspath(src)} shrank while being rewritten",
+                                          os.fspath(src), a, None)
+                out.write(chunk)
+                n -= len(chunk)
+                size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size
 
 
 cdef class WalIterator:
@@ -378,7 +473,14 @@ cdef class WalIterator:
                 self.rd.set_limit(self.wal.seg_size)
             st = self.rd.next(&r)
             if st == NK_OK:
-                return (_record_from_view(&r), _pos(self.seg_id, self.rd.rec_off))
+                try:
+                    rec = _record_from_view(&r, self.wal.max_value_size)
+                except CorruptionError as exc:
+                    self.rd.pos = self.rd.rec_off     # stays on it: the next call raises again
+                    raise CorruptionError(f"{self.rd.path}: {exc} at offset {self.rd.rec_off}",
+                                          os.fspath(self.rd.path), self.rd.rec_off,
+                                          self.seg_id) from None
+                return (rec, _pos(self.seg_id, self.rd.rec_off))
             if st == SCAN_END:
                 if self.seg_id == self.wal.seg_id and not self.wal.closed \
                         and self.rd.pos < self.wal.seg_size:

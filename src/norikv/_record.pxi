@@ -19,12 +19,20 @@ cdef inline bytes _compress(uint32_t kind, bytes value):
         _compress_fn = compress
     return _compress_fn(kind, value)
 
-cdef inline bytes _decompress(uint32_t kind, bytes stored):
+cdef inline bytes _decompress(uint32_t kind, bytes stored, uint64_t max_size):
+    """The value; CorruptionError when it does not decompress to at most max_size bytes."""
     global _decompress_fn
     if _decompress_fn is None:
         from norikv.compression import decompress
         _decompress_fn = decompress
-    return _decompress_fn(kind, stored)
+    return _decompress_fn(kind, stored, max_size)
+
+
+cdef inline int _check_value_size(object value, uint64_t max_size) except -1:
+    """ValueError when a value to be written is larger than max_value_size."""
+    if <uint64_t>len(value) > max_size:
+        raise ValueError(f"the value is {len(value)} bytes, over max_value_size {max_size}")
+    return 0
 
 # The flag bits (docs/FORMAT.md), for tools such as the CLI's dump.
 FLAG_TOMBSTONE = NK_FLAG_TOMBSTONE
@@ -52,7 +60,10 @@ cdef class Record:
 
     Records are immutable; ``with_compression``/``with_version`` return a new
     one. ``value`` is always the uncompressed value. Equality compares every
-    field."""
+    field. A delete is written without compression bits; one read from a log
+    that has them (nori-wal writes a delete's empty value compressed when
+    asked) keeps them, its value decompressed, and encodes back to the same
+    bytes."""
 
     cdef readonly bytes key
     cdef readonly bytes value
@@ -191,15 +202,14 @@ cdef class Record:
                                       self._term, self._index))
 
     cdef inline uint32_t _wire_flags(self):
-        """The flags as written: a delete carries no compression bits (a
-        record read from a foreign log may have them)."""
-        if self.flags & NK_FLAG_TOMBSTONE:
-            return self.flags & ~(<uint32_t>NK_COMP_MASK)
+        """The flags as written: all of them (a delete made by norikv has no
+        compression bits; one read from a nori-wal log may have them, and is
+        written back as it was read)."""
         return self.flags
 
     cdef bytes _stored_value(self):
         cdef uint32_t kind = (self.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-        if kind == 0 or (self.flags & NK_FLAG_TOMBSTONE):
+        if kind == 0:
             return self.value
         return _compress(kind, self.value)
 
@@ -216,14 +226,16 @@ cdef class Record:
         return out
 
     @staticmethod
-    def decode(data, Py_ssize_t offset=0):
+    def decode(data, Py_ssize_t offset=0, *, max_value_size=DEFAULT_MAX_VALUE_SIZE):
         """Decodes the record at ``data[offset:]``; returns ``(record, size)``.
 
         Raises CorruptionError when the bytes are incomplete, fail the CRC or
-        are malformed."""
+        are malformed, or when a compressed value does not decompress to at
+        most ``max_value_size`` bytes."""
         cdef Py_buffer view
         cdef nk_rec r
         cdef int st
+        cdef uint64_t limit = _u64(max_value_size, "max_value_size")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if offset < 0 or offset > view.len:
@@ -232,7 +244,11 @@ cdef class Record:
             if st != NK_OK:
                 raise CorruptionError(f"record at offset {offset}: {_status_text(st)}",
                                       None, offset, None)
-            return _record_from_view(&r), r.size
+            try:
+                rec = _record_from_view(&r, limit)
+            except CorruptionError as exc:
+                raise CorruptionError(f"record at offset {offset}: {exc}", None, offset, None) from None
+            return rec, r.size
         finally:
             PyBuffer_Release(&view)
 
@@ -248,13 +264,22 @@ def _record_from_fields(key, value, flags, ttl_ms, term, index):
     return r
 
 
-cdef Record _record_from_view(const nk_rec *v):
-    cdef Record r = Record.__new__(Record)
+cdef Record _record_from_view(const nk_rec *v, uint64_t max_value_size):
+    """The Record of a decoded view; CorruptionError (without a position:
+    the caller adds it) when its value does not decompress within
+    max_value_size. A delete's value is decompressed too, as nori-wal does."""
     cdef uint32_t kind = (v.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    cdef bytes value = PyBytes_FromStringAndSize(<const char *>v.value, v.vlen)
+    if kind:
+        value = _decompress(kind, value, max_value_size)
+    return _record_with_value(v, value)
+
+
+cdef Record _record_with_value(const nk_rec *v, bytes value):
+    """The Record of a decoded view whose (decompressed) value is ``value``."""
+    cdef Record r = Record.__new__(Record)
     r.key = PyBytes_FromStringAndSize(<const char *>v.key, v.klen)
-    r.value = PyBytes_FromStringAndSize(<const char *>v.value, v.vlen)
-    if kind and not (v.flags & NK_FLAG_TOMBSTONE):
-        r.value = _decompress(kind, r.value)
+    r.value = value
     r.flags = v.flags
     r._ttl_ms = v.ttl_ms
     r._term = v.term

@@ -14,7 +14,8 @@ cdef uint32_t _LOADER_SLOW_FLAGS = NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MAS
 cdef class _StoreLoader(_Sink):
     """Replays records into the dicts of a store: last write wins, tombstones
     delete, atomic batches apply whole or not at all (the scanner applies the
-    batch rule, see _Sink), expired puts delete."""
+    batch rule, see _Sink), expired puts delete. A record whose value is
+    damaged never reaches it (_Sink.check)."""
 
     cdef dict data
     cdef dict expiry
@@ -29,7 +30,8 @@ cdef class _StoreLoader(_Sink):
     # key removes it): KvStore.open pins each one
     cdef readonly dict relative
 
-    def __init__(self, dict data, dict expiry, int64_t open_ms):
+    def __init__(self, dict data, dict expiry, int64_t open_ms, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        _Sink.__init__(self, max_value_size)
         self.data = data
         self.expiry = expiry
         self.relative = {}
@@ -71,12 +73,8 @@ cdef class _StoreLoader(_Sink):
         cdef object value = None
         cdef int64_t deadline = -1
         cdef bint relative = False
-        cdef uint32_t kind
         if not (r.flags & NK_FLAG_TOMBSTONE):
-            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-            kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-            if kind:
-                value = _decompress(kind, value)
+            value = self._value(r)          # decompressed once, by check()
             if r.flags & NK_FLAG_TTL:
                 if r.flags & NK_FLAG_TTL_ABS:
                     deadline = nk_deadline(0, r.ttl_ms)
@@ -149,6 +147,7 @@ cdef class _StoreCore:
     cdef readonly double compact_dead_ratio
     cdef readonly uint64_t compact_min_bytes
     cdef object _compact_trigger
+    cdef readonly uint64_t max_value_size
 
     def __cinit__(self):
         # Until _init_core (KvStore.open) the store is closed: every method
@@ -160,6 +159,7 @@ cdef class _StoreCore:
                    Py_ssize_t compress_min_size, double compact_dead_ratio,
                    uint64_t compact_min_bytes, compact_trigger):
         self._wal = wal
+        self.max_value_size = wal.max_value_size
         self._data = data
         self._expiry = expiry
         self._heap = [(d, k) for k, d in expiry.items()]
@@ -333,6 +333,8 @@ cdef class _StoreCore:
         cdef bint limited
         if self._closed:
             raise ClosedError("the KvStore is closed")
+        if <uint64_t>PyBytes_GET_SIZE(v) > self.max_value_size:
+            _check_value_size(v, self.max_value_size)
         if ttl is not None:
             deadline = _deadline(ttl)
             flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
@@ -589,6 +591,12 @@ cdef class _StoreCore:
 
     # ------------------------------------------------------------ small accessors
 
+    def _check_value(self, bytes value):
+        """What put checks of a value before anything is written (for a
+        WriteBatch): ClosedError, or ValueError over max_value_size."""
+        self._check_open()
+        _check_value_size(value, self.max_value_size)
+
     def _data_view(self):
         return self._data
 
@@ -654,10 +662,13 @@ def _deadline(ttl):
 
 
 def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
-                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size):
+                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size,
+                   uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
     """Writes the live map as segment files named ``<id>.wal.compact-tmp``,
     fsynced, for ids first_id .. first_id+ids-1 (the last takes any overflow).
-    Returns [(tmp path, id, size)]. Expired keys are left out."""
+    Returns [(tmp path, id, size)]. Expired keys are left out. A value over
+    max_value_size (read uncompressed from a log another writer made) is
+    written uncompressed: compressed, no open with that bound could read it."""
     cdef uint64_t seg = first_id
     cdef uint64_t size = 0
     cdef int64_t now = _now_ms()
@@ -683,7 +694,8 @@ def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t 
                 deadline = <uint64_t>d
                 flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
             stored = v
-            if compression and PyBytes_GET_SIZE(v) >= compress_min_size:
+            if compression and PyBytes_GET_SIZE(v) >= compress_min_size \
+                    and <uint64_t>PyBytes_GET_SIZE(v) <= max_value_size:
                 c = _compress(compression, v)
                 if len(c) < len(v):
                     stored = c

@@ -30,6 +30,11 @@ import weakref
 
 from norikv.errors import (ClosedError, ConfigError, CorruptionError, LockError, NoriIOError,
                            StoreFullError, WalFailedError, io_error)
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
+
+# The largest value put/append accept and reads decompress, unless a store's
+# or Wal's max_value_size says otherwise (norikv.compression documents it).
+cdef uint64_t _DEFAULT_MAX_VALUE_SIZE = DEFAULT_MAX_VALUE_SIZE
 
 cdef extern from "Python.h":
     PyObject *PyDict_GetItemWithError(object d, object k) except? NULL

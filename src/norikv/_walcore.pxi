@@ -115,6 +115,7 @@ cdef class _WalCore:
     cdef int lock_fd
     cdef object dir_key
     cdef readonly uint64_t max_segment_size
+    cdef readonly uint64_t max_value_size   # largest value append takes and reads decompress
     cdef readonly int policy
     cdef readonly double window
     cdef readonly bint preallocate
@@ -168,6 +169,7 @@ cdef class _WalCore:
         self.closed = True
         self.fork_gen = _fork_generation
         self.seg_sizes = {}
+        self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
         self.io_lock = PyThread_allocate_lock()
         self.map_lock = PyThread_allocate_lock()
         if self.io_lock == NULL or self.map_lock == NULL:
@@ -309,13 +311,15 @@ cdef class _WalCore:
 
     # ------------------------------------------------------------ open
 
-    def _open(self, path, uint64_t max_segment_size, int policy, double window, bint preallocate):
+    def _open(self, path, uint64_t max_segment_size, int policy, double window, bint preallocate,
+              uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
         """Takes the directory lock of an existing directory (norikv.wal
         creates it durably first). Recovery is driven by norikv.wal."""
         cdef struct_stat st
         cdef bytes bdir
         self.dir = os.fspath(path)
         self.max_segment_size = max_segment_size
+        self.max_value_size = max_value_size
         self.policy = policy
         self.small_folios = policy == POLICY_ALWAYS
         self.window = window
@@ -674,8 +678,11 @@ cdef class _WalCore:
 
     def append(self, Record record not None):
         """Appends one record; returns its Position. The bytes are in the OS
-        page cache when this returns (ALWAYS: on stable storage)."""
-        cdef bytes stored = record._stored_value()
+        page cache when this returns (ALWAYS: on stable storage). A value
+        over max_value_size is a ValueError and nothing is written."""
+        cdef bytes stored
+        _check_value_size(record.value, self.max_value_size)
+        stored = record._stored_value()
         cdef uint32_t flags = record._wire_flags()
         cdef uint64_t n
         cdef uint8_t *p
@@ -714,6 +721,9 @@ cdef class _WalCore:
             r = recs[i]
             if r is None:
                 raise TypeError("records must be Record objects")
+            _check_value_size(r.value, self.max_value_size)
+        for i in range(count):
+            r = recs[i]
             sv = r._stored_value()
             f = nk_batch_flags(r._wire_flags(), i, count if atomic else 1)
             stored.append(sv)

@@ -29,14 +29,15 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from norikv import _wal
 from norikv._version import __version__
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.errors import CorruptionError, LockError, NoriError
 from norikv.progress import Progress, Spinner
 from norikv.progress import format_size as _size
-from norikv.wal import RecoveryMode, compaction_leftovers
+from norikv.wal import RecoveryMode, RecoveryPlan, SegmentPlan, compaction_leftovers, plan_recovery
 
 __all__ = ["main"]
 
@@ -224,7 +225,8 @@ def _open_store(args: argparse.Namespace, create: bool = False):  # -> KvStore
     root, _ = _locate(args.dir, create)
     try:
         return KvStore.open(root, recovery_mode=RecoveryMode.ABSOLUTE_CONSISTENCY,
-                            fsync_policy=FsyncPolicy.OS, auto_compact=False)
+                            fsync_policy=FsyncPolicy.OS, auto_compact=False,
+                            max_value_size=args.max_value_size)
     except LockError:
         raise CliError(_locked_message(root, os.path.join(root, "wal"))) from None
     except CorruptionError as exc:
@@ -276,67 +278,67 @@ def _is_enoent(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == _errno.ENOENT
 
 
-def _load_view(args: argparse.Namespace, waldir: str) -> View:
+def _plan(args: argparse.Namespace, waldir: str, mode: RecoveryMode, make_sink: Callable[[], Any],
+          label: str) -> tuple[RecoveryPlan, Any]:
+    """plan_recovery (what an open in ``mode`` would do, the library's code)
+    with a fresh sink, lock-free: started again when a compaction by the
+    process holding the store deletes a segment meanwhile, or when that
+    process may have been copying a record into its active segment as it
+    was read (a transient torn tail). Returns (plan, sink)."""
     for attempt in range(_RETRIES):
+        files = _segment_files(waldir)
+        total = 0
+        for _, path in files:
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+        prog = Progress(args, label, total)
+        sink = make_sink()
         try:
-            view = _load_view_once(args, waldir)
-            if view.tail is not None and attempt + 1 < _RETRIES and _lock_holders(waldir):
-                # The process holding the store may have been copying a record
-                # into its active segment as we read it: read again.
-                time.sleep(0.02)
-                continue
-            return view
+            plan = plan_recovery(waldir, mode, sink, progress=lambda p: prog.advance(p.file_size))
         except OSError as exc:
-            # A compaction by the process holding the store deleted a segment
-            # between listing and reading: list again.
             if _is_enoent(exc) and attempt + 1 < _RETRIES and os.path.isdir(waldir):
                 continue
             raise
+        finally:
+            prog.close()
+        if plan.changed and attempt + 1 < _RETRIES and _lock_holders(waldir):
+            time.sleep(0.02)
+            continue
+        return plan, sink
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_view_once(args: argparse.Namespace, waldir: str) -> View:
+def _cut_reason(p: SegmentPlan) -> str:
+    """Why recovery cuts segment p (its damage and/or an unterminated batch)."""
+    if p.unterminated_batch is not None:
+        return "atomic batch never terminated" + (f", then {p.damage[1]}" if p.damage else "")
+    return p.damage[1] if p.damage else "damaged"
+
+
+def _load_view(args: argparse.Namespace, waldir: str) -> View:
+    """What the default open rebuilds: the same plan and the same replay
+    (norikv.wal.plan_recovery with KvStore's loader). CorruptionError when
+    that open would refuse the store."""
     view = View()
-    files = _segment_files(waldir)
-    total = 0
-    for _, path in files:
-        try:
-            total += os.path.getsize(path)
-        except OSError:
-            pass
-    prog = Progress(args, "reading", total)
     t0 = time.perf_counter()
-    loader = _wal._StoreLoader(view.data, view.expiry, _wal.now_ms())
-    done = 0
-    try:
-        for i, (seg, path) in enumerate(files):
-            last = i == len(files) - 1
-            res = _wal.scan_segment(path, seg, loader, final=last)
-            end = res["end"]
-            records = res["records"] - res["batch_dropped"]
-            view.batch_dropped += res["batch_dropped"]
-            if res["status"] is not None:
-                if not last:
-                    raise CorruptionError(f"{path}: {res['status']} at offset {end}", path, end, seg)
-                view.tail = dict(segment=seg, file=os.path.basename(path), offset=end,
-                                 reason=res["status"], bytes=max(0, res["nonzero_end"] - end))
-            if last and res["batch_open"] is not None:
-                cut = res["batch_open"]
-                extra = view.tail["bytes"] if view.tail else 0
-                reason = "unterminated atomic batch" + (f", then {view.tail['reason']}" if view.tail else "")
-                view.tail = dict(segment=seg, file=os.path.basename(path), offset=cut,
-                                 reason=reason, bytes=end - cut + extra)
-                records -= res["batch_records"]
-                end = cut
-            view.records += records
-            view.segments.append(dict(id=seg, file=os.path.basename(path), size=end,
-                                      file_size=res["file_size"], records=records))
-            done += res["file_size"]
-            prog.update(done)
-    finally:
-        prog.close()
-    view.live_bytes = loader.live_bytes
-    view.relative_ttls = getattr(loader, "relative_ttls", 0)
+
+    def loader() -> Any:
+        view.data, view.expiry = {}, {}
+        return _wal._StoreLoader(view.data, view.expiry, _wal.now_ms(), args.max_value_size)
+
+    plan, sink = _plan(args, waldir, RecoveryMode.TOLERATE_CORRUPTED_TAIL, loader, "reading")
+    for p in plan.kept:
+        view.segments.append(dict(id=p.id, file=os.path.basename(p.path), size=p.size,
+                                  file_size=p.file_size, records=p.records))
+        if p.changed:
+            view.tail = dict(segment=p.id, file=os.path.basename(p.path), offset=p.size,
+                             reason=_cut_reason(p), bytes=p.bytes_cut)
+    view.records = plan.valid_records
+    view.batch_dropped = plan.batch_records_dropped
+    view.live_bytes = sink.live_bytes
+    view.relative_ttls = sink.relative_ttls
     view.seconds = time.perf_counter() - t0
     return view
 
@@ -350,104 +352,7 @@ def _read_view(args: argparse.Namespace) -> tuple[str, str, View]:
     return root, waldir, view
 
 
-# ====================================================================== record parsing for dump
-
-
-class _Incomplete(Exception):
-    def __init__(self, need: int = 0) -> None:
-        self.need = need
-
-
-class _Bad(Exception):
-    pass
-
-
-def _uvarint(buf: bytes, i: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    n = len(buf)
-    while True:
-        if i >= n:
-            raise _Incomplete()
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i
-        shift += 7
-        if shift >= 64:
-            raise _Bad("malformed varint (over 10 bytes or past 64 bits)")
-
-
-def _parse_record(buf: bytes, i: int) -> dict[str, Any]:
-    """The record at buf[i:]: its fields and size; _Incomplete / _Bad."""
-    start = i
-    klen, i = _uvarint(buf, i)
-    vlen, i = _uvarint(buf, i)
-    if i >= len(buf):
-        raise _Incomplete()
-    flags = buf[i]
-    i += 1
-    if (flags & _COMP_MASK) == _COMP_MASK:
-        raise _Bad("invalid compression bits (3)")
-    ttl = term = index = None
-    if flags & _FLAG_TTL:
-        ttl, i = _uvarint(buf, i)
-    if flags & _FLAG_VERSION:
-        term, i = _uvarint(buf, i)
-        index, i = _uvarint(buf, i)
-    end = i + klen + vlen + 4
-    if end > len(buf):
-        raise _Incomplete(end - start)
-    mv = memoryview(buf)
-    if _wal.crc32c(mv[start:end - 4]) != int.from_bytes(buf[end - 4:end], "little"):
-        raise _Bad("CRC32C mismatch")
-    return dict(size=end - start, flags=flags, key=bytes(mv[i:i + klen]), vlen=vlen,
-                ttl_ms=ttl, term=term, index=index)
-
-
-def _zero_from(f: Any, off: int, size: int) -> bool:
-    f.seek(off)
-    while off < size:
-        chunk = f.read(min(_CHUNK, size - off))
-        if not chunk:
-            break
-        if chunk.count(0) != len(chunk):
-            return False
-        off += len(chunk)
-    return True
-
-
-def _iter_records(path: str, start: int) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(offset, fields) for each record from ``start``; a final (offset,
-    reason) when a bad record is met. An all-zero remainder is a clean end."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        f.seek(start)
-        buf = b""
-        buf_off = start
-        pos = start
-        while pos < size:
-            rel = pos - buf_off
-            try:
-                rec = _parse_record(buf, rel)
-            except _Incomplete as inc:
-                have = buf_off + len(buf)
-                if have < size and (inc.need == 0 or pos + inc.need <= size):
-                    f.seek(have)
-                    buf = buf[rel:] + f.read(max(_CHUNK, inc.need))
-                    buf_off = pos
-                    continue
-                reason = "incomplete record"
-            except _Bad as bad:
-                reason = str(bad)
-            else:
-                yield pos, rec
-                pos += rec["size"]
-                continue
-            if not _zero_from(f, pos, size):
-                yield pos, reason
-            return
+# ====================================================================== dump
 
 
 def _flag_names(rec: dict[str, Any]) -> str:
@@ -605,7 +510,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     for seg, path in files:
         off = start_off if seg == start_seg else 0
         try:
-            for pos, rec in _iter_records(path, off):
+            for pos, rec in _wal.segment_records(path, off):
                 if isinstance(rec, str):
                     if first and args.start is not None:
                         raise CliError(f"bad --from {args.start}: no record starts at "
@@ -637,91 +542,69 @@ def cmd_dump(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- verify
 
 
-def _scan_stable(path: str, seg: int, live: bool, final: bool) -> dict[str, Any]:
-    """scan_segment, rescanned a few times when a live writer may be in the
-    middle of copying a record into the last segment (a transient torn tail)."""
-    res = _wal.scan_segment(path, seg, None, final=final)
-    if res["status"] is None or not live:
-        return res
-    for _ in range(10):
-        time.sleep(0.02)
-        again = _wal.scan_segment(path, seg, None, final=final)
-        if again["status"] is None:
-            return again
-        if (again["end"], again["status"]) == (res["end"], res["status"]):
-            return again
-        res = again
-    return res
-
-
 def _verify_once(args: argparse.Namespace, waldir: str) -> dict[str, Any]:
-    files = _segment_files(waldir)
+    """The default open's plan (plan_recovery in tolerate_corrupted_tail,
+    judging values as the open does) gives the verdict: damage is what that
+    open would refuse or cut. When there is some, a skip_any_corrupted_records
+    plan (which reads on past every damage) gives the details."""
     holders = _lock_holders(waldir)
-    live = bool(holders)
-    total = 0
-    for _, path in files:
-        try:
-            total += os.path.getsize(path)
-        except OSError:
-            pass
-    prog = Progress(args, "verifying", total)
-    segs = []
-    done = 0
+    mode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
+    refusal: CorruptionError | None = None
+    verdict: RecoveryPlan | None = None
     try:
-        for i, (seg, path) in enumerate(files):
-            last = i == len(files) - 1
-            res = _scan_stable(path, seg, live and last, last)
-            entry: dict[str, Any] = dict(segment=seg, file=os.path.basename(path), path=path,
-                                         file_size=res["file_size"], records=res["records"],
-                                         data_end=res["end"], damage=[],
-                                         batch_records_dropped=res["batch_dropped"])
-            if res["status"] is not None:
-                # Read on past the damage to say how much is still intact.
-                detail = _wal.scan_segment(path, seg, None, limit=res["nonzero_end"], skip_corrupt=True)
-                entry["damage"].append(dict(
-                    offset=res["end"], reason=res["status"],
-                    bad_spans=[list(s) for s in detail["skipped"]],
-                    records_after=detail["records"] - res["records"]))
-                entry["zero_tail"] = res["file_size"] - res["nonzero_end"]
-            else:
-                entry["zero_tail"] = res["file_size"] - res["end"]
-                if res["batch_open"] is not None:
-                    entry["damage"].append(dict(
-                        offset=res["batch_open"],
-                        reason=f"atomic batch of {res['batch_records']} record(s) never terminated",
-                        bad_spans=[[res["batch_open"], res["end"]]], records_after=0))
-            entry["last"] = last
-            segs.append(entry)
-            done += res["file_size"]
-            prog.update(done)
-    finally:
-        prog.close()
-    return dict(segments=segs, locked_by=holders)
+        verdict, _ = _plan(args, waldir, mode, lambda: _wal._Sink(args.max_value_size), "verifying")
+    except CorruptionError as exc:
+        refusal = exc
+    detail = verdict
+    if verdict is None or verdict.changed:
+        detail, _ = _plan(args, waldir, RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS,
+                          lambda: _wal._Sink(args.max_value_size), "verifying")
+    assert detail is not None
+    segs: list[dict[str, Any]] = []
+    for p in detail.segments:
+        records = p.records
+        damage: list[dict[str, Any]] = []
+        if p.skipped:
+            start, _, reason, before = p.skipped[0]
+            damage.append(dict(offset=start, reason=reason,
+                               bad_spans=[[a, b] for a, b, _, _ in p.skipped],
+                               records_after=p.records - before))
+            records = before
+        if p.unterminated_batch is not None:
+            damage.append(dict(offset=p.unterminated_batch, reason="atomic batch never terminated",
+                               bad_spans=[[p.unterminated_batch, p.data_end]], records_after=0))
+        segs.append(dict(segment=p.id, file=os.path.basename(p.path), path=p.path,
+                         file_size=p.file_size, records=records, data_end=p.data_end,
+                         zero_tail=p.file_size - p.data_end if not damage else 0,
+                         damage=damage, last=p is detail.segments[-1],
+                         batch_records_dropped=p.batch_dropped))
+    first: dict[str, Any] | None
+    if refusal is not None:
+        where = (refusal.path, refusal.offset)
+        reason = next((d["reason"] for s in segs for d in s["damage"]
+                       if (s["path"], d["offset"]) == where), str(refusal))
+        first = dict(path=refusal.path, offset=refusal.offset, reason=reason,
+                     verdict=f"the default open ({mode.value}) refuses this store")
+    elif verdict is not None and verdict.changed:
+        p = verdict.changed[0]
+        first = dict(path=p.path, offset=p.size, reason=_cut_reason(p),
+                     verdict=f"the default open ({mode.value}) would cut the damaged tail")
+    else:
+        first = None
+    return dict(segments=segs, locked_by=holders, first_damage=first, leftovers=detail.leftovers)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     root, waldir = _locate(args.dir)
-    for attempt in range(_RETRIES):
-        try:
-            report = _verify_once(args, waldir)
-            break
-        except OSError as exc:
-            if _is_enoent(exc) and attempt + 1 < _RETRIES and os.path.isdir(waldir):
-                continue   # a live compaction replaced segments: start again
-            raise
+    report = _verify_once(args, waldir)
     segs = report["segments"]
+    first = report.pop("first_damage")
+    leftovers = report.pop("leftovers")
     damaged = [s for s in segs if s["damage"]]
     records = sum(s["records"] for s in segs)
     data_bytes = sum(s["data_end"] for s in segs)
-    leftovers = compaction_leftovers(waldir)
-    if damaged:
-        mid = [s for s in damaged if not s["last"]]
-        verdict = ("the default open (tolerate_corrupted_tail) refuses this store: damage before "
-                   "the last segment" if mid else
-                   "the default open (tolerate_corrupted_tail) would cut the damaged tail")
-    else:
-        verdict = "clean"
-    report.update(clean=not damaged, records=records, data_bytes=data_bytes,
+    verdict = first["verdict"] if first else "clean"
+    report.update(clean=first is None, records=records, data_bytes=data_bytes,
                   compaction_leftovers=leftovers, verdict=verdict)
     if args.json:
         _out(json.dumps(report, indent=2) + "\n")
@@ -745,14 +628,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if report["locked_by"]:
             lines.append(f"(the store is open in pid {', '.join(map(str, report['locked_by']))}; "
                          f"verified what is on disk now)")
-        state = "CORRUPT" if damaged else "clean"
+        state = "CORRUPT" if first else "clean"
         lines.append(f"{state}: {len(segs)} segment(s), {records} records, {data_bytes} bytes")
         _out("\n".join(lines) + "\n")
-    if damaged:
-        s = damaged[0]
-        d = s["damage"][0]
-        sys.stderr.write(f"norikv verify: corruption in {s['path']} at offset {d['offset']}: "
-                         f"{d['reason']} ({len(damaged)} damaged segment(s); {verdict})\n")
+    if first:
+        sys.stderr.write(f"norikv verify: corruption in {first['path']} at offset {first['offset']}: "
+                         f"{first['reason']} ({max(1, len(damaged))} damaged segment(s); {verdict})\n")
         return EXIT_DAMAGE
     return EXIT_OK
 
@@ -948,39 +829,6 @@ def _copy_trimmed(src: str, dst: str) -> tuple[int, int]:
     return end, size
 
 
-def _repair_plan(waldir: str, mode: Any) -> tuple[list[int], str | None, list[dict[str, Any]]]:
-    """(segment ids recovery in ``mode`` will change, reason it will refuse
-    or None, scan results) from a scan made while holding the lock."""
-    files = _segment_files(waldir)
-    scans = []
-    for i, (seg, path) in enumerate(files):
-        res = _wal.scan_segment(path, seg, None, final=i == len(files) - 1)
-        res.update(id=seg, path=path, last=i == len(files) - 1)
-        scans.append(res)
-    bad = [s for s in scans if s["status"] is not None]
-    last = scans[-1] if scans else None
-    batch_cut = last is not None and last["batch_open"] is not None
-    touched: list[int] = []
-    if mode is RecoveryMode.ABSOLUTE_CONSISTENCY and bad:
-        s = bad[0]
-        return [], f"{s['path']}: {s['status']} at offset {s['end']}", scans
-    if mode is RecoveryMode.ABSOLUTE_CONSISTENCY and batch_cut and last is not None:
-        return [], (f"{last['path']}: atomic batch left unterminated at offset "
-                    f"{last['batch_open']}"), scans
-    if mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and any(not s["last"] for s in bad):
-        s = next(s for s in bad if not s["last"])
-        return [], (f"damage before the last segment ({s['path']}: {s['status']} at offset "
-                    f"{s['end']})"), scans
-    if mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS:
-        touched = [s["id"] for s in bad]
-    elif bad:   # tolerate: the last segment; point in time: the first damaged one and all after it
-        first = scans.index(bad[0])
-        touched = [s["id"] for s in scans[first:]]
-    if batch_cut and last is not None and last["id"] not in touched:
-        touched.append(last["id"])
-    return touched, None, scans
-
-
 def cmd_repair(args: argparse.Namespace) -> int:
     import fcntl
 
@@ -997,11 +845,13 @@ def cmd_repair(args: argparse.Namespace) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CliError(_locked_message(root, waldir)) from None
-        touched, refuse, _ = _repair_plan(waldir, mode)
-        if refuse:
-            raise CliError(f"{root}: --mode {mode.value} refuses to change this store: {refuse}; "
+        try:
+            # What the open below will change (the same plan, made under the lock).
+            touched = [p.id for p in plan_recovery(waldir, mode, _wal._Sink(args.max_value_size)).changed]
+        except CorruptionError as exc:
+            raise CliError(f"{root}: --mode {mode.value} refuses to change this store: {exc}; "
                            f"nothing was changed (point_in_time or skip_any_corrupted_records "
-                           f"can recover it)")
+                           f"can recover it)") from None
         if not touched:
             _note(args, f"{root}: no damage found; nothing to repair, nothing was changed")
             return EXIT_OK
@@ -1038,7 +888,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
     copied = sum(s["bytes_copied"] for s in saved)
     _note(args, f"backed up {len(saved)} segment file(s) ({copied:,} bytes) to {backup}{os.sep}")
     try:
-        store = KvStore.open(root, recovery_mode=mode, fsync_policy=FsyncPolicy.OS, auto_compact=False)
+        store = KvStore.open(root, recovery_mode=mode, fsync_policy=FsyncPolicy.OS, auto_compact=False,
+                             max_value_size=args.max_value_size)
     except LockError:
         raise CliError(_locked_message(root, waldir) + f"; the backup in {backup} is kept") from None
     except CorruptionError as exc:
@@ -1075,12 +926,27 @@ def _run_bench(argv: list[str]) -> int:
 # ====================================================================== parser and main
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 < n < 1 << 63:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes: {text!r}")
+    return n
+
+
 def _build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bar and no informational output")
     store_arg = argparse.ArgumentParser(add_help=False, parents=[common])
     store_arg.add_argument("dir", metavar="DIR", help="the store directory (the one holding wal/)")
+    store_arg.add_argument("--max-value-size", type=_positive_int, default=DEFAULT_MAX_VALUE_SIZE,
+                           metavar="BYTES",
+                           help="the store's max_value_size: the most a compressed value may "
+                                "decompress to (a larger one is a damaged record); default "
+                                f"{DEFAULT_MAX_VALUE_SIZE} (256 MiB), as KvStore.open")
     enc = argparse.ArgumentParser(add_help=False)
     g = enc.add_mutually_exclusive_group()
     g.add_argument("--hex", dest="encoding", action="store_const", const="hex",
@@ -1136,7 +1002,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dump)
 
     p = sub.add_parser("verify", parents=[store_arg],
-                       help="check every record's CRC without changing anything or taking the lock")
+                       help="check every record (CRC, compressed values) as an open would, without "
+                            "changing anything or taking the lock")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
 

@@ -70,6 +70,10 @@ class Progress:
         self._last = now
         self._draw(self._line(now))
 
+    def advance(self, n: int) -> None:
+        """Adds ``n`` to the amount done (see update)."""
+        self.update(self.done + n)
+
     def _line(self, now: float) -> str:
         parts = [self.label]
         if self.total:

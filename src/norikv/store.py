@@ -18,7 +18,7 @@ from typing import Iterator, Union
 from sortedcontainers import SortedList
 
 from norikv import _options, _wal
-from norikv.compression import Compression
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE, Compression
 from norikv.errors import ClosedError, NoriError, io_error
 from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
 
@@ -46,6 +46,8 @@ class WriteBatch:
         self._check()
         k = _wal._check_bytes(key, "key")
         v = _wal._check_bytes(value, "value")
+        assert self._store is not None      # set until the batch is done (_check above)
+        self._store._check_value(v)
         deadline = _wal._deadline(ttl) if ttl is not None else -1
         if compression is not None:
             Compression.parse(compression)
@@ -60,6 +62,8 @@ class WriteBatch:
         v = _wal._check_bytes(value, "value")
         if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 0:
             raise ValueError(f"deadline must be an int >= 0 (Unix ms), got {deadline!r}")
+        assert self._store is not None
+        self._store._check_value(v)
         self._ops.append((k, v, min(deadline, _wal.DEADLINE_MAX), None))
 
     def delete(self, key: BytesLike) -> None:
@@ -156,6 +160,7 @@ class KvStore(_wal._StoreCore):
         auto_compact: bool = True,
         compact_dead_ratio: float = 0.5,
         compact_min_bytes: int = 64 << 20,
+        max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
     ) -> "KvStore":
         """Opens (creating if needed) the store at ``path``; the WAL lives in
         ``<path>/wal``. Recovery replays it and rebuilds the map.
@@ -164,19 +169,22 @@ class KvStore(_wal._StoreCore):
         ``compress_min_size`` bytes. ``max_keys``/``max_bytes`` (key + value
         bytes) make puts of new data beyond them raise StoreFullError.
         ``auto_compact``: compact in the background once the WAL holds at least
-        ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``."""
+        ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``.
+        ``max_value_size``: the largest value ``put`` accepts (ValueError
+        beyond), and the most a compressed value may decompress to when the
+        log is replayed (a larger one is a damaged record); 256 MiB by default."""
         _options.check_options(_STORE_OPTIONS, locals())
         if fsync_policy is None:
             fsync_policy = FsyncPolicy.batch(0.005)
         kind = Compression.parse(compression)
         config = WalConfig(dir=os.path.join(os.fsdecode(path), "wal"), max_segment_size=max_segment_size,
                            fsync_policy=fsync_policy, preallocate=preallocate,
-                           recovery_mode=recovery_mode)
+                           recovery_mode=recovery_mode, max_value_size=max_value_size)
         config.validate()   # the Wal creates <path>/wal and <path> durably
         store = cls.__new__(cls)   # closed until _init_core (KvStore() itself raises)
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}
-        loader = _wal._StoreLoader(data, expiry, _wal.now_ms())
+        loader = _wal._StoreLoader(data, expiry, _wal.now_ms(), max_value_size)
         wal = Wal()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the rebuild allocates millions of objects the GC need not visit
@@ -355,7 +363,7 @@ class KvStore(_wal._StoreCore):
             try:
                 parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
                                             self.wal.max_segment_size, int(self._compression_kind()),
-                                            self.compress_min_size)
+                                            self.compress_min_size, self.max_value_size)
                 del data, expiry
                 for tmp, seg, size in parts:
                     self.wal._install_segment(tmp, seg, size)

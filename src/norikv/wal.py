@@ -31,9 +31,11 @@ from typing import Callable, ClassVar
 
 from norikv import _options, _wal
 from norikv._wal import Position, Record, WalIterator
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.errors import ConfigError, CorruptionError, NoriError, io_error
 
-__all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "Wal"]
+__all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "RecoveryPlan",
+           "SegmentPlan", "Wal", "plan_recovery"]
 
 MIN_SEGMENT_SIZE = 1 << 20
 MAX_SEGMENT_SIZE = 1 << 40
@@ -94,6 +96,13 @@ class RecoveryMode(enum.Enum):
     written.
     ``SKIP_ANY_CORRUPTED_RECORDS``: damaged spans are skipped (the segment is
     rewritten without them) and every record that still checks out is kept.
+
+    A whole record whose CRC holds but whose compressed value does not
+    decompress to at most ``max_value_size`` bytes is damage, never a torn
+    tail: TOLERATE_CORRUPTED_TAIL refuses it wherever it is, like
+    ABSOLUTE_CONSISTENCY; POINT_IN_TIME cuts the log at it;
+    SKIP_ANY_CORRUPTED_RECORDS skips exactly that record (with the rest of
+    the atomic batch it belongs to).
     """
 
     TOLERATE_CORRUPTED_TAIL = "tolerate_corrupted_tail"
@@ -112,6 +121,10 @@ class WalConfig:
     preallocate: bool = True
     node_id: int = 0
     recovery_mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
+    #: The largest value (uncompressed) ``append`` takes, and the most a
+    #: compressed value may decompress to when read (a bound against
+    #: decompression bombs): 256 MiB by default.
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
 
     def validate(self) -> None:
         """Raises TypeError (wrong type) or ConfigError (wrong value) naming
@@ -128,6 +141,7 @@ _WAL_OPTIONS: dict[str, _options.Spec] = {
     "preallocate": _options.Bool(),
     "node_id": _options.Int(0, _options.UINT32_MAX),     # nori-wal's node_id is a u32
     "recovery_mode": _options.Instance(RecoveryMode),
+    "max_value_size": _options.Int(1, (1 << 63) - 1, unit=" bytes"),
 }
 _BATCH_OPTIONS: dict[str, _options.Spec] = {
     "the batch window": _options.Real(0, 1, open_lo=True, unit=" second"),
@@ -208,6 +222,169 @@ def _os_error(exc: OSError, path: str, what: str) -> OSError:
     return io_error(exc.errno, exc.filename or path, what)
 
 
+@dataclass
+class SegmentPlan:
+    """What recovery does with one segment (an entry of RecoveryPlan.segments).
+
+    ``records``: records kept; ``size``: its size once recovered (data only:
+    a zero tail left where it is is not counted); ``damage``: where and why
+    the first damage the mode acts on is (offset, reason) or None;
+    ``skipped``: damaged spans SKIP_ANY_CORRUPTED_RECORDS leaves out, as
+    (start, end, reason, records before it); ``dropped``: the byte ranges the
+    rewrite leaves out (those spans, the records of atomic batches they broke,
+    an unterminated batch at the end); ``cut``: the offset the file is
+    truncated at, or None; ``bytes_cut``: the non-zero bytes that truncation
+    removes; ``unterminated_batch``: offset of an atomic batch never completed
+    at the end of the log, cut; ``batch_dropped``: records of broken atomic
+    batches left in place but never applied (docs/FORMAT.md); ``delete``: the
+    segment is deleted (POINT_IN_TIME, after damage in an earlier one)."""
+
+    id: int
+    path: str
+    file_size: int
+    records: int = 0
+    size: int = 0
+    data_end: int = 0
+    damage: tuple[int, str] | None = None
+    skipped: list[tuple[int, int, str, int]] = field(default_factory=list)
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    cut: int | None = None
+    bytes_cut: int = 0
+    unterminated_batch: int | None = None
+    batch_dropped: int = 0
+    delete: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """Whether recovery modifies this segment's file."""
+        return self.delete or bool(self.dropped) or self.cut is not None
+
+
+@dataclass
+class RecoveryPlan:
+    """What recovering a log directory in ``mode`` changes: built by
+    :func:`plan_recovery` without modifying anything, applied by
+    :func:`recover` when a Wal opens."""
+
+    dir: str
+    mode: RecoveryMode
+    segments: list[SegmentPlan]
+    leftovers: list[str]             # *.compact-tmp files the open removes
+
+    @property
+    def kept(self) -> list[SegmentPlan]:
+        return [p for p in self.segments if not p.delete]
+
+    @property
+    def changed(self) -> list[SegmentPlan]:
+        """The segments whose file recovery modifies or deletes."""
+        return [p for p in self.segments if p.changed]
+
+    @property
+    def corruption_detected(self) -> bool:
+        return bool(self.changed)
+
+    @property
+    def valid_records(self) -> int:
+        return sum(p.records for p in self.kept)
+
+    @property
+    def bytes_truncated(self) -> int:
+        return sum(p.bytes_cut for p in self.kept)
+
+    @property
+    def batch_records_dropped(self) -> int:
+        return sum(p.batch_dropped for p in self.kept)
+
+    @property
+    def spans_skipped(self) -> int:
+        return sum(len(p.skipped) for p in self.kept)
+
+    @property
+    def segments_removed(self) -> int:
+        return sum(1 for p in self.segments if p.delete)
+
+    @property
+    def last_valid_position(self) -> Position:
+        for p in reversed(self.kept):
+            if p.size:
+                return Position(p.id, p.size)
+        return Position(0, 0)
+
+
+def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
+                  sink: "_wal._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+                  progress: "Callable[[SegmentPlan], object] | None" = None) -> RecoveryPlan:
+    """Scans every segment of the log directory ``path`` in id order, handing
+    the records recovery keeps to ``sink`` (default: a ``_wal._Sink``, which
+    only checks that compressed values decompress within ``max_value_size``:
+    what a Wal's recovery checks), and returns what opening it in ``mode``
+    would cut, skip, delete or rewrite. Raises the CorruptionError (file, segment id and
+    offset set) with which that open would refuse. Modifies nothing and takes
+    no lock: ``norikv verify``/``info``/``repair`` use it to say what an open
+    does, and an open applies it (:func:`recover`). ``progress`` is called
+    with each segment's plan once it is scanned."""
+    path = os.fsdecode(path)
+    if sink is None:
+        sink = _wal._Sink(max_value_size)
+    skip = mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS
+    leftovers = compaction_leftovers(path)
+    ids = _wal.list_segments(path)
+    plans: list[SegmentPlan] = []
+    for i, seg in enumerate(ids):
+        seg_path = os.path.join(path, _wal.segment_name(seg))
+        is_last = i == len(ids) - 1
+        res = _wal.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
+        end = res["end"]
+        p = SegmentPlan(id=seg, path=seg_path, file_size=res["file_size"],
+                        records=res["records"] - res["batch_dropped"], size=end, data_end=end,
+                        skipped=res["skipped"], dropped=list(res["dropped"]),
+                        batch_dropped=res["batch_dropped"])
+        if res["skipped"]:
+            p.damage = (res["skipped"][0][0], res["skipped"][0][2])
+        if res["status"] is not None:          # (never when skipping)
+            where = f"{seg_path}: {res['status']} at offset {end}"
+            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY or (
+                mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and (not is_last or res["value_damage"])
+            ):
+                raise CorruptionError(f"corrupt segment {where}", seg_path, end, seg)
+            p.damage = (end, res["status"])
+            p.cut = end
+            p.bytes_cut = max(0, res["nonzero_end"] - end)
+        if (is_last or p.cut is not None) and res["batch_open"] is not None:
+            # An atomic batch whose last record never made it (a torn tail):
+            # cut off so that later appends cannot complete it by accident.
+            cut = res["batch_open"]
+            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
+                raise CorruptionError(f"corrupt segment {seg_path}: atomic batch left "
+                                      f"unterminated at offset {cut}", seg_path, cut, seg)
+            p.unterminated_batch = cut
+            p.records -= res["batch_records"]
+            p.bytes_cut += end - cut
+            if p.dropped:
+                p.dropped.append((cut, end))
+            else:
+                p.cut = cut
+        if p.dropped:
+            p.size = p.data_end - sum(b - a for a, b in p.dropped)
+        elif p.cut is not None:
+            p.size = p.cut
+        plans.append(p)
+        if progress is not None:
+            progress(p)
+        if p.cut is not None and not is_last:
+            # POINT_IN_TIME: everything after the damage goes.
+            for later in ids[i + 1:]:
+                later_path = os.path.join(path, _wal.segment_name(later))
+                try:
+                    size = os.path.getsize(later_path)
+                except FileNotFoundError:
+                    size = 0
+                plans.append(SegmentPlan(id=later, path=later_path, file_size=size, delete=True))
+            break
+    return RecoveryPlan(dir=path, mode=mode, segments=plans, leftovers=leftovers)
+
+
 def _truncate(path: str, size: int) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -227,102 +404,74 @@ def compaction_leftovers(path: str) -> list[str]:
                       if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
 
 
+def _rewrite(core: "_wal._WalCore", p: SegmentPlan) -> None:
+    """Replaces segment p by a copy without its dropped ranges (SKIP mode).
+    On any failure (ENOSPC...) the segment is left as it was, the copy is
+    removed, and NoriIOError names the segment."""
+    tmp = p.path + _TMP_SUFFIX
+    try:
+        _wal.copy_valid_records(p.path, tmp, p.data_end, p.dropped)
+        os.replace(tmp, p.path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, NoriError):
+            raise
+        raise io_error(exc.errno or errno.EIO, p.path,
+                       f"rewriting {os.path.basename(p.path)} without its damaged records") from exc
+    core._fsync_dir()
+
+
+def apply_recovery(core: "_wal._WalCore", plan: RecoveryPlan) -> None:
+    """Makes the changes of a plan (made under the Wal's lock): removes
+    compaction leftovers, rewrites the segments SKIP mode skips spans of,
+    deletes the segments after a POINT_IN_TIME cut (newest first, durably,
+    before the damaged one is cut: a crash in between leaves the damage for
+    the next open to find, never a repaired segment followed by records
+    written after the damage), then truncates."""
+    for name in plan.leftovers:
+        leftover = os.path.join(plan.dir, name)
+        try:
+            os.unlink(leftover)
+        except OSError as exc:
+            raise _os_error(exc, leftover, "remove compaction leftover") from exc
+    for p in plan.segments:
+        if p.dropped:
+            _rewrite(core, p)
+    doomed = [p for p in plan.segments if p.delete]
+    for p in reversed(doomed):
+        os.unlink(p.path)
+    if doomed:
+        core._fsync_dir()
+    for p in plan.segments:
+        if p.cut is not None and not p.dropped:
+            _truncate(p.path, p.cut)
+
+
 def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
-    """Scans every segment in id order, applies ``mode`` and returns what it did.
+    """Plans the recovery of the Wal's directory in ``mode`` (plan_recovery),
+    applies it and starts the Wal; returns what it did.
 
     Nothing is modified when the mode raises CorruptionError."""
     t0 = time.perf_counter()
-    path = core.dir
-    for name in compaction_leftovers(path):
-        try:
-            os.unlink(os.path.join(path, name))
-        except OSError as exc:
-            raise _os_error(exc, os.path.join(path, name), "remove compaction leftover") from exc
-    ids = _wal.list_segments(path)
-    finalized: dict[int, int] = {}
-    valid = 0
-    truncated = 0
-    removed = 0
-    skipped = 0
-    batch_dropped = 0
-    corrupt = False
-    last_pos = Position(0, 0)
-    last_id = None
-    last_size = 0
-    for i, seg in enumerate(ids):
-        seg_path = os.path.join(path, _wal.segment_name(seg))
-        is_last = i == len(ids) - 1
-        res = _wal.scan_segment(seg_path, seg, sink, final=is_last,
-                                skip_corrupt=mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS)
-        valid += res["records"] - res["batch_dropped"]
-        batch_dropped += res["batch_dropped"]
-        end = res["end"]
-        if res["skipped"]:
-            corrupt = True
-            skipped += len(res["skipped"])
-            tmp = seg_path + _TMP_SUFFIX
-            _wal.copy_valid_records(seg_path, tmp)
-            os.replace(tmp, seg_path)
-            core._fsync_dir()
-            end = os.path.getsize(seg_path)
-            if res["batch_open"] is not None:
-                # The sink already dropped the open batch, but its records are
-                # still in the rewritten file: find where it starts now, so
-                # that it is cut below (else the next append would complete it).
-                again = _wal.scan_segment(seg_path, seg, None, final=is_last)
-                res["batch_open"] = again["batch_open"]
-                res["batch_records"] = again["batch_records"]
-        if res["status"] is not None:
-            where = f"{seg_path}: {res['status']} at offset {end}"
-            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY or (
-                mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and not is_last
-            ):
-                raise CorruptionError(f"corrupt segment {where}", seg_path, end, seg)
-            corrupt = True
-            truncated += max(0, res["nonzero_end"] - end)
-            if not is_last:  # POINT_IN_TIME: everything after the damage goes
-                # Later segments go first, newest first, and durably, before
-                # the damaged one is cut: a crash in between then leaves the
-                # damage in place for the next open to find, never a repaired
-                # segment followed by records written after the damage.
-                for later in reversed(ids[i + 1:]):
-                    os.unlink(os.path.join(path, _wal.segment_name(later)))
-                    removed += 1
-                core._fsync_dir()
-                ids = ids[: i + 1]
-                is_last = True
-            _truncate(seg_path, end)
-        if is_last and res["batch_open"] is not None:
-            # An atomic batch whose last record never made it (a torn tail): cut
-            # it off (it was never acknowledged; a later append could not
-            # complete it, but it would leave it in the log as a broken batch).
-            cut = res["batch_open"]
-            if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
-                raise CorruptionError(f"corrupt segment {seg_path}: atomic batch left "
-                                      f"unterminated at offset {cut}", seg_path, cut, seg)
-            truncated += end - cut
-            corrupt = True
-            _truncate(seg_path, cut)
-            valid -= res["batch_records"]
-            end = cut
-        if end:
-            last_pos = Position(seg, end)
-        if is_last:
-            last_id, last_size = seg, end
-            break  # POINT_IN_TIME may have cut the log here: later ids are gone
-        else:
-            finalized[seg] = end
+    plan = plan_recovery(core.dir, mode, sink, max_value_size=core.max_value_size)
+    apply_recovery(core, plan)
+    kept = plan.kept
+    finalized = {p.id: p.size for p in kept[:-1]}
+    last_id, last_size = (kept[-1].id, kept[-1].size) if kept else (None, 0)
     info = RecoveryInfo(
-        valid_records=valid,
-        segments_scanned=len(ids) + removed,
-        bytes_truncated=truncated,
-        last_valid_position=last_pos,
-        corruption_detected=corrupt,
-        segments_removed=removed,
-        spans_skipped=skipped,
+        valid_records=plan.valid_records,
+        segments_scanned=len(plan.segments),
+        bytes_truncated=plan.bytes_truncated,
+        last_valid_position=plan.last_valid_position,
+        corruption_detected=plan.corruption_detected,
+        segments_removed=plan.segments_removed,
+        spans_skipped=plan.spans_skipped,
         mode=mode,
         seconds=time.perf_counter() - t0,
-        batch_records_dropped=batch_dropped,
+        batch_records_dropped=plan.batch_records_dropped,
     )
     core._start(finalized, last_id, last_size)
     return info
@@ -364,7 +513,8 @@ class Wal(_wal._WalCore):
         _await_dropped_owner(path)
         makedirs_durable(path)
         self._open(path, config.max_segment_size, policy.code,
-                   float(policy.window), bool(config.preallocate))
+                   float(policy.window), bool(config.preallocate),
+                   max_value_size=config.max_value_size)
         try:
             info = recover(self, config.recovery_mode, sink)
             self._start_background()
