@@ -314,6 +314,22 @@ def test_compaction_never_compresses_a_value_over_the_bound(tmp_path):
     assert {r.key: r.compression for r in raws} == {b"huge": Compression.NONE, b"small": Compression.ZSTD}
 
 
+def test_ttl_pin_never_compresses_a_value_over_the_bound(tmp_path):
+    """A foreign relative-TTL put larger than max_value_size, in a store with
+    compression: the open that pins its TTL writes it back raw (compressed,
+    the next open would refuse it), and reopens keep it."""
+    p = tmp_path / "s"
+    wal, _ = Wal.open(wal_config(p / "wal", max_value_size=10_000))
+    with wal:
+        wal.append(Record(b"huge", bytes(5000), ttl_ms=3_600_000))
+    for _ in range(2):
+        with KvStore.open(p, max_value_size=1000, compression="zstd", compress_min_size=0) as s:
+            assert s[b"huge"] == bytes(5000)
+    raws = [Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal"))
+            for _, raw in records_of(seg.read_bytes())]
+    assert [r.compression for r in raws] == [Compression.NONE, Compression.NONE]
+
+
 @pytest.mark.parametrize("mode", list(RecoveryMode))
 def test_a_65_mib_zstd_value_reopens_in_every_mode(tmp_path, mode):
     """The issue's reproduction: a 65 MiB zstd value (and the same written by

@@ -128,6 +128,21 @@ cdef class _StoreLoader(_Sink):
         return 0
 
 
+cdef bytes _stored_form(bytes value, uint32_t kind, Py_ssize_t min_size, uint64_t max_value_size,
+                        uint32_t *flags):
+    """The stored form of a value under compression ``kind``: compressed (its
+    bits added to flags) when it is at least min_size and that is smaller;
+    raw when it is over max_value_size (only a foreign writer's value: a
+    compressed one no open with that bound could read)."""
+    cdef bytes c
+    if kind and PyBytes_GET_SIZE(value) >= min_size and <uint64_t>PyBytes_GET_SIZE(value) <= max_value_size:
+        c = _compress(kind, value)
+        if PyBytes_GET_SIZE(c) < PyBytes_GET_SIZE(value):
+            flags[0] |= kind << NK_COMP_SHIFT
+            return c
+    return value
+
+
 cdef class _StoreCore:
     """The in-memory map and the write path. Subclassed by norikv.KvStore."""
 
@@ -232,17 +247,13 @@ cdef class _StoreCore:
     # ------------------------------------------------------------ writes
 
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags):
-        """The stored form of value (compressed when that is smaller)."""
+        """The stored form of value (compressed when that is smaller). A value
+        over max_value_size (only a foreign writer's, re-put by the TTL pin)
+        stays raw: compressed, no open with that bound could read it."""
         cdef uint32_t kind = self._compression
-        cdef bytes c
         if compression is not None:
             kind = int(_compression_enum().parse(compression))
-        if kind and PyBytes_GET_SIZE(value) >= self.compress_min_size:
-            c = _compress(kind, value)
-            if PyBytes_GET_SIZE(c) < PyBytes_GET_SIZE(value):
-                flags[0] |= kind << NK_COMP_SHIFT
-                return c
-        return value
+        return _stored_form(value, kind, self.compress_min_size, self.max_value_size, flags)
 
     cdef int _room_for(self, bytes key, PyObject *old, Py_ssize_t vlen, bint may_purge) except -1:
         """Raises StoreFullError when the put would exceed the limits. With
@@ -693,13 +704,7 @@ def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t 
                     continue
                 deadline = <uint64_t>d
                 flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
-            stored = v
-            if compression and PyBytes_GET_SIZE(v) >= compress_min_size \
-                    and <uint64_t>PyBytes_GET_SIZE(v) <= max_value_size:
-                c = _compress(compression, v)
-                if len(c) < len(v):
-                    stored = c
-                    flags |= (<uint32_t>compression) << NK_COMP_SHIFT
+            stored = _stored_form(v, compression, compress_min_size, max_value_size, &flags)
             n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, deadline, 0, 0)
             if f is not None and size > 0 and size + n > max_segment_size and seg + 1 < first_id + ids:
                 _write_all(f, buf, used)
