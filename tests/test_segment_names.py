@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from norikv import (FsyncPolicy, KvStore, NoriIOError, Position, Record, Wal, WalConfig, _wal)
-from norikv.cli import _segment_files
+from norikv.inspect import segment_files as _segment_files
 
 MIB = 1 << 20
 U64 = 2**64 - 1
