@@ -273,7 +273,7 @@ def check_copy(path: str, policy: str, scratch: str, model: dict, pendings: dict
     applied = False
     new_model: dict = {}
     for t in range(threads):
-        own = lambda d: {k: v for k, v in d.items() if int(k[1:]) % threads == t}  # noqa: E731
+        own = lambda d, t=t: {k: v for k, v in d.items() if int(k[1:]) % threads == t}  # noqa: E731
         st_t, m_t = own(state), own(model)
         err0 = _matches(st_t, deadlines, m_t, now)
         if err0 is None:

@@ -174,12 +174,12 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
             break
         policy = rng.choice(POLICIES)
         child = Child(path, mode, seed, nxt, policy, tmp_path / "child.err")
-        child.read_until(lambda: "r" in child.events)
+        child.read_until(lambda child=child: "r" in child.events)
         if mode == "compact":
             # kill a random number of writes after the k-th compaction started
             k = rng.randrange(1, 4)
             extra = rng.randrange(0, 60)
-            def ready():
+            def ready(child=child, k=k, extra=extra):
                 starts = [j for j, e in enumerate(child.events) if e == "s"]
                 return len(starts) >= k and child.events[starts[k - 1]:].count("w") >= extra
             child.read_until(ready)
@@ -187,7 +187,7 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
             target = rng.choice([1, rng.randrange(1, 50), rng.randrange(1, 3000)])
             if policy == "always":
                 target = min(target, 200)   # each write waits for an fsync
-            child.read_until(lambda: len(child.acked) >= target)
+            child.read_until(lambda child=child, target=target: len(child.acked) >= target)
         child.kill()
         if mode == "compact" and child.events[-1 - child.events[::-1].index("s"):].count("c") == 0:
             stats["mid_compaction"] += 1   # the last compaction started never finished

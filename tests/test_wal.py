@@ -338,7 +338,7 @@ def test_batch_policy_syncs_without_further_appends(tmp_path):
         for round_ in range(3):
             wal.append(Record.put(b"k%d" % round_, b"v"))
             written = wal._lock_state()[0]
-            assert _wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+            assert _wait_for(lambda written=written: wal._lock_state()[1] >= written), wal._lock_state()
             assert not wal.dirty
         assert wal.fsync_count >= 3
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import json
 
-from ._shim import shim_env, shim_path  # noqa: F401  (fixture)
+from ._shim import shim_env
 from ._util import describe, run_py
 
 CREATE = r"""

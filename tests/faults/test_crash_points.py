@@ -17,7 +17,7 @@ import pytest
 
 from norikv import FsyncPolicy, KvStore
 
-from ._shim import shim_env, shim_path  # noqa: F401  (fixture)
+from ._shim import shim_env
 from ._util import describe
 
 OPS = "fdatasync,fsync,ftruncate,fallocate,unlink,rename,write"

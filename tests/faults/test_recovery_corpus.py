@@ -24,7 +24,7 @@ import pytest
 from norikv import CorruptionError, Position, Record, RecoveryMode, Wal, WalConfig
 from norikv.errors import NoriError
 
-from ._shim import shim_env, shim_path  # noqa: F401  (fixture)
+from ._shim import shim_env
 from ._util import describe
 
 TCT = RecoveryMode.TOLERATE_CORRUPTED_TAIL

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from ._shim import shim_env, shim_path  # noqa: F401  (fixture)
+from ._shim import shim_env
 from ._util import describe, run_py
 
 SCRIPT = r"""
