@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from norikv import Compression, CorruptionError, Position, Record, Wal, WalConfig, _wal
+from norikv import Compression, CorruptionError, Position, Record, Wal, WalConfig, _engine
 from storeutil import open_store
 
 CORPUS = Path(__file__).resolve().parent / "data" / "noriwal-corpus"
@@ -171,7 +171,7 @@ def copy_wal(case: Case, wal_dir: Path) -> Path:
     """Writes the verified segment bytes of ``case`` into a new ``wal_dir``."""
     wal_dir.mkdir(parents=True)
     for seg_id, data in case.segments.items():
-        (wal_dir / _wal.segment_name(seg_id)).write_bytes(data)
+        (wal_dir / _engine.segment_name(seg_id)).write_bytes(data)
     return wal_dir
 
 
@@ -301,11 +301,11 @@ SLACK_MS = HOUR_MS // 2
 @contextlib.contextmanager
 def clock_ahead(ms):
     """Moves the TTL clock ``ms`` ahead (test hook), restoring it afterwards."""
-    old = _wal._set_clock_offset_ms(ms)
+    old = _engine._set_clock_offset_ms(ms)
     try:
         yield
     finally:
-        _wal._set_clock_offset_ms(old)
+        _engine._set_clock_offset_ms(old)
 
 
 def replay(records):
@@ -382,7 +382,7 @@ def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path,
 
     def slow_pin(self, relative):
         calls.append(1)
-        _wal._set_clock_offset_ms(2 * HOUR_MS)
+        _engine._set_clock_offset_ms(2 * HOUR_MS)
         return pin(self, relative)
 
     monkeypatch.setattr(KvStore, "_pin_relative_ttls", slow_pin)

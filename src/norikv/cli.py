@@ -31,7 +31,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from norikv import _wal
+from norikv import _engine as _wal
 from norikv._version import __version__
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.errors import CorruptionError, LockError, NoriError

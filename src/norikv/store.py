@@ -17,7 +17,7 @@ from typing import Iterator, Union
 
 from sortedcontainers import SortedList
 
-from norikv import _options, _wal
+from norikv import _options, _engine
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE, Compression
 from norikv.errors import ClosedError, NoriError, io_error
 from norikv.wal import FsyncPolicy, RecoveryInfo, RecoveryMode, Wal, WalConfig
@@ -44,11 +44,11 @@ class WriteBatch:
     def put(self, key: BytesLike, value: BytesLike, *, ttl: float | None = None,
             compression: object = None) -> None:
         self._check()
-        k = _wal._check_bytes(key, "key")
-        v = _wal._check_bytes(value, "value")
+        k = _engine._check_bytes(key, "key")
+        v = _engine._check_bytes(value, "value")
         assert self._store is not None      # set until the batch is done (_check above)
         self._store._check_value(v)
-        deadline = _wal._deadline(ttl) if ttl is not None else -1
+        deadline = _engine._deadline(ttl) if ttl is not None else -1
         if compression is not None:
             Compression.parse(compression)
         self._ops.append((k, v, deadline, compression))
@@ -58,17 +58,17 @@ class WriteBatch:
         than DEADLINE_MAX means practically never and saturates to it)
         instead of after a ttl (norikv import)."""
         self._check()
-        k = _wal._check_bytes(key, "key")
-        v = _wal._check_bytes(value, "value")
+        k = _engine._check_bytes(key, "key")
+        v = _engine._check_bytes(value, "value")
         if isinstance(deadline, bool) or not isinstance(deadline, int) or deadline < 0:
             raise ValueError(f"deadline must be an int >= 0 (Unix ms), got {deadline!r}")
         assert self._store is not None
         self._store._check_value(v)
-        self._ops.append((k, v, min(deadline, _wal.DEADLINE_MAX), None))
+        self._ops.append((k, v, min(deadline, _engine.DEADLINE_MAX), None))
 
     def delete(self, key: BytesLike) -> None:
         self._check()
-        self._ops.append((_wal._check_bytes(key, "key"), None, -1, None))
+        self._ops.append((_engine._check_bytes(key, "key"), None, -1, None))
 
     def clear(self) -> None:
         self._check()
@@ -119,7 +119,7 @@ _STORE_OPTIONS: dict[str, _options.Spec] = {
 }
 
 
-class KvStore(_wal._StoreCore):
+class KvStore(_engine._StoreCore):
     """A durable key-value store. Open with :meth:`KvStore.open`.
 
     Keys and values are bytes-like. Safe to share between threads; several
@@ -184,7 +184,7 @@ class KvStore(_wal._StoreCore):
         store = cls.__new__(cls)   # closed until _init_core (KvStore() itself raises)
         data: dict[bytes, bytes] = {}
         expiry: dict[bytes, int] = {}
-        loader = _wal._StoreLoader(data, expiry, _wal.now_ms(), max_value_size)
+        loader = _engine._StoreLoader(data, expiry, _engine.now_ms(), max_value_size)
         wal = Wal()
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the rebuild allocates millions of objects the GC need not visit
@@ -306,13 +306,13 @@ class KvStore(_wal._StoreCore):
         bound may be None). A key written or deleted while the iterator runs
         may or may not be seen; every pair yielded was live when yielded."""
         self._check_open_py()
-        lo = None if start is None else _wal._check_bytes(start, "start")
-        hi = None if end is None else _wal._check_bytes(end, "end")
+        lo = None if start is None else _engine._check_bytes(start, "start")
+        hi = None if end is None else _engine._check_bytes(end, "end")
         return self._scan(lo, hi, reverse)
 
     def prefix(self, prefix: BytesLike, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs whose key starts with ``prefix``, in byte order."""
-        p = _wal._check_bytes(prefix, "prefix")
+        p = _engine._check_bytes(prefix, "prefix")
         return self.range(p, _prefix_end(p), reverse=reverse)
 
     def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
@@ -361,7 +361,7 @@ class KvStore(_wal._StoreCore):
             before = self._wal_bytes()
             data, expiry, first, gap = self._freeze()
             try:
-                parts = _wal.write_snapshot(data, expiry, self.wal.dir, first, gap,
+                parts = _engine.write_snapshot(data, expiry, self.wal.dir, first, gap,
                                             self.wal.max_segment_size, int(self._compression_kind()),
                                             self.compress_min_size, self.max_value_size)
                 del data, expiry
@@ -371,7 +371,7 @@ class KvStore(_wal._StoreCore):
                 # A failed snapshot (e.g. ENOSPC) must not keep its partial
                 # temporary files, and their disk space, until the next open.
                 for seg in range(first, first + gap):
-                    tmp = os.path.join(self.wal.dir, _wal.segment_name(seg) + ".compact-tmp")
+                    tmp = os.path.join(self.wal.dir, _engine.segment_name(seg) + ".compact-tmp")
                     try:
                         os.unlink(tmp)
                     except (FileNotFoundError, IsADirectoryError):

@@ -29,8 +29,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
-from norikv import _options, _wal
-from norikv._wal import Position, Record, WalIterator
+from norikv import _options, _engine
+from norikv._engine import Position, Record, WalIterator
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.errors import ConfigError, CorruptionError, NoriError, io_error
 
@@ -313,10 +313,10 @@ class RecoveryPlan:
 
 
 def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
-                  sink: "_wal._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+                  sink: "_engine._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
                   progress: "Callable[[SegmentPlan], object] | None" = None) -> RecoveryPlan:
     """Scans every segment of the log directory ``path`` in id order, handing
-    the records recovery keeps to ``sink`` (default: a ``_wal._Sink``, which
+    the records recovery keeps to ``sink`` (default: a ``_engine._Sink``, which
     only checks that compressed values decompress within ``max_value_size``:
     what a Wal's recovery checks), and returns what opening it in ``mode``
     would cut, skip, delete or rewrite. Raises the CorruptionError (file, segment id and
@@ -326,15 +326,15 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
     with each segment's plan once it is scanned."""
     path = os.fsdecode(path)
     if sink is None:
-        sink = _wal._Sink(max_value_size)
+        sink = _engine._Sink(max_value_size)
     skip = mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS
     leftovers = compaction_leftovers(path)
-    ids = _wal.list_segments(path)
+    ids = _engine.list_segments(path)
     plans: list[SegmentPlan] = []
     for i, seg in enumerate(ids):
-        seg_path = os.path.join(path, _wal.segment_name(seg))
+        seg_path = os.path.join(path, _engine.segment_name(seg))
         is_last = i == len(ids) - 1
-        res = _wal.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
+        res = _engine.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
         end = res["end"]
         p = SegmentPlan(id=seg, path=seg_path, file_size=res["file_size"],
                         records=res["records"] - res["batch_dropped"], size=end, data_end=end,
@@ -375,7 +375,7 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
         if p.cut is not None and not is_last:
             # POINT_IN_TIME: everything after the damage goes.
             for later in ids[i + 1:]:
-                later_path = os.path.join(path, _wal.segment_name(later))
+                later_path = os.path.join(path, _engine.segment_name(later))
                 try:
                     size = os.path.getsize(later_path)
                 except FileNotFoundError:
@@ -404,13 +404,13 @@ def compaction_leftovers(path: str) -> list[str]:
                       if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
 
 
-def _rewrite(core: "_wal._WalCore", p: SegmentPlan) -> None:
+def _rewrite(core: "_engine._WalCore", p: SegmentPlan) -> None:
     """Replaces segment p by a copy without its dropped ranges (SKIP mode).
     On any failure (ENOSPC...) the segment is left as it was, the copy is
     removed, and NoriIOError names the segment."""
     tmp = p.path + _TMP_SUFFIX
     try:
-        _wal.copy_valid_records(p.path, tmp, p.data_end, p.dropped)
+        _engine.copy_valid_records(p.path, tmp, p.data_end, p.dropped)
         os.replace(tmp, p.path)
     except OSError as exc:
         try:
@@ -424,7 +424,7 @@ def _rewrite(core: "_wal._WalCore", p: SegmentPlan) -> None:
     core._fsync_dir()
 
 
-def apply_recovery(core: "_wal._WalCore", plan: RecoveryPlan) -> None:
+def apply_recovery(core: "_engine._WalCore", plan: RecoveryPlan) -> None:
     """Makes the changes of a plan (made under the Wal's lock): removes
     compaction leftovers, rewrites the segments SKIP mode skips spans of,
     deletes the segments after a POINT_IN_TIME cut (newest first, durably,
@@ -450,7 +450,7 @@ def apply_recovery(core: "_wal._WalCore", plan: RecoveryPlan) -> None:
             _truncate(p.path, p.cut)
 
 
-def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
+def recover(core: "_engine._WalCore", mode: RecoveryMode, sink: "_engine._Sink | None" = None) -> RecoveryInfo:
     """Plans the recovery of the Wal's directory in ``mode`` (plan_recovery),
     applies it and starts the Wal; returns what it did.
 
@@ -477,7 +477,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
     return info
 
 
-class Wal(_wal._WalCore):
+class Wal(_engine._WalCore):
     """A write-ahead log directory. Open with :meth:`Wal.open`.
 
     Safe to share between threads. One Wal per directory: a second open, in
@@ -506,7 +506,7 @@ class Wal(_wal._WalCore):
         info = wal._open_config(config, None)
         return wal, info
 
-    def _open_config(self, config: WalConfig, sink: "_wal._Sink | None") -> RecoveryInfo:
+    def _open_config(self, config: WalConfig, sink: "_engine._Sink | None") -> RecoveryInfo:
         self.config = config
         policy = config.fsync_policy
         path = os.fsdecode(config.dir)  # the core joins str names onto it
@@ -563,7 +563,7 @@ class Wal(_wal._WalCore):
 
     def _after_fork_in_child(self) -> None:
         """Called in a child created by fork() for each Wal the parent had
-        open, once norikv._wal has detached it (_detach_inherited_wals): the
+        open, once norikv._engine has detached it (_detach_inherited_wals): the
         background thread did not survive the fork, and a KvStore on this Wal
         re-creates its own locks (a thread of the parent may have held them)."""
         self._bg_thread = None
@@ -610,7 +610,7 @@ def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     with _released:
         while True:
-            owner = _wal._dir_owner(key)
+            owner = _engine._dir_owner(key)
             if owner is None or not getattr(owner, "_bg_holding", False):
                 return
             del owner

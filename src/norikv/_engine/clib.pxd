@@ -1,7 +1,7 @@
-# C declarations shared by the .pxi parts of the _wal extension.
+# C declarations of the headers in include/ (and of the C library calls the parts make).
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 
-cdef extern from "_crc32c.h" nogil:
+cdef extern from "crc32c.h" nogil:
     ctypedef uint32_t (*nk_crc_fn)(uint32_t, const uint8_t *, size_t)
     nk_crc_fn nk_crc32c
     const char *nk_crc32c_name
@@ -10,7 +10,7 @@ cdef extern from "_crc32c.h" nogil:
     int nk_crc32c_hw_available()
     void nk_crc32c_init(int want_hw)
 
-cdef extern from "_record.h" nogil:
+cdef extern from "record.h" nogil:
     enum:
         NK_FLAG_TOMBSTONE
         NK_FLAG_TTL
@@ -53,7 +53,7 @@ cdef extern from "_record.h" nogil:
     uint64_t nk_batch_drop(nk_batch *b)
     int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms)
 
-cdef extern from "_platform.h" nogil:
+cdef extern from "platform.h" nogil:
     const char *NK_PLATFORM
     int nk_sync_data(int fd, void *addr, size_t length)
     int nk_sync_full(int fd)

@@ -22,8 +22,6 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAI
 from posix.stat cimport struct_stat, fstat
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME, CLOCK_MONOTONIC
 
-from norikv._defs cimport *
-
 import os
 import sys
 import weakref
@@ -147,8 +145,8 @@ def _check_bytes(obj, what):
     return _as_bytes(obj, what)
 
 
-include "_record.pxi"
-include "_reader.pxi"
-include "_walcore.pxi"
-include "_fastcall.pxi"
-include "_store.pxi"
+include "codec.pyx"
+include "scan.pyx"
+include "log.pyx"
+include "fastcall.pyx"
+include "store.pyx"

@@ -1,0 +1,2 @@
+# Declarations of norikv._engine (the parts' interfaces).
+include "clib.pxd"
