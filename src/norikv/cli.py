@@ -455,7 +455,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     hi = _decode_arg(args.end, enc, "--end") if args.end is not None else None
     if args.prefix is not None:
         p = _decode_arg(args.prefix, enc, "--prefix")
-        from norikv.store import _prefix_end
+        from norikv._engine import _prefix_end
 
         pe = _prefix_end(p)
         lo = p if lo is None or p > lo else lo

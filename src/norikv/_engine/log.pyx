@@ -1,165 +1,39 @@
-# The write side of the Wal: one mapped, preallocated active segment.
+# The write side of a Wal (norikv.wal.Wal subclasses _WalCore and drives
+# recovery): one mapped, preallocated active segment (segment.pyx).
 #
 # Appends copy the encoded record into a MAP_SHARED mapping of the active
 # segment: once memcpy returns the bytes are in the kernel's page cache and
-# survive the death of the process, with no system call per record.  Disk
-# blocks are reserved with fallocate before any byte is stored through the
-# mapping, so a full disk is an ENOSPC from fallocate, never a SIGBUS.
+# survive the death of the process, with no system call per record.
 #
 # Threads: every append runs with the GIL held from reserve to commit, so
 # appends are atomic with respect to each other.  Work that releases the GIL
 # (fsync, rotation, growth) holds io_lock; rotation and growth also set `busy`
 # so that appends in other threads take the slow path and wait for io_lock.
 
-cdef enum:
-    POLICY_OS = 0
-    POLICY_ALWAYS = 1
-    POLICY_BATCH = 2
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
+                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+from posix.unistd cimport close as c_close, unlink
+from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
+from posix.stat cimport struct_stat, fstat
 
-DEF _GROW_STEP = 1 << 20
-DEF _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
-DEF _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
-DEF _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
-DEF _SMALL_SYNC = 256 << 10         # a sync covering less switches to page-sized folios
+import os
+import weakref
 
-cdef bint _prefault_supported = True
-
-# (st_dev, st_ino) of each directory open in this process -> weak reference to its Wal
-cdef dict _open_dirs = {}
-
-
-def _dir_owner(key):
-    """The live Wal holding directory `key` in this process, or None."""
-    ref = _open_dirs.get(key)
-    return ref() if ref is not None else None
-
-
-cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
-    return (n + step - 1) // step * step
-
-
-def segment_name(uint64_t seg_id):
-    """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal."""
-    return f"{seg_id:06d}.wal"
-
-
-def segment_id_of(name):
-    """The segment id named by a directory entry, or None when the name is not
-    a segment's. nori-wal takes any name whose extension is ``wal`` and whose
-    stem Rust's ``u64::from_str`` parses (ASCII digits, optional leading ``+``,
-    any leading zeros, at most 2**64-1), then opens ``format!("{:06}.wal", id)``;
-    of those names only that canonical one is a segment here (docs/FORMAT.md),
-    so each id has exactly one file and none is read twice."""
-    cdef Py_ssize_t n = len(name)
-    if n < 10 or n > 24 or not name.endswith(".wal"):     # 6 to 20 digits + ".wal"
-        return None
-    stem = name[:n - 4]
-    if not (stem.isascii() and stem.isdigit()):
-        return None
-    seg = int(stem)
-    if seg > UINT64_MAX or segment_name(seg) != name:
-        return None
-    return seg
-
-
-def list_segments(path):
-    """Sorted ids of the segments in a directory: the entries segment_id_of()
-    accepts; every other name is ignored. Every reader of a directory's
-    segments (recovery, hence the Wal and WalIterator, compaction, the CLI)
-    gets them from here. An entry with a segment's name that is not a regular
-    file (after symlinks) raises NoriIOError: it holds that id's place in the
-    log, nori-wal fails on it too, and opening a FIFO would block."""
-    ids = []
-    path = os.fsdecode(path)
-    with os.scandir(path) as entries:
-        for entry in entries:
-            seg = segment_id_of(entry.name)
-            if seg is None:
-                continue
-            try:
-                regular = entry.is_file()
-            except OSError as exc:
-                raise io_error(exc.errno or 5, entry.path, "stat") from exc
-            if not regular:
-                kind = "a directory" if entry.is_dir() else "not a regular file"
-                raise NoriIOError(21 if entry.is_dir() else 22,
-                                  f"{entry.name} has a segment's name but is {kind}; "
-                                  "move it out of the log directory", entry.path)
-            ids.append(seg)
-    ids.sort()
-    return ids
+from norikv.errors import ClosedError, LockError, NoriIOError, WalFailedError, io_error
 
 
 cdef enum:
-    _SYNC_COVERED, _SYNC_DONE, _SYNC_UNUSABLE, _SYNC_FAILED
-
-cdef extern from "<pthread.h>" nogil:
-    ctypedef struct pthread_mutex_t:
-        pass
-    ctypedef struct pthread_cond_t:
-        pass
-    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
-    int pthread_mutex_destroy(pthread_mutex_t *m)
-    int pthread_mutex_lock(pthread_mutex_t *m)
-    int pthread_mutex_unlock(pthread_mutex_t *m)
-    int pthread_cond_init(pthread_cond_t *c, const void *attr)
-    int pthread_cond_destroy(pthread_cond_t *c)
-    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
-    int pthread_cond_broadcast(pthread_cond_t *c)
+    _SMALL_SYNC = 256 << 10         # a sync covering less switches to page-sized folios
+    _SYNC_COVERED = 0
+    _SYNC_DONE = 1
+    _SYNC_UNUSABLE = 2
+    _SYNC_FAILED = 3
 
 
 cdef class _WalCore:
-    cdef object __weakref__
-    cdef readonly object dir
-    cdef int dir_fd
-    cdef int lock_fd
-    cdef object dir_key
-    cdef readonly uint64_t max_segment_size
-    cdef readonly uint64_t max_value_size   # largest value append takes and reads decompress
-    cdef readonly int policy
-    cdef readonly double window
-    cdef readonly bint preallocate
-    # active segment
-    cdef readonly uint64_t seg_id
-    cdef int seg_fd
-    cdef uint8_t *map
-    cdef size_t map_len
-    cdef uint64_t alloc
-    cdef uint64_t populated          # mapping faulted in for writing up to here
-    cdef readonly uint64_t seg_size
-    cdef uint64_t next_seg_id
-    cdef dict seg_sizes              # finalized segments: id -> bytes
-    # accounting
-    cdef readonly uint64_t written_total
-    cdef readonly uint64_t synced_total
-    cdef readonly uint64_t fsync_count
-    cdef readonly double fsync_seconds
-    cdef readonly double fsync_max
-    # state
-    cdef int busy
-    cdef readonly bint closed
-    cdef object failed
-    cdef bint broken                 # failed is set (readable without the GIL)
-    cdef unsigned long fork_gen
-    cdef PyThread_type_lock io_lock
-    cdef PyThread_type_lock map_lock   # held to change/unmap the mapping, and while prefaulting
-    # Group commit (sync): one leader fsyncs at a time; the others wait on
-    # sync_cond for synced_total to cover them or for the leader's turn to
-    # end. sync_mutex is only ever held for a few instructions, never while
-    # waiting for the GIL, so it may be taken with the GIL held.
-    cdef pthread_mutex_t sync_mutex
-    cdef pthread_cond_t sync_cond
-    cdef bint syncing
-    cdef bint sync_init
-    cdef readonly bint prefault_pending
-    # Page-sized page-cache folios for the mapping (nk_advise_small_folios):
-    # from the start under ALWAYS, from the first sync() that covers less
-    # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
-    cdef readonly bint small_folios
-    cdef readonly bint dirty
-    cdef readonly double dirty_since
-    cdef object wake
-    cdef bint wake_pending
+    """The write side of a Wal: its attributes and the append contract are
+    declared in log.pxd."""
 
     def __cinit__(self):
         self.dir_fd = -1
@@ -262,6 +136,7 @@ cdef class _WalCore:
 
     # map_lock is always taken with the GIL released while waiting (the
     # prefault thread holds it without the GIL). Order: io_lock, then map_lock.
+
     cdef inline void _lock_map(self) noexcept:
         if not PyThread_acquire_lock(self.map_lock, NOWAIT_LOCK):
             with nogil:
@@ -273,17 +148,7 @@ cdef class _WalCore:
     cdef inline void _unlock_map(self) noexcept nogil:
         PyThread_release_lock(self.map_lock)
 
-    cdef void _unmap(self) noexcept:
-        self._lock_map()
-        self._unmap_locked()
-        self._unlock_map()
-
-    cdef void _unmap_locked(self) noexcept:
-        if self.map != NULL:
-            munmap(self.map, self.map_len)
-            self.map = NULL
-            self.map_len = 0
-            self.populated = 0
+    # ------------------------------------------------------------ state
 
     cdef int _check_owner(self) except -1:
         """Raises unless this Wal is open and owned by this process (not
@@ -291,7 +156,7 @@ cdef class _WalCore:
         if self.closed:
             raise ClosedError("the Wal is closed")
         if self.fork_gen != _fork_generation:
-            raise NoriIOError(1, "this Wal was opened by the parent process; a forked child can "
+            raise NoriIOError(EPERM, "this Wal was opened by the parent process; a forked child can "
                               "only close it, and must open the directory itself once the parent "
                               "has closed it", self.dir)
         return 0
@@ -309,30 +174,51 @@ cdef class _WalCore:
         self.broken = True
         raise exc
 
+    cdef int _sync_dir(self, bint poison) except -1:
+        """Makes a change of the log directory durable (a segment created,
+        renamed into place or deleted): fsync of the directory. A failure
+        poisons the Wal when ``poison`` (once it is started: as any failed
+        fsync of the log), else raises NoriIOError (recovery, before)."""
+        cdef int err
+        with nogil:
+            err = nk_sync_full(self.dir_fd)
+        if err:
+            if poison:
+                self._poison(err, self.dir, "fsync directory")
+            raise io_error(err, self.dir, "fsync directory")
+        return 0
+
+    cdef void _count_fsync(self, double dt) noexcept:
+        self.fsync_count += 1
+        self.fsync_seconds += dt
+        if dt > self.fsync_max:
+            self.fsync_max = dt
+
     # ------------------------------------------------------------ open
 
-    def _open(self, path, uint64_t max_segment_size, int policy, double window, bint preallocate,
-              uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
-        """Takes the directory lock of an existing directory (norikv.wal
-        creates it durably first). Recovery is driven by norikv.wal."""
+    def _open(self, config):
+        """Takes the lock of the directory ``config.dir`` (which norikv.wal
+        has created durably) with the settings of the validated WalConfig
+        ``config``. Recovery follows, driven by norikv.wal, which then calls
+        _start."""
         cdef struct_stat st
-        cdef bytes bdir
-        self.dir = os.fspath(path)
-        self.max_segment_size = max_segment_size
-        self.max_value_size = max_value_size
-        self.policy = policy
-        self.small_folios = policy == POLICY_ALWAYS
-        self.window = window
-        self.preallocate = preallocate
-        bdir = os.fsencode(self.dir)
-        self.dir_fd = c_open(bdir, O_RDONLY | O_CLOEXEC)
+        policy = config.fsync_policy
+        self.config = config
+        self.dir = os.fsdecode(config.dir)
+        self.max_segment_size = config.max_segment_size
+        self.max_value_size = config.max_value_size
+        self.policy = policy.code
+        self.small_folios = self.policy == POLICY_ALWAYS
+        self.window = float(policy.window)
+        self.preallocate = bool(config.preallocate)
+        self.dir_fd = c_open(os.fsencode(self.dir), O_RDONLY | O_CLOEXEC)
         if self.dir_fd < 0:
             raise io_error(errno, self.dir, "open directory")
         fstat(self.dir_fd, &st)
         key = (st.st_dev, st.st_ino)
         if _dir_owner(key) is not None:
             self._release(False)
-            raise LockError(11, "the directory is already open in this process", self.dir)
+            raise LockError(EWOULDBLOCK, "the directory is already open in this process", self.dir)
         lock_path = os.path.join(self.dir, "LOCK")
         self.lock_fd = c_open(os.fsencode(lock_path), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         if self.lock_fd < 0:
@@ -342,7 +228,7 @@ cdef class _WalCore:
         err = nk_lock_file(self.lock_fd)
         if err:
             self._release(False)
-            if err in (11, 35):   # EWOULDBLOCK on Linux / macOS
+            if err == EWOULDBLOCK:
                 raise LockError(err, "the directory is locked by another process", self.dir)
             raise io_error(err, lock_path, "flock")
         _open_dirs[key] = weakref.ref(self)
@@ -378,184 +264,11 @@ cdef class _WalCore:
             self.next_seg_id = 0
             self._lock_io()
             try:
-                self._create_segment(0)
+                _create_segment(self, 0)
             finally:
                 self._unlock_io()
         else:
-            self._open_active(last_id, last_size)
-
-    cdef int _map_active(self, size_t want) except -1:
-        cdef void *m
-        cdef size_t page = nk_page_size()
-        want = <size_t>_round_up(want if want > self.max_segment_size else self.max_segment_size, page)
-        m = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, self.seg_fd, 0)
-        if m == MAP_FAILED:
-            raise io_error(errno, self._segment_path(self.seg_id), "mmap")
-        if self.small_folios:
-            nk_advise_small_folios(m, want)
-        self._lock_map()
-        self.map = <uint8_t *>m
-        self.map_len = want
-        self.populated = 0
-        self._unlock_map()
-        return 0
-
-    cdef int _open_active(self, uint64_t seg_id, uint64_t size) except -1:
-        cdef struct_stat st
-        path = self._segment_path(seg_id)
-        fd = c_open(os.fsencode(path), O_RDWR | O_CLOEXEC)
-        if fd < 0:
-            raise io_error(errno, path, "open")
-        fstat(fd, &st)
-        self.seg_fd = fd
-        self.seg_id = seg_id
-        self.next_seg_id = seg_id + 1
-        self.seg_size = size
-        self.alloc = <uint64_t>st.st_size
-        self._map_active(self.alloc)
-        return 0
-
-    # ------------------------------------------------------------ segments
-
-    cdef int _allocate(self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1:
-        """Reserves [start, want) of fd, falling back to [start, need) when the
-        disk cannot hold the preferred size. Sets self.alloc. GIL released."""
-        cdef int err
-        cdef long s = start
-        cdef long w = want - start
-        cdef long n = need - start
-        with nogil:
-            err = nk_allocate(fd, s, w)
-            if err == 28 and n < w:      # ENOSPC: take only what this append needs
-                err = nk_allocate(fd, s, n)
-                if err == 0:
-                    w = n
-        if err:
-            raise io_error(err, path, "allocate")
-        self.alloc = start + w
-        return 0
-
-    cdef int _create_segment(self, uint64_t need) except -1:
-        """Creates segment next_seg_id sized for at least `need` bytes and makes it
-        active. The caller holds io_lock; the previous segment is already closed."""
-        cdef uint64_t seg_id = self.next_seg_id
-        cdef uint64_t page = nk_page_size()
-        cdef uint64_t want, needr
-        cdef int err
-        path = self._segment_path(seg_id)
-        fd = c_open(os.fsencode(path), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        if fd < 0:
-            raise io_error(errno, path, "create segment")
-        needr = _round_up(need if need > 0 else 1, page)
-        want = self.max_segment_size if self.preallocate else _GROW_STEP
-        if want < needr:
-            want = needr
-        try:
-            self._allocate(fd, 0, want, needr, path)
-            self.seg_fd = fd
-            self.seg_id = seg_id
-            self.seg_size = 0
-            self.busy = 1
-            try:
-                self._map_active(self.alloc)
-            finally:
-                self.busy = 0
-        except BaseException:
-            c_close(fd)
-            self.seg_fd = -1
-            unlink(os.fsencode(path))
-            raise
-        self.next_seg_id = seg_id + 1
-        with nogil:
-            err = nk_sync_full(self.dir_fd)
-        if err:
-            self._poison(err, self.dir, "fsync directory")
-        return 0
-
-    cdef int _finalize_active(self) except -1:
-        """fsyncs the active segment, truncates it to its logical size, closes it.
-        The caller holds io_lock."""
-        cdef int err = 0
-        cdef int fd = self.seg_fd
-        cdef uint64_t size = self.seg_size
-        cdef double t0
-        if fd < 0:
-            return 0
-        with nogil:
-            t0 = _now_monotonic()
-            err = nk_sync_data(fd, self.map, size)
-            if err == 0 and ftruncate(fd, <long>size) != 0:
-                err = errno
-            if err == 0:
-                err = nk_sync_data(fd, NULL, 0)
-        if err:
-            self._poison(err, self._segment_path(self.seg_id), "finalize segment")
-        self._count_fsync(_now_monotonic() - t0)
-        self._unmap()
-        c_close(fd)
-        self.seg_fd = -1
-        self.seg_sizes[self.seg_id] = size
-        self.synced_total = self.written_total
-        return 0
-
-    cdef void _count_fsync(self, double dt) noexcept:
-        self.fsync_count += 1
-        self.fsync_seconds += dt
-        if dt > self.fsync_max:
-            self.fsync_max = dt
-
-    cdef int _check_ids_left(self, uint64_t n) except -1:
-        """Raises unless n more segment ids follow the active one (ids are u64:
-        a wrapped id would be replayed first)."""
-        if self.seg_id > UINT64_MAX - n:
-            raise NoriIOError(27, f"no segment id left after {self.seg_id} (ids are 64-bit)",
-                              self._segment_path(self.seg_id))
-        return 0
-
-    cdef int _rotate(self, uint64_t need) except -1:
-        """Seals the active segment and starts the next. Holds io_lock."""
-        self._check_ids_left(1)
-        self.busy = 1
-        try:
-            self._finalize_active()
-            self._create_segment(need)
-        finally:
-            self.busy = 0
-        return 0
-
-    cdef int _populate(self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil:
-        """Faults in [start, stop) of mapping m, for writing or, in page-sized
-        mode, for reading (nk_prefault). Returns 0 or the errno; an errno that
-        says the kernel cannot do it turns prefaulting off for the process."""
-        global _prefault_supported
-        cdef int err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
-        if err == 22 or err == 38 or err == 95:
-            _prefault_supported = False
-        return err
-
-    cdef int _prefault(self, uint64_t end) except -1:
-        """Faults in the mapping up to at least `end` (a step ahead), or marks
-        everything allocated as populated where the kernel cannot do it."""
-        cdef uint64_t page = nk_page_size()
-        cdef uint64_t start = self.populated if self.populated > self.seg_size else self.seg_size
-        start -= start % page
-        cdef uint64_t stop = _round_up(end, page) + _PREFAULT_STEP
-        cdef int err = 0
-        if stop > self.alloc:
-            stop = self.alloc
-        if _prefault_supported and stop > start:
-            # Mapping changes need io_lock, which the caller holds.
-            with nogil:
-                err = self._populate(self.map, start, stop)
-            if err:
-                # Not supported (old kernel, other OS) or no memory: fall back
-                # to ordinary page faults.
-                stop = self.alloc
-        else:
-            stop = self.alloc
-        if stop > self.populated:
-            self.populated = stop
-        return 0
+            _open_active(self, last_id, last_size)
 
     def _prefault_ahead(self):
         """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
@@ -565,59 +278,12 @@ cdef class _WalCore:
         at a time, and a loop that took it back between steps fell behind
         (the writer then faulted most pages itself)."""
         with nogil:
-            self._prefault_loop()
-
-    cdef void _prefault_loop(self) noexcept nogil:
-        cdef uint64_t page = nk_page_size()
-        cdef uint64_t start, stop, target
-        cdef uint8_t *m
-        while True:
-            self._lock_map_nogil()
-            m = self.map
-            if m == NULL or self.closed or not _prefault_supported:
-                break
-            # Page-aligned, so that `populated` never lands mid-page (the
-            # next step would round down and fault the same bytes forever).
-            # seg_size is read without the GIL: a stale value only moves the
-            # target; `populated` is a hint for _reserve, never past alloc.
-            target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
-            if target > self.alloc:
-                target = self.alloc
-            start = self.populated if self.populated > self.seg_size else self.seg_size
-            start -= start % page
-            if start >= target:
-                break
-            stop = start + _PREFAULT_STEP
-            if stop > target:
-                stop = target
-            if self._populate(m, start, stop):
-                break
-            if stop <= self.populated:
-                break
-            self.populated = stop
-            self._unlock_map()
-        self.prefault_pending = False
-        self._unlock_map()
-
-    cdef int _grow(self, uint64_t end) except -1:
-        cdef uint64_t page = nk_page_size()
-        cdef uint64_t want = _round_up(end, _GROW_STEP)
-        cdef uint64_t need = _round_up(end, page)
-        self.busy = 1
-        try:
-            self._allocate(self.seg_fd, self.alloc, want, need, self._segment_path(self.seg_id))
-            if self.alloc > self.map_len:
-                self._unmap()
-                self._map_active(self.alloc)
-        finally:
-            self.busy = 0
-        return 0
+            _prefault_loop(self)
 
     # ------------------------------------------------------------ append
 
     cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:
-        """Room for n bytes at the end of the log. The GIL must stay held until
-        _commit(n): nothing that can run Python code may come in between."""
+        """Room for n bytes at the end of the log (the contract: log.pxd)."""
         if (self.busy == 0 and self.fork_gen == _fork_generation and self.failed is None
                 and not self.closed and self.seg_size + n <= self.populated
                 and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
@@ -630,20 +296,20 @@ cdef class _WalCore:
         try:
             self._check_usable()
             if self.seg_fd < 0:
-                self._create_segment(n)
+                _create_segment(self, n)
             elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
-                self._rotate(n)
+                _rotate(self, n)
             if self.seg_size + n > self.alloc:
-                self._grow(self.seg_size + n)
+                _grow(self, self.seg_size + n)
             if self.seg_size + n > self.populated:
-                self._prefault(self.seg_size + n)
+                _prefault(self, self.seg_size + n)
         finally:
             self._unlock_io()
         return self.map + self.seg_size
 
     cdef inline int _commit(self, uint64_t n) except -1:
-        """Publishes n reserved bytes. Runs no Python code, so a caller can keep
-        its in-memory update atomic with the append."""
+        """Publishes the n bytes written at _reserve's pointer. Runs no Python
+        code, so a caller can keep its in-memory update atomic with the append."""
         self.seg_size += n
         nk_store_release_u64(&self.written_total, self.written_total + n)
         if self.policy == POLICY_BATCH and not self.dirty:
@@ -667,14 +333,11 @@ cdef class _WalCore:
     cdef int _after_append_work(self) except -1:
         if self.wake_pending:
             self.wake_pending = False
-            if self.wake is not None:
-                self.wake()
+            if self._waker is not None:
+                self._waker()
         if self.policy == POLICY_ALWAYS:
             self.sync()
         return 0
-
-    def _set_waker(self, wake):
-        self.wake = wake
 
     def append(self, Record record not None):
         """Appends one record; returns its Position. The bytes are in the OS
@@ -706,73 +369,33 @@ cdef class _WalCore:
         recovery applies all of them or none. Without it, batch flags the
         records carry are cleared."""
         cdef list recs = list(records)
-        cdef list stored = []
-        cdef list flags = []
+        cdef list run = []
+        cdef list lengths = []
         cdef list positions = []
         cdef Record r
-        cdef uint64_t total = 0, off, n
-        cdef uint32_t f
-        cdef Py_ssize_t i, count = len(recs)
-        cdef bytes sv
+        cdef uint64_t total, seg, off
         cdef uint8_t *p
-        if count == 0:
+        if not recs:
             return positions
-        for i in range(count):
-            r = recs[i]
+        for r in recs:
             if r is None:
                 raise TypeError("records must be Record objects")
             _check_value_size(r.value, self.max_value_size)
-        for i in range(count):
-            r = recs[i]
-            sv = r._stored_value()
-            f = nk_batch_flags(r._wire_flags(), i, count if atomic else 1)
-            stored.append(sv)
-            flags.append(f)
-            total += nk_encoded_len(PyBytes_GET_SIZE(r.key), PyBytes_GET_SIZE(sv), f,
-                                    r._ttl_ms, r._term, r._index)
+        for r in recs:
+            run.append((r.key, r._stored_value(), r._wire_flags(), r._ttl_ms, r._term, r._index))
+        total = _run_length(run, atomic, lengths)
         p = self._reserve(total)
-        off = 0
-        for i in range(count):
-            r = recs[i]
-            sv = stored[i]
-            n = nk_encode(p + off, <const uint8_t *>PyBytes_AS_STRING(r.key), PyBytes_GET_SIZE(r.key),
-                          <const uint8_t *>PyBytes_AS_STRING(sv), PyBytes_GET_SIZE(sv), <uint32_t>flags[i],
-                          r._ttl_ms, r._term, r._index)
-            positions.append(_pos(self.seg_id, self.seg_size + off))
-            off += n
+        seg = self.seg_id
+        off = self.seg_size
+        _encode_run(p, run, atomic)
         self._commit(total)
+        for n in lengths:
+            positions.append(_pos(seg, off))
+            off += <uint64_t>n
         self._after_append()
         return positions
 
-    cdef int _use_small_folios(self) except -1:
-        """The first small sync(): page-sized folios from now on
-        (nk_advise_small_folios). Linux grows the folios of a mapping written
-        sequentially, past ~24 MiB to sizes whose whole-folio writeback makes
-        every small fsync write up to 2 MiB; if the active segment is faulted
-        in that far, it is sealed and the log goes on in a new segment, which
-        starts with page-sized folios. Otherwise only the part of the mapping
-        not yet faulted in is advised."""
-        cdef size_t page = nk_page_size()
-        cdef size_t start
-        self.small_folios = True
-        if self.seg_fd < 0:
-            return 0
-        if self.populated > _LARGE_FOLIOS_PAST:
-            self._lock_io()
-            try:
-                self._check_usable()
-                if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
-                    self._rotate(0)
-            finally:
-                self._unlock_io()
-            return 0
-        self._lock_map()
-        if self.map != NULL:
-            start = <size_t>_round_up(self.populated, page)
-            if start < self.map_len:
-                nk_advise_small_folios(self.map + start, self.map_len - start)
-        self._unlock_map()
-        return 0
+    # ------------------------------------------------------------ sync and reads
 
     def flush(self):
         """Nothing to do: every append already reached the OS page cache.
@@ -790,7 +413,7 @@ cdef class _WalCore:
         if self.synced_total >= target:
             return
         if not self.small_folios and target - self.synced_total < _SMALL_SYNC:
-            self._use_small_folios()
+            _use_small_folios(self)
         with nogil:
             status = self._sync_nogil(target, &t0, &dt, &err)
         if status == _SYNC_COVERED:
@@ -824,6 +447,8 @@ cdef class _WalCore:
         it._start_offset = start.offset
         return it
 
+    # ------------------------------------------------------------ segments and compaction support
+
     def delete_segments_before(self, Position pos not None):
         """Deletes every finalized segment whose id is below ``pos.segment_id``
         (never the active one), lowest first, each deletion made durable before
@@ -834,18 +459,16 @@ cdef class _WalCore:
         return self._delete_segments(doomed)
 
     def _delete_segments(self, list ids):
-        cdef int err
+        """Deletes the segments ``ids`` in order, each deletion made durable
+        before the next (compaction, delete_segments_before)."""
         cdef int n = 0
         self._check_usable()
         for seg in ids:
             path = self._segment_path(seg)
-            if unlink(os.fsencode(path)) != 0 and errno != 2:
+            if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
                 raise io_error(errno, path, "unlink")
             self.seg_sizes.pop(seg, None)
-            with nogil:
-                err = nk_sync_full(self.dir_fd)
-            if err:
-                self._poison(err, self.dir, "fsync directory")
+            self._sync_dir(True)
             n += 1
         return n
 
@@ -871,36 +494,30 @@ cdef class _WalCore:
         segment and opens the next one `gap` ids further on, leaving ids
         [old+1, old+gap] free for a snapshot. Returns (first free id, new active id)."""
         cdef uint64_t first
-        self._check_ids_left(gap + 1)
+        _check_ids_left(self, gap + 1)
         first = self.seg_id + 1
-        self._finalize_active()
+        _finalize_active(self)
         self.next_seg_id = first + gap
-        self._create_segment(0)
+        _create_segment(self, 0)
         return first, self.seg_id
 
     def _install_segment(self, tmp_path, uint64_t seg_id, uint64_t size):
         """Compaction support: renames a fully written, fsynced temporary file
         into place as segment seg_id and makes the rename durable."""
-        cdef int err
         self._check_usable()      # never after close(): another process may own the directory
-        final = self._segment_path(seg_id)
-        os.rename(tmp_path, final)
-        with nogil:
-            err = nk_sync_full(self.dir_fd)
-        if err:
-            self._poison(err, self.dir, "fsync directory")
+        os.rename(tmp_path, self._segment_path(seg_id))
+        self._sync_dir(True)
         self.seg_sizes[seg_id] = size
 
     def _fsync_dir(self):
-        cdef int err
-        with nogil:
-            err = nk_sync_full(self.dir_fd)
-        if err:
-            raise io_error(err, self.dir, "fsync directory")
+        """_sync_dir without poisoning, for recovery (norikv.wal)."""
+        self._sync_dir(False)
 
     def _lock_state(self):
         """(written_total, synced_total, failed) for monitoring and tests."""
         return self.written_total, self.synced_total, self.failed
+
+    # ------------------------------------------------------------ close
 
     def close(self):
         """Syncs, finalizes the active segment (truncating the preallocated
@@ -920,7 +537,7 @@ cdef class _WalCore:
             try:
                 if self.failed is None:
                     self.busy = 1
-                    self._finalize_active()
+                    _finalize_active(self)
             finally:
                 self._release(True)
         finally:
@@ -933,9 +550,9 @@ cdef class _WalCore:
     cdef void _release(self, bint in_order) noexcept:
         if self.map != NULL:
             if self.fork_gen != _fork_generation:
-                self._unmap_locked()    # map_lock may be held by a parent thread that is gone
+                _unmap_locked(self)    # map_lock may be held by a parent thread that is gone
             else:
-                self._unmap()
+                _unmap(self)
         if self.seg_fd >= 0:
             c_close(self.seg_fd)
             self.seg_fd = -1
@@ -963,20 +580,3 @@ cdef class _WalCore:
             c_close(self.lock_fd)
             self.lock_fd = -1
         self.dir_key = None
-
-
-def _detach_inherited_wals():
-    """Run right after fork() in the child (norikv._wal's at-fork hook): every
-    Wal the parent had open is detached (_WalCore._detach_inherited) and
-    forgotten by the registry, then its ``_after_fork_in_child`` method (the
-    Python side: background thread, locks of a KvStore) is called."""
-    wals = [ref() for ref in _open_dirs.values()]
-    _open_dirs.clear()
-    for w in wals:
-        if w is not None:
-            (<_WalCore>w)._detach_inherited()
-    for w in wals:
-        if w is not None:
-            hook = getattr(w, "_after_fork_in_child", None)
-            if hook is not None:
-                hook()

@@ -1,196 +1,160 @@
-# Hot paths of KvStore: replay into a dict, put/get/delete, batches, snapshots.
+# KvStore: an in-memory map made durable by a nori-wal compatible log.
+#
+# Reads are served from memory and never touch the disk. Every write goes to
+# the log first and then to memory (the append contract, log.pxd), so after
+# a crash, replaying the log rebuilds exactly the acknowledged state. The jobs
+# with a part of their own: atomic batches (batch.pyx), the range index
+# (index.pyx), compaction (compact.pyx), the entries of get and put
+# (fastcall.pyx); the replay is loader.pyx.
 
-from heapq import heappush, heappop, heapify
 cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.dict cimport PyDict_SetItem, PyDict_DelItem
 
-cdef extern from "Python.h":
-    PyObject *PyDict_GetItem(object d, object k)
-    PyObject *PyDict_SetDefault(object d, object k, object v) except NULL
+import gc
+import os
+import threading
+import time
+import weakref
+from heapq import heapify, heappop, heappush
 
-# Record flags that need the general replay path (everything but a plain put).
-cdef uint32_t _LOADER_SLOW_FLAGS = NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK
-
-
-cdef class _StoreLoader(_Sink):
-    """Replays records into the dicts of a store: last write wins, tombstones
-    delete, atomic batches apply whole or not at all (the scanner applies the
-    batch rule, see _Sink), expired puts delete. A record whose value is
-    damaged never reaches it (_Sink.check)."""
-
-    cdef dict data
-    cdef dict expiry
-    cdef list staged
-    cdef int64_t now_ms
-    cdef int64_t open_ms
-    cdef readonly uint64_t records
-    cdef readonly uint64_t live_bytes
-    cdef readonly uint64_t relative_ttls
-    # key -> deadline derived from a relative TTL, for the keys whose last
-    # record is such a put, live or already expired (a later record of the
-    # key removes it): KvStore.open pins each one
-    cdef readonly dict relative
-
-    def __init__(self, dict data, dict expiry, int64_t open_ms, max_value_size=DEFAULT_MAX_VALUE_SIZE):
-        _Sink.__init__(self, max_value_size)
-        self.data = data
-        self.expiry = expiry
-        self.relative = {}
-        self.staged = []
-        self.open_ms = open_ms
-        self.now_ms = _now_ms()
-
-    cdef int _apply(self, bytes key, object value, int64_t deadline, bint relative) except -1:
-        cdef PyObject *old = PyDict_GetItem(self.data, key)
-        if relative:
-            self.relative_ttls += 1
-        if PyDict_GET_SIZE(<PyObject *>self.relative):
-            self.relative.pop(key, None)
-        if old != NULL:
-            self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
-        if value is None or (deadline >= 0 and deadline <= self.now_ms):
-            if old != NULL:
-                del self.data[key]
-            if len(self.expiry):
-                self.expiry.pop(key, None)
-            if relative and value is not None:
-                # Expired already: still pinned (as a tombstone), or the next
-                # open would count its TTL again and bring it back.
-                self.relative[key] = deadline
-            return 0
-        self.data[key] = value
-        self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
-        if deadline >= 0:
-            self.expiry[key] = deadline
-            if relative:
-                self.relative[key] = deadline
-        elif len(self.expiry):
-            self.expiry.pop(key, None)
-        return 0
-
-    cdef tuple _decode(self, const nk_rec *r):
-        """(key, value or None, deadline or -1, relative TTL?) of a record."""
-        cdef bytes key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
-        cdef object value = None
-        cdef int64_t deadline = -1
-        cdef bint relative = False
-        if not (r.flags & NK_FLAG_TOMBSTONE):
-            value = self._value(r)          # decompressed once, by check()
-            if r.flags & NK_FLAG_TTL:
-                if r.flags & NK_FLAG_TTL_ABS:
-                    deadline = nk_deadline(0, r.ttl_ms)
-                else:
-                    # A relative TTL written by another nori-wal user counts
-                    # from the first open that replays it (docs/FORMAT.md);
-                    # KvStore.open pins it with an absolute record.
-                    deadline = nk_deadline(self.open_ms, r.ttl_ms)
-                    relative = True
-        return (key, value, deadline, relative)
-
-    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        cdef bytes key
-        cdef object value
-        cdef PyObject *old
-        cdef Py_ssize_t n
-        self.records += 1
-        if not (r.flags & _LOADER_SLOW_FLAGS):
-            # The common record, a plain put: one dict lookup (setdefault)
-            # instead of get + set; a second one only when the key existed.
-            key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
-            value = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-            n = PyDict_GET_SIZE(<PyObject *>self.data)
-            old = PyDict_SetDefault(self.data, key, value)
-            # (not `old != value`: empty and 1-byte bytes are shared singletons)
-            if PyDict_GET_SIZE(<PyObject *>self.data) == n:
-                self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(<object>old)
-                PyDict_SetItem(self.data, key, value)
-                if PyDict_GET_SIZE(<PyObject *>self.expiry):
-                    self.expiry.pop(key, None)
-            if PyDict_GET_SIZE(<PyObject *>self.relative):
-                # (also for a key that is new again: `relative` keeps expired keys)
-                self.relative.pop(key, None)
-            self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
-            return 0
-        k, v, d, rel = self._decode(r)
-        return self._apply(k, v, d, rel)
-
-    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        self.records += 1
-        self.staged.append(self._decode(r))
-        return 0
-
-    cdef int end_batch(self, bint commit) except -1:
-        if commit:
-            for k, v, d, rel in self.staged:
-                self._apply(k, v, d, rel)
-        else:
-            self.records -= len(self.staged)
-        self.staged.clear()
-        return 0
+from norikv._options import check_options
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
+from norikv.config import STORE_OPTIONS as _STORE_OPTIONS
+from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
+from norikv.errors import ClosedError, StoreFullError
 
 
-cdef bytes _stored_form(bytes value, uint32_t kind, Py_ssize_t min_size, uint64_t max_value_size,
-                        uint32_t *flags):
-    """The stored form of a value under compression ``kind``: compressed (its
-    bits added to flags) when it is at least min_size and that is smaller;
-    raw when it is over max_value_size (only a foreign writer's value: a
-    compressed one no open with that bound could read)."""
-    cdef bytes c
-    if kind and PyBytes_GET_SIZE(value) >= min_size and <uint64_t>PyBytes_GET_SIZE(value) <= max_value_size:
-        c = _compress(kind, value)
-        if PyBytes_GET_SIZE(c) < PyBytes_GET_SIZE(value):
-            flags[0] |= kind << NK_COMP_SHIFT
-            return c
-    return value
+# Every store opened in this process, for the child of a fork() (_stores_after_fork).
+_open_stores = weakref.WeakSet()
 
 
-cdef class _StoreCore:
-    """The in-memory map and the write path. Subclassed by norikv.KvStore."""
+def _deadline(ttl):
+    """The absolute deadline (Unix ms) of a ``ttl`` in seconds from now."""
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not ttl > 0:
+        raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
+    if ttl > 1e15:   # deadlines are int64 Unix ms; 1e15 s is ~31 million years
+        raise ValueError(f"ttl must be at most 1e15 seconds, got {ttl!r}")
+    return _now_ms() + <int64_t>(ttl * 1000.0 + 0.999999)
 
-    cdef _WalCore _wal
-    cdef dict _data
-    cdef dict _expiry            # key -> absolute deadline (Unix ms), only for TTL keys
-    cdef list _heap              # (deadline, key) entries, possibly stale
-    cdef list _touched           # range index delta: keys added or removed since the last refresh
-    cdef bint _indexed           # whether a range index exists (then _touched is kept)
-    cdef readonly uint64_t live_bytes
-    cdef readonly Py_ssize_t max_keys
-    cdef readonly uint64_t max_bytes
-    cdef uint32_t _compression
-    cdef readonly Py_ssize_t compress_min_size
-    cdef bint _closed
-    cdef uint64_t _next_check
-    cdef readonly double compact_dead_ratio
-    cdef readonly uint64_t compact_min_bytes
-    cdef object _compact_trigger
-    cdef readonly uint64_t max_value_size
+
+def _pin_relative_ttls(KvStore store, dict relative):
+    """The last step of KvStore.open. A relative TTL written by another
+    nori-wal user counts from the first open that replays it: each key whose
+    value comes from such a record (the loader's ``relative``) is written
+    again with that deadline as an absolute one (TTL_ABS), so that a restart
+    neither starts its clock again nor brings it back once expired. The
+    deadline is written as it is (a huge TTL saturates to DEADLINE_MAX,
+    beyond what ``ttl=`` takes). A key that expired before it was pinned
+    (during replay, or during this loop) gets a tombstone instead, so a later
+    open cannot revive it."""
+    for key, deadline in relative.items():
+        value = store.get(key)
+        # one op each: a plain record (a put, or a tombstone for None)
+        store._apply_batch([(key, value, deadline if value is not None else -1, None)])
+
+
+def _stores_after_fork():
+    """In a child created by fork() (runtime.pyx's hook), for each store of
+    the parent: see KvStore._after_fork_in_child."""
+    for store in list(_open_stores):
+        (<KvStore>store)._after_fork_in_child()
+
+
+@cython.auto_pickle(False)
+cdef class KvStore:
+    """A durable key-value store. Open with :meth:`KvStore.open`.
+
+    Keys and values are bytes-like. Safe to share between threads; several
+    threads calling :meth:`sync` share fsyncs (group commit). Iteration and
+    ``keys()``/``values()``/``items()`` return snapshots, so they are safe while
+    other threads write."""
 
     def __cinit__(self):
-        # Until _init_core (KvStore.open) the store is closed: every method
-        # raises ClosedError instead of reaching the missing Wal and maps.
+        # Until open() the store is closed: every method raises ClosedError
+        # instead of reaching the missing log and maps.
         self._closed = True
 
-    def _init_core(self, _WalCore wal, dict data, dict expiry, uint64_t live_bytes,
-                   Py_ssize_t max_keys, uint64_t max_bytes, int compression,
-                   Py_ssize_t compress_min_size, double compact_dead_ratio,
-                   uint64_t compact_min_bytes, compact_trigger):
-        self._wal = wal
-        self.max_value_size = wal.max_value_size
-        self._data = data
-        self._expiry = expiry
-        self._heap = [(d, k) for k, d in expiry.items()]
-        heapify(self._heap)
-        self._touched = []
-        self._indexed = False
-        self.live_bytes = live_bytes
-        self.max_keys = max_keys
-        self.max_bytes = max_bytes
-        self._compression = compression
-        self.compress_min_size = compress_min_size
-        self.compact_dead_ratio = compact_dead_ratio
-        self.compact_min_bytes = compact_min_bytes
-        self._compact_trigger = compact_trigger
-        self._next_check = 0
-        self._closed = False
+    def __init__(self, *args, **kwargs):
+        raise TypeError("KvStore cannot be constructed directly: use KvStore.open(path)")
+
+    @classmethod
+    def open(cls, path, *, fsync_policy=None, max_segment_size=128 << 20, preallocate=True,
+             recovery_mode=RecoveryMode.TOLERATE_CORRUPTED_TAIL, compression=None,
+             compress_min_size=256, max_keys=None, max_bytes=None, auto_compact=True,
+             compact_dead_ratio=0.5, compact_min_bytes=64 << 20,
+             max_value_size=DEFAULT_MAX_VALUE_SIZE):
+        """Opens (creating if needed) the store at ``path``; the WAL lives in
+        ``<path>/wal``. Recovery replays it and rebuilds the map.
+
+        ``compression``: ``"lz4"``, ``"zstd"`` or None for values of at least
+        ``compress_min_size`` bytes. ``max_keys``/``max_bytes`` (key + value
+        bytes) make puts of new data beyond them raise StoreFullError.
+        ``auto_compact``: compact in the background once the WAL holds at least
+        ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``.
+        ``max_value_size``: the largest value ``put`` accepts (ValueError
+        beyond), and the most a compressed value may decompress to when the
+        log is replayed (a larger one is a damaged record); 256 MiB by default."""
+        cdef KvStore store
+        cdef _StoreLoader loader
+        check_options(_STORE_OPTIONS, locals())
+        # norikv.wal (recovery, the background thread) is the layer above
+        # this module's log: imported when first used, not at import time.
+        from norikv.wal import Wal
+        if fsync_policy is None:
+            fsync_policy = FsyncPolicy.batch(0.005)
+        kind = _compression_enum().parse(compression)
+        config = WalConfig(dir=os.path.join(os.fsdecode(path), "wal"), max_segment_size=max_segment_size,
+                           fsync_policy=fsync_policy, preallocate=preallocate,
+                           recovery_mode=recovery_mode, max_value_size=max_value_size)
+        config.validate()   # the Wal creates <path>/wal and <path> durably
+        loader = _StoreLoader({}, {}, _now_ms(), max_value_size)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # the rebuild allocates millions of objects the GC need not visit
+        t0 = time.perf_counter()
+        try:
+            wal, info = Wal._open_config(config, loader)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        store = cls.__new__(cls)
+        try:
+            store.wal = wal
+            store.path = os.fspath(path)
+            store.recovery_info = info
+            store._recovery_seconds = time.perf_counter() - t0
+            store._recovered_records = loader.records
+            store._relative_ttl_records = loader.relative_ttls
+            store._data = loader.data
+            store._expiry = loader.expiry
+            store._heap = [(d, k) for k, d in loader.expiry.items()]
+            heapify(store._heap)
+            store.live_bytes = loader.live_bytes
+            store.max_keys = max_keys or 0
+            store.max_bytes = max_bytes or 0
+            store.max_value_size = max_value_size
+            store._compression = int(kind)
+            store.compress_min_size = compress_min_size
+            store._index = _RangeIndex(store._data)
+            store._index_lock = threading.Lock()
+            store.compact_dead_ratio = compact_dead_ratio
+            store.compact_min_bytes = compact_min_bytes
+            store._auto_compact = auto_compact
+            store._compact_lock = threading.Lock()
+            store._closed = False
+            _open_stores.add(store)
+            _pin_relative_ttls(store, loader.relative)
+        except BaseException:
+            # A failed open releases the lock at once: the exception (its
+            # traceback holds this frame) may live on in the caller.
+            store._closed = True
+            if store._compactor is not None:
+                store._compactor.join()
+            wal._abandon()
+            raise
+        return store
 
     cdef inline int _check_open(self) except -1:
         if self._closed:
@@ -200,8 +164,6 @@ cdef class _StoreCore:
     # ------------------------------------------------------------ reads
 
     cdef inline bint _expired(self, object key) except -1:
-        """Whether key has a TTL that has passed (no lookup in a store
-        without TTL keys)."""
         cdef PyObject *d
         if PyDict_GET_SIZE(<PyObject *>self._expiry) == 0:
             return False
@@ -209,7 +171,7 @@ cdef class _StoreCore:
         return d != NULL and <int64_t>(<object>d) <= _now_ms()
 
     def get(self, key, default=None):
-        """The general path of get (see _get_entry)."""
+        """The general path of get (fastcall.pyx has its entry)."""
         cdef PyObject *v
         if not PyBytes_CheckExact(key):
             key = _as_bytes(key, "key")
@@ -244,40 +206,175 @@ cdef class _StoreCore:
         self._purge_expired()
         return len(self._data)
 
+    def keys(self):
+        """A snapshot list of the live keys (insertion order)."""
+        self._check_open()
+        self._purge_expired()
+        return list(self._data)
+
+    def values(self):
+        """A snapshot list of the live values."""
+        self._check_open()
+        self._purge_expired()
+        return list(self._data.values())
+
+    def items(self):
+        """A snapshot list of the live (key, value) pairs."""
+        self._check_open()
+        self._purge_expired()
+        return list(self._data.items())
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def is_empty(self):
+        return len(self) == 0
+
+    def range(self, start=None, end=None, *, reverse=False):
+        """(key, value) pairs with start <= key < end in byte order (either
+        bound may be None). A key written or deleted while the iterator runs
+        may or may not be seen; every pair yielded was live when yielded."""
+        self._check_open()
+        lo = None if start is None else _as_bytes(start, "start")
+        hi = None if end is None else _as_bytes(end, "end")
+        return _scan(self, lo, hi, reverse)
+
+    def prefix(self, prefix, *, reverse=False):
+        """(key, value) pairs whose key starts with ``prefix``, in byte order."""
+        p = _as_bytes(prefix, "prefix")
+        return self.range(p, _prefix_end(p), reverse=reverse)
+
     # ------------------------------------------------------------ writes
 
+    def put(self, key, value, *, ttl=None, compression=None):
+        """The general path of put (fastcall.pyx has its entry)."""
+        self._put(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"),
+                  <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value"),
+                  ttl, compression)
+
+    cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1:
+        cdef bytes stored = v
+        cdef uint32_t flags = 0
+        cdef int64_t deadline = -1
+        cdef uint64_t n
+        cdef uint8_t *p
+        cdef bint limited = self.max_keys or self.max_bytes
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        if <uint64_t>PyBytes_GET_SIZE(v) > self.max_value_size:
+            _check_value_size(v, self.max_value_size)
+        if ttl is not None:
+            deadline = _deadline(ttl)
+            flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
+        if self._compression or compression is not None:
+            stored = self._encode_value(v, compression, &flags)
+        if limited:
+            self._room_for_put(k, PyBytes_GET_SIZE(v), True)
+        n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, <uint64_t>deadline, 0, 0)
+        p = self.wal._reserve(n)
+        if limited:     # other threads may have run in _reserve
+            self._room_for_put(k, PyBytes_GET_SIZE(v), False)
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+                  <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
+                  flags, <uint64_t>deadline, 0, 0)
+        self.wal._commit(n)
+        self._set_lookup(k, v, deadline)
+        return self._after_write()
+
+    def __setitem__(self, key, value):
+        if value is None:
+            raise TypeError("value must be bytes, bytearray or memoryview, not None")
+        self.put(key, value)
+
+    def delete(self, key):
+        """Deletes ``key``; returns whether it was present. Deleting an absent
+        key writes nothing."""
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        cdef PyObject *old
+        cdef uint64_t n
+        cdef uint8_t *p
+        self._check_open()
+        old = PyDict_GetItem(self._data, k)
+        if old == NULL:
+            return False
+        if self._expired(k):
+            self._unset(k, <object>old)        # expired: its record already says so
+            return False
+        n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
+        p = self.wal._reserve(n)
+        old = PyDict_GetItem(self._data, k)    # other threads may have run in _reserve
+        if old == NULL:
+            return False
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
+                  NK_FLAG_TOMBSTONE, 0, 0, 0)
+        self.wal._commit(n)
+        self._unset(k, <object>old)
+        self._after_write()
+        return True
+
+    def __delitem__(self, key):
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def batch(self):
+        """A :class:`WriteBatch`: its puts and deletes apply all or none."""
+        self._check_open()
+        return WriteBatch(self)
+
+    def _apply_batch(self, list ops):
+        """Writes ops [(key, value or None, deadline, compression)] as one
+        atomic batch (batch.pyx)."""
+        return _write_batch(self, ops)
+
+    def sync(self):
+        """Every write made before this call is on stable storage when it
+        returns. Threads calling it together share one fsync."""
+        self._check_open()
+        self.wal.sync()
+
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags):
-        """The stored form of value (compressed when that is smaller). A value
-        over max_value_size (only a foreign writer's, re-put by the TTL pin)
-        stays raw: compressed, no open with that bound could read it."""
+        """The stored form of value under the store's compression, or
+        ``compression`` when given (_stored_form)."""
         cdef uint32_t kind = self._compression
         if compression is not None:
             kind = int(_compression_enum().parse(compression))
         return _stored_form(value, kind, self.compress_min_size, self.max_value_size, flags)
 
-    cdef int _room_for(self, bytes key, PyObject *old, Py_ssize_t vlen, bint may_purge) except -1:
-        """Raises StoreFullError when the put would exceed the limits. With
-        may_purge, expired keys are dropped first (which invalidates `old`)."""
-        cdef int64_t delta
-        if may_purge and self._heap and self._over_limit(key, old, vlen):
-            self._purge_expired()
-            old = PyDict_GetItem(self._data, key)
-        if old == NULL and self.max_keys and PyDict_Size(self._data) >= self.max_keys:
-            raise StoreFullError(f"the store holds max_keys={self.max_keys} keys")
-        if self.max_bytes:
-            delta = vlen + (PyBytes_GET_SIZE(key) if old == NULL else -PyBytes_GET_SIZE(<object>old))
-            if <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
-                raise StoreFullError(f"the put would exceed max_bytes={self.max_bytes}")
+    # ------------------------------------------------------------ limits
+
+    cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1:
+        """Which limit a change of the map by ``new_keys`` keys and ``delta``
+        bytes would pass: 1 max_keys, 2 max_bytes, 0 none. Only growth is
+        refused: a change that shrinks the store passes, also when it is over
+        its limits already (reopened with lower ones)."""
+        if new_keys > 0 and self.max_keys and PyDict_GET_SIZE(<PyObject *>self._data) + new_keys > self.max_keys:
+            return 1
+        if delta > 0 and self.max_bytes and <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
+            return 2
         return 0
 
-    cdef bint _over_limit(self, bytes key, PyObject *old, Py_ssize_t vlen):
-        cdef int64_t delta
-        if old == NULL and self.max_keys and PyDict_Size(self._data) >= self.max_keys:
-            return True
-        if self.max_bytes:
-            delta = vlen + (PyBytes_GET_SIZE(key) if old == NULL else -PyBytes_GET_SIZE(<object>old))
-            return <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes
-        return False
+    cdef int _check_room(self, Py_ssize_t new_keys, int64_t delta, str what) except -1:
+        """StoreFullError when ``what`` (a put, a batch) passes a limit (_over_limits)."""
+        cdef int over = self._over_limits(new_keys, delta)
+        if over == 1:
+            raise StoreFullError(f"the {what} would exceed max_keys={self.max_keys}")
+        if over == 2:
+            raise StoreFullError(f"the {what} would exceed max_bytes={self.max_bytes}")
+        return 0
+
+    cdef int _room_for_put(self, bytes key, Py_ssize_t vlen, bint may_purge) except -1:
+        """_check_room for a put of ``key`` with a value of vlen bytes. With
+        may_purge, keys whose TTL has passed (they count until purged) are
+        dropped first when it would not fit."""
+        cdef PyObject *old = PyDict_GetItem(self._data, key)
+        cdef bint new = old == NULL
+        cdef int64_t delta = vlen + (PyBytes_GET_SIZE(key) if new else -PyBytes_GET_SIZE(<object>old))
+        if may_purge and self._heap and self._over_limits(new, delta):
+            self._purge_expired()
+            return self._room_for_put(key, vlen, False)
+        return self._check_room(new, delta, "put")
+
+    # ------------------------------------------------------------ the map
 
     cdef inline int _account(self, bytes key, bytes value, Py_ssize_t old_size,
                              int64_t deadline) except -1:
@@ -286,8 +383,8 @@ cdef class _StoreCore:
         or -1 for a new key."""
         if old_size < 0:
             self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
-            if self._indexed:
-                self._touch(key)
+            if self._index.active:
+                self._index.touch(key)
         else:
             self.live_bytes += PyBytes_GET_SIZE(value)
             self.live_bytes -= old_size
@@ -318,179 +415,24 @@ cdef class _StoreCore:
         PyDict_DelItem(self._data, key)
         if PyDict_GET_SIZE(<PyObject *>self._expiry):
             self._expiry.pop(key, None)
-        if self._indexed:
-            self._touch(key)
+        if self._index.active:
+            self._index.touch(key)
         return 0
 
     cdef inline int _after_write(self) except -1:
-        self._wal._after_append()
-        if self._wal.written_total >= self._next_check:
-            self._maybe_compact()
+        self.wal._after_append()
+        if self.wal.written_total >= self._next_check:
+            _maybe_compact(self)
         return 0
 
-    def put(self, key, value, *, ttl=None, compression=None):
-        """The general path of put (see _put_entry)."""
-        self._put(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"),
-                  <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value"),
-                  ttl, compression)
-
-    cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1:
-        cdef bytes stored = v
-        cdef uint32_t flags = 0
-        cdef int64_t deadline = -1
-        cdef PyObject *old = NULL
-        cdef uint64_t n
-        cdef uint8_t *p
-        cdef bint limited
-        if self._closed:
-            raise ClosedError("the KvStore is closed")
-        if <uint64_t>PyBytes_GET_SIZE(v) > self.max_value_size:
-            _check_value_size(v, self.max_value_size)
-        if ttl is not None:
-            deadline = _deadline(ttl)
-            flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
-        if self._compression or compression is not None:
-            stored = self._encode_value(v, compression, &flags)
-        if self.max_keys or self.max_bytes:
-            self._room_for(k, PyDict_GetItem(self._data, k), PyBytes_GET_SIZE(v), True)
-        n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, <uint64_t>deadline, 0, 0)
-        p = self._wal._reserve(n)
-        # From here to _commit nothing releases the GIL or runs Python code, so
-        # the log and the map change together. `old` is read only now because
-        # _reserve may have let other threads run.
-        limited = self.max_keys or self.max_bytes
-        if limited:
-            old = PyDict_GetItem(self._data, k)
-            self._room_for(k, old, PyBytes_GET_SIZE(v), False)
-        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                  <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
-                  flags, <uint64_t>deadline, 0, 0)
-        self._wal._commit(n)
-        if limited:
-            self._set(k, v, old, deadline)
-        else:
-            self._set_lookup(k, v, deadline)
-        return self._after_write()
-
-    def __setitem__(self, key, value):
-        if value is None:
-            raise TypeError("value must be bytes, bytearray or memoryview, not None")
-        self.put(key, value)
-
-    def delete(self, key):
-        """Deletes ``key``; returns whether it was present. Deleting an absent
-        key writes nothing."""
-        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef PyObject *old
-        cdef uint64_t n
-        cdef uint8_t *p
-        self._check_open()
-        old = PyDict_GetItem(self._data, k)
-        if old == NULL:
-            return False
-        if self._expired(k):
-            self._unset(k, <object>old)        # expired: its record already says so
-            return False
-        n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
-        p = self._wal._reserve(n)
-        old = PyDict_GetItem(self._data, k)    # other threads may have run in _reserve
-        if old == NULL:
-            return False
-        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
-                  NK_FLAG_TOMBSTONE, 0, 0, 0)
-        self._wal._commit(n)
-        self._unset(k, <object>old)
-        self._after_write()
-        return True
-
-    def __delitem__(self, key):
-        if not self.delete(key):
-            raise KeyError(key)
-
-    def _apply_batch(self, list ops):
-        """Writes ops [(key, value or None, deadline, compression)] as one atomic
-        batch (one contiguous span, batch flags by nk_batch_flags; one op is a
-        plain record) and applies them to memory; all or nothing."""
-        cdef list recs = []
-        cdef bytes k, v, stored
-        cdef uint32_t flags
-        cdef int64_t deadline
-        cdef uint64_t total = 0, off = 0
-        cdef Py_ssize_t i, n
-        cdef uint8_t *p
-        cdef PyObject *cur
-        self._check_open()
-        self._purge_expired()
-        for k, v, deadline, compression in ops:
-            if v is None:
-                recs.append((k, b"", NK_FLAG_TOMBSTONE, 0))
-                continue
-            flags = 0
-            stored = v
-            if deadline >= 0:
-                flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
-            if self._compression or compression is not None:
-                stored = self._encode_value(v, compression, &flags)
-            recs.append((k, stored, flags, deadline if deadline >= 0 else 0))
-        n = len(recs)
-        for i in range(n):
-            k, stored, flags, deadline = recs[i]
-            total += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored),
-                                    nk_batch_flags(flags, i, n), <uint64_t>deadline, 0, 0)
-        self._check_batch_limits(ops)
-        p = self._wal._reserve(total)
-        self._check_batch_limits(ops)       # other threads may have run in _reserve
-        for i in range(n):
-            k, stored, flags, deadline = recs[i]
-            off += nk_encode(p + off, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                             <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
-                             nk_batch_flags(flags, i, n), <uint64_t>deadline, 0, 0)
-        self._wal._commit(total)
-        for k, v, deadline, compression in ops:
-            cur = PyDict_GetItem(self._data, k)
-            if v is None:
-                if cur != NULL:
-                    self._unset(k, <object>cur)
-            else:
-                self._set(k, v, cur, deadline)
-        self._after_write()
-        return n
-
-    cdef int _check_batch_limits(self, list ops) except -1:
-        cdef dict final = {}
-        cdef Py_ssize_t new_keys = 0
-        cdef int64_t delta = 0
-        cdef PyObject *cur
-        if not (self.max_keys or self.max_bytes):
-            return 0
-        for k, v, deadline, compression in ops:
-            final[k] = v
-        for k, v in final.items():
-            cur = PyDict_GetItem(self._data, k)
-            if cur == NULL and v is not None:
-                new_keys += 1
-                delta += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v)
-            elif cur != NULL and v is None:
-                new_keys -= 1
-                delta -= PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(<object>cur)
-            elif cur != NULL:
-                delta += PyBytes_GET_SIZE(v) - PyBytes_GET_SIZE(<object>cur)
-        if self.max_keys and new_keys > 0 and PyDict_Size(self._data) + new_keys > self.max_keys:
-            raise StoreFullError(f"the batch would exceed max_keys={self.max_keys}")
-        if self.max_bytes and delta > 0 and <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
-            raise StoreFullError(f"the batch would exceed max_bytes={self.max_bytes}")
-        return 0
-
-    # ------------------------------------------------------------ TTL
-
-    def _purge_expired(self):
+    cdef Py_ssize_t _purge_expired(self) except -1:
         """Drops keys whose deadline has passed (their records already say so)."""
         cdef int64_t now
         cdef PyObject *cur
+        cdef Py_ssize_t n = 0
         if not self._heap:
             return 0
         now = _now_ms()
-        n = 0
         while self._heap and <int64_t>self._heap[0][0] <= now:
             deadline, key = heappop(self._heap)
             cur = PyDict_GetItem(self._expiry, key)
@@ -505,256 +447,108 @@ cdef class _StoreCore:
     def _deadline_of(self, bytes key):
         return self._expiry.get(key)
 
-    # ------------------------------------------------------------ range index
+    # ------------------------------------------------------------ compaction, monitoring
 
-    cdef inline bint _delta_too_big(self):
-        # Past this many changes, rebuilding the index from the map is cheaper
-        # than applying them one by one.
-        return PyList_GET_SIZE(self._touched) > (PyDict_GET_SIZE(<PyObject *>self._data) >> 3) + 65536
+    def compact(self):
+        """Rewrites the WAL so that it holds one record per live key.
 
-    cdef inline int _touch(self, bytes key) except -1:
-        """Notes that key was added to or removed from the map. A list append,
-        so that the put path does not pay for ordering (a dict of pending
-        changes cost a second random insert per new key: puts ran at 0.53x a
-        dict after a range query). Past _delta_too_big the index is dropped
-        (keeping the list bounded); the next range query rebuilds it."""
-        PyList_Append(self._touched, key)
-        if self._delta_too_big():
-            self._indexed = False
-            self._touched = []
-        return 0
+        Crash-safe at every instant: the snapshot is written to temporary files,
+        fsynced, renamed into segment ids reserved between the old log and the
+        segment that takes new writes, and only then are the old segments
+        deleted, oldest first. Reads and writes go on meanwhile. Returns
+        figures about the run. :meth:`close` waits for a running compaction;
+        one that starts after close() began raises ClosedError.
 
-    def _drop_index(self):
-        """Forgets the range index (after fork: a thread of the parent may
-        have been changing it); the next range query rebuilds it from the map."""
-        self._indexed = False
-        self._touched = []
-
-    def _take_index_delta(self):
-        """(rebuild, added, removed) for the range index. With rebuild, added
-        is every key of the map and the index is to be built anew; otherwise
-        the keys touched since the last call, each by its state in the map
-        now (a key touched several times counts once): added keys may already
-        be in the index, removed ones may never have been."""
-        cdef list added = [], removed = []
-        if not self._indexed or self._delta_too_big():
-            self._indexed = True
-            self._touched = []
-            return True, list(self._data), removed
-        touched = self._touched
-        self._touched = []
-        for k in set(touched):
-            if PyDict_GetItem(self._data, k) != NULL:
-                added.append(k)
-            else:
-                removed.append(k)
-        return False, added, removed
-
-    # ------------------------------------------------------------ compaction
-
-    def _maybe_compact(self):
-        cdef uint64_t log_bytes = self._wal_bytes()
-        self._next_check = self._wal.written_total + max(1 << 20, log_bytes // 16)
-        if self._compact_trigger is None or log_bytes < self.compact_min_bytes:
-            return
-        if self._dead_share(log_bytes) >= self.compact_dead_ratio:
-            trigger = self._compact_trigger()     # a WeakMethod: no cycle through the store
-            if trigger is not None:
-                trigger()
-
-    def _wal_bytes(self):
-        return sum(self._wal._segment_sizes().values())
+        A failure while the snapshot is written or fsynced (NoriIOError, e.g.
+        ENOSPC or EIO) fails this compaction only: its temporary files are
+        deleted and the store goes on. A failed fsync of the log directory
+        after a rename poisons the store (WalFailedError), as any failed
+        fsync of the log does."""
+        return _compact(self)
 
     def dead_ratio(self, log_bytes=None):
-        """Share of the WAL's bytes that no longer hold live data (an estimate
-        from uncompressed sizes plus per-record overhead)."""
+        """Share of the WAL's bytes that no longer hold live data
+        (:func:`norikv.store.dead_ratio` of this store)."""
         self._check_open()
-        return self._dead_share(self._wal_bytes() if log_bytes is None else log_bytes)
+        return dead_ratio(self.live_bytes, len(self._data),
+                          _log_bytes(self) if log_bytes is None else log_bytes)
 
-    cdef double _dead_share(self, uint64_t log_bytes) except -1:
-        cdef double live
-        if not log_bytes:
-            return 0.0
-        live = self.live_bytes + 8 * len(self._data)
-        return max(0.0, 1.0 - live / log_bytes)
-
-    def _freeze(self):
-        """Compaction step 1, atomic with respect to every write: copies the live
-        map and seals the log so that later writes land in segments numbered
-        after room reserved for the snapshot. Returns (data, expiry, first id,
-        reserved ids)."""
-        cdef uint64_t bound = 0
-        cdef uint64_t gap
+    def stats(self):
+        """Figures for monitoring; every field is documented in the README."""
         self._check_open()
-        self._wal._begin_exclusive()
-        try:
-            self._purge_expired()
-            data = self._data.copy()
-            expiry = self._expiry.copy()
-            for k, v in data.items():
-                bound += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(v), NK_FLAG_TTL,
-                                        UINT64_MAX, 0, 0)
-            gap = bound // self._wal.max_segment_size + 2
-            first, active = self._wal._seal_and_skip_locked(gap)
-        finally:
-            self._wal._end_exclusive()
-        return data, expiry, first, gap
+        self._purge_expired()
+        sizes = self.wal._segment_sizes()
+        wal_bytes = sum(sizes.values())
+        written, synced, failed = self.wal._lock_state()
+        n = self.wal.fsync_count
+        return {
+            "keys": len(self._data),
+            "live_bytes": self.live_bytes,
+            "wal_bytes": wal_bytes,
+            "segments": len(sizes),
+            "dead_ratio": dead_ratio(self.live_bytes, len(self._data), wal_bytes),
+            "recovery_seconds": self._recovery_seconds,
+            "recovery_records": self._recovered_records,
+            "recovery_corruption_detected": self.recovery_info.corruption_detected,
+            "fsyncs": n,
+            "fsync_seconds_total": self.wal.fsync_seconds,
+            "fsync_seconds_avg": self.wal.fsync_seconds / n if n else 0.0,
+            "fsync_seconds_max": self.wal.fsync_max,
+            "unsynced_bytes": written - synced,
+            "compactions": self._compactions,
+            "last_compaction": self._last_compaction,
+            "compaction_error": repr(self._compact_error) if self._compact_error else None,
+            "ttl_keys": len(self._expiry),
+            "relative_ttl_records": self._relative_ttl_records,
+            "failed": repr(failed) if failed is not None else None,
+        }
 
-    # ------------------------------------------------------------ small accessors
+    # ------------------------------------------------------------ lifecycle
 
-    def _check_value(self, bytes value):
-        """What put checks of a value before anything is written (for a
-        WriteBatch): ClosedError, or ValueError over max_value_size."""
-        self._check_open()
-        _check_value_size(value, self.max_value_size)
-
-    def _data_view(self):
-        return self._data
-
-    def _store_compression(self):
-        return self._compression
-
-    def _ttl_count(self):
-        return len(self._expiry)
-
-    def _is_closed(self):
+    @property
+    def closed(self):
         return self._closed
 
-    def _mark_closed(self):
+    def close(self):
+        """Refuses new writes and compactions at once (ClosedError), waits for a
+        running compaction (manual, in any thread, or background) to finish,
+        then syncs and closes the WAL. When it returns nothing in the
+        directory changes any more. Idempotent.
+
+        In a child created by fork(), on a store inherited from the parent:
+        releases only this process's handle (no waiting, no change to the
+        files, which stay the parent's)."""
         self._closed = True
+        lock = self._compact_lock
+        if lock is None:
+            return                  # never opened (KvStore.__new__): nothing to release
+        with lock:                  # held by compact() from start to end
+            self.wal.close()
+        t = self._compactor
+        if t is not None and t is not threading.current_thread():
+            t.join()                # a background compaction that found the store closed
 
+    def _after_fork_in_child(self):
+        """In a child created by fork(): the locks are made anew, since a
+        thread of the parent may have held them at the fork, and the range
+        index is rebuilt on the next query (that thread may have been
+        changing it). Reads keep serving the map as it was at the fork, which
+        every write changes atomically with the GIL held; writes, sync and
+        compact raise NoriIOError (the Wal is the parent's)."""
+        if self._compact_lock is None:
+            return
+        self._compact_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._compactor = None
+        self._index.drop()
 
-# ------------------------------------------------------------ fastcall entries
-# (_fastcall.pxi says why). Each handles the call shape of a hot loop and
-# passes every other call, unchanged, to the general def it replaces.
+    def __enter__(self):
+        return self
 
-cdef PyMethodDef _get_slot, _put_slot
+    def __exit__(self, *exc):
+        self.close()
 
-
-cdef object _get_entry(_StoreCore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    cdef PyObject *v
-    if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
-            and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
-        v = _PyDict_GetItemWithError(<PyObject *>self._data, args[0])
-        if v != NULL:
-            return <object>v
-        return <object>args[1] if nargs == 2 else None
-    return _call_general(_get_general, self, args, nargs, kwnames)
-
-
-cdef object _put_entry(_StoreCore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    if (kwnames == NULL and nargs == 2 and _PyBytes_CheckExact(args[0])
-            and _PyBytes_CheckExact(args[1])):
-        self._put(<bytes>args[0], <bytes>args[1], None, None)
-        return None
-    return _call_general(_put_general, self, args, nargs, kwnames)
-
-
-_get_general = _install_fastcall(
-    _StoreCore, &_get_slot, "get", <_fastcall_fn>_get_entry,
-    "get($self, key, default=None)\n--\n\n"
-    "The value of ``key``, or ``default``. Served from memory.")
-_put_general = _install_fastcall(
-    _StoreCore, &_put_slot, "put", <_fastcall_fn>_put_entry,
-    "put($self, key, value, *, ttl=None, compression=None)\n--\n\n"
-    "Stores ``key`` = ``value``: written to the WAL first, then to memory.\n\n"
-    "``ttl`` (seconds) makes the key expire that long after this call, also\n"
-    "across restarts. ``compression`` overrides the store's setting for this\n"
-    "value. Durability follows the store's fsync policy.")
-
-def _deadline(ttl):
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    if not ttl > 0:
-        raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
-    if ttl > 1e15:   # deadlines are int64 Unix ms; 1e15 s is ~31 million years
-        raise ValueError(f"ttl must be at most 1e15 seconds, got {ttl!r}")
-    return _now_ms() + <int64_t>(ttl * 1000.0 + 0.999999)
-
-
-def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
-                   uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size,
-                   uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
-    """Writes the live map as segment files named ``<id>.wal.compact-tmp``,
-    fsynced, for ids first_id .. first_id+ids-1 (the last takes any overflow).
-    Returns [(tmp path, id, size)]. Expired keys are left out. A value over
-    max_value_size (read uncompressed from a log another writer made) is
-    written uncompressed: compressed, no open with that bound could read it."""
-    cdef uint64_t seg = first_id
-    cdef uint64_t size = 0
-    cdef int64_t now = _now_ms()
-    cdef uint32_t flags
-    cdef uint64_t deadline
-    cdef bytes k, v, stored
-    cdef size_t n, used = 0, cap = 4 << 20
-    cdef uint8_t *buf = <uint8_t *>malloc(cap)
-    cdef uint8_t *nb
-    cdef list out = []
-    cdef object f = None
-    cdef str path = ""
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        for k, v in data.items():
-            d = expiry.get(k)
-            flags = 0
-            deadline = 0
-            if d is not None:
-                if <int64_t>d <= now:
-                    continue
-                deadline = <uint64_t>d
-                flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
-            stored = _stored_form(v, compression, compress_min_size, max_value_size, &flags)
-            n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, deadline, 0, 0)
-            if f is not None and size > 0 and size + n > max_segment_size and seg + 1 < first_id + ids:
-                _write_all(f, buf, used)
-                used = 0
-                _seal_tmp(f)
-                out.append((path, seg, size))
-                f = None
-                seg += 1
-                size = 0
-            if f is None:
-                path = os.path.join(dirpath, segment_name(seg) + ".compact-tmp")
-                f = open(path, "wb")
-            if used + n > cap:
-                _write_all(f, buf, used)
-                used = 0
-                if n > cap:
-                    nb = <uint8_t *>realloc(buf, n)
-                    if nb == NULL:
-                        raise MemoryError()
-                    buf = nb
-                    cap = n
-            used += nk_encode(buf + used, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                              <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
-                              flags, deadline, 0, 0)
-            size += n
-        if f is not None:
-            _write_all(f, buf, used)
-            _seal_tmp(f)
-            out.append((path, seg, size))
-            f = None
-    finally:
-        free(buf)
-        if f is not None:
-            f.close()
-    return out
-
-
-cdef int _write_all(object f, const uint8_t *buf, size_t n) except -1:
-    if n:
-        f.write(PyBytes_FromStringAndSize(<const char *>buf, n))
-    return 0
-
-
-def _seal_tmp(f):
-    cdef int err
-    cdef int fd
-    f.flush()
-    fd = f.fileno()
-    with nogil:
-        err = nk_sync_data(fd, NULL, 0)
-    f.close()
-    if err:
-        raise io_error(err, f.name, "fsync")
+    def __repr__(self):
+        state = "closed" if self._closed else f"{len(self)} keys"
+        path = "?" if self.path is None else self.path
+        return f"<norikv.KvStore {path!r} {state}>"
