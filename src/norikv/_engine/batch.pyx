@@ -88,9 +88,9 @@ cdef class WriteBatch:
 
 
 cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
-    """One contiguous run (_encode_run, atomic: a batch of one op is a plain
+    """One contiguous run (_Run, atomic: a batch of one op is a plain
     record), written under the append contract (log.pxd), then the map."""
-    cdef list run = []
+    cdef _Run run = _Run(len(ops), True)
     cdef dict final = None
     cdef bytes k, stored
     cdef uint32_t flags
@@ -102,14 +102,14 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
     store._purge_expired()
     for k, v, deadline, compression in ops:
         if v is None:
-            run.append((k, b"", NK_FLAG_TOMBSTONE, 0, 0, 0))
+            run.add(k, b"", NK_FLAG_TOMBSTONE, 0, 0, 0)
             continue
         flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS if deadline >= 0 else 0
         stored = v
         if store._compression or compression is not None:
             stored = store._encode_value(v, compression, &flags)
-        run.append((k, stored, flags, deadline if deadline >= 0 else 0, 0, 0))
-    total = _run_length(run, True, None)
+        run.add(k, stored, flags, deadline if deadline >= 0 else 0, 0, 0)
+    total = run.size()
     if store.max_keys or store.max_bytes:
         final = {}
         for k, v, _, _ in ops:
@@ -118,7 +118,7 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
     p = store.wal._reserve(total)
     if final is not None:
         _check_batch_room(store, final)     # other threads may have run in _reserve
-    _encode_run(p, run, True)
+    run.encode(p)
     store.wal._commit(total)
     for k, v, deadline, _ in ops:
         cur = PyDict_GetItem(store._data, k)
@@ -128,7 +128,7 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
         else:
             store._set(k, v, cur, deadline)
     store._after_write()
-    return len(run)
+    return run.n
 
 
 cdef int _check_batch_room(KvStore store, dict final) except -1:

@@ -53,9 +53,27 @@ cdef inline Position _pos(uint64_t seg, uint64_t off):
     return p
 
 
-# A run of records written contiguously, [(key, stored value, flags, ttl_ms,
-# term, index)]: its length (each record's appended to `lengths` unless None)
-# and its bytes. With `atomic` the batch bits make it one atomic batch
-# (nk_batch_flags), without they are cleared. _encode_run runs no Python code.
-cdef uint64_t _run_length(list run, bint atomic, list lengths) except? 0
-cdef int _encode_run(uint8_t *p, list run, bint atomic) except -1
+# A run of records written contiguously (Wal.append_batch, the store's batches).
+ctypedef struct _RunRecord:
+    const uint8_t *key
+    const uint8_t *value
+    size_t klen, vlen
+    uint32_t flags
+    uint64_t ttl_ms, term, index
+
+
+cdef class _Run:
+    cdef _RunRecord *recs
+    cdef Py_ssize_t n, cap
+    cdef bint atomic
+    cdef list keep                      # the bytes objects `recs` points into
+
+    # Adds a record (at most `capacity` of them, given at creation).
+    cdef int add(self, bytes key, bytes value, uint32_t flags, uint64_t ttl_ms, uint64_t term,
+                 uint64_t index) except -1
+    cdef inline uint32_t _flags(self, Py_ssize_t i) noexcept nogil    # record i's, batch bits set
+    cdef uint64_t length(self, Py_ssize_t i) noexcept nogil           # record i's bytes
+    cdef uint64_t size(self) noexcept nogil                           # the run's bytes
+    # Writes the run at p (room for size() bytes); no Python code, so it may
+    # come between _reserve and _commit.
+    cdef void encode(self, uint8_t *p) noexcept nogil

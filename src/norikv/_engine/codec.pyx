@@ -2,6 +2,7 @@
 # and the rules for a value's bytes (the argument check, the size bound, its
 # stored form under compression). The codec itself is include/record.h.
 
+from libc.stdlib cimport malloc, free
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check, PyBytes_CheckExact,
                             PyBytes_FromStringAndSize)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Check
@@ -130,43 +131,65 @@ cdef bytes _stored_form(bytes value, uint32_t kind, Py_ssize_t min_size, uint64_
 
 
 # ---------------------------------------------------------------- runs of records
-# Wal.append_batch and the store's atomic batches (batch.pyx) encode through
-# these two, so a run's batch flags are set in one place (nk_batch_flags).
-# A run is a list of (key, stored value, flags, ttl_ms, term, index).
 
-cdef uint64_t _run_length(list run, bint atomic, list lengths) except? 0:
-    """Bytes of ``run`` written contiguously: with ``atomic`` as one atomic
-    batch (a run of one is a plain record), without as plain records (the
-    batch bits they carry cleared). Appends each record's length to
-    ``lengths`` unless it is None."""
-    cdef Py_ssize_t i, n = len(run)
-    cdef uint64_t total = 0, size
-    cdef bytes k, v
-    cdef uint32_t flags
-    cdef uint64_t ttl, term, index
-    for i in range(n):
-        k, v, flags, ttl, term, index = run[i]
-        size = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(v),
-                              nk_batch_flags(flags, i, n if atomic else 1), ttl, term, index)
-        if lengths is not None:
-            lengths.append(size)
-        total += size
-    return total
+cdef class _Run:
+    """Records written contiguously: as one atomic batch (``atomic``; a run
+    of one is a plain record) or as plain records (the batch bits they carry
+    cleared). Wal.append_batch and the store's batches encode through it, so
+    a run's batch flags are set in one place (nk_batch_flags). It holds the
+    bytes its records point into."""
 
+    def __cinit__(self, Py_ssize_t capacity, bint atomic):
+        self.recs = <_RunRecord *>malloc((capacity if capacity > 0 else 1) * sizeof(_RunRecord))
+        if self.recs == NULL:
+            raise MemoryError()
+        self.cap = capacity
+        self.n = 0
+        self.atomic = atomic
+        self.keep = []
 
-cdef int _encode_run(uint8_t *p, list run, bint atomic) except -1:
-    """Writes ``run`` at p, which has room for its _run_length. Runs no Python
-    code (it comes between _reserve and _commit)."""
-    cdef Py_ssize_t i, n = len(run)
-    cdef bytes k, v
-    cdef uint32_t flags
-    cdef uint64_t ttl, term, index
-    for i in range(n):
-        k, v, flags, ttl, term, index = run[i]
-        p += nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                       <const uint8_t *>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v),
-                       nk_batch_flags(flags, i, n if atomic else 1), ttl, term, index)
-    return 0
+    def __dealloc__(self):
+        free(self.recs)
+
+    cdef int add(self, bytes key, bytes value, uint32_t flags, uint64_t ttl_ms, uint64_t term,
+                 uint64_t index) except -1:
+        cdef _RunRecord *r
+        if self.n >= self.cap:
+            raise IndexError("the run is full")
+        r = &self.recs[self.n]
+        self.keep.append(key)
+        self.keep.append(value)
+        r.key = <const uint8_t *>PyBytes_AS_STRING(key)
+        r.klen = <size_t>PyBytes_GET_SIZE(key)
+        r.value = <const uint8_t *>PyBytes_AS_STRING(value)
+        r.vlen = <size_t>PyBytes_GET_SIZE(value)
+        r.flags = flags
+        r.ttl_ms = ttl_ms
+        r.term = term
+        r.index = index
+        self.n += 1
+        return 0
+
+    cdef inline uint32_t _flags(self, Py_ssize_t i) noexcept nogil:
+        return nk_batch_flags(self.recs[i].flags, <size_t>i, <size_t>self.n if self.atomic else 1)
+
+    cdef uint64_t length(self, Py_ssize_t i) noexcept nogil:
+        cdef const _RunRecord *r = &self.recs[i]
+        return nk_encoded_len(r.klen, r.vlen, self._flags(i), r.ttl_ms, r.term, r.index)
+
+    cdef uint64_t size(self) noexcept nogil:
+        cdef uint64_t total = 0
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            total += self.length(i)
+        return total
+
+    cdef void encode(self, uint8_t *p) noexcept nogil:
+        cdef const _RunRecord *r
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            r = &self.recs[i]
+            p += nk_encode(p, r.key, r.klen, r.value, r.vlen, self._flags(i), r.ttl_ms, r.term, r.index)
 
 
 # The flag bits (docs/FORMAT.md), for tools such as the CLI's dump.

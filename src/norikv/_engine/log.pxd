@@ -75,7 +75,7 @@ cdef class _WalCore:
     #                         threads may have run when it returns: a caller
     #                         checks again what they may have changed (the
     #                         store's limits, the key's current value).
-    #   ... exactly n bytes written at p (nk_encode, _encode_run) ...
+    #   ... exactly n bytes written at p (nk_encode, _Run.encode) ...
     #   wal._commit(n)        publishes them (seg_size, written_total).
     #   wal._after_append()   then: wakes the flusher, fsyncs under ALWAYS.
     #

@@ -369,11 +369,11 @@ cdef class _WalCore:
         recovery applies all of them or none. Without it, batch flags the
         records carry are cleared."""
         cdef list recs = list(records)
-        cdef list run = []
-        cdef list lengths = []
         cdef list positions = []
+        cdef _Run run = _Run(len(recs), atomic)
         cdef Record r
         cdef uint64_t total, seg, off
+        cdef Py_ssize_t i
         cdef uint8_t *p
         if not recs:
             return positions
@@ -382,16 +382,16 @@ cdef class _WalCore:
                 raise TypeError("records must be Record objects")
             _check_value_size(r.value, self.max_value_size)
         for r in recs:
-            run.append((r.key, r._stored_value(), r._wire_flags(), r._ttl_ms, r._term, r._index))
-        total = _run_length(run, atomic, lengths)
+            run.add(r.key, r._stored_value(), r._wire_flags(), r._ttl_ms, r._term, r._index)
+        total = run.size()
         p = self._reserve(total)
         seg = self.seg_id
         off = self.seg_size
-        _encode_run(p, run, atomic)
+        run.encode(p)
         self._commit(total)
-        for n in lengths:
+        for i in range(run.n):
             positions.append(_pos(seg, off))
-            off += <uint64_t>n
+            off += run.length(i)
         self._after_append()
         return positions
 

@@ -170,36 +170,31 @@ cdef class KvStore:
         d = PyDict_GetItem(self._expiry, key)
         return d != NULL and <int64_t>(<object>d) <= _now_ms()
 
-    def get(self, key, default=None):
-        """The general path of get (fastcall.pyx has its entry)."""
+    cdef inline PyObject *_live(self, bytes key) except? NULL:
+        """The live value of key (borrowed), or NULL when it is absent or
+        expired: every read (get's entry aside, fastcall.pyx) asks here."""
         cdef PyObject *v
-        if not PyBytes_CheckExact(key):
-            key = _as_bytes(key, "key")
         if self._closed:
             raise ClosedError("the KvStore is closed")
         v = PyDict_GetItemWithError(self._data, key)
-        if v == NULL:
-            return default
-        if self._expired(key):
-            return default
-        return <object>v
+        if v != NULL and self._expired(key):
+            return NULL
+        return v
+
+    def get(self, key, default=None):
+        """The general path of get (fastcall.pyx has its entry)."""
+        cdef PyObject *v = self._live(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"))
+        return default if v == NULL else <object>v
 
     def __getitem__(self, key):
-        cdef PyObject *v
-        if not PyBytes_CheckExact(key):
-            key = _as_bytes(key, "key")
-        if self._closed:
-            raise ClosedError("the KvStore is closed")
-        v = PyDict_GetItem(self._data, key)
-        if v == NULL or self._expired(key):
-            raise KeyError(key)
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        cdef PyObject *v = self._live(k)
+        if v == NULL:
+            raise KeyError(k)
         return <object>v
 
     def __contains__(self, key):
-        if not PyBytes_CheckExact(key):
-            key = _as_bytes(key, "key")
-        self._check_open()
-        return PyDict_GetItem(self._data, key) != NULL and not self._expired(key)
+        return self._live(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")) != NULL
 
     def __len__(self):
         self._check_open()
