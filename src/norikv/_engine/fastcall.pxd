@@ -1,4 +1,4 @@
-# fastcall.pyx: METH_FASTCALL entries installed over KvStore.get and put.
+# fastcall.pyx: a METH_FASTCALL entry installed over KvStore.get.
 
 cdef extern from "Python.h":
     ctypedef struct PyMethodDef:

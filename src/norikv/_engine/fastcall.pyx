@@ -1,16 +1,17 @@
-# Hand-written METH_FASTCALL entry points for KvStore.get and KvStore.put.
+# A hand-written METH_FASTCALL entry point for KvStore.get.
 #
 # A Cython `def` method parses its arguments generically (keywords, defaults,
 # a reference taken on every argument): about 50 machine instructions before
 # the body runs, against a dozen for dict.get. Out of cache that matters more
 # than the count suggests: the CPU overlaps the dict misses of successive
 # calls only when a call is short enough to fit in its instruction window.
-# So `get` and `put` are entries that handle the common call shape straight
-# away and hand anything else (keywords, non-bytes keys, TTL stores, a closed
-# store) to the general `def`, which stays the one place with the full rules.
+# So `get` is an entry that handles the common call shape straight away and
+# hands anything else (keywords, non-bytes keys, TTL stores, a closed store)
+# to the general `def`, which stays the one place with the full rules.
 #
-# Measured against Cython's own calling convention (docs/DESIGN.md, "get and
-# put"): kept because it still wins by more than 5 %.
+# Measured against Cython's own calling conventions (docs/DESIGN.md, "get and
+# put"): kept for get, where it wins by 8-14 %; put's body is long enough
+# that a method descriptor (@cython.binding(False)) does as well.
 
 cdef object _call_general(object general, object self, PyObject **args, Py_ssize_t nargs,
                           PyObject *kwnames):
@@ -41,11 +42,11 @@ cdef object _install_fastcall(type cls, PyMethodDef *slot, const char *name,
     return general
 
 
-# ---------------------------------------------------------------- KvStore's entries
-# Each handles the call shape of a hot loop and passes every other call,
+# ---------------------------------------------------------------- KvStore.get's entry
+# It handles the call shape of a hot loop and passes every other call,
 # unchanged, to the general def it replaces (store.pyx).
 
-cdef PyMethodDef _get_slot, _put_slot
+cdef PyMethodDef _get_slot
 
 
 cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
@@ -59,22 +60,7 @@ cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject
     return _call_general(_get_general, self, args, nargs, kwnames)
 
 
-cdef object _put_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
-    if (kwnames == NULL and nargs == 2 and _PyBytes_CheckExact(args[0])
-            and _PyBytes_CheckExact(args[1])):
-        self._put(<bytes>args[0], <bytes>args[1], None, None)
-        return None
-    return _call_general(_put_general, self, args, nargs, kwnames)
-
-
 _get_general = _install_fastcall(
     KvStore, &_get_slot, "get", <_fastcall_fn>_get_entry,
     "get($self, key, default=None)\n--\n\n"
     "The value of ``key``, or ``default``. Served from memory.")
-_put_general = _install_fastcall(
-    KvStore, &_put_slot, "put", <_fastcall_fn>_put_entry,
-    "put($self, key, value, *, ttl=None, compression=None)\n--\n\n"
-    "Stores ``key`` = ``value``: written to the WAL first, then to memory.\n\n"
-    "``ttl`` (seconds) makes the key expire that long after this call, also\n"
-    "across restarts. ``compression`` overrides the store's setting for this\n"
-    "value. Durability follows the store's fsync policy.")

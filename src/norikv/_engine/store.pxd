@@ -41,7 +41,7 @@ cdef class KvStore:
     cdef inline int _check_open(self) except -1
     cdef inline bint _expired(self, object key) except -1
     cdef inline PyObject *_live(self, bytes key) except? NULL
-    # put's body, shared by the general put and its fastcall entry
+    # put's body (also []=)
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)
 

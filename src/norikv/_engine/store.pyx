@@ -241,8 +241,14 @@ cdef class KvStore:
 
     # ------------------------------------------------------------ writes
 
+    @cython.binding(False)                      # a method descriptor (docs/DESIGN.md, "get and put")
+    @cython.embedsignature.format("clinic")     # ... with an introspectable signature
     def put(self, key, value, *, ttl=None, compression=None):
-        """The general path of put (fastcall.pyx has its entry)."""
+        """Stores ``key`` = ``value``: written to the WAL first, then to memory.
+
+        ``ttl`` (seconds) makes the key expire that long after this call, also
+        across restarts. ``compression`` overrides the store's setting for this
+        value. Durability follows the store's fsync policy."""
         self._put(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"),
                   <bytes>value if PyBytes_CheckExact(value) else _as_bytes(value, "value"),
                   ttl, compression)
