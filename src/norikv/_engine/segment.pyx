@@ -74,7 +74,7 @@ cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_
     cdef long n = need - start
     with nogil:
         err = nk_allocate(fd, s, w)
-        if err == 28 and n < w:      # ENOSPC: take only what this append needs
+        if err == ENOSPC and n < w:      # take only what this append needs
             err = nk_allocate(fd, s, n)
             if err == 0:
                 w = n
