@@ -3,6 +3,7 @@
 NORIKV_DEBUG=1 builds with Cython line tracing, C assertions, bounds checks
 and no optimisation, for coverage and debugging."""
 
+import glob
 import os
 import sys
 
@@ -29,23 +30,16 @@ elif sys.platform != "win32":
     # -g0: Python's own CFLAGS carry -g, which would triple the wheel's size.
     compile_args += ["-O3", "-g0"]
 
+# One extension, built from the parts in src/norikv/_engine/ (docs/DESIGN.md):
+# __init__.pyx includes each part's .pyx, __init__.pxd each part's .pxd.
+ENGINE = "src/norikv/_engine"
 ext = Extension(
-    "norikv._wal",
-    sources=["src/norikv/_wal.pyx"],
-    include_dirs=["src/norikv"],
+    "norikv._engine",
+    sources=[f"{ENGINE}/__init__.pyx"],
+    include_dirs=[f"{ENGINE}/include"],
     define_macros=macros,
     extra_compile_args=compile_args,
-    depends=[
-        "src/norikv/_crc32c.h",
-        "src/norikv/_record.h",
-        "src/norikv/_platform.h",
-        "src/norikv/_defs.pxd",
-        "src/norikv/_record.pxi",
-        "src/norikv/_reader.pxi",
-        "src/norikv/_walcore.pxi",
-        "src/norikv/_fastcall.pxi",
-        "src/norikv/_store.pxi",
-    ],
+    depends=sorted(glob.glob(f"{ENGINE}/*.pyx") + glob.glob(f"{ENGINE}/*.pxd") + glob.glob(f"{ENGINE}/include/*.h")),
 )
 
 setup(

@@ -54,7 +54,7 @@ SRC="$WORK/checkout"
 rm -rf "$SRC"; mkdir -p "$SRC"
 tar -C "$ROOT" -c \
     --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude=./dist \
-    --exclude='*.egg-info' --exclude='*.so' --exclude=./src/norikv/_wal.c \
+    --exclude='*.egg-info' --exclude='*.so' --exclude=./src/norikv/_engine/__init__.c \
     --exclude='__pycache__' --exclude=.pytest_cache --exclude=.mypy_cache \
     --exclude=.hypothesis --exclude=.benchmarks . | tar -x -C "$SRC"
 # Where the tests run: the same tree with src/ removed, so only the installed

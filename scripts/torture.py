@@ -47,7 +47,7 @@ import tempfile
 import time
 
 from norikv import FsyncPolicy, KvStore
-from norikv._wal import now_ms
+from norikv._engine import now_ms
 
 POLICIES = {
     "always": lambda: FsyncPolicy.ALWAYS,

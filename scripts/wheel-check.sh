@@ -74,7 +74,7 @@ else
   # that this script never writes into (or races with builds in) the checkout.
   tar -C "$ROOT" -c \
       --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude=./dist \
-      --exclude='*.egg-info' --exclude='*.so' --exclude=./src/norikv/_wal.c \
+      --exclude='*.egg-info' --exclude='*.so' --exclude=./src/norikv/_engine/__init__.c \
       --exclude='__pycache__' --exclude=.pytest_cache --exclude=.mypy_cache \
       --exclude=.hypothesis --exclude=.benchmarks . | tar -x -C "$SRC"
 fi
@@ -91,12 +91,13 @@ VERSION=$("$PY" -c "import re,sys; print(re.search(r'__version__ = \"([^\"]+)\"'
 
 tar -tzf "$SDIST" | sed "s|^norikv-$VERSION/||" | sort > "$WORK/sdist.txt"
 for f in pyproject.toml setup.py MANIFEST.in README.md CHANGELOG.md PKG-INFO \
-         src/norikv/__init__.py src/norikv/_version.py src/norikv/_wal.pyx \
-         src/norikv/_wal.pyi src/norikv/py.typed tests/conftest.py; do
+         src/norikv/__init__.py src/norikv/_version.py src/norikv/_engine/__init__.pyx \
+         src/norikv/_engine/__init__.pxd src/norikv/_engine.pyi src/norikv/py.typed tests/conftest.py; do
   grep -qx "$f" "$WORK/sdist.txt" || fail "sdist lacks $f"
 done
-# Every Cython/C source of the checkout, every doc the README links to.
-for f in $(cd "$SRC" && ls src/norikv/*.pyx src/norikv/*.pxi src/norikv/*.pxd src/norikv/*.h docs/*.md); do
+# Every Cython/C source of the checkout (the engine's folder), every doc the README links to.
+for f in $(cd "$SRC" && find src/norikv -name '*.pyx' -o -name '*.pxi' -o -name '*.pxd' -o -name '*.h' | sort) \
+         $(cd "$SRC" && ls docs/*.md); do
   grep -qx "$f" "$WORK/sdist.txt" || fail "sdist lacks $f"
 done
 for f in $(grep -oE '\]\((docs/[^)#]+)' "$SRC/README.md" | sed 's/^](//' | sort -u); do
@@ -135,15 +136,15 @@ RAW=${RAWS[0]}
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 pkg = [n for n in names if n.startswith("norikv/")]
-need = ["norikv/__init__.py", "norikv/_version.py", "norikv/_wal.pyi", "norikv/py.typed",
+need = ["norikv/__init__.py", "norikv/_version.py", "norikv/_engine.pyi", "norikv/py.typed",
         "norikv/progress.py", "norikv/bench/__init__.py", "norikv/bench/__main__.py", "norikv/bench/worker.py"]
 missing = [n for n in need if n not in names]
-ext = [n for n in pkg if n.startswith("norikv/_wal.") and n.endswith(".so")]
+ext = [n for n in pkg if n.startswith("norikv/_engine.") and n.endswith(".so")]
 sources = [n for n in pkg if n.endswith((".pyx", ".pxi", ".pxd", ".h", ".c"))]
 strays = [n for n in names if not n.startswith(("norikv/", "norikv-"))]
 errors = []
 if missing: errors.append(f"missing {missing}")
-if len(ext) != 1: errors.append(f"expected one norikv/_wal*.so, found {ext}")
+if len(ext) != 1: errors.append(f"expected one norikv/_engine*.so, found {ext}")
 if sources: errors.append(f"sources in the wheel: {sources}")
 if strays: errors.append(f"files outside the package: {strays}")
 if errors:
@@ -183,7 +184,7 @@ cp -a "$SDIST_TREE" "$RUN"
 rm -rf "$RUN/src" "$RUN/build"
 cd "$RUN"
 # With -I (isolated mode) neither the cwd nor PYTHONPATH is on sys.path.
-LOC=$("$VPY" -I -c "import norikv, norikv._wal as w; print(norikv.__file__); print(w.__file__)")
+LOC=$("$VPY" -I -c "import norikv, norikv._engine as w; print(norikv.__file__); print(w.__file__)")
 echo "$LOC"
 case "$LOC" in
   "$VENV"/lib/python3*/site-packages/norikv/__init__.py*) ;;

@@ -86,7 +86,7 @@ def test_changelog_names_the_version():
 
 def test_type_information_is_shipped():
     assert (PACKAGE_DIR / "py.typed").is_file()
-    assert (PACKAGE_DIR / "_wal.pyi").is_file()
+    assert (PACKAGE_DIR / "_engine.pyi").is_file()
 
 
 def _mypy_available() -> bool:
@@ -106,9 +106,9 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @needs_mypy
 def test_stubs_match_the_extension(tmp_path):
-    # stubtest imports norikv._wal and compares every name, signature and
-    # class in it with src/norikv/_wal.pyi.
-    proc = _run([sys.executable, "-m", "mypy.stubtest", "norikv._wal",
+    # stubtest imports norikv._engine and compares every name, signature and
+    # class in it with src/norikv/_engine.pyi.
+    proc = _run([sys.executable, "-m", "mypy.stubtest", "norikv._engine",
                  "--allowlist", str(HERE / "stubtest-allowlist.txt"),
                  "--ignore-unused-allowlist"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,7 +2,7 @@
 it (or the compaction stops with ClosedError before changing anything), and
 once close() has returned nothing in the directory changes any more.
 
-The interleaving is forced: the snapshot writer (norikv._wal.write_snapshot,
+The interleaving is forced: the snapshot writer (norikv._engine.write_snapshot,
 looked up by KvStore.compact at each call) is wrapped so that the compaction
 pauses right after writing its temporary files, until close() has started
 to wait for it (seen through the store's compaction lock) or has returned."""
@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from norikv import ClosedError, FsyncPolicy, KvStore, _wal
+from norikv import ClosedError, FsyncPolicy, KvStore, _engine
 from storeutil import open_store
 
 TIMEOUT = 60
@@ -64,11 +64,11 @@ class PausedSnapshot:
     ``go`` is set."""
 
     def __init__(self, monkeypatch):
-        self.real = _wal.write_snapshot
+        self.real = _engine.write_snapshot
         self.written = threading.Event()
         self.go = threading.Event()
         self.calls = 0
-        monkeypatch.setattr(_wal, "write_snapshot", self)
+        monkeypatch.setattr(_engine, "write_snapshot", self)
 
     def __call__(self, *args):
         parts = self.real(*args)

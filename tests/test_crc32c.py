@@ -10,26 +10,26 @@ import crc32c as oracle
 import pytest
 
 import norikv
-from norikv import _wal
+from norikv import _engine
 
-HW = _wal.select_crc32c_implementation("hardware")
+HW = _engine.select_crc32c_implementation("hardware")
 
 
 @pytest.fixture(params=["hardware", "software"])
 def impl(request):
-    name = _wal.select_crc32c_implementation(request.param)
+    name = _engine.select_crc32c_implementation(request.param)
     if request.param == "software":
         assert name == "software"
     else:
         assert name == HW
     yield name
-    _wal.select_crc32c_implementation("hardware")
+    _engine.select_crc32c_implementation("hardware")
 
 
 def test_implementation_names():
-    assert _wal.crc32c_implementation() in ("sse4.2", "armv8-crc", "software")
+    assert _engine.crc32c_implementation() in ("sse4.2", "armv8-crc", "software")
     with pytest.raises(ValueError):
-        _wal.select_crc32c_implementation("fast")
+        _engine.select_crc32c_implementation("fast")
 
 
 def test_known_values(impl):
@@ -102,16 +102,16 @@ def test_paths_agree_on_random_inputs():
     for _ in range(300):
         data = rnd.randbytes(rnd.randrange(0, 3000))
         seed = rnd.randrange(0, 1 << 32)
-        _wal.select_crc32c_implementation("software")
+        _engine.select_crc32c_implementation("software")
         soft = norikv.crc32c(data, seed)
-        _wal.select_crc32c_implementation("hardware")
+        _engine.select_crc32c_implementation("hardware")
         hard = norikv.crc32c(data, seed)
         assert soft == hard == oracle.crc32c(data, seed)
 
 
 def test_env_var_forces_software():
     code = (
-        "import norikv, norikv._wal as w, crc32c, os\n"
+        "import norikv, norikv._engine as w, crc32c, os\n"
         "print(w.crc32c_implementation())\n"
         "d = os.urandom(100000)\n"
         "assert norikv.crc32c(d) == crc32c.crc32c(d)\n"

@@ -26,7 +26,7 @@ import pytest
 
 import norikv.wal
 from norikv import (FsyncPolicy, KvStore, LockError, NoriIOError, Position, Record, Wal,
-                    WalConfig, _wal)
+                    WalConfig, _engine)
 
 MIB = 1 << 20
 TIMEOUT = 60
@@ -162,14 +162,14 @@ def block_next_segment(wal, thread_name):
 
 
 class PausedSnapshot:
-    """norikv._wal.write_snapshot, pausing (with the store's compaction lock
+    """norikv._engine.write_snapshot, pausing (with the store's compaction lock
     held) after the temporary files are written, until ``go`` is set."""
 
     def __init__(self, monkeypatch):
-        self.real = _wal.write_snapshot
+        self.real = _engine.write_snapshot
         self.written = threading.Event()
         self.go = threading.Event()
-        monkeypatch.setattr(_wal, "write_snapshot", self)
+        monkeypatch.setattr(_engine, "write_snapshot", self)
 
     def __call__(self, *args):
         parts = self.real(*args)

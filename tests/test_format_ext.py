@@ -17,7 +17,7 @@ import spec_codec as spec
 from storeutil import open_store, wal_entries
 
 from norikv import KvStore, Record, RecoveryMode, Wal, WalConfig
-from norikv import _wal
+from norikv import _engine
 
 BATCH_CONT, TTL_ABS, BATCH_END = 0x20, 0x40, 0x80
 MAX = (1 << 63) - 1                     # DEADLINE_MAX: int64 Unix ms
@@ -48,9 +48,9 @@ def flags_on_disk(root: Path) -> list[tuple[bytes, int]]:
 
 @pytest.fixture
 def clock():
-    _wal._set_clock_offset_ms(0)
+    _engine._set_clock_offset_ms(0)
     yield
-    _wal._set_clock_offset_ms(0)
+    _engine._set_clock_offset_ms(0)
 
 
 # ------------------------------------------------------------------ point 6: atomic batches
@@ -66,7 +66,7 @@ def test_issue_reproduction_gives_before_and_later_only(tmp_path):
             assert info.valid_records == 2 and not info.corruption_detected
             assert s.stats()["recovery_records"] == 2
     assert (tmp_path / "wal" / "000000.wal").read_bytes() == ISSUE_SEGMENT
-    res = _wal.scan_segment(str(tmp_path / "wal" / "000000.wal"), 0, None)
+    res = _engine.scan_segment(str(tmp_path / "wal" / "000000.wal"), 0, None)
     assert (res["records"], res["batch_dropped"], res["batch_open"]) == (5, 3, None)
     # the Wal alone reads every record (it applies nothing)
     assert [r.key for r in (e[0] for e in wal_entries(str(tmp_path)))] == \
@@ -166,8 +166,8 @@ def test_complete_batches_and_lone_batch_end(tmp_path):
         assert sorted(s.keys()) == [b"b1", b"b2", b"d1", b"d2", b"x", b"y"]
         assert s.recovery_info.batch_records_dropped == 2
     # the Wal-level collector applies the same rule, in log order
-    sink = _wal._RecordCollector()
-    _wal.scan_segment(str(tmp_path / "wal" / "000000.wal"), 0, sink)
+    sink = _engine._RecordCollector()
+    _engine.scan_segment(str(tmp_path / "wal" / "000000.wal"), 0, sink)
     assert [r.key for r, _ in sink.records] == [b"x", b"b1", b"b2", b"y", b"d1", b"d2"]
 
 
@@ -200,7 +200,7 @@ def test_batch_flags_written(tmp_path):
         wal.append_batch([Record.put(b"t%d" % i, b"1") for i in range(3)], atomic=True)
         marked = Record.decode(rec(b"m", flags=BATCH_CONT))[0]
         wal.append_batch([marked, Record.decode(rec(b"n", flags=BATCH_END))[0]])
-        got = [(r.key, r.flags & 0xA0) for r, _ in wal.read_from(_wal.Position(0, 0))]
+        got = [(r.key, r.flags & 0xA0) for r, _ in wal.read_from(_engine.Position(0, 0))]
     assert got == [(b"s", 0), (b"t0", BATCH_CONT), (b"t1", BATCH_CONT), (b"t2", BATCH_END),
                    (b"m", 0), (b"n", 0)]
 
@@ -276,15 +276,15 @@ def test_relative_ttl_of_any_size(tmp_path, clock, ttl_ms):
     with Wal.open(WalConfig(dir=str(tmp_path / "wal")))[0] as wal:
         wal.append(Record(b"k", b"v", ttl_ms=ttl_ms))
         wal.append(Record.put(b"plain", b"p"))
-    before = _wal.now_ms()
+    before = _engine.now_ms()
     s = open_store(tmp_path)
-    after = _wal.now_ms()
+    after = _engine.now_ms()
     if ttl_ms == 0:
         assert s.get(b"k") is None and s.stats()["ttl_keys"] == 0
         s.close()
         return
     if ttl_ms == 1:
-        _wal._set_clock_offset_ms(1000)
+        _engine._set_clock_offset_ms(1000)
         assert s.get(b"k") is None
         s.close()
         return
@@ -386,3 +386,23 @@ def test_cli_reads_batches_by_the_library_rule(tmp_path):
     dump = run("dump", tmp_path).stdout.decode().splitlines()
     assert [ln.split("\t")[4] for ln in dump] == ["0x00", "0x20 batch", "0x20 batch", "0x20 batch", "0x00"]
     assert os.path.getsize(tmp_path / "wal" / "000000.wal") == len(ISSUE_SEGMENT)
+
+
+def test_batch_put_with_an_absolute_deadline(tmp_path, clock):
+    """WriteBatch.put(expires_at_ms=...): the deadline as given (saturated past
+    DEADLINE_MAX), kept across a reopen; ttl and expires_at_ms exclude each other."""
+    now = _engine.now_ms()
+    with open_store(tmp_path) as s:
+        with s.batch() as b:
+            b.put(b"soon", b"v", expires_at_ms=now + 3_600_000)
+            b.put(b"never", b"v", expires_at_ms=1 << 64)
+        with pytest.raises(TypeError), s.batch() as b:
+            b.put(b"k", b"v", ttl=1.0, expires_at_ms=now)
+        with pytest.raises(ValueError), s.batch() as b:
+            b.put(b"k", b"v", expires_at_ms=-1)
+        with pytest.raises(TypeError), s.batch() as b:
+            b.put(b"k", b"v", expires_at_ms=1.5)
+    with open_store(tmp_path) as s:
+        assert s._deadline_of(b"soon") == now + 3_600_000
+        assert s._deadline_of(b"never") == MAX
+        assert b"k" not in s

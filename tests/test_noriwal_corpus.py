@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from norikv import Compression, CorruptionError, Position, Record, Wal, WalConfig, _wal
+from norikv import Compression, CorruptionError, Position, Record, Wal, WalConfig, _engine
 from storeutil import open_store
 
 CORPUS = Path(__file__).resolve().parent / "data" / "noriwal-corpus"
@@ -171,7 +171,7 @@ def copy_wal(case: Case, wal_dir: Path) -> Path:
     """Writes the verified segment bytes of ``case`` into a new ``wal_dir``."""
     wal_dir.mkdir(parents=True)
     for seg_id, data in case.segments.items():
-        (wal_dir / _wal.segment_name(seg_id)).write_bytes(data)
+        (wal_dir / _engine.segment_name(seg_id)).write_bytes(data)
     return wal_dir
 
 
@@ -301,11 +301,11 @@ SLACK_MS = HOUR_MS // 2
 @contextlib.contextmanager
 def clock_ahead(ms):
     """Moves the TTL clock ``ms`` ahead (test hook), restoring it afterwards."""
-    old = _wal._set_clock_offset_ms(ms)
+    old = _engine._set_clock_offset_ms(ms)
     try:
         yield
     finally:
-        _wal._set_clock_offset_ms(old)
+        _engine._set_clock_offset_ms(old)
 
 
 def replay(records):
@@ -369,23 +369,21 @@ def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path,
     has expired. Here the first open takes "two hours" between replaying the
     log and pinning the deadlines (the TTL clock jumps when pinning starts), so
     the 1 h key of case 09 has expired when the open returns; it must stay so."""
-    from norikv import KvStore
-
     c = load_case("09-killed-prealloc-zero-tail")
     store_dir = tmp_path / "store"
     copy_wal(c, store_dir / "wal")
     assert [r.ttl_ms for r in c.records if r.key == b"ttl"] == [HOUR_MS]
-    pin = getattr(KvStore, "_pin_relative_ttls", None)
+    pin = getattr(_engine, "_pin_relative_ttls", None)
     if pin is None:
-        raise RuntimeError("KvStore._pin_relative_ttls is gone: update this test")
+        raise RuntimeError("norikv._engine._pin_relative_ttls is gone: update this test")
     calls = []
 
     def slow_pin(self, relative):
         calls.append(1)
-        _wal._set_clock_offset_ms(2 * HOUR_MS)
+        _engine._set_clock_offset_ms(2 * HOUR_MS)
         return pin(self, relative)
 
-    monkeypatch.setattr(KvStore, "_pin_relative_ttls", slow_pin)
+    monkeypatch.setattr(_engine, "_pin_relative_ttls", slow_pin)
     with clock_ahead(0):   # restores the offset whatever happens
         with open_store(store_dir) as s:
             if not calls:

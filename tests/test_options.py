@@ -12,8 +12,7 @@ import os
 import pytest
 
 import norikv.wal as wal_mod
-from norikv import (Compression, ConfigError, FsyncPolicy, KvStore, NoriError, RecoveryMode, Wal,
-                    WalConfig)
+from norikv import Compression, ConfigError, FsyncPolicy, KvStore, NoriError, RecoveryMode, Wal, WalConfig, _engine
 
 MIB = 1 << 20
 NAN = float("nan")
@@ -168,15 +167,16 @@ def test_good_values_at_the_bounds(tmp_path):
 
 
 def test_failed_open_after_lock_releases_it(tmp_path, monkeypatch):
-    """A failure after the directory was locked and recovered (here: building
-    the store core) releases the lock at once, not when the exception dies."""
+    """A failure after the directory was locked and recovered (here: the last
+    step of the open, pinning relative TTLs) releases the lock at once, not
+    when the exception dies."""
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS) as s:
         s.put(b"a", b"1")
 
     def boom(self, *args):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(KvStore, "_init_core", boom)
+    monkeypatch.setattr(_engine, "_pin_relative_ttls", boom)
     with pytest.raises(RuntimeError) as info:
         KvStore.open(tmp_path)
     monkeypatch.undo()

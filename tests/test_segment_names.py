@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from norikv import (FsyncPolicy, KvStore, NoriIOError, Position, Record, Wal, WalConfig, _wal)
+from norikv import (FsyncPolicy, KvStore, NoriIOError, Position, Record, Wal, WalConfig, _engine)
 from norikv.inspect import segment_files as _segment_files
 
 MIB = 1 << 20
@@ -40,9 +40,9 @@ U64 = 2**64 - 1
     ("000001.wal.compact-tmp", None), ("LOCK", None), ("00_001.wal", None), ("", None),
 ])
 def test_segment_id_of(name, seg):
-    assert _wal.segment_id_of(name) == seg
+    assert _engine.segment_id_of(name) == seg
     if seg is not None:
-        assert _wal.segment_name(seg) == name
+        assert _engine.segment_name(seg) == name
 
 
 STRAYS = ["0000005.wal", "00000000000000000000001.wal", "99999999999999999999999.wal",
@@ -89,8 +89,8 @@ def test_wal_ignores_non_segment_names(tmp_path):
     d = tmp_path / "wal"
     make_log(d)
     strays = add_strays(d)
-    assert _wal.list_segments(str(d)) == [0, 1]
-    assert _wal.list_segments(os.fsencode(d)) == [0, 1]
+    assert _engine.list_segments(str(d)) == [0, 1]
+    assert _engine.list_segments(os.fsencode(d)) == [0, 1]
     wal, info = Wal.open(WalConfig(dir=str(d), max_segment_size=MIB, fsync_policy=FsyncPolicy.OS))
     with wal:
         assert info.valid_records == 5 and info.segments_scanned == 2
@@ -149,7 +149,7 @@ def test_highest_u64_id_is_a_segment_and_never_wraps(tmp_path):
             wal.append(Record.put(b"rotates", b"z" * MIB))
         assert info_exc.value.errno == errno.EFBIG
         wal.append(Record.put(b"still", b"ok"))         # not poisoned
-    assert _wal.list_segments(str(d)) == [0, 1, U64 - 1, U64]     # nothing wrapped to id 0 or 2
+    assert _engine.list_segments(str(d)) == [0, 1, U64 - 1, U64]     # nothing wrapped to id 0 or 2
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS, auto_compact=False) as s:
         assert s.get(b"still") == b"ok" and b"rotates" not in s
         with pytest.raises(NoriIOError):
@@ -164,7 +164,7 @@ def test_directory_with_a_segment_name_refuses_open(tmp_path, name):
     d = tmp_path / "wal"
     make_log(d)
     os.mkdir(d / ("0" + name))                 # a non-canonical name: ignored
-    assert _wal.list_segments(str(d)) == [0, 1]
+    assert _engine.list_segments(str(d)) == [0, 1]
     (d / name).unlink(missing_ok=True)
     os.mkdir(d / name)
     before = sorted(os.listdir(d))

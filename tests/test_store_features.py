@@ -19,7 +19,7 @@ from norikv import (
     Wal,
     WalConfig,
 )
-from norikv import _wal
+from norikv import _engine
 
 TTL_ABS = 0x40
 TTL_FLAG = 0x02
@@ -43,25 +43,25 @@ def raw_records(path):
 
 
 class Clock:
-    """Moves the TTL clock of norikv (``_wal._set_clock_offset_ms``)."""
+    """Moves the TTL clock of norikv (``_engine._set_clock_offset_ms``)."""
 
     def __init__(self):
         self.offset_ms = 0
 
     def advance(self, seconds):
         self.offset_ms += int(round(seconds * 1000))
-        _wal._set_clock_offset_ms(self.offset_ms)
+        _engine._set_clock_offset_ms(self.offset_ms)
 
     def now_ms(self):
-        return _wal.now_ms()
+        return _engine.now_ms()
 
 
 @pytest.fixture
 def clock():
     c = Clock()
-    _wal._set_clock_offset_ms(0)
+    _engine._set_clock_offset_ms(0)
     yield c
-    _wal._set_clock_offset_ms(0)
+    _engine._set_clock_offset_ms(0)
 
 
 def assert_invisible(store, key):
@@ -894,15 +894,13 @@ def test_compaction_interrupted_at_each_step(tmp_path, monkeypatch, point):
     test_store_crash.py; this hits each step deterministically.)"""
     import gc
 
-    import norikv.store as store_mod
-
     rng = random.Random(len(point))
     store = open_store(tmp_path, max_segment_size=1 << 20)
     model = {}
     churn(store, model, rng, 5000, keyspace=2500, vsize=(300, 1200))
     assert store.stats()["segments"] >= 3
     wal = store.wal
-    real_snapshot = store_mod._wal.write_snapshot
+    real_snapshot = _engine.write_snapshot
     real_install = type(wal)._install_segment
     real_delete = type(wal)._delete_segments
     seen = {"installs": 0, "snapshot_parts": 0}
@@ -930,7 +928,7 @@ def test_compaction_interrupted_at_each_step(tmp_path, monkeypatch, point):
         real_delete(self, ids[:1])
         raise _Crash
 
-    monkeypatch.setattr(store_mod._wal, "write_snapshot", snapshot)
+    monkeypatch.setattr(_engine, "write_snapshot", snapshot)
     monkeypatch.setattr(type(wal), "_install_segment", install)
     monkeypatch.setattr(type(wal), "_delete_segments", delete)
     try:

@@ -7,7 +7,7 @@ each fsync policy.
 """
 
 from norikv._version import __version__
-from norikv._wal import Position, Record, WalIterator, crc32c
+from norikv._engine import Position, Record, WalIterator, crc32c
 from norikv.compression import Compression
 from norikv.errors import (
     ClosedError,

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
-from norikv._wal import (
+from norikv._engine import (
     COMPRESSION_MASK,
     FLAG_BATCH_CONT,
     FLAG_BATCH_END,
@@ -50,7 +50,11 @@ from norikv._wal import (
     segment_name,
     segment_records,
 )
+from norikv._engine import (
+    _check_bytes as _as_bytes,
+)
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE, Compression
+from norikv.store import dead_ratio
 from norikv.wal import RecoveryMode, RecoveryPlan, SegmentPlan, compaction_leftovers, plan_recovery
 
 __all__ = [
@@ -326,16 +330,6 @@ class TailCut(NamedTuple):
         return cls(plan.id, plan.path, plan.size, reason, plan.bytes_cut)
 
 
-def dead_ratio(live_bytes: int, keys: int, log_bytes: int) -> float:
-    """The share of a log's ``log_bytes`` that no longer hold live data,
-    estimated from the live keys' and values' uncompressed sizes plus 8 bytes
-    of record overhead per key: what ``KvStore.dead_ratio()`` reports and
-    auto-compaction compares with ``compact_dead_ratio``. 0.0 for an empty log."""
-    if not log_bytes:
-        return 0.0
-    return max(0.0, 1.0 - (live_bytes + 8 * keys) / log_bytes)
-
-
 # ------------------------------------------------------------------ the store
 
 
@@ -515,11 +509,3 @@ def read_store(
     plan, sink = _plan_lock_free(waldir, RecoveryMode.TOLERATE_CORRUPTED_TAIL, loader, progress)
     assert isinstance(sink, _StoreLoader)
     return StoreView(waldir, plan, data, expiry, sink.live_bytes, time.perf_counter() - t0)
-
-
-def _as_bytes(obj: object, what: str) -> bytes:
-    if isinstance(obj, bytes):
-        return obj
-    if isinstance(obj, (bytearray, memoryview)):
-        return bytes(obj)
-    raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(obj).__name__}")

@@ -20,132 +20,24 @@ Durability (see README, "Durability"):
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
 
-from norikv import _options, _wal
-from norikv._wal import Position, Record, WalIterator
+from norikv import _engine
+from norikv._engine import Position, Record, WalIterator
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
-from norikv.errors import ConfigError, CorruptionError, NoriError, io_error
+from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
+from norikv.errors import CorruptionError, NoriError, io_error
 
 __all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "RecoveryPlan",
            "SegmentPlan", "Wal", "plan_recovery"]
 
-MIN_SEGMENT_SIZE = 1 << 20
-MAX_SEGMENT_SIZE = 1 << 40
 _TMP_SUFFIX = ".compact-tmp"
-
-
-@dataclass(frozen=True)
-class FsyncPolicy:
-    """When appended records reach stable storage.
-
-    Use the constants ``FsyncPolicy.ALWAYS`` and ``FsyncPolicy.OS`` or
-    ``FsyncPolicy.batch(window_seconds)``."""
-
-    kind: str
-    window: float = 0.0
-
-    ALWAYS: ClassVar["FsyncPolicy"]
-    OS: ClassVar["FsyncPolicy"]
-
-    @classmethod
-    def batch(cls, window_seconds: float = 0.005) -> "FsyncPolicy":
-        """fsync at most ``window_seconds`` after an append (default 5 ms)."""
-        return cls("batch", window_seconds)
-
-    def validate(self) -> None:
-        if not isinstance(self.kind, str):
-            raise TypeError(f"the fsync policy kind must be a str, not {type(self.kind).__name__}")
-        if self.kind not in ("always", "os", "batch"):
-            raise ConfigError(f"unknown fsync policy {self.kind!r}")
-        if self.kind == "batch":
-            _options.check_options(_BATCH_OPTIONS, {"the batch window": self.window})
-
-    @property
-    def code(self) -> int:
-        return {"os": 0, "always": 1, "batch": 2}[self.kind]
-
-    def __repr__(self) -> str:
-        if self.kind == "batch":
-            return f"FsyncPolicy.batch({self.window!r})"
-        return f"FsyncPolicy.{self.kind.upper()}"
-
-
-FsyncPolicy.ALWAYS = FsyncPolicy("always")
-FsyncPolicy.OS = FsyncPolicy("os")
-
-
-class RecoveryMode(enum.Enum):
-    """What open does with a damaged log (after RocksDB's WAL recovery modes).
-
-    ``TOLERATE_CORRUPTED_TAIL`` (default): the last segment is cut back to its
-    longest valid prefix (a torn or corrupt tail, reported); damage in any
-    earlier segment raises CorruptionError and changes nothing.
-    ``ABSOLUTE_CONSISTENCY``: any damage raises CorruptionError; nothing is
-    changed (a torn tail and an atomic batch left unterminated by a crash are
-    damage too). A zero-filled preallocated tail is still a clean end.
-    ``POINT_IN_TIME``: the log is cut at the first damage wherever it is and
-    every later segment is deleted, so what remains is a prefix of what was
-    written.
-    ``SKIP_ANY_CORRUPTED_RECORDS``: damaged spans are skipped (the segment is
-    rewritten without them) and every record that still checks out is kept.
-
-    A whole record whose CRC holds but whose compressed value does not
-    decompress to at most ``max_value_size`` bytes is damage, never a torn
-    tail: TOLERATE_CORRUPTED_TAIL refuses it wherever it is, like
-    ABSOLUTE_CONSISTENCY; POINT_IN_TIME cuts the log at it;
-    SKIP_ANY_CORRUPTED_RECORDS skips exactly that record (with the rest of
-    the atomic batch it belongs to).
-    """
-
-    TOLERATE_CORRUPTED_TAIL = "tolerate_corrupted_tail"
-    ABSOLUTE_CONSISTENCY = "absolute_consistency"
-    POINT_IN_TIME = "point_in_time"
-    SKIP_ANY_CORRUPTED_RECORDS = "skip_any_corrupted_records"
-
-
-@dataclass(frozen=True)
-class WalConfig:
-    """Configuration of a Wal, validated like nori-wal's."""
-
-    dir: str | os.PathLike[str] = "wal"
-    max_segment_size: int = 128 << 20
-    fsync_policy: FsyncPolicy = field(default_factory=lambda: FsyncPolicy.batch(0.005))
-    preallocate: bool = True
-    node_id: int = 0
-    recovery_mode: RecoveryMode = RecoveryMode.TOLERATE_CORRUPTED_TAIL
-    #: The largest value (uncompressed) ``append`` takes, and the most a
-    #: compressed value may decompress to when read (a bound against
-    #: decompression bombs): 256 MiB by default.
-    max_value_size: int = DEFAULT_MAX_VALUE_SIZE
-
-    def validate(self) -> None:
-        """Raises TypeError (wrong type) or ConfigError (wrong value) naming
-        the option; touches nothing on disk."""
-        _options.check_options(_WAL_OPTIONS, vars(self))
-
-
-# The options of WalConfig (and so of Wal.open and KvStore.open), checked
-# before anything on disk is touched (norikv._options).
-_WAL_OPTIONS: dict[str, _options.Spec] = {
-    "dir": _options.Path(),
-    "max_segment_size": _options.Int(MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE, unit=" bytes (1 MiB to 1 TiB)"),
-    "fsync_policy": _options.Instance(FsyncPolicy),
-    "preallocate": _options.Bool(),
-    "node_id": _options.Int(0, _options.UINT32_MAX),     # nori-wal's node_id is a u32
-    "recovery_mode": _options.Instance(RecoveryMode),
-    "max_value_size": _options.Int(1, (1 << 63) - 1, unit=" bytes"),
-}
-_BATCH_OPTIONS: dict[str, _options.Spec] = {
-    "the batch window": _options.Real(0, 1, open_lo=True, unit=" second"),
-}
 
 
 @dataclass(frozen=True)
@@ -313,10 +205,10 @@ class RecoveryPlan:
 
 
 def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
-                  sink: "_wal._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+                  sink: "_engine._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
                   progress: "Callable[[SegmentPlan], object] | None" = None) -> RecoveryPlan:
     """Scans every segment of the log directory ``path`` in id order, handing
-    the records recovery keeps to ``sink`` (default: a ``_wal._Sink``, which
+    the records recovery keeps to ``sink`` (default: a ``_engine._Sink``, which
     only checks that compressed values decompress within ``max_value_size``:
     what a Wal's recovery checks), and returns what opening it in ``mode``
     would cut, skip, delete or rewrite. Raises the CorruptionError (file, segment id and
@@ -326,15 +218,15 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
     with each segment's plan once it is scanned."""
     path = os.fsdecode(path)
     if sink is None:
-        sink = _wal._Sink(max_value_size)
+        sink = _engine._Sink(max_value_size)
     skip = mode is RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS
     leftovers = compaction_leftovers(path)
-    ids = _wal.list_segments(path)
+    ids = _engine.list_segments(path)
     plans: list[SegmentPlan] = []
     for i, seg in enumerate(ids):
-        seg_path = os.path.join(path, _wal.segment_name(seg))
+        seg_path = os.path.join(path, _engine.segment_name(seg))
         is_last = i == len(ids) - 1
-        res = _wal.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
+        res = _engine.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
         end = res["end"]
         p = SegmentPlan(id=seg, path=seg_path, file_size=res["file_size"],
                         records=res["records"] - res["batch_dropped"], size=end, data_end=end,
@@ -375,7 +267,7 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
         if p.cut is not None and not is_last:
             # POINT_IN_TIME: everything after the damage goes.
             for later in ids[i + 1:]:
-                later_path = os.path.join(path, _wal.segment_name(later))
+                later_path = os.path.join(path, _engine.segment_name(later))
                 try:
                     size = os.path.getsize(later_path)
                 except FileNotFoundError:
@@ -404,13 +296,13 @@ def compaction_leftovers(path: str) -> list[str]:
                       if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
 
 
-def _rewrite(core: "_wal._WalCore", p: SegmentPlan) -> None:
+def _rewrite(core: "_engine._WalCore", p: SegmentPlan) -> None:
     """Replaces segment p by a copy without its dropped ranges (SKIP mode).
     On any failure (ENOSPC...) the segment is left as it was, the copy is
     removed, and NoriIOError names the segment."""
     tmp = p.path + _TMP_SUFFIX
     try:
-        _wal.copy_valid_records(p.path, tmp, p.data_end, p.dropped)
+        _engine.copy_valid_records(p.path, tmp, p.data_end, p.dropped)
         os.replace(tmp, p.path)
     except OSError as exc:
         try:
@@ -424,7 +316,7 @@ def _rewrite(core: "_wal._WalCore", p: SegmentPlan) -> None:
     core._fsync_dir()
 
 
-def apply_recovery(core: "_wal._WalCore", plan: RecoveryPlan) -> None:
+def apply_recovery(core: "_engine._WalCore", plan: RecoveryPlan) -> None:
     """Makes the changes of a plan (made under the Wal's lock): removes
     compaction leftovers, rewrites the segments SKIP mode skips spans of,
     deletes the segments after a POINT_IN_TIME cut (newest first, durably,
@@ -450,7 +342,7 @@ def apply_recovery(core: "_wal._WalCore", plan: RecoveryPlan) -> None:
             _truncate(p.path, p.cut)
 
 
-def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None" = None) -> RecoveryInfo:
+def recover(core: "_engine._WalCore", mode: RecoveryMode, sink: "_engine._Sink | None" = None) -> RecoveryInfo:
     """Plans the recovery of the Wal's directory in ``mode`` (plan_recovery),
     applies it and starts the Wal; returns what it did.
 
@@ -477,7 +369,7 @@ def recover(core: "_wal._WalCore", mode: RecoveryMode, sink: "_wal._Sink | None"
     return info
 
 
-class Wal(_wal._WalCore):
+class Wal(_engine._WalCore):
     """A write-ahead log directory. Open with :meth:`Wal.open`.
 
     Safe to share between threads. One Wal per directory: a second open, in
@@ -487,13 +379,11 @@ class Wal(_wal._WalCore):
     everything else raises NoriIOError. The child can open the directory itself
     once no other process holds it."""
 
-    config: WalConfig
     _bg_stop: bool
     _bg_holding: bool
-    _fork_callback: "weakref.WeakMethod[Callable[[], None]]"
 
     @classmethod
-    def open(cls, config: WalConfig | None = None, **kwargs: object) -> tuple["Wal", RecoveryInfo]:
+    def open(cls, config: WalConfig | None = None, **kwargs: object) -> tuple[Wal, RecoveryInfo]:
         """Opens (creating if needed) and recovers a WAL; returns (wal, info)."""
         if config is None:
             config = WalConfig(**kwargs)  # type: ignore[arg-type]
@@ -502,26 +392,26 @@ class Wal(_wal._WalCore):
         if not isinstance(config, WalConfig):
             raise TypeError(f"config must be a WalConfig, not {type(config).__name__}")
         config.validate()
-        wal = cls()
-        info = wal._open_config(config, None)
-        return wal, info
+        return cls._open_config(config, None)
 
-    def _open_config(self, config: WalConfig, sink: "_wal._Sink | None") -> RecoveryInfo:
-        self.config = config
-        policy = config.fsync_policy
-        path = os.fsdecode(config.dir)  # the core joins str names onto it
+    @classmethod
+    def _open_config(cls, config: WalConfig, sink: _engine._Sink | None) -> tuple[Wal, RecoveryInfo]:
+        """The one way a Wal comes to be open (Wal.open, and KvStore.open with
+        its loader as ``sink``): takes the directory's lock, recovers it,
+        handing the records it keeps to ``sink``, and starts the background
+        thread. ``config`` is validated."""
+        path = os.fsdecode(config.dir)
         _await_dropped_owner(path)
         makedirs_durable(path)
-        self._open(path, config.max_segment_size, policy.code,
-                   float(policy.window), bool(config.preallocate),
-                   max_value_size=config.max_value_size)
+        wal = cls()
+        wal._open(config)
         try:
-            info = recover(self, config.recovery_mode, sink)
-            self._start_background()
+            info = recover(wal, config.recovery_mode, sink)
+            wal._start_background()
         except BaseException:
-            self._abandon()    # the lock goes now, not when the traceback dies
+            wal._abandon()    # the lock goes now, not when the traceback dies
             raise
-        return info
+        return wal, info
 
     # -- background thread: batch-policy fsyncs and prefaulting the mapping --
 
@@ -529,7 +419,7 @@ class Wal(_wal._WalCore):
         event = threading.Event()
         self._bg_event = event
         self._bg_stop = False
-        self._set_waker(event.set)
+        self._waker = event.set
         # The thread holds only a weak reference, so a Wal dropped without
         # close() is still freed (and its lock released) by reference counting.
         t = threading.Thread(target=_background, args=(weakref.ref(self), event),
@@ -563,14 +453,9 @@ class Wal(_wal._WalCore):
 
     def _after_fork_in_child(self) -> None:
         """Called in a child created by fork() for each Wal the parent had
-        open, once norikv._wal has detached it (_detach_inherited_wals): the
-        background thread did not survive the fork, and a KvStore on this Wal
-        re-creates its own locks (a thread of the parent may have held them)."""
+        open, once norikv._engine has detached it (_detach_inherited_wals): the
+        background thread did not survive the fork."""
         self._bg_thread = None
-        ref = getattr(self, "_fork_callback", None)
-        callback = ref() if ref is not None else None
-        if callback is not None:
-            callback()
 
     def __enter__(self) -> "Wal":
         return self
@@ -610,7 +495,7 @@ def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     with _released:
         while True:
-            owner = _wal._dir_owner(key)
+            owner = _engine._dir_owner(key)
             if owner is None or not getattr(owner, "_bg_holding", False):
                 return
             del owner

@@ -133,8 +133,7 @@ def import_(args: argparse.Namespace) -> int:
                         expired += 1
                         continue
                     else:
-                        # TODO(#12): a public WriteBatch put with an absolute deadline (store.py).
-                        b._put_deadline(k, v, exp)
+                        b.put(k, v, expires_at_ms=exp)
                     nbytes += len(k) + len(v)
                     imported += 1
             prog.update(i)

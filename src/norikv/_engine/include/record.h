@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include "_crc32c.h"
+#include "crc32c.h"
 
 #define NK_FLAG_TOMBSTONE 0x01
 #define NK_FLAG_TTL       0x02

@@ -1,25 +1,27 @@
-# Reading segments: bounded-memory pread chunks, never a whole segment at once.
+# Reading segments: bounded-memory pread chunks, never a whole segment at
+# once; the recovery scan, which applies the atomic-batch rule (record.h) for
+# its sink; the iterator over a live Wal.
 
-DEF _CHUNK = 1 << 20
-DEF _HEADER_MAX = 64          # longest possible record header is 51 bytes
+from libc.string cimport memmove
+from libc.stdlib cimport free, realloc
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from posix.unistd cimport close as c_close, pread
+from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.stat cimport struct_stat, fstat
+
+import os
+
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
+from norikv.errors import CorruptionError, io_error
+
+
 cdef enum:
-    SCAN_END = 100            # clean end: end of file or an all-zero tail
+    _CHUNK = 1 << 20
+    _HEADER_MAX = 64          # longest possible record header is 51 bytes
 
 
 cdef class _SegmentReader:
     """Decodes records from one segment file through a reusable buffer."""
-
-    cdef int fd
-    cdef readonly object path
-    cdef uint64_t limit
-    cdef uint8_t *buf
-    cdef size_t cap
-    cdef uint64_t buf_off
-    cdef size_t buf_len
-    cdef readonly uint64_t pos          # offset of the next record (or of the bad one)
-    cdef readonly uint64_t rec_off      # offset of the record last returned
-    cdef readonly uint64_t nonzero_end  # after a failure: end of the last non-zero byte
-    cdef int check_crc
 
     def __cinit__(self):
         self.fd = -1
@@ -88,7 +90,7 @@ cdef class _SegmentReader:
                 got = pread(self.fd, self.buf + self.buf_len, <size_t>(want - self.buf_len),
                             <long>(self.buf_off + self.buf_len))
                 if got < 0:
-                    if errno == 4:   # EINTR
+                    if errno == EINTR:
                         continue
                     err = errno
                     break
@@ -188,10 +190,6 @@ cdef class _Sink:
     and says why in ``bad_value``); otherwise the decompressed value is in
     ``value`` for on_record/stage to take, so it is decompressed once."""
 
-    cdef readonly uint64_t max_value_size
-    cdef readonly object bad_value      # why the last record refused was damaged
-    cdef object value                   # the value `check` decompressed
-
     def __cinit__(self, *args, **kwargs):
         self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
 
@@ -230,9 +228,6 @@ cdef class _Sink:
 cdef class _RecordCollector(_Sink):
     """A sink that keeps the Records a replay applies, in order (used by tests
     and tools)."""
-    cdef public list records
-    cdef list staged
-
     def __init__(self, max_value_size=DEFAULT_MAX_VALUE_SIZE):
         _Sink.__init__(self, max_value_size)
         self.records = []
@@ -434,7 +429,7 @@ def copy_valid_records(src, dst, uint64_t end, dropped):
             f.seek(a)
             n = b - a
             while n:
-                chunk = f.read(min(n, _CHUNK))
+                chunk = f.read(min(n, <uint64_t>_CHUNK))
                 if not chunk:
                     raise CorruptionError(f"{os.fspath(src)} shrank while being rewritten",
                                           os.fspath(src), a, None)
@@ -448,12 +443,6 @@ def copy_valid_records(src, dst, uint64_t end, dropped):
 
 cdef class WalIterator:
     """Iterates ``(Record, Position)`` over the segments of a Wal, in order."""
-
-    cdef _WalCore wal
-    cdef _SegmentReader rd
-    cdef uint64_t seg_id
-    cdef uint64_t _start_offset
-    cdef bint done
 
     def __iter__(self):
         return self

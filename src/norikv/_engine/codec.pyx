@@ -1,4 +1,85 @@
-# Record and Position: the values the Wal API hands out and takes in.
+# The record codec's Python face: CRC32C, the flag bits, Record and Position,
+# and the rules for a value's bytes (the argument check, the size bound, its
+# stored form under compression). The codec itself is include/record.h.
+
+from libc.stdlib cimport malloc, free
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check, PyBytes_CheckExact,
+                            PyBytes_FromStringAndSize)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Check
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.object cimport Py_LT, Py_LE, Py_EQ, Py_NE, Py_GT
+
+import os
+
+from norikv.compression import DEFAULT_MAX_VALUE_SIZE
+from norikv.errors import CorruptionError
+
+
+# ---------------------------------------------------------------- CRC32C
+
+nk_crc32c_init(0 if os.environ.get("NORIKV_CRC32C_SOFTWARE") else 1)
+
+
+def crc32c(data, unsigned int value=0):
+    """CRC-32C of a bytes-like object, continuing from ``value`` (same
+    convention as the ``crc32c`` package)."""
+    cdef Py_buffer view
+    cdef uint32_t out
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        with nogil:
+            out = nk_crc32c(value, <const uint8_t *>view.buf, <size_t>view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def crc32c_implementation():
+    """Name of the CRC32C code path in use: ``"sse4.2"``, ``"armv8-crc"`` or ``"software"``."""
+    return nk_crc32c_name.decode()
+
+
+def select_crc32c_implementation(str name):
+    """Switch the CRC32C path (for tests): ``"hardware"`` or ``"software"``.
+
+    Returns the name now in use. Asking for hardware on a CPU without it gives
+    the software path. The environment variable ``NORIKV_CRC32C_SOFTWARE=1``
+    forces the software path at import time."""
+    if name not in ("hardware", "software"):
+        raise ValueError("name must be 'hardware' or 'software'")
+    nk_crc32c_select(1 if name == "hardware" else 0)
+    return crc32c_implementation()
+
+
+PLATFORM = NK_PLATFORM.decode()
+
+# ---------------------------------------------------------------- values
+
+# The largest value put/append accept and reads decompress, unless a store's
+# or Wal's max_value_size says otherwise (norikv.compression documents it).
+_DEFAULT_MAX_VALUE_SIZE = DEFAULT_MAX_VALUE_SIZE
+
+
+cdef bytes _as_bytes(object obj, str what):
+    """bytes, bytearray and memoryview pass; anything else is a TypeError.
+    A subclass of bytes or bytearray gives its own content: bytes(obj) would
+    ask its __bytes__ (or __buffer__), which may say something else."""
+    if PyBytes_CheckExact(obj):
+        return <bytes>obj
+    if PyBytes_Check(obj):
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj))
+    if PyByteArray_Check(obj):
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(obj), PyByteArray_GET_SIZE(obj))
+    if isinstance(obj, memoryview):     # memoryview cannot be subclassed
+        return bytes(obj)
+    raise TypeError(f"{what} must be bytes, bytearray or memoryview, not {type(obj).__name__}"
+                    f" (encode text first, e.g. {what}.encode())")
+
+
+def _check_bytes(obj, what):
+    """bytes for a bytes-like argument; TypeError naming ``what`` otherwise."""
+    return _as_bytes(obj, what)
+
 
 cdef object _Compression = None
 
@@ -12,14 +93,14 @@ cdef object _compression_enum():
 cdef object _compress_fn = None
 cdef object _decompress_fn = None
 
-cdef inline bytes _compress(uint32_t kind, bytes value):
+cdef bytes _compress(uint32_t kind, bytes value):
     global _compress_fn
     if _compress_fn is None:
         from norikv.compression import compress
         _compress_fn = compress
     return _compress_fn(kind, value)
 
-cdef inline bytes _decompress(uint32_t kind, bytes stored, uint64_t max_size):
+cdef bytes _decompress(uint32_t kind, bytes stored, uint64_t max_size):
     """The value; CorruptionError when it does not decompress to at most max_size bytes."""
     global _decompress_fn
     if _decompress_fn is None:
@@ -28,11 +109,88 @@ cdef inline bytes _decompress(uint32_t kind, bytes stored, uint64_t max_size):
     return _decompress_fn(kind, stored, max_size)
 
 
-cdef inline int _check_value_size(object value, uint64_t max_size) except -1:
+cdef int _check_value_size(object value, uint64_t max_size) except -1:
     """ValueError when a value to be written is larger than max_value_size."""
     if <uint64_t>len(value) > max_size:
         raise ValueError(f"the value is {len(value)} bytes, over max_value_size {max_size}")
     return 0
+
+cdef bytes _stored_form(bytes value, uint32_t kind, Py_ssize_t min_size, uint64_t max_value_size,
+                        uint32_t *flags):
+    """The stored form of a value under compression ``kind``: compressed (its
+    bits added to flags) when it is at least min_size and that is smaller;
+    raw when it is over max_value_size (only a foreign writer's value: a
+    compressed one no open with that bound could read)."""
+    cdef bytes c
+    if kind and PyBytes_GET_SIZE(value) >= min_size and <uint64_t>PyBytes_GET_SIZE(value) <= max_value_size:
+        c = _compress(kind, value)
+        if PyBytes_GET_SIZE(c) < PyBytes_GET_SIZE(value):
+            flags[0] |= kind << NK_COMP_SHIFT
+            return c
+    return value
+
+
+# ---------------------------------------------------------------- runs of records
+
+cdef class _Run:
+    """Records written contiguously: as one atomic batch (``atomic``; a run
+    of one is a plain record) or as plain records (the batch bits they carry
+    cleared). Wal.append_batch and the store's batches encode through it, so
+    a run's batch flags are set in one place (nk_batch_flags). It holds the
+    bytes its records point into."""
+
+    def __cinit__(self, Py_ssize_t capacity, bint atomic):
+        self.recs = <_RunRecord *>malloc((capacity if capacity > 0 else 1) * sizeof(_RunRecord))
+        if self.recs == NULL:
+            raise MemoryError()
+        self.cap = capacity
+        self.n = 0
+        self.atomic = atomic
+        self.keep = []
+
+    def __dealloc__(self):
+        free(self.recs)
+
+    cdef int add(self, bytes key, bytes value, uint32_t flags, uint64_t ttl_ms, uint64_t term,
+                 uint64_t index) except -1:
+        cdef _RunRecord *r
+        if self.n >= self.cap:
+            raise IndexError("the run is full")
+        r = &self.recs[self.n]
+        self.keep.append(key)
+        self.keep.append(value)
+        r.key = <const uint8_t *>PyBytes_AS_STRING(key)
+        r.klen = <size_t>PyBytes_GET_SIZE(key)
+        r.value = <const uint8_t *>PyBytes_AS_STRING(value)
+        r.vlen = <size_t>PyBytes_GET_SIZE(value)
+        r.flags = flags
+        r.ttl_ms = ttl_ms
+        r.term = term
+        r.index = index
+        self.n += 1
+        return 0
+
+    cdef inline uint32_t _flags(self, Py_ssize_t i) noexcept nogil:
+        return nk_batch_flags(self.recs[i].flags, <size_t>i, <size_t>self.n if self.atomic else 1)
+
+    cdef uint64_t length(self, Py_ssize_t i) noexcept nogil:
+        cdef const _RunRecord *r = &self.recs[i]
+        return nk_encoded_len(r.klen, r.vlen, self._flags(i), r.ttl_ms, r.term, r.index)
+
+    cdef uint64_t size(self) noexcept nogil:
+        cdef uint64_t total = 0
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            total += self.length(i)
+        return total
+
+    cdef void encode(self, uint8_t *p) noexcept nogil:
+        cdef const _RunRecord *r
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            r = &self.recs[i]
+            p += nk_encode(p, r.key, r.klen, r.value, r.vlen, self._flags(i), r.ttl_ms, r.term, r.index)
+
 
 # The flag bits (docs/FORMAT.md), for tools such as the CLI's dump.
 FLAG_TOMBSTONE = NK_FLAG_TOMBSTONE
@@ -46,7 +204,7 @@ FLAG_BATCH_END = NK_FLAG_BATCH_END
 DEADLINE_MAX = 0x7FFFFFFFFFFFFFFF
 
 
-cdef inline uint64_t _u64(object v, str what) except? 0:
+cdef uint64_t _u64(object v, str what) except? 0:
     if not isinstance(v, int) or isinstance(v, bool):
         raise TypeError(f"{what} must be an int, not {type(v).__name__}")
     if v < 0 or v > 0xFFFFFFFFFFFFFFFF:
@@ -64,13 +222,6 @@ cdef class Record:
     that has them (nori-wal writes a delete's empty value compressed when
     asked) keeps them, its value decompressed, and encodes back to the same
     bytes."""
-
-    cdef readonly bytes key
-    cdef readonly bytes value
-    cdef readonly uint32_t flags
-    cdef uint64_t _ttl_ms
-    cdef uint64_t _term
-    cdef uint64_t _index
 
     def __init__(self, key, value=b"", *, tombstone=False, ttl_ms=None,
                  compression=None, version=None):
@@ -303,9 +454,6 @@ cdef class Position:
     """Where a record starts: ``(segment_id, offset)``. Ordered, hashable and
     unpackable like a tuple."""
 
-    cdef readonly uint64_t segment_id
-    cdef readonly uint64_t offset
-
     def __init__(self, segment_id=0, offset=0):
         self.segment_id = _u64(segment_id, "segment_id")
         self.offset = _u64(offset, "offset")
@@ -318,11 +466,16 @@ cdef class Position:
             return NotImplemented
         a = (self.segment_id, self.offset)
         b = ((<Position>other).segment_id, (<Position>other).offset)
-        if op == 0: return a < b
-        if op == 1: return a <= b
-        if op == 2: return a == b
-        if op == 3: return a != b
-        if op == 4: return a > b
+        if op == Py_LT:
+            return a < b
+        if op == Py_LE:
+            return a <= b
+        if op == Py_EQ:
+            return a == b
+        if op == Py_NE:
+            return a != b
+        if op == Py_GT:
+            return a > b
         return a >= b
 
     def __hash__(self):
@@ -333,10 +486,3 @@ cdef class Position:
 
     def __reduce__(self):
         return (Position, (self.segment_id, self.offset))
-
-
-cdef inline Position _pos(uint64_t seg, uint64_t off):
-    cdef Position p = Position.__new__(Position)
-    p.segment_id = seg
-    p.offset = off
-    return p

@@ -1,7 +1,14 @@
-# C declarations shared by the .pxi parts of the _wal extension.
-from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+# C declarations every part may use: the headers in include/ (the record
+# codec, CRC32C, what differs between platforms), the errno names, pthread's
+# mutex and condition (the Wal's group commit) and the few CPython macros
+# the hot paths call on borrowed pointers.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, UINT64_MAX
+from libc.errno cimport (errno, EFBIG, EINTR, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOSYS,
+                         EOPNOTSUPP, EPERM)
+from cpython.object cimport PyObject
+from cpython.pythread cimport PyThread_type_lock
 
-cdef extern from "_crc32c.h" nogil:
+cdef extern from "crc32c.h" nogil:
     ctypedef uint32_t (*nk_crc_fn)(uint32_t, const uint8_t *, size_t)
     nk_crc_fn nk_crc32c
     const char *nk_crc32c_name
@@ -10,7 +17,7 @@ cdef extern from "_crc32c.h" nogil:
     int nk_crc32c_hw_available()
     void nk_crc32c_init(int want_hw)
 
-cdef extern from "_record.h" nogil:
+cdef extern from "record.h" nogil:
     enum:
         NK_FLAG_TOMBSTONE
         NK_FLAG_TTL
@@ -53,7 +60,7 @@ cdef extern from "_record.h" nogil:
     uint64_t nk_batch_drop(nk_batch *b)
     int64_t nk_deadline(int64_t base_ms, uint64_t ttl_ms)
 
-cdef extern from "_platform.h" nogil:
+cdef extern from "platform.h" nogil:
     const char *NK_PLATFORM
     int nk_sync_data(int fd, void *addr, size_t length)
     int nk_sync_full(int fd)
@@ -64,3 +71,27 @@ cdef extern from "_platform.h" nogil:
     void nk_advise_small_folios(void *addr, size_t length)
     void nk_store_release_u64(uint64_t *p, uint64_t v)
     uint64_t nk_load_acquire_u64(const uint64_t *p)
+
+cdef extern from "<errno.h>":
+    enum: EWOULDBLOCK       # (not in Cython's libc.errno) flock's "held by another"
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, const void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+
+cdef extern from "Python.h":
+    PyObject *PyDict_GetItem(object d, object k)
+    PyObject *PyDict_GetItemWithError(object d, object k) except? NULL
+    PyObject *PyDict_SetDefault(object d, object k, object v) except NULL
+    # The macro, on a borrowed pointer: no call, no reference taken.
+    Py_ssize_t PyDict_GET_SIZE(PyObject *d)

@@ -1,0 +1,21 @@
+# cython: language_level=3, freethreading_compatible=False
+"""The engine of norikv: CRC32C, the nori-wal record codec, segment scanning,
+the write path of the log and the whole KvStore. The public names are
+re-exported by :mod:`norikv`, :mod:`norikv.store` and :mod:`norikv.wal`;
+this module is an implementation detail.
+
+Built from the parts included below, in layer order; each part's .pxd
+(included by __init__.pxd) declares its interface. docs/DESIGN.md has the map."""
+
+include "runtime.pyx"     # the clocks, fork()
+include "codec.pyx"       # CRC32C, Record, Position, a value's bytes, runs of records
+include "scan.pyx"        # reading segments, the recovery scan, WalIterator
+include "logdir.pyx"      # segment names, listing, open directories
+include "log.pyx"         # _WalCore: the append path, group commit
+include "segment.pyx"     # the active segment's file and mapping
+include "loader.pyx"      # replaying a log into a store's map
+include "store.pyx"       # KvStore
+include "batch.pyx"       # WriteBatch, atomic batches
+include "index.pyx"       # the range index
+include "compact.pyx"     # compaction, the dead ratio
+include "fastcall.pyx"    # the METH_FASTCALL entries of get and put

@@ -1,0 +1,106 @@
+# The range index of a store: its keys in byte order (a SortedList), brought
+# up to date lazily. The write path only notes which keys it added or removed
+# (touch: a list append, so that a put does not pay for ordering; a dict of
+# pending changes cost a second random insert per new key, and puts ran at
+# 0.53x a dict after a range query). A range query applies those changes, or
+# rebuilds the index from the map when they are many, then walks it a chunk
+# at a time (_scan).
+
+from cpython.list cimport PyList_Append, PyList_GET_SIZE
+
+from sortedcontainers import SortedList
+
+
+cdef enum:
+    _SCAN_CHUNK = 1024
+
+
+cdef class _RangeIndex:
+    """The sorted keys of a store's map. Guarded by the store's _index_lock,
+    except touch(), which the write path calls with the GIL held."""
+
+    def __cinit__(self, dict data):
+        self.data = data
+        self.touched = []
+        self.active = False
+        self.keys = None
+
+    cdef inline bint _delta_too_big(self):
+        # Past this many changes, rebuilding the index from the map is cheaper
+        # than applying them one by one.
+        return PyList_GET_SIZE(self.touched) > (PyDict_GET_SIZE(<PyObject *>self.data) >> 3) + 65536
+
+    cdef inline int touch(self, bytes key) except -1:
+        """Past _delta_too_big the index is dropped (which keeps the list
+        bounded); the next range query rebuilds it."""
+        PyList_Append(self.touched, key)
+        if self._delta_too_big():
+            self.drop()
+        return 0
+
+    cdef int drop(self) except -1:
+        """Forgets the index (also after fork: a thread of the parent may have
+        been changing it); the next range query rebuilds it from the map."""
+        self.active = False
+        self.touched = []
+        self.keys = None
+        return 0
+
+    cdef object refresh(self):
+        """O(k log n) for k changes (each key by its state in the map now: a key
+        touched several times counts once); a rebuild when k is large."""
+        if not self.active or self.keys is None or self._delta_too_big():
+            self.active = True
+            self.touched = []
+            self.keys = SortedList(self.data)
+            return self.keys
+        touched = self.touched
+        self.touched = []
+        idx = self.keys
+        for k in set(touched):
+            if PyDict_GetItem(self.data, k) != NULL:
+                if k not in idx:
+                    idx.add(k)
+            else:
+                idx.discard(k)
+        return idx
+
+
+def _scan(KvStore store, lo, hi, bint reverse):
+    """The (key, value) pairs of KvStore.range: lo <= key < hi (None: no
+    bound). Chunks of keys are taken from the index under the lock, their
+    values read without it; a key deleted or expired since is skipped."""
+    get = store.get
+    cursor = None
+    want = 32  # chunks grow to _SCAN_CHUNK: a short scan does not fetch 1,024 keys
+    while True:
+        with store._index_lock:
+            idx = store._index.refresh()
+            if reverse:
+                top = hi if cursor is None else cursor
+                it = idx.irange(lo, top, inclusive=(True, False), reverse=True)
+            else:
+                bottom = lo if cursor is None else cursor
+                it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
+            chunk = [k for _, k in zip(range(want), it)]
+        for k in chunk:
+            v = get(k)          # None: deleted or expired since the index saw it
+            if v is not None:
+                yield k, v
+        if len(chunk) < want:
+            return
+        cursor = chunk[len(chunk) - 1]    # (no wraparound: not [-1])
+        want = min(want * 2, _SCAN_CHUNK)
+
+
+def _prefix_end(p):
+    """The smallest key greater than every key starting with p (None: no bound)."""
+    cdef bytearray b = bytearray(p)
+    cdef Py_ssize_t n = len(b)
+    while n and b[n - 1] == 0xFF:
+        n -= 1
+    if not n:
+        return None
+    del b[n:]
+    b[n - 1] += 1
+    return bytes(b)

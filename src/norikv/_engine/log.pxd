@@ -1,0 +1,117 @@
+# log.pyx: _WalCore, the write side of a Wal. norikv.wal.Wal subclasses it
+# (recovery, the background thread); KvStore writes through it (store.pyx).
+
+cdef enum:
+    POLICY_OS = 0
+    POLICY_ALWAYS = 1
+    POLICY_BATCH = 2
+
+
+cdef class _WalCore:
+    cdef object __weakref__
+    cdef readonly object config          # the WalConfig it was opened with
+    cdef readonly object dir
+    cdef int dir_fd
+    cdef int lock_fd
+    cdef object dir_key                  # its key in _open_dirs (logdir.pyx)
+    cdef readonly uint64_t max_segment_size
+    cdef readonly uint64_t max_value_size   # largest value append takes and reads decompress
+    cdef readonly int policy
+    cdef readonly double window
+    cdef readonly bint preallocate
+
+    # the active segment (segment.pyx)
+    cdef readonly uint64_t seg_id
+    cdef int seg_fd
+    cdef uint8_t *map
+    cdef size_t map_len
+    cdef uint64_t alloc                  # bytes of the file reserved with fallocate
+    cdef uint64_t populated              # mapping faulted in for writing up to here
+    cdef readonly uint64_t seg_size      # its logical size: where the next record goes
+    cdef uint64_t next_seg_id
+    cdef dict seg_sizes                  # finalized segments: id -> bytes
+    # Page-sized page-cache folios for the mapping (nk_advise_small_folios):
+    # from the start under ALWAYS, from the first sync() that covers less
+    # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
+    cdef readonly bint small_folios
+
+    # accounting
+    cdef readonly uint64_t written_total
+    cdef readonly uint64_t synced_total
+    cdef readonly uint64_t fsync_count
+    cdef readonly double fsync_seconds
+    cdef readonly double fsync_max
+
+    # state
+    cdef int busy                        # rotation or growth under way: appends take the slow path
+    cdef readonly bint closed
+    cdef object failed                   # the WalFailedError that poisoned it
+    cdef bint broken                     # failed is set (readable without the GIL)
+    cdef unsigned long fork_gen          # _fork_generation when opened (runtime.pxd)
+    cdef PyThread_type_lock io_lock
+    cdef PyThread_type_lock map_lock     # held to change/unmap the mapping, and while prefaulting
+    # Group commit (sync): one leader fsyncs at a time; the others wait on
+    # sync_cond for synced_total to cover them or for the leader's turn to
+    # end. sync_mutex is only ever held for a few instructions, never while
+    # waiting for the GIL, so it may be taken with the GIL held.
+    cdef pthread_mutex_t sync_mutex
+    cdef pthread_cond_t sync_cond
+    cdef bint syncing
+    cdef bint sync_init
+    # the background thread (norikv.wal): batch-policy fsyncs, prefaulting
+    cdef readonly bint prefault_pending
+    cdef readonly bint dirty
+    cdef readonly double dirty_since
+    cdef public object _waker            # wakes it (set by norikv.wal.Wal)
+    cdef bint wake_pending
+
+    # ---------------------------------------------------------- the append contract
+    # Every append (append, append_batch, KvStore's put, delete and batches)
+    # is these three steps, with the GIL held from the first to the second:
+    #
+    #   p = wal._reserve(n)   room for n bytes at the end of the log. The
+    #                         slow path (a rotation, growth, a closed or
+    #                         failed Wal) may release the GIL, so other
+    #                         threads may have run when it returns: a caller
+    #                         checks again what they may have changed (the
+    #                         store's limits, the key's current value).
+    #   ... exactly n bytes written at p (nk_encode, _Run.encode) ...
+    #   wal._commit(n)        publishes them (seg_size, written_total).
+    #   wal._after_append()   then: wakes the flusher, fsyncs under ALWAYS.
+    #
+    # Between _reserve's return and _commit nothing may run Python code
+    # (no Python call, no allocation that can start the cyclic GC, whose
+    # finalizers could let another thread append at the same p): so the
+    # record and the caller's in-memory change are atomic with respect to
+    # every other thread. A caller that gives up there (StoreFullError)
+    # writes nothing at p: bytes past the logical end that formed a valid
+    # record would be replayed by recovery.
+    cdef inline uint8_t *_reserve(self, uint64_t n) except NULL
+    cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL
+    cdef inline int _commit(self, uint64_t n) except -1
+    cdef inline int _after_append(self) except -1
+    cdef int _after_append_work(self) except -1
+
+    # locking
+    cdef inline void _lock_io(self)
+    cdef inline void _unlock_io(self) noexcept
+    cdef inline void _lock_map(self) noexcept
+    cdef inline void _lock_map_nogil(self) noexcept nogil
+    cdef inline void _unlock_map(self) noexcept nogil
+    cdef int _sync_nogil(self, uint64_t target, double *t0, double *dt, int *err) noexcept nogil
+    cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
+
+    # state
+    cdef int _check_owner(self) except -1      # open and owned by this process
+    cdef int _check_usable(self) except -1     # and not failed
+    cdef int _poison(self, int err, object path, str what) except -1
+    cdef int _sync_dir(self, bint poison) except -1
+    cdef void _count_fsync(self, double dt) noexcept
+
+    # compaction support (compact.pyx)
+    cdef int _begin_exclusive(self) except -1
+    cdef void _end_exclusive(self) noexcept
+    cdef tuple _seal_and_skip_locked(self, uint64_t gap)
+
+    cdef void _release(self, bint in_order) noexcept
+    cdef void _detach_inherited(self) noexcept

@@ -1,0 +1,582 @@
+# The write side of a Wal (norikv.wal.Wal subclasses _WalCore and drives
+# recovery): one mapped, preallocated active segment (segment.pyx).
+#
+# Appends copy the encoded record into a MAP_SHARED mapping of the active
+# segment: once memcpy returns the bytes are in the kernel's page cache and
+# survive the death of the process, with no system call per record.
+#
+# Threads: every append runs with the GIL held from reserve to commit, so
+# appends are atomic with respect to each other.  Work that releases the GIL
+# (fsync, rotation, growth) holds io_lock; rotation and growth also set `busy`
+# so that appends in other threads take the slow path and wait for io_lock.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
+                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+from posix.unistd cimport close as c_close, unlink
+from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
+from posix.stat cimport struct_stat, fstat
+
+import os
+import weakref
+
+from norikv.errors import ClosedError, LockError, NoriIOError, WalFailedError, io_error
+
+
+cdef enum:
+    _SMALL_SYNC = 256 << 10         # a sync covering less switches to page-sized folios
+    _SYNC_COVERED = 0
+    _SYNC_DONE = 1
+    _SYNC_UNUSABLE = 2
+    _SYNC_FAILED = 3
+
+
+cdef class _WalCore:
+    """The write side of a Wal: its attributes and the append contract are
+    declared in log.pxd."""
+
+    def __cinit__(self):
+        self.dir_fd = -1
+        self.lock_fd = -1
+        self.seg_fd = -1
+        self.map = NULL
+        self.closed = True
+        self.fork_gen = _fork_generation
+        self.seg_sizes = {}
+        self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
+        self.io_lock = PyThread_allocate_lock()
+        self.map_lock = PyThread_allocate_lock()
+        if self.io_lock == NULL or self.map_lock == NULL:
+            raise MemoryError()
+        if pthread_mutex_init(&self.sync_mutex, NULL) != 0:
+            raise MemoryError()
+        if pthread_cond_init(&self.sync_cond, NULL) != 0:
+            pthread_mutex_destroy(&self.sync_mutex)
+            raise MemoryError()
+        self.sync_init = True
+
+    def __dealloc__(self):
+        # Dropped without close(): release resources, leave the files as a
+        # crash would (the zero tail is a clean end for recovery).
+        self._release(False)
+        if self.fork_gen != _fork_generation:
+            # Inherited through fork(): a thread of the parent may have held
+            # these locks, or waited on sync_cond, at the fork. Freeing them
+            # could block (glibc's pthread_cond_destroy waits for the waiters,
+            # which do not exist here); they are leaked on purpose, as CPython
+            # does with its own locks after fork.
+            return
+        if self.io_lock != NULL:
+            PyThread_free_lock(self.io_lock)
+        if self.map_lock != NULL:
+            PyThread_free_lock(self.map_lock)
+        if self.sync_init:
+            pthread_cond_destroy(&self.sync_cond)
+            pthread_mutex_destroy(&self.sync_mutex)
+
+    # ------------------------------------------------------------ locking
+
+    cdef inline void _lock_io(self):
+        if not PyThread_acquire_lock(self.io_lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.io_lock, WAIT_LOCK)
+
+    cdef inline void _unlock_io(self) noexcept:
+        PyThread_release_lock(self.io_lock)
+
+    cdef int _sync_nogil(self, uint64_t target, double *t0, double *dt, int *err) noexcept nogil:
+        """The group commit, run without the GIL. Waits until `target` is
+        durable or no fsync is running; in the second case this thread is
+        the leader: it takes io_lock, fsyncs, and ends its turn at once, so
+        the next leader starts its fsync while this one queues for the GIL.
+
+        Returns _SYNC_COVERED (another fsync covered target), _SYNC_DONE (this
+        thread fsynced), _SYNC_UNUSABLE (closed, failed or forked: the caller
+        raises) or _SYNC_FAILED (err set; the turn and io_lock stay held so
+        that no thread can fsync, and succeed, before the Wal is poisoned)."""
+        cdef uint64_t cover
+        pthread_mutex_lock(&self.sync_mutex)
+        while True:
+            if self.synced_total >= target:
+                pthread_mutex_unlock(&self.sync_mutex)
+                return _SYNC_COVERED
+            if not self.syncing:
+                self.syncing = True
+                break
+            pthread_cond_wait(&self.sync_cond, &self.sync_mutex)
+        pthread_mutex_unlock(&self.sync_mutex)
+        PyThread_acquire_lock(self.io_lock, WAIT_LOCK)
+        if self.closed or self.broken or self.fork_gen != _fork_generation:
+            self._end_sync_turn(0)
+            return _SYNC_UNUSABLE
+        if self.synced_total >= target:         # a segment rotation synced it
+            self._end_sync_turn(0)
+            return _SYNC_COVERED
+        # io_lock keeps the segment, its fd and mapping in place; appends go
+        # on, and what they publish after this load is left to the next fsync.
+        t0[0] = _now_monotonic()
+        cover = nk_load_acquire_u64(&self.written_total)
+        err[0] = nk_sync_data(self.seg_fd, self.map, self.seg_size)
+        dt[0] = _now_monotonic() - t0[0]
+        if err[0]:
+            return _SYNC_FAILED
+        self._end_sync_turn(cover)
+        return _SYNC_DONE
+
+    cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil:
+        """Ends the leader's turn: publishes `cover` as durable (0: nothing
+        new), releases io_lock and wakes every waiting sync()."""
+        pthread_mutex_lock(&self.sync_mutex)
+        if cover > self.synced_total:
+            self.synced_total = cover
+        self.syncing = False
+        PyThread_release_lock(self.io_lock)
+        pthread_cond_broadcast(&self.sync_cond)
+        pthread_mutex_unlock(&self.sync_mutex)
+
+    # map_lock is always taken with the GIL released while waiting (the
+    # prefault thread holds it without the GIL). Order: io_lock, then map_lock.
+
+    cdef inline void _lock_map(self) noexcept:
+        if not PyThread_acquire_lock(self.map_lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.map_lock, WAIT_LOCK)
+
+    cdef inline void _lock_map_nogil(self) noexcept nogil:
+        PyThread_acquire_lock(self.map_lock, WAIT_LOCK)
+
+    cdef inline void _unlock_map(self) noexcept nogil:
+        PyThread_release_lock(self.map_lock)
+
+    # ------------------------------------------------------------ state
+
+    cdef int _check_owner(self) except -1:
+        """Raises unless this Wal is open and owned by this process (not
+        inherited from the parent through fork())."""
+        if self.closed:
+            raise ClosedError("the Wal is closed")
+        if self.fork_gen != _fork_generation:
+            raise NoriIOError(EPERM, "this Wal was opened by the parent process; a forked child can "
+                              "only close it, and must open the directory itself once the parent "
+                              "has closed it", self.dir)
+        return 0
+
+    cdef int _check_usable(self) except -1:
+        self._check_owner()
+        if self.failed is not None:
+            raise WalFailedError(self.failed.errno, "the Wal failed earlier and refuses writes "
+                                 f"until reopened ({self.failed.strerror})", self.failed.filename)
+        return 0
+
+    cdef int _poison(self, int err, object path, str what) except -1:
+        exc = io_error(err, path, what, WalFailedError)
+        self.failed = exc
+        self.broken = True
+        raise exc
+
+    cdef int _sync_dir(self, bint poison) except -1:
+        """Makes a change of the log directory durable (a segment created,
+        renamed into place or deleted): fsync of the directory. A failure
+        poisons the Wal when ``poison`` (once it is started: as any failed
+        fsync of the log), else raises NoriIOError (recovery, before)."""
+        cdef int err
+        with nogil:
+            err = nk_sync_full(self.dir_fd)
+        if err:
+            if poison:
+                self._poison(err, self.dir, "fsync directory")
+            raise io_error(err, self.dir, "fsync directory")
+        return 0
+
+    cdef void _count_fsync(self, double dt) noexcept:
+        self.fsync_count += 1
+        self.fsync_seconds += dt
+        if dt > self.fsync_max:
+            self.fsync_max = dt
+
+    # ------------------------------------------------------------ open
+
+    def _open(self, config):
+        """Takes the lock of the directory ``config.dir`` (which norikv.wal
+        has created durably) with the settings of the validated WalConfig
+        ``config``. Recovery follows, driven by norikv.wal, which then calls
+        _start."""
+        cdef struct_stat st
+        policy = config.fsync_policy
+        self.config = config
+        self.dir = os.fsdecode(config.dir)
+        self.max_segment_size = config.max_segment_size
+        self.max_value_size = config.max_value_size
+        self.policy = policy.code
+        self.small_folios = self.policy == POLICY_ALWAYS
+        self.window = float(policy.window)
+        self.preallocate = bool(config.preallocate)
+        self.dir_fd = c_open(os.fsencode(self.dir), O_RDONLY | O_CLOEXEC)
+        if self.dir_fd < 0:
+            raise io_error(errno, self.dir, "open directory")
+        fstat(self.dir_fd, &st)
+        key = (st.st_dev, st.st_ino)
+        if _dir_owner(key) is not None:
+            self._release(False)
+            raise LockError(EWOULDBLOCK, "the directory is already open in this process", self.dir)
+        lock_path = os.path.join(self.dir, "LOCK")
+        self.lock_fd = c_open(os.fsencode(lock_path), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        if self.lock_fd < 0:
+            err = errno
+            self._release(False)
+            raise io_error(err, lock_path, "open lock file")
+        err = nk_lock_file(self.lock_fd)
+        if err:
+            self._release(False)
+            if err == EWOULDBLOCK:
+                raise LockError(err, "the directory is locked by another process", self.dir)
+            raise io_error(err, lock_path, "flock")
+        _open_dirs[key] = weakref.ref(self)
+        self.dir_key = key
+        self.fork_gen = _fork_generation
+        self.closed = False
+        self.busy = 0
+        return None
+
+    def _segment_path(self, uint64_t seg_id):
+        return os.path.join(self.dir, segment_name(seg_id))
+
+    def _segment_ids(self):
+        ids = sorted(self.seg_sizes)
+        if self.seg_fd >= 0:
+            ids.append(self.seg_id)
+        return ids
+
+    def _segment_sizes(self):
+        """{segment id: bytes} including the active segment's logical size."""
+        out = dict(self.seg_sizes)
+        if self.seg_fd >= 0:
+            out[self.seg_id] = self.seg_size
+        return out
+
+    def _start(self, dict finalized, object last_id, uint64_t last_size):
+        """Makes the Wal writable after recovery: appends continue at
+        ``last_size`` in segment ``last_id`` (None: create segment 0)."""
+        self.seg_sizes = dict(finalized)
+        self.written_total = sum(finalized.values()) + last_size
+        self.synced_total = self.written_total
+        if last_id is None:
+            self.next_seg_id = 0
+            self._lock_io()
+            try:
+                _create_segment(self, 0)
+            finally:
+                self._unlock_io()
+        else:
+            _open_active(self, last_id, last_size)
+
+    def _prefault_ahead(self):
+        """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
+        write offset, a step at a time, without io_lock (so fsyncs and appends
+        go on) but holding map_lock (so the mapping cannot go away). Runs
+        without the GIL from start to end: a writer holds the GIL for 5 ms
+        at a time, and a loop that took it back between steps fell behind
+        (the writer then faulted most pages itself)."""
+        with nogil:
+            _prefault_loop(self)
+
+    # ------------------------------------------------------------ append
+
+    cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:
+        """Room for n bytes at the end of the log (the contract: log.pxd)."""
+        if (self.busy == 0 and self.fork_gen == _fork_generation and self.failed is None
+                and not self.closed and self.seg_size + n <= self.populated
+                and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
+            return self.map + self.seg_size
+        return self._reserve_slow(n)
+
+    cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
+        self._check_usable()
+        self._lock_io()
+        try:
+            self._check_usable()
+            if self.seg_fd < 0:
+                _create_segment(self, n)
+            elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
+                _rotate(self, n)
+            if self.seg_size + n > self.alloc:
+                _grow(self, self.seg_size + n)
+            if self.seg_size + n > self.populated:
+                _prefault(self, self.seg_size + n)
+        finally:
+            self._unlock_io()
+        return self.map + self.seg_size
+
+    cdef inline int _commit(self, uint64_t n) except -1:
+        """Publishes the n bytes written at _reserve's pointer. Runs no Python
+        code, so a caller can keep its in-memory update atomic with the append."""
+        self.seg_size += n
+        nk_store_release_u64(&self.written_total, self.written_total + n)
+        if self.policy == POLICY_BATCH and not self.dirty:
+            self.dirty = True
+            self.dirty_since = _now_monotonic()
+            self.wake_pending = True
+        if self.seg_size + _PREFAULT_AHEAD // 2 > self.populated and not self.prefault_pending \
+                and _prefault_supported:
+            self.prefault_pending = True
+            self.wake_pending = True
+        return 0
+
+    cdef inline int _after_append(self) except -1:
+        """Work that may run Python code or release the GIL: waking the
+        flusher (batch policy) and the fsync of the ALWAYS policy. (Split so
+        that the check, all an OS-policy append pays, is inlined.)"""
+        if self.wake_pending or self.policy == POLICY_ALWAYS:
+            return self._after_append_work()
+        return 0
+
+    cdef int _after_append_work(self) except -1:
+        if self.wake_pending:
+            self.wake_pending = False
+            if self._waker is not None:
+                self._waker()
+        if self.policy == POLICY_ALWAYS:
+            self.sync()
+        return 0
+
+    def append(self, Record record not None):
+        """Appends one record; returns its Position. The bytes are in the OS
+        page cache when this returns (ALWAYS: on stable storage). A value
+        over max_value_size is a ValueError and nothing is written."""
+        cdef bytes stored
+        _check_value_size(record.value, self.max_value_size)
+        stored = record._stored_value()
+        cdef uint32_t flags = record._wire_flags()
+        cdef uint64_t n
+        cdef uint8_t *p
+        cdef Position pos
+        n = nk_encoded_len(PyBytes_GET_SIZE(record.key), PyBytes_GET_SIZE(stored), flags,
+                           record._ttl_ms, record._term, record._index)
+        p = self._reserve(n)
+        nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(record.key), PyBytes_GET_SIZE(record.key),
+                  <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored), flags,
+                  record._ttl_ms, record._term, record._index)
+        pos = _pos(self.seg_id, self.seg_size)
+        self._commit(n)
+        self._after_append()
+        return pos
+
+    def append_batch(self, records, *, bint atomic=False):
+        """Appends records contiguously in one segment; returns their Positions.
+
+        With ``atomic=True`` (and two records or more) every record but the
+        last carries BATCH_CONT and the last BATCH_END (docs/FORMAT.md):
+        recovery applies all of them or none. Without it, batch flags the
+        records carry are cleared."""
+        cdef list recs = list(records)
+        cdef list positions = []
+        cdef _Run run = _Run(len(recs), atomic)
+        cdef Record r
+        cdef uint64_t total, seg, off
+        cdef Py_ssize_t i
+        cdef uint8_t *p
+        if not recs:
+            return positions
+        for r in recs:
+            if r is None:
+                raise TypeError("records must be Record objects")
+            _check_value_size(r.value, self.max_value_size)
+        for r in recs:
+            run.add(r.key, r._stored_value(), r._wire_flags(), r._ttl_ms, r._term, r._index)
+        total = run.size()
+        p = self._reserve(total)
+        seg = self.seg_id
+        off = self.seg_size
+        run.encode(p)
+        self._commit(total)
+        for i in range(run.n):
+            positions.append(_pos(seg, off))
+            off += run.length(i)
+        self._after_append()
+        return positions
+
+    # ------------------------------------------------------------ sync and reads
+
+    def flush(self):
+        """Nothing to do: every append already reached the OS page cache.
+        Kept for API parity with nori-wal."""
+        self._check_owner()
+
+    def sync(self):
+        """Makes everything appended before this call durable (fdatasync; on
+        macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
+        cdef uint64_t target = self.written_total
+        cdef int err = 0
+        cdef int status
+        cdef double t0 = 0, dt = 0
+        self._check_usable()
+        if self.synced_total >= target:
+            return
+        if not self.small_folios and target - self.synced_total < _SMALL_SYNC:
+            _use_small_folios(self)
+        with nogil:
+            status = self._sync_nogil(target, &t0, &dt, &err)
+        if status == _SYNC_COVERED:
+            return
+        if status == _SYNC_UNUSABLE:
+            self._check_usable()
+            raise AssertionError("unreachable: _sync_nogil found the Wal unusable")
+        if status == _SYNC_FAILED:
+            try:
+                self._poison(err, self._segment_path(self.seg_id), "fdatasync")
+            finally:
+                self._end_sync_turn(0)
+        self._count_fsync(dt)
+        if self.synced_total >= self.written_total:
+            self.dirty = False
+        else:
+            self.dirty_since = t0
+
+    def current_position(self):
+        """Position at which the next record will be written."""
+        self._check_owner()
+        return _pos(self.seg_id, self.seg_size)
+
+    def read_from(self, Position start not None):
+        """Iterator of (Record, Position) from ``start`` to the current end,
+        across segments in order."""
+        cdef WalIterator it = WalIterator.__new__(WalIterator)
+        self._check_owner()
+        it.wal = self
+        it.seg_id = start.segment_id
+        it._start_offset = start.offset
+        return it
+
+    # ------------------------------------------------------------ segments and compaction support
+
+    def delete_segments_before(self, Position pos not None):
+        """Deletes every finalized segment whose id is below ``pos.segment_id``
+        (never the active one), lowest first, each deletion made durable before
+        the next so that what remains is always a suffix of the log. Returns the
+        number of segments deleted."""
+        self._check_usable()
+        doomed = [i for i in sorted(self.seg_sizes) if i < pos.segment_id]
+        return self._delete_segments(doomed)
+
+    def _delete_segments(self, list ids):
+        """Deletes the segments ``ids`` in order, each deletion made durable
+        before the next (compaction, delete_segments_before)."""
+        cdef int n = 0
+        self._check_usable()
+        for seg in ids:
+            path = self._segment_path(seg)
+            if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
+                raise io_error(errno, path, "unlink")
+            self.seg_sizes.pop(seg, None)
+            self._sync_dir(True)
+            n += 1
+        return n
+
+    cdef int _begin_exclusive(self) except -1:
+        """Takes io_lock and stops appends (they wait in the slow path) until
+        _end_exclusive. Between the two, with the GIL held, no append is half done."""
+        self._check_usable()
+        self._lock_io()
+        self.busy = 1
+        try:
+            self._check_usable()
+        except BaseException:
+            self._end_exclusive()
+            raise
+        return 0
+
+    cdef void _end_exclusive(self) noexcept:
+        self.busy = 0
+        self._unlock_io()
+
+    cdef tuple _seal_and_skip_locked(self, uint64_t gap):
+        """Compaction support, inside _begin_exclusive: finalizes the active
+        segment and opens the next one `gap` ids further on, leaving ids
+        [old+1, old+gap] free for a snapshot. Returns (first free id, new active id)."""
+        cdef uint64_t first
+        _check_ids_left(self, gap + 1)
+        first = self.seg_id + 1
+        _finalize_active(self)
+        self.next_seg_id = first + gap
+        _create_segment(self, 0)
+        return first, self.seg_id
+
+    def _install_segment(self, tmp_path, uint64_t seg_id, uint64_t size):
+        """Compaction support: renames a fully written, fsynced temporary file
+        into place as segment seg_id and makes the rename durable."""
+        self._check_usable()      # never after close(): another process may own the directory
+        os.rename(tmp_path, self._segment_path(seg_id))
+        self._sync_dir(True)
+        self.seg_sizes[seg_id] = size
+
+    def _fsync_dir(self):
+        """_sync_dir without poisoning, for recovery (norikv.wal)."""
+        self._sync_dir(False)
+
+    def _lock_state(self):
+        """(written_total, synced_total, failed) for monitoring and tests."""
+        return self.written_total, self.synced_total, self.failed
+
+    # ------------------------------------------------------------ close
+
+    def close(self):
+        """Syncs, finalizes the active segment (truncating the preallocated
+        tail) and releases the directory lock. Idempotent."""
+        if self.closed:
+            return
+        if self.fork_gen != _fork_generation:
+            # Inherited through fork(): the parent owns the files. Release
+            # this process's mapping and descriptors only, without io_lock (a
+            # thread of the parent may have held it at the fork).
+            self._release(False)
+            return
+        self._lock_io()
+        try:
+            if self.closed:
+                return
+            try:
+                if self.failed is None:
+                    self.busy = 1
+                    _finalize_active(self)
+            finally:
+                self._release(True)
+        finally:
+            self._unlock_io()
+
+    def _drop(self):
+        """Releases descriptors, mapping and lock without touching the files."""
+        self._release(False)
+
+    cdef void _release(self, bint in_order) noexcept:
+        if self.map != NULL:
+            if self.fork_gen != _fork_generation:
+                _unmap_locked(self)    # map_lock may be held by a parent thread that is gone
+            else:
+                _unmap(self)
+        if self.seg_fd >= 0:
+            c_close(self.seg_fd)
+            self.seg_fd = -1
+        if self.lock_fd >= 0:
+            c_close(self.lock_fd)
+            self.lock_fd = -1
+        if self.dir_fd >= 0:
+            c_close(self.dir_fd)
+            self.dir_fd = -1
+        if self.dir_key is not None:
+            ref = _open_dirs.get(self.dir_key)
+            if ref is not None and (ref() is None or ref() is self):
+                del _open_dirs[self.dir_key]
+            self.dir_key = None
+        self.closed = True
+        self.busy = 1
+
+    cdef void _detach_inherited(self) noexcept:
+        """In a child created by fork(): this process stops owning the
+        directory. The inherited descriptor of LOCK shares the parent's flock
+        (one open file description): it is closed, never unlocked (LOCK_UN
+        would drop the parent's lock), so that the lock ends with the parent's
+        close and this process can then open the directory itself."""
+        if self.lock_fd >= 0:
+            c_close(self.lock_fd)
+            self.lock_fd = -1
+        self.dir_key = None

@@ -1,0 +1,6 @@
+# logdir.pyx: segment names and listing (segment_name, segment_id_of,
+# list_segments: def functions), and the registry of open directories.
+
+# (st_dev, st_ino) of each log directory open in this process -> weak
+# reference to its Wal: a second open of it in this process is a LockError.
+cdef dict _open_dirs

@@ -1,0 +1,85 @@
+# A log directory: the names of its segments, which of its entries are
+# segments, and the registry of the directories open in this process.
+
+import os
+
+from norikv.errors import NoriIOError, io_error
+
+
+def segment_name(uint64_t seg_id):
+    """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal."""
+    return f"{seg_id:06d}.wal"
+
+
+def segment_id_of(name):
+    """The segment id named by a directory entry, or None when the name is not
+    a segment's. nori-wal takes any name whose extension is ``wal`` and whose
+    stem Rust's ``u64::from_str`` parses (ASCII digits, optional leading ``+``,
+    any leading zeros, at most 2**64-1), then opens ``format!("{:06}.wal", id)``;
+    of those names only that canonical one is a segment here (docs/FORMAT.md),
+    so each id has exactly one file and none is read twice."""
+    cdef Py_ssize_t n = len(name)
+    if n < 10 or n > 24 or not name.endswith(".wal"):     # 6 to 20 digits + ".wal"
+        return None
+    stem = name[:n - 4]
+    if not (stem.isascii() and stem.isdigit()):
+        return None
+    seg = int(stem)
+    if seg > UINT64_MAX or segment_name(seg) != name:
+        return None
+    return seg
+
+
+def list_segments(path):
+    """Sorted ids of the segments in a directory: the entries segment_id_of()
+    accepts; every other name is ignored. Every reader of a directory's
+    segments (recovery, hence the Wal and WalIterator, compaction, the CLI)
+    gets them from here. An entry with a segment's name that is not a regular
+    file (after symlinks) raises NoriIOError: it holds that id's place in the
+    log, nori-wal fails on it too, and opening a FIFO would block."""
+    ids = []
+    path = os.fsdecode(path)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            seg = segment_id_of(entry.name)
+            if seg is None:
+                continue
+            try:
+                regular = entry.is_file()
+            except OSError as exc:
+                raise io_error(exc.errno or EIO, entry.path, "stat") from exc
+            if not regular:
+                kind = "a directory" if entry.is_dir() else "not a regular file"
+                raise NoriIOError(EISDIR if entry.is_dir() else EINVAL,
+                                  f"{entry.name} has a segment's name but is {kind}; "
+                                  "move it out of the log directory", entry.path)
+            ids.append(seg)
+    ids.sort()
+    return ids
+
+
+# (st_dev, st_ino) of each directory open in this process -> weak reference to its Wal
+_open_dirs = {}
+
+
+def _dir_owner(key):
+    """The live Wal holding directory `key` in this process, or None."""
+    ref = _open_dirs.get(key)
+    return ref() if ref is not None else None
+
+
+def _detach_inherited_wals():
+    """Run right after fork() in the child (runtime.pyx's at-fork hook): every
+    Wal the parent had open is detached (_WalCore._detach_inherited) and
+    forgotten by the registry, then its ``_after_fork_in_child`` method (the
+    Python side: the background thread) is called."""
+    wals = [ref() for ref in _open_dirs.values()]
+    _open_dirs.clear()
+    for w in wals:
+        if w is not None:
+            (<_WalCore>w)._detach_inherited()
+    for w in wals:
+        if w is not None:
+            hook = getattr(w, "_after_fork_in_child", None)
+            if hook is not None:
+                hook()

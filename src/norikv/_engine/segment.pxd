@@ -1,0 +1,40 @@
+# segment.pyx: the active segment of a Wal, as functions of its _WalCore.
+
+cdef enum:
+    _GROW_STEP = 1 << 20
+    _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
+    _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
+    _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
+
+# False once the kernel said it cannot prefault (then ordinary page faults).
+cdef bint _prefault_supported
+
+
+cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
+    return (n + step - 1) // step * step
+
+
+# Creates segment next_seg_id sized for at least `need` bytes, maps it, makes
+# it active and its directory entry durable (a failure poisons the Wal).
+cdef int _create_segment(_WalCore self, uint64_t need) except -1
+# Opens segment seg_id, whose data ends at `size`, as the active one (after recovery).
+cdef int _open_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
+# fsyncs the active segment, truncates it to its logical size, closes it.
+cdef int _finalize_active(_WalCore self) except -1
+# Seals the active segment and starts the next.
+cdef int _rotate(_WalCore self, uint64_t need) except -1
+# Raises unless n more segment ids follow the active one.
+cdef int _check_ids_left(_WalCore self, uint64_t n) except -1
+# Allocates the active segment up to at least `end` (remapping when it grows).
+cdef int _grow(_WalCore self, uint64_t end) except -1
+# Faults in the mapping up to at least `end`.
+cdef int _prefault(_WalCore self, uint64_t end) except -1
+# The background thread's prefaulting, without the GIL (_WalCore._prefault_ahead).
+cdef void _prefault_loop(_WalCore self) noexcept nogil
+# The first small sync(): page-sized page-cache folios from now on.
+cdef int _use_small_folios(_WalCore self) except -1
+cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1
+cdef int _map_active(_WalCore self, size_t want) except -1
+cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil
+cdef void _unmap(_WalCore self) noexcept
+cdef void _unmap_locked(_WalCore self) noexcept

@@ -1,0 +1,281 @@
+# The active segment of a Wal: creating it preallocated, mapping it, keeping
+# it allocated and faulted in ahead of the writer, sealing it. Functions of
+# the _WalCore they belong to (log.pyx calls them with io_lock held, except
+# _prefault_loop, which holds map_lock). Disk blocks are reserved with
+# fallocate before any byte is stored through the mapping, so a full disk is
+# an ENOSPC from fallocate, never a SIGBUS.
+
+from posix.unistd cimport close as c_close, ftruncate, unlink
+from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_EXCL, O_CLOEXEC
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.stat cimport struct_stat, fstat
+
+import os
+
+from norikv.errors import NoriIOError, io_error
+
+
+_prefault_supported = True
+
+
+cdef void _unmap(_WalCore self) noexcept:
+    self._lock_map()
+    _unmap_locked(self)
+    self._unlock_map()
+
+
+cdef void _unmap_locked(_WalCore self) noexcept:
+    if self.map != NULL:
+        munmap(self.map, self.map_len)
+        self.map = NULL
+        self.map_len = 0
+        self.populated = 0
+
+
+cdef int _map_active(_WalCore self, size_t want) except -1:
+    cdef void *m
+    cdef size_t page = nk_page_size()
+    want = <size_t>_round_up(want if want > self.max_segment_size else self.max_segment_size, page)
+    m = mmap(NULL, want, PROT_READ | PROT_WRITE, MAP_SHARED, self.seg_fd, 0)
+    if m == MAP_FAILED:
+        raise io_error(errno, self._segment_path(self.seg_id), "mmap")
+    if self.small_folios:
+        nk_advise_small_folios(m, want)
+    self._lock_map()
+    self.map = <uint8_t *>m
+    self.map_len = want
+    self.populated = 0
+    self._unlock_map()
+    return 0
+
+
+cdef int _open_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1:
+    cdef struct_stat st
+    path = self._segment_path(seg_id)
+    fd = c_open(os.fsencode(path), O_RDWR | O_CLOEXEC)
+    if fd < 0:
+        raise io_error(errno, path, "open")
+    fstat(fd, &st)
+    self.seg_fd = fd
+    self.seg_id = seg_id
+    self.next_seg_id = seg_id + 1
+    self.seg_size = size
+    self.alloc = <uint64_t>st.st_size
+    _map_active(self, self.alloc)
+    return 0
+
+
+cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1:
+    """Reserves [start, want) of fd, falling back to [start, need) when the
+    disk cannot hold the preferred size. Sets self.alloc. GIL released."""
+    cdef int err
+    cdef long s = start
+    cdef long w = want - start
+    cdef long n = need - start
+    with nogil:
+        err = nk_allocate(fd, s, w)
+        if err == ENOSPC and n < w:      # take only what this append needs
+            err = nk_allocate(fd, s, n)
+            if err == 0:
+                w = n
+    if err:
+        raise io_error(err, path, "allocate")
+    self.alloc = start + w
+    return 0
+
+
+cdef int _create_segment(_WalCore self, uint64_t need) except -1:
+    """Creates segment next_seg_id sized for at least `need` bytes and makes it
+    active. The caller holds io_lock; the previous segment is already closed."""
+    cdef uint64_t seg_id = self.next_seg_id
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t want, needr
+    path = self._segment_path(seg_id)
+    fd = c_open(os.fsencode(path), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+    if fd < 0:
+        raise io_error(errno, path, "create segment")
+    needr = _round_up(need if need > 0 else 1, page)
+    want = self.max_segment_size if self.preallocate else _GROW_STEP
+    if want < needr:
+        want = needr
+    try:
+        _allocate(self, fd, 0, want, needr, path)
+        self.seg_fd = fd
+        self.seg_id = seg_id
+        self.seg_size = 0
+        self.busy = 1
+        try:
+            _map_active(self, self.alloc)
+        finally:
+            self.busy = 0
+    except BaseException:
+        c_close(fd)
+        self.seg_fd = -1
+        unlink(os.fsencode(path))
+        raise
+    self.next_seg_id = seg_id + 1
+    self._sync_dir(True)
+    return 0
+
+
+cdef int _finalize_active(_WalCore self) except -1:
+    """fsyncs the active segment, truncates it to its logical size, closes it.
+    The caller holds io_lock."""
+    cdef int err = 0
+    cdef int fd = self.seg_fd
+    cdef uint64_t size = self.seg_size
+    cdef double t0
+    if fd < 0:
+        return 0
+    with nogil:
+        t0 = _now_monotonic()
+        err = nk_sync_data(fd, self.map, size)
+        if err == 0 and ftruncate(fd, <long>size) != 0:
+            err = errno
+        if err == 0:
+            err = nk_sync_data(fd, NULL, 0)
+    if err:
+        self._poison(err, self._segment_path(self.seg_id), "finalize segment")
+    self._count_fsync(_now_monotonic() - t0)
+    _unmap(self)
+    c_close(fd)
+    self.seg_fd = -1
+    self.seg_sizes[self.seg_id] = size
+    self.synced_total = self.written_total
+    return 0
+
+
+cdef int _check_ids_left(_WalCore self, uint64_t n) except -1:
+    """Raises unless n more segment ids follow the active one (ids are u64:
+    a wrapped id would be replayed first)."""
+    if self.seg_id > UINT64_MAX - n:
+        raise NoriIOError(EFBIG, f"no segment id left after {self.seg_id} (ids are 64-bit)",
+                          self._segment_path(self.seg_id))
+    return 0
+
+
+cdef int _rotate(_WalCore self, uint64_t need) except -1:
+    """Seals the active segment and starts the next. Holds io_lock."""
+    _check_ids_left(self, 1)
+    self.busy = 1
+    try:
+        _finalize_active(self)
+        _create_segment(self, need)
+    finally:
+        self.busy = 0
+    return 0
+
+
+cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil:
+    """Faults in [start, stop) of mapping m, for writing or, in page-sized
+    mode, for reading (nk_prefault). Returns 0 or the errno; an errno that
+    says the kernel cannot do it turns prefaulting off for the process."""
+    global _prefault_supported
+    cdef int err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
+    if err == EINVAL or err == ENOSYS or err == EOPNOTSUPP:
+        _prefault_supported = False
+    return err
+
+
+cdef int _prefault(_WalCore self, uint64_t end) except -1:
+    """Faults in the mapping up to at least `end` (a step ahead), or marks
+    everything allocated as populated where the kernel cannot do it."""
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t start = self.populated if self.populated > self.seg_size else self.seg_size
+    start -= start % page
+    cdef uint64_t stop = _round_up(end, page) + _PREFAULT_STEP
+    cdef int err = 0
+    if stop > self.alloc:
+        stop = self.alloc
+    if _prefault_supported and stop > start:
+        # Mapping changes need io_lock, which the caller holds.
+        with nogil:
+            err = _populate(self, self.map, start, stop)
+        if err:
+            # Not supported (old kernel, other OS) or no memory: fall back
+            # to ordinary page faults.
+            stop = self.alloc
+    else:
+        stop = self.alloc
+    if stop > self.populated:
+        self.populated = stop
+    return 0
+
+
+cdef void _prefault_loop(_WalCore self) noexcept nogil:
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t start, stop, target
+    cdef uint8_t *m
+    while True:
+        self._lock_map_nogil()
+        m = self.map
+        if m == NULL or self.closed or not _prefault_supported:
+            break
+        # Page-aligned, so that `populated` never lands mid-page (the
+        # next step would round down and fault the same bytes forever).
+        # seg_size is read without the GIL: a stale value only moves the
+        # target; `populated` is a hint for _reserve, never past alloc.
+        target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
+        if target > self.alloc:
+            target = self.alloc
+        start = self.populated if self.populated > self.seg_size else self.seg_size
+        start -= start % page
+        if start >= target:
+            break
+        stop = start + _PREFAULT_STEP
+        if stop > target:
+            stop = target
+        if _populate(self, m, start, stop):
+            break
+        if stop <= self.populated:
+            break
+        self.populated = stop
+        self._unlock_map()
+    self.prefault_pending = False
+    self._unlock_map()
+
+
+cdef int _grow(_WalCore self, uint64_t end) except -1:
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t want = _round_up(end, _GROW_STEP)
+    cdef uint64_t need = _round_up(end, page)
+    self.busy = 1
+    try:
+        _allocate(self, self.seg_fd, self.alloc, want, need, self._segment_path(self.seg_id))
+        if self.alloc > self.map_len:
+            _unmap(self)
+            _map_active(self, self.alloc)
+    finally:
+        self.busy = 0
+    return 0
+
+
+cdef int _use_small_folios(_WalCore self) except -1:
+    """The first small sync(): page-sized folios from now on
+    (nk_advise_small_folios). Linux grows the folios of a mapping written
+    sequentially, past ~24 MiB to sizes whose whole-folio writeback makes
+    every small fsync write up to 2 MiB; if the active segment is faulted
+    in that far, it is sealed and the log goes on in a new segment, which
+    starts with page-sized folios. Otherwise only the part of the mapping
+    not yet faulted in is advised."""
+    cdef size_t page = nk_page_size()
+    cdef size_t start
+    self.small_folios = True
+    if self.seg_fd < 0:
+        return 0
+    if self.populated > _LARGE_FOLIOS_PAST:
+        self._lock_io()
+        try:
+            self._check_usable()
+            if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
+                _rotate(self, 0)
+        finally:
+            self._unlock_io()
+        return 0
+    self._lock_map()
+    if self.map != NULL:
+        start = <size_t>_round_up(self.populated, page)
+        if start < self.map_len:
+            nk_advise_small_folios(self.map + start, self.map_len - start)
+    self._unlock_map()
+    return 0

@@ -1,0 +1,59 @@
+# store.pyx: KvStore, the whole store (its jobs with a part of their own:
+# batch.pyx, index.pyx, compact.pyx, fastcall.pyx).
+
+cdef class KvStore:
+    cdef object __weakref__
+    # how it was opened
+    cdef readonly _WalCore wal               # the norikv.wal.Wal it writes to
+    cdef readonly object path
+    cdef readonly object recovery_info       # norikv.wal.RecoveryInfo
+    cdef double _recovery_seconds
+    cdef uint64_t _recovered_records
+    cdef uint64_t _relative_ttl_records
+    cdef bint _closed                        # True until open() and from close() on
+
+    # the map
+    cdef dict _data
+    cdef dict _expiry                        # key -> absolute deadline (Unix ms), TTL keys only
+    cdef list _heap                          # (deadline, key) entries, possibly stale
+    cdef readonly uint64_t live_bytes        # key + value bytes of the live keys
+    cdef readonly Py_ssize_t max_keys        # 0: no limit
+    cdef readonly uint64_t max_bytes         # 0: no limit
+    cdef readonly uint64_t max_value_size
+    cdef uint32_t _compression               # norikv.compression.Compression's value
+    cdef readonly Py_ssize_t compress_min_size
+
+    # the range index (index.pyx), guarded by _index_lock
+    cdef _RangeIndex _index
+    cdef readonly object _index_lock
+
+    # compaction (compact.pyx)
+    cdef readonly double compact_dead_ratio
+    cdef readonly uint64_t compact_min_bytes
+    cdef bint _auto_compact
+    cdef uint64_t _next_check                # written_total at which _maybe_compact looks again
+    cdef public object _compact_lock         # held by a compaction from start to end
+    cdef readonly object _compactor          # the background compaction's thread
+    cdef readonly object _compact_error      # what the last background compaction raised
+    cdef readonly uint64_t _compactions
+    cdef readonly object _last_compaction    # the figures compact() returned last
+
+    cdef inline int _check_open(self) except -1
+    cdef inline bint _expired(self, object key) except -1
+    cdef inline PyObject *_live(self, bytes key) except? NULL
+    # put's body (also []=)
+    cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
+    cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)
+
+    # the one limit rule: put (_room_for_put) and batches (batch.pyx) check through it
+    cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1
+    cdef int _check_room(self, Py_ssize_t new_keys, int64_t delta, str what) except -1
+    cdef int _room_for_put(self, bytes key, Py_ssize_t vlen, bint may_purge) except -1
+
+    # changes of the map once their record is committed (live bytes, TTL, range index)
+    cdef inline int _account(self, bytes key, bytes value, Py_ssize_t old_size, int64_t deadline) except -1
+    cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1
+    cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1
+    cdef inline int _unset(self, bytes key, object old) except -1
+    cdef inline int _after_write(self) except -1
+    cdef Py_ssize_t _purge_expired(self) except -1
