@@ -37,13 +37,13 @@ def remember(name: str, benchmark, ops: float | None = None, unit: str = "ops") 
     return sec
 
 
-def target(name: str, figure: str, value: float | None, goal: float, *, op: str = ">=",
-           reference: str = "", benchmark=None) -> None:
+def target(
+    name: str, figure: str, value: float | None, goal: float, *, op: str = ">=", reference: str = "", benchmark=None
+) -> None:
     """Declares a project target: `value` (a ratio or an absolute rate) against `goal`.
     value None means the figure could not be measured (reference missing)."""
     met = None if value is None else (value >= goal if op == ">=" else value <= goal)
-    row = dict(name=name, figure=figure, value=value, goal=goal, op=op, reference=reference,
-               met=met)
+    row = dict(name=name, figure=figure, value=value, goal=goal, op=op, reference=reference, met=met)
     _TARGETS[:] = [t for t in _TARGETS if t["name"] != name] + [row]
     if benchmark is not None:
         benchmark.extra_info["target"] = f"{name}: {value if value is None else round(value, 3)} {op} {goal}"
@@ -53,8 +53,7 @@ def best(name: str) -> float | None:
     return _BEST.get(name)
 
 
-def interleaved(benchmark, subject, subject_setup, reference, reference_setup=None,
-                rounds: int | None = None) -> float:
+def interleaved(benchmark, subject, subject_setup, reference, reference_setup=None, rounds: int | None = None) -> float:
     """Benchmarks `subject` and, in the untimed setup before each of its rounds,
     one round of `reference`, timed here. On a busy machine both see the same
     load, so their ratio is steadier than that of two separate benchmarks.
@@ -127,4 +126,5 @@ class Closer:
 def open_store(path, policy=None, **kw):
     """A KvStore for benchmarks: OS policy unless told, no auto-compaction."""
     from norikv import FsyncPolicy, KvStore
+
     return KvStore.open(path, fsync_policy=policy or FsyncPolicy.OS, auto_compact=False, **kw)

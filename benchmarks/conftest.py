@@ -30,7 +30,7 @@ import tempfile
 
 import pytest
 
-from benchlib import _BEST, _TARGETS, CLOCK, KEY_SIZE, N, ROUNDS, SYNC_N, VALUE_SIZE, Closer, Scratch
+from benchlib import _BEST, _TARGETS, CLOCK, KEY_SIZE, ROUNDS, SYNC_N, VALUE_SIZE, Closer, N, Scratch
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -38,9 +38,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     tr = terminalreporter
     tr.section("norikv targets (ratios against references measured in this run)")
-    tr.write_line(f"N={N:,} keys of {KEY_SIZE} B, values {VALUE_SIZE} B; durable ops={SYNC_N:,}; "
-                  f"best of {ROUNDS} rounds; clock={CLOCK}; {platform.machine()}, {os.cpu_count()} cpus, "
-                  f"Python {platform.python_version()}")
+    tr.write_line(
+        f"N={N:,} keys of {KEY_SIZE} B, values {VALUE_SIZE} B; durable ops={SYNC_N:,}; "
+        f"best of {ROUNDS} rounds; clock={CLOCK}; {platform.machine()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}"
+    )
     w = max(len(t["name"]) for t in _TARGETS)
     tr.write_line(f"{'target':<{w}}  {'measured':<44} {'value':>9}  goal      result")
     for t in _TARGETS:
@@ -50,13 +52,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     path = os.environ.get("NORIKV_BENCH_SUMMARY")
     if path:
         with open(path, "w") as f:
-            json.dump(dict(n=N, sync_n=SYNC_N, rounds=ROUNDS, clock=CLOCK, cpus=os.cpu_count(),
-                           python=platform.python_version(), targets=_TARGETS,
-                           best_seconds=_BEST), f, indent=2)
+            json.dump(
+                dict(
+                    n=N,
+                    sync_n=SYNC_N,
+                    rounds=ROUNDS,
+                    clock=CLOCK,
+                    cpus=os.cpu_count(),
+                    python=platform.python_version(),
+                    targets=_TARGETS,
+                    best_seconds=_BEST,
+                ),
+                f,
+                indent=2,
+            )
         tr.write_line(f"written to {path}")
 
 
 # ------------------------------------------------------------------ fixtures
+
 
 @pytest.fixture(scope="session")
 def bench_root(tmp_path_factory):
@@ -91,7 +105,7 @@ def keys() -> list[bytes]:
 def values() -> list[bytes]:
     """N distinct 100-byte values."""
     blob = random.Random(7).randbytes(VALUE_SIZE + 4096)
-    return [b"%08d" % i + blob[i % 4096: i % 4096 + VALUE_SIZE - 8] for i in range(N)]
+    return [b"%08d" % i + blob[i % 4096 : i % 4096 + VALUE_SIZE - 8] for i in range(N)]
 
 
 @pytest.fixture(scope="session")

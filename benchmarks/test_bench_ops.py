@@ -7,7 +7,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from benchlib import N, ROUNDS, cpu_bound, open_store, remember
+
+from benchlib import ROUNDS, N, cpu_bound, open_store, remember
 
 
 def _filled(scratch, closer, pairs):
@@ -89,7 +90,7 @@ def test_range_scans(benchmark, scratch, closer, pairs, keys):
 def test_write_batches(benchmark, scratch, closer, pairs):
     """Atomic write batches of 100 puts (with store.batch()), N puts in all."""
     cpu_bound(benchmark)
-    chunks = [pairs[i:i + 100] for i in range(0, len(pairs), 100)]
+    chunks = [pairs[i : i + 100] for i in range(0, len(pairs), 100)]
 
     def setup():
         closer.replace()

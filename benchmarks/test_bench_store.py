@@ -16,8 +16,8 @@ import textwrap
 import threading
 
 import pytest
-from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, interleaved, remember, target, Closer, open_store
 
+from benchlib import _BEST, ROUNDS, SYNC_N, Closer, N, Scratch, cpu_bound, interleaved, open_store, remember, target
 from norikv import FsyncPolicy, KvStore
 
 try:
@@ -29,18 +29,17 @@ try:
 except ImportError:  # pragma: no cover
     semidbm = None
 
-BATCH = 1000                       # puts per durable commit
-BATCHES = max(1, SYNC_N // 4)      # durable commits of 1,000 puts: SYNC_N/4 (500 by default)
+BATCH = 1000  # puts per durable commit
+BATCHES = max(1, SYNC_N // 4)  # durable commits of 1,000 puts: SYNC_N/4 (500 by default)
 THREADS = 8
-
-
 
 
 def _lmdb_env(path, *, sync):
     # lmdb's documented settings for the durability level: sync=False/metasync=False
     # leaves commits in OS buffers (like FsyncPolicy.OS); sync=True fsyncs each commit.
-    return lmdb.open(path, map_size=max(1 << 30, N * 400), sync=sync, metasync=sync,
-                     writemap=False, max_dbs=0, lock=True)
+    return lmdb.open(
+        path, map_size=max(1 << 30, N * 400), sync=sync, metasync=sync, writemap=False, max_dbs=0, lock=True
+    )
 
 
 def _put_loop(put, pairs):
@@ -65,19 +64,26 @@ def test_put_norikv_vs_dict(benchmark, scratch, closer, pairs):
     The store has answered a range query first, so its range index exists
     while it is filled ("the put path must not pay for ordering")."""
     cpu_bound(benchmark)
+
     def subject_setup():
         closer.replace()
         store = closer.replace(open_store(scratch.new()))
         assert list(store.range()) == []
         return (store.put, pairs)
 
-    ref = interleaved(benchmark, _put_loop, subject_setup, _put_loop,
-                      lambda: (({}).__setitem__, pairs), rounds=max(ROUNDS, 5))
+    ref = interleaved(
+        benchmark, _put_loop, subject_setup, _put_loop, lambda: (({}).__setitem__, pairs), rounds=max(ROUNDS, 5)
+    )
     sec = remember("norikv_put", benchmark, len(pairs), "puts")
     _BEST["dict_put"] = ref
-    target("KvStore.put vs dict loop", f"{len(pairs) / sec / 1e6:.2f} M puts/s vs dict "
-           f"{len(pairs) / ref / 1e6:.2f} M", ref / sec, 0.8, reference="same loop over a dict",
-           benchmark=benchmark)
+    target(
+        "KvStore.put vs dict loop",
+        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs dict {len(pairs) / ref / 1e6:.2f} M",
+        ref / sec,
+        0.8,
+        reference="same loop over a dict",
+        benchmark=benchmark,
+    )
 
 
 @pytest.mark.benchmark(group="store-put")
@@ -108,9 +114,14 @@ def test_put_norikv_vs_lmdb(benchmark, scratch, closer, lmdb_closer, bench_root,
     sec = remember("norikv_put_2", benchmark, len(pairs), "puts")
     _BEST["lmdb_put_one_txn"] = lm
     benchmark.extra_info["config"] = "lmdb.open(sync=False, metasync=False), one write txn"
-    target("KvStore.put vs lmdb one txn", f"{len(pairs) / sec / 1e6:.2f} M puts/s vs lmdb "
-           f"{len(pairs) / lm / 1e6:.2f} M", lm / sec, 1.2, reference="lmdb, one write txn",
-           benchmark=benchmark)
+    target(
+        "KvStore.put vs lmdb one txn",
+        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs lmdb {len(pairs) / lm / 1e6:.2f} M",
+        lm / sec,
+        1.2,
+        reference="lmdb, one write txn",
+        benchmark=benchmark,
+    )
 
 
 # ------------------------------------------------------------ get
@@ -129,13 +140,19 @@ def test_get_norikv_vs_dict(benchmark, scratch, closer, pairs, keys):
     d = dict(pairs)
     store = closer.replace(open_store(scratch.new()))
     _put_loop(store.put, pairs)
-    ref = interleaved(benchmark, _get_loop, lambda: (store.get, keys), _get_loop,
-                      lambda: (d.get, keys), rounds=max(ROUNDS, 5))
+    ref = interleaved(
+        benchmark, _get_loop, lambda: (store.get, keys), _get_loop, lambda: (d.get, keys), rounds=max(ROUNDS, 5)
+    )
     sec = remember("norikv_get", benchmark, len(keys), "gets")
     _BEST["dict_get"] = ref
-    target("KvStore.get vs dict.get", f"{len(keys) / sec / 1e6:.2f} M gets/s vs "
-           f"{len(keys) / ref / 1e6:.2f} M", ref / sec, 0.85, reference="dict.get",
-           benchmark=benchmark)
+    target(
+        "KvStore.get vs dict.get",
+        f"{len(keys) / sec / 1e6:.2f} M gets/s vs {len(keys) / ref / 1e6:.2f} M",
+        ref / sec,
+        0.85,
+        reference="dict.get",
+        benchmark=benchmark,
+    )
 
 
 @pytest.mark.benchmark(group="store-get")
@@ -145,8 +162,9 @@ def test_get_after_reopen_vs_dict_of_copies(benchmark, closer, loaded_store, pai
     cpu_bound(benchmark)
     d = {bytes(bytearray(k)): v for k, v in pairs}
     store = closer.replace(open_store(loaded_store))
-    ref = interleaved(benchmark, _get_loop, lambda: (store.get, keys), _get_loop,
-                      lambda: (d.get, keys), rounds=max(ROUNDS, 5))
+    ref = interleaved(
+        benchmark, _get_loop, lambda: (store.get, keys), _get_loop, lambda: (d.get, keys), rounds=max(ROUNDS, 5)
+    )
     sec = remember("norikv_get_reopened", benchmark, len(keys), "gets")
     benchmark.extra_info["ratio_to_dict_get"] = ref / sec
 
@@ -202,10 +220,22 @@ def test_reopen_norikv_vs_semidbm(benchmark, closer, loaded_store, semidbm_file)
     sec = remember("norikv_reopen", benchmark, N, "records")
     _BEST["semidbm_reopen"] = ref_sec
     rate = N / sec
-    target("KvStore reopen (full recovery)", f"{rate / 1e6:.2f} M records/s", rate / 3e6, 1.0,
-           reference="ratio to 3,000,000 records/s", benchmark=benchmark)
-    target("KvStore reopen vs semidbm", f"{sec:.3f} s vs semidbm {ref_sec:.3f} s",
-           ref_sec / sec, 3.0, reference="semidbm.open rebuilding its index", benchmark=benchmark)
+    target(
+        "KvStore reopen (full recovery)",
+        f"{rate / 1e6:.2f} M records/s",
+        rate / 3e6,
+        1.0,
+        reference="ratio to 3,000,000 records/s",
+        benchmark=benchmark,
+    )
+    target(
+        "KvStore reopen vs semidbm",
+        f"{sec:.3f} s vs semidbm {ref_sec:.3f} s",
+        ref_sec / sec,
+        3.0,
+        reference="semidbm.open rebuilding its index",
+        benchmark=benchmark,
+    )
 
 
 # ------------------------------------------------------------ durable batches
@@ -219,8 +249,7 @@ def batch_pairs(pairs):
 
 @pytest.mark.benchmark(group="store-durable-batches")
 @pytest.mark.skipif(lmdb is None, reason="lmdb not installed (pip install norikv[bench])")
-def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, bench_root,
-                                     batch_pairs):
+def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, bench_root, batch_pairs):
     """Target: (1,000 puts + sync()) repeated >= 1.2x lmdb committing
     transactions of 1,000 puts with lmdb.open(sync=True, metasync=True)."""
     lscratch = Scratch(bench_root, "lmdb-sync")
@@ -233,7 +262,7 @@ def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, be
         put = store.put
         sync = store.sync
         for i in range(0, len(batch_pairs), BATCH):
-            _put_loop(put, batch_pairs[i:i + BATCH])
+            _put_loop(put, batch_pairs[i : i + BATCH])
             sync()
 
     def ref_setup():
@@ -243,7 +272,7 @@ def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, be
     def ref(env):
         for i in range(0, len(batch_pairs), BATCH):
             with env.begin(write=True) as txn:
-                _put_loop(txn.put, batch_pairs[i:i + BATCH])
+                _put_loop(txn.put, batch_pairs[i : i + BATCH])
 
     try:
         lm = interleaved(benchmark, run, subject_setup, ref, ref_setup)
@@ -253,9 +282,14 @@ def test_batches_norikv_vs_lmdb_sync(benchmark, scratch, closer, lmdb_closer, be
     sec = remember("norikv_batches_sync", benchmark, len(batch_pairs), "puts")
     _BEST["lmdb_batches_sync"] = lm
     benchmark.extra_info["config"] = "lmdb.open(sync=True, metasync=True), txns of 1,000"
-    target("1,000 puts + sync() vs lmdb txns", f"{len(batch_pairs) / sec / 1e3:,.0f} k puts/s vs "
-           f"lmdb {len(batch_pairs) / lm / 1e3:,.0f} k", lm / sec, 1.2,
-           reference="lmdb txns of 1,000, sync=True", benchmark=benchmark)
+    target(
+        "1,000 puts + sync() vs lmdb txns",
+        f"{len(batch_pairs) / sec / 1e3:,.0f} k puts/s vs lmdb {len(batch_pairs) / lm / 1e3:,.0f} k",
+        lm / sec,
+        1.2,
+        reference="lmdb txns of 1,000, sync=True",
+        benchmark=benchmark,
+    )
 
 
 # ------------------------------------------------------------ group commit
@@ -268,7 +302,7 @@ def _durable_writers(store, threads, total):
     would end with a tail of stragglers syncing alone, which measures thread
     start-up and shutdown rather than group commit."""
     value = b"v" * 100
-    budget = itertools.count()            # next() is atomic under the GIL
+    budget = itertools.count()  # next() is atomic under the GIL
     start = threading.Barrier(threads + 1)
     errors = []
 
@@ -297,7 +331,7 @@ def _durable_writers(store, threads, total):
 def test_put_sync_8_threads_vs_1(benchmark, scratch, closer, bench_root):
     """Target: 8 threads each doing put + sync() >= 3x the throughput of one
     thread doing the same (group commit: one fdatasync covers many threads)."""
-    total = 4 * SYNC_N        # 8,000 by default: ~0.3 s of 8 threads, ~1 s of one
+    total = 4 * SYNC_N  # 8,000 by default: ~0.3 s of 8 threads, ~1 s of one
     one = Closer()
     oscratch = Scratch(bench_root, "one-thread")
 
@@ -316,8 +350,14 @@ def test_put_sync_8_threads_vs_1(benchmark, scratch, closer, bench_root):
         oscratch.clean()
     sec = remember("put_sync_8_threads", benchmark, total, "durable_puts")
     _BEST["put_sync_1_thread"] = ref
-    target(f"{THREADS} threads put+sync vs 1", f"{total / sec:,.0f} puts/s vs {total / ref:,.0f}",
-           ref / sec, 3.0, reference="1 thread doing put + sync()", benchmark=benchmark)
+    target(
+        f"{THREADS} threads put+sync vs 1",
+        f"{total / sec:,.0f} puts/s vs {total / ref:,.0f}",
+        ref / sec,
+        3.0,
+        reference="1 thread doing put + sync()",
+        benchmark=benchmark,
+    )
 
 
 # ------------------------------------------------------------ memory
@@ -364,8 +404,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
 def multi_segment_store(bench_root, pairs):
     """The N pairs in a store with 8 MiB segments, so recovery crosses many segments."""
     path = os.path.join(bench_root, "memory-store")
-    store = KvStore.open(path, fsync_policy=FsyncPolicy.OS, auto_compact=False,
-                         max_segment_size=8 << 20)
+    store = KvStore.open(path, fsync_policy=FsyncPolicy.OS, auto_compact=False, max_segment_size=8 << 20)
     _put_loop(store.put, pairs)
     store.close()
     return path
@@ -378,8 +417,12 @@ def test_memory_loaded_store(benchmark, multi_segment_store):
     out = {}
 
     def run():
-        res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, multi_segment_store,
-                              str(8 << 20)], capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT, multi_segment_store, str(8 << 20)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out.update(json.loads(res.stdout))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
@@ -387,12 +430,24 @@ def test_memory_loaded_store(benchmark, multi_segment_store):
     ratio = grown / out["raw"]
     benchmark.extra_info.update(out)
     benchmark.extra_info["rss_anon_ratio"] = ratio
-    target("RssAnon of loaded store / raw bytes",
-           f"{grown / 2**20:.0f} MiB for {out['raw'] / 2**20:.0f} MiB raw ({out['keys']:,} keys)",
-           ratio, 2.5, op="<=", reference="key+value bytes", benchmark=benchmark)
+    target(
+        "RssAnon of loaded store / raw bytes",
+        f"{grown / 2**20:.0f} MiB for {out['raw'] / 2**20:.0f} MiB raw ({out['keys']:,} keys)",
+        ratio,
+        2.5,
+        op="<=",
+        reference="key+value bytes",
+        benchmark=benchmark,
+    )
     active = out["segments"][-1]
     stale = [m for m in out["mapped_while_open"] if os.path.basename(m) != active]
-    target("recovery mappings released", f"{len(out['segments'])} segments; mapped while open: "
-           f"{len(out['mapped_while_open'])}, after close: {len(out['mapped_after_close'])}",
-           float(len(stale) + len(out["mapped_after_close"])), 0.0, op="<=",
-           reference="stale segment mappings (count)", benchmark=benchmark)
+    target(
+        "recovery mappings released",
+        f"{len(out['segments'])} segments; mapped while open: "
+        f"{len(out['mapped_while_open'])}, after close: {len(out['mapped_after_close'])}",
+        float(len(stale) + len(out["mapped_after_close"])),
+        0.0,
+        op="<=",
+        reference="stale segment mappings (count)",
+        benchmark=benchmark,
+    )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from benchlib import _BEST, cpu_bound, N, ROUNDS, SYNC_N, Scratch, best, interleaved, remember, target
 
+from benchlib import _BEST, ROUNDS, SYNC_N, N, Scratch, best, cpu_bound, interleaved, remember, target
 from norikv import FsyncPolicy, Position, Record, Wal, WalConfig
 
 
@@ -58,8 +58,14 @@ def test_append_os_100b(benchmark, scratch, opened, pairs):
     benchmark.pedantic(_append_loop, setup=setup, rounds=ROUNDS, iterations=1)
     sec = remember("wal_append_os", benchmark, len(pairs), "records")
     rate = len(pairs) / sec
-    target("WAL append, OS policy, 100 B", f"{rate / 1e6:.2f} M records/s", rate / 2e6, 1.0,
-           reference="ratio to 2,000,000 records/s", benchmark=benchmark)
+    target(
+        "WAL append, OS policy, 100 B",
+        f"{rate / 1e6:.2f} M records/s",
+        rate / 2e6,
+        1.0,
+        reference="ratio to 2,000,000 records/s",
+        benchmark=benchmark,
+    )
 
 
 @pytest.mark.benchmark(group="wal-append")
@@ -95,7 +101,7 @@ def test_append_batch_api_100b(benchmark, scratch, opened, pairs):
     """wal.append_batch of 1,000 records at a time (OS policy)."""
     cpu_bound(benchmark)
     records = [Record.put(k, v) for k, v in pairs]
-    chunks = [records[i:i + 1000] for i in range(0, len(records), 1000)]
+    chunks = [records[i : i + 1000] for i in range(0, len(records), 1000)]
 
     def run(wal):
         append_batch = wal.append_batch
@@ -151,8 +157,14 @@ def test_recovery_1kb(benchmark, opened, wal_1kb):
     gbs = size / sec / 1e9
     benchmark.extra_info["GB_per_second"] = gbs
     benchmark.extra_info["bytes"] = size
-    target("WAL recovery, 1 KB records", f"{gbs:.2f} GB/s ({size / 1e6:.0f} MB)", gbs / 3.0, 1.0,
-           reference="ratio to 3 GB/s", benchmark=benchmark)
+    target(
+        "WAL recovery, 1 KB records",
+        f"{gbs:.2f} GB/s ({size / 1e6:.0f} MB)",
+        gbs / 3.0,
+        1.0,
+        reference="ratio to 3 GB/s",
+        benchmark=benchmark,
+    )
 
 
 @pytest.mark.benchmark(group="wal-read")
@@ -171,8 +183,14 @@ def test_read_from(benchmark, opened, wal_100b):
     benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
     sec = remember("wal_read_from", benchmark, n, "records")
     rate = n / sec
-    target("WAL read_from", f"{rate / 1e6:.2f} M records/s", rate / 1e6, 1.0,
-           reference="ratio to 1,000,000 records/s", benchmark=benchmark)
+    target(
+        "WAL read_from",
+        f"{rate / 1e6:.2f} M records/s",
+        rate / 1e6,
+        1.0,
+        reference="ratio to 1,000,000 records/s",
+        benchmark=benchmark,
+    )
 
 
 # ------------------------------------------------------------ ALWAYS vs raw fdatasync
@@ -252,8 +270,7 @@ def test_append_always_vs_raw_fdatasync(benchmark, scratch, opened, bench_root):
         fds.replace()
         d = rscratch.new()
         os.makedirs(d)
-        return (fds.replace(os.open(os.path.join(d, "raw.log"),
-                                    os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)),)
+        return (fds.replace(os.open(os.path.join(d, "raw.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)),)
 
     def ref(fd):
         write = os.write
@@ -269,8 +286,14 @@ def test_append_always_vs_raw_fdatasync(benchmark, scratch, opened, bench_root):
         rscratch.clean()
     sec = remember("wal_append_always", benchmark, SYNC_N, "records")
     _BEST["raw_write_fdatasync"] = raw
-    target("ALWAYS vs raw write+fdatasync", f"{SYNC_N / sec:,.0f} records/s vs {SYNC_N / raw:,.0f}",
-           raw / sec, 0.9, reference="raw os.write+os.fdatasync loop", benchmark=benchmark)
+    target(
+        "ALWAYS vs raw write+fdatasync",
+        f"{SYNC_N / sec:,.0f} records/s vs {SYNC_N / raw:,.0f}",
+        raw / sec,
+        0.9,
+        reference="raw os.write+os.fdatasync loop",
+        benchmark=benchmark,
+    )
     pre = best("raw_pwrite_fdatasync_prealloc")
     if pre is not None:
         benchmark.extra_info["ratio_to_preallocated_pwrite"] = pre / sec

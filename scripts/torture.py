@@ -72,17 +72,24 @@ def value(opid: int, idx: int, size: int) -> bytes:
     head = b"%d/%d:" % (opid, idx)
     if size <= len(head):
         return head[:size]
-    if (opid + idx) % 3 == 0:                    # compressible
+    if (opid + idx) % 3 == 0:  # compressible
         return (head * (size // len(head) + 1))[:size]
     return head + random.Random(opid * 64 + idx).randbytes(size - len(head))
 
 
 def store_options(policy: str, auto_compact: bool, compression: str | None = None) -> dict:
-    return dict(fsync_policy=POLICIES[policy](), max_segment_size=SEG, compression=compression,
-                auto_compact=auto_compact, compact_min_bytes=2 * SEG, compact_dead_ratio=0.5)
+    return dict(
+        fsync_policy=POLICIES[policy](),
+        max_segment_size=SEG,
+        compression=compression,
+        auto_compact=auto_compact,
+        compact_min_bytes=2 * SEG,
+        compact_dead_ratio=0.5,
+    )
 
 
 # ------------------------------------------------------------------ the writer
+
 
 def _send(fd: int, line: str) -> None:
     data = (line + "\n").encode()
@@ -94,21 +101,20 @@ def _send(fd: int, line: str) -> None:
 def _random_size(rng: random.Random) -> int:
     r = rng.random()
     if r < 0.02:
-        return rng.randint(100_000, 300_000)   # forces a segment rotation soon
+        return rng.randint(100_000, 300_000)  # forces a segment rotation soon
     if r < 0.1:
         return 0
     return rng.randint(1, 4096)
 
 
-def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool,
-           threads: int = 1) -> None:
+def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool, threads: int = 1) -> None:
     """Runs in the forked child until killed. With several threads, thread t
     owns the keys whose number is t modulo `threads` and numbers its ops from
     opbase + t * THREAD_STRIDE."""
     rng = random.Random(seed)
     compression = rng.choice([None, None, "lz4", "zstd"])
     opts = store_options(policy, auto_compact, compression)
-    if rng.random() < 0.3:        # segments grown (and remapped) 1 MiB at a time
+    if rng.random() < 0.3:  # segments grown (and remapped) 1 MiB at a time
         opts["preallocate"] = False
         opts["max_segment_size"] = 4 * SEG
     store = KvStore.open(path, **opts)
@@ -117,9 +123,15 @@ def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact
         _writer_loop(store, rng, opbase, fd, 0, 1)
         return
     import threading
-    ts = [threading.Thread(target=_writer_loop, daemon=True,
-                           args=(store, random.Random(seed * 31 + t), opbase + t * THREAD_STRIDE, fd, t,
-                                 threads)) for t in range(threads)]
+
+    ts = [
+        threading.Thread(
+            target=_writer_loop,
+            daemon=True,
+            args=(store, random.Random(seed * 31 + t), opbase + t * THREAD_STRIDE, fd, t, threads),
+        )
+        for t in range(threads)
+    ]
     for t in ts:
         t.start()
     for t in ts:
@@ -132,6 +144,7 @@ THREAD_STRIDE = 1_000_000
 def _writer_loop(store, rng: random.Random, opid: int, fd: int, me: int, threads: int) -> None:
     def rkey() -> int:
         return rng.randrange(NKEYS // threads) * threads + me
+
     while True:
         opid += 1
         r = rng.random()
@@ -148,8 +161,12 @@ def _writer_loop(store, rng: random.Random, opid: int, fd: int, me: int, threads
                     items.append(["p", rkey(), _random_size(rng)])
             op = {"t": "batch", "ops": items}
         elif r < 0.90:
-            op = {"t": "ttl", "k": rkey(), "n": rng.randint(0, 2000),
-                  "ttl": SHORT_TTL if rng.random() < 0.3 else LONG_TTL}
+            op = {
+                "t": "ttl",
+                "k": rkey(),
+                "n": rng.randint(0, 2000),
+                "ttl": SHORT_TTL if rng.random() < 0.3 else LONG_TTL,
+            }
         elif r < 0.97:
             op = {"t": "sync"}
         else:
@@ -182,6 +199,7 @@ def _writer_loop(store, rng: random.Random, opid: int, fd: int, me: int, threads
 
 # ------------------------------------------------------------------ the model
 
+
 def apply(model: dict, opid: int, op: dict, deadline: int | None) -> None:
     """model: key -> (value, deadline or None)."""
     t = op["t"]
@@ -205,9 +223,9 @@ def apply_pending(model: dict, opid: int, op: dict) -> dict | None:
     expired by the time of the check."""
     m = dict(model)
     if op["t"] == "ttl" and op["ttl"] == SHORT_TTL:
-        m.pop(key(op["k"]), None)                          # applied, and expired by now
+        m.pop(key(op["k"]), None)  # applied, and expired by now
     elif op["t"] == "ttl":
-        m[key(op["k"])] = (value(opid, 0, op["n"]), -1)   # -1: deadline unknown
+        m[key(op["k"])] = (value(opid, 0, op["n"]), -1)  # -1: deadline unknown
     else:
         apply(m, opid, op, None)
     return m
@@ -227,7 +245,7 @@ def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
                     return f"{k!r}: expiring value replaced by {got[:20]!r}"
                 continue
             if exp[1] <= now:
-                exp = None                  # expired
+                exp = None  # expired
         if exp is None:
             if got is not None:
                 return f"{k!r}: expected absent, found {len(got)} bytes {got[:20]!r}"
@@ -245,8 +263,9 @@ def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
     return None
 
 
-def check_copy(path: str, policy: str, scratch: str, model: dict, pendings: dict,
-               threads: int = 1) -> tuple[str | None, dict, dict]:
+def check_copy(
+    path: str, policy: str, scratch: str, model: dict, pendings: dict, threads: int = 1
+) -> tuple[str | None, dict, dict]:
     """Opens a copy of `path`, compares it with the model: for each writer
     thread's keys, the acknowledged model or it plus that thread's op in
     flight (`pendings`: thread -> (opid, op)). Returns (error or None,
@@ -287,8 +306,9 @@ def check_copy(path: str, policy: str, scratch: str, model: dict, pendings: dict
         m1 = own(apply_pending(m_t, *p))
         err1 = _matches(st_t, deadlines, m1, now)
         if err1 is not None:
-            errors.append(f"state matches neither the acknowledged model ({err0}) nor it plus "
-                          f"the in-flight op {p[1]} ({err1})")
+            errors.append(
+                f"state matches neither the acknowledged model ({err0}) nor it plus the in-flight op {p[1]} ({err1})"
+            )
             new_model.update(m_t)
             continue
         applied = True
@@ -308,8 +328,10 @@ def check_copy(path: str, policy: str, scratch: str, model: dict, pendings: dict
 
 # ------------------------------------------------------------------ the runner
 
-def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_compact: bool,
-              max_delay: float, threads: int = 1) -> dict:
+
+def run_round(
+    path: str, policy: str, rng: random.Random, opbase: int, auto_compact: bool, max_delay: float, threads: int = 1
+) -> dict:
     """One fork / random delay / SIGKILL. Returns the lines the writer sent."""
     rfd, wfd = os.pipe()
     seed = rng.getrandbits(32)
@@ -320,7 +342,8 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
         code = 0
         try:
             import faulthandler
-            faulthandler.enable(all_threads=True)   # a crash other than our SIGKILL is a finding
+
+            faulthandler.enable(all_threads=True)  # a crash other than our SIGKILL is a finding
             os.close(rfd)
             writer(path, policy, seed, opbase, wfd, auto_compact, threads)
         except BaseException as exc:  # noqa: BLE001
@@ -352,19 +375,38 @@ def run_round(path: str, policy: str, rng: random.Random, opbase: int, auto_comp
     lines = buf.decode().splitlines()
     complete = buf.endswith(b"\n")
     if not complete and lines:
-        lines.pop()                      # a line cut by the kill
+        lines.pop()  # a line cut by the kill
     return {"lines": lines, "status": status, "delay": delay}
 
 
-def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: float = 0.25,
-            time_budget: float | None = None, verbose: bool = False,
-            keep_failures: bool = False, threads: int = 1) -> dict:
+def torture(
+    base: str,
+    kills: int,
+    policies: list[str],
+    seed: int,
+    max_delay: float = 0.25,
+    time_budget: float | None = None,
+    verbose: bool = False,
+    keep_failures: bool = False,
+    threads: int = 1,
+) -> dict:
     rng = random.Random(seed)
     os.makedirs(base, exist_ok=True)
-    summary = {"kills": 0, "rounds_failed": 0, "acknowledged_ops": 0, "lost": 0,
-               "kills_before_ready": 0, "pending_applied": 0, "pending_dropped": 0,
-               "torn_tails_repaired": 0, "bytes_truncated": 0, "errors": [], "per_policy": {},
-               "seed": seed, "threads": threads}
+    summary = {
+        "kills": 0,
+        "rounds_failed": 0,
+        "acknowledged_ops": 0,
+        "lost": 0,
+        "kills_before_ready": 0,
+        "pending_applied": 0,
+        "pending_dropped": 0,
+        "torn_tails_repaired": 0,
+        "bytes_truncated": 0,
+        "errors": [],
+        "per_policy": {},
+        "seed": seed,
+        "threads": threads,
+    }
     t0 = time.monotonic()
     per = max(1, kills // len(policies))
     for pi, policy in enumerate(policies):
@@ -379,13 +421,13 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
                 break
             auto = rng.random() < 0.5
             res = run_round(path, policy, rng, opbase, auto, max_delay, threads)
-            if keep_failures:           # the op history, to explain a failure
+            if keep_failures:  # the op history, to explain a failure
                 with open(os.path.join(base, policy + ".history"), "a") as h:
                     h.write(f"# round {rnd} auto_compact={auto}\n" + "\n".join(res["lines"]) + "\n")
             opbase += 10_000_000
             summary["kills"] += 1
             done += 1
-            pendings: dict = {}          # writer thread -> (opid, op) started, not acknowledged
+            pendings: dict = {}  # writer thread -> (opid, op) started, not acknowledged
             ready = False
             for line in res["lines"]:
                 tag, _, rest = line.partition(" ")
@@ -420,15 +462,18 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
                 summary["errors"].append(f"{policy} round {rnd} (delay {res['delay']:.3f}s): {err}")
                 if verbose:
                     print(summary["errors"][-1], file=sys.stderr)
-                if keep_failures:       # the raw crash state and the repaired copy
+                if keep_failures:  # the raw crash state and the repaired copy
                     shutil.copytree(path, os.path.join(base, f"fail-{policy}-{rnd}-raw"))
                     shutil.copytree(scratch, os.path.join(base, f"fail-{policy}-{rnd}-checked"))
                 # Continue from what is actually there, so one finding does not cascade.
                 with KvStore.open(scratch, **store_options(policy, False)) as s:
                     model = {k: (v, s._deadline_of(k)) for k, v in s.items()}
             if verbose:
-                print(f"{policy} round {rnd}: {len(res['lines'])} lines, "
-                      f"{len(model)} keys, {'ok' if err is None else 'FAIL'}", file=sys.stderr)
+                print(
+                    f"{policy} round {rnd}: {len(res['lines'])} lines, "
+                    f"{len(model)} keys, {'ok' if err is None else 'FAIL'}",
+                    file=sys.stderr,
+                )
         summary["per_policy"][policy] = done
     summary["seconds"] = round(time.monotonic() - t0, 2)
     return summary
@@ -437,35 +482,47 @@ def torture(base: str, kills: int, policies: list[str], seed: int, max_delay: fl
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=500, help="total SIGKILLs, spread over the policies")
-    ap.add_argument("--policy", action="append", choices=sorted(POLICIES),
-                    help="fsync policy (repeatable; default: all three)")
+    ap.add_argument(
+        "--policy", action="append", choices=sorted(POLICIES), help="fsync policy (repeatable; default: all three)"
+    )
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dir", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--max-delay", type=float, default=0.25, help="longest run before a kill, seconds")
     ap.add_argument("--time-budget", type=float, default=None, help="stop starting rounds after this")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="writer threads, each with its own keys (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="writer threads, each with its own keys (default 1)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
-    ap.add_argument("--keep-failures", action="store_true",
-                    help="copy the directory of each failed round (needs --dir)")
+    ap.add_argument(
+        "--keep-failures", action="store_true", help="copy the directory of each failed round (needs --dir)"
+    )
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
     policies = args.policy or ["always", "batch", "os"]
     base = args.dir or tempfile.mkdtemp(prefix="norikv-torture-")
     try:
-        summary = torture(base, args.kills, policies, seed, args.max_delay, args.time_budget,
-                          args.verbose, args.keep_failures and args.dir is not None, args.threads)
+        summary = torture(
+            base,
+            args.kills,
+            policies,
+            seed,
+            args.max_delay,
+            args.time_budget,
+            args.verbose,
+            args.keep_failures and args.dir is not None,
+            args.threads,
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"seed {seed}: {summary['kills']} kills ({summary['per_policy']}), "
-              f"{summary['acknowledged_ops']} acknowledged ops, {summary['lost']} rounds with loss, "
-              f"{summary['kills_before_ready']} kills during open/recovery, "
-              f"{summary['torn_tails_repaired']} torn tails repaired, {summary['seconds']} s")
+        print(
+            f"seed {seed}: {summary['kills']} kills ({summary['per_policy']}), "
+            f"{summary['acknowledged_ops']} acknowledged ops, {summary['lost']} rounds with loss, "
+            f"{summary['kills_before_ready']} kills during open/recovery, "
+            f"{summary['torn_tails_repaired']} torn tails repaired, {summary['seconds']} s"
+        )
         for e in summary["errors"]:
             print("  " + e)
     return 0 if not summary["errors"] else 1

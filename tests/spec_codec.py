@@ -76,12 +76,12 @@ def get_varint(buf: bytes, pos: int) -> tuple[int, int]:
 @dataclass(frozen=True)
 class SpecRecord:
     key: bytes
-    value: bytes = b""          # uncompressed
+    value: bytes = b""  # uncompressed
     tombstone: bool = False
     ttl_ms: int | None = None
     version: tuple[int, int] | None = None
     compression: int = NONE
-    reserved: int = 0           # bits 5-7 as read (nori-wal ignores them)
+    reserved: int = 0  # bits 5-7 as read (nori-wal ignores them)
 
 
 def stored_value(rec: SpecRecord) -> bytes:
@@ -171,15 +171,16 @@ def decode(buf: bytes, pos: int = 0) -> tuple[SpecRecord, int]:
     end = pos + klen + vlen + 4
     if end > len(buf):
         raise SpecIncomplete(f"record claims {end - start} bytes, {len(buf) - start} remain")
-    key = bytes(buf[pos:pos + klen])
-    stored = bytes(buf[pos + klen:pos + klen + vlen])
+    key = bytes(buf[pos : pos + klen])
+    stored = bytes(buf[pos + klen : pos + klen + vlen])
     (crc,) = struct.unpack_from("<I", buf, end - 4)
-    if crc32c(bytes(buf[start:end - 4])) != crc:
+    if crc32c(bytes(buf[start : end - 4])) != crc:
         raise SpecError("CRC32C mismatch")
     tomb = bool(flags & TOMBSTONE)
-    value = _decompress(kind, stored)      # a compressed delete's value too, as nori-wal does
-    rec = SpecRecord(key=key, value=value, tombstone=tomb, ttl_ms=ttl, version=version,
-                     compression=kind, reserved=flags & 0xE0)
+    value = _decompress(kind, stored)  # a compressed delete's value too, as nori-wal does
+    rec = SpecRecord(
+        key=key, value=value, tombstone=tomb, ttl_ms=ttl, version=version, compression=kind, reserved=flags & 0xE0
+    )
     return rec, end - start
 
 
@@ -204,8 +205,7 @@ def segment_name(seg_id: int) -> str:
     return f"{seg_id:06d}.wal"
 
 
-def write_segment(directory: str | os.PathLike[str], seg_id: int, records, *,
-                  zero_tail: int = 0) -> list[int]:
+def write_segment(directory: str | os.PathLike[str], seg_id: int, records, *, zero_tail: int = 0) -> list[int]:
     """Writes a segment file made of ``records`` (SpecRecord or raw bytes),
     optionally followed by a zero-filled preallocated tail; returns offsets."""
     offsets = []
@@ -221,8 +221,7 @@ def write_segment(directory: str | os.PathLike[str], seg_id: int, records, *,
 
 def read_dir(directory: str | os.PathLike[str]) -> list[tuple[int, int, SpecRecord]]:
     """(segment id, offset, record) for every record of a WAL directory, in order."""
-    ids = sorted(int(n[:-4]) for n in os.listdir(directory)
-                 if n.endswith(".wal") and n[:-4].isdigit() and len(n) >= 10)
+    ids = sorted(int(n[:-4]) for n in os.listdir(directory) if n.endswith(".wal") and n[:-4].isdigit() and len(n) >= 10)
     out = []
     for seg in ids:
         with open(os.path.join(directory, segment_name(seg)), "rb") as f:

@@ -63,8 +63,15 @@ def test_every_public_name_exists_and_star_import_matches():
 
 
 def test_exception_hierarchy():
-    for name in ("ConfigError", "ClosedError", "CorruptionError", "LockError",
-                 "StoreFullError", "NoriIOError", "WalFailedError"):
+    for name in (
+        "ConfigError",
+        "ClosedError",
+        "CorruptionError",
+        "LockError",
+        "StoreFullError",
+        "NoriIOError",
+        "WalFailedError",
+    ):
         assert issubclass(getattr(norikv, name), norikv.NoriError), name
     assert issubclass(norikv.NoriIOError, OSError)
     assert issubclass(norikv.WalFailedError, norikv.NoriIOError)
@@ -108,9 +115,18 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_stubs_match_the_extension(tmp_path):
     # stubtest imports norikv._engine and compares every name, signature and
     # class in it with src/norikv/_engine.pyi.
-    proc = _run([sys.executable, "-m", "mypy.stubtest", "norikv._engine",
-                 "--allowlist", str(HERE / "stubtest-allowlist.txt"),
-                 "--ignore-unused-allowlist"], cwd=tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "mypy.stubtest",
+            "norikv._engine",
+            "--allowlist",
+            str(HERE / "stubtest-allowlist.txt"),
+            "--ignore-unused-allowlist",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -118,8 +134,10 @@ def test_stubs_match_the_extension(tmp_path):
 def test_mypy_strict_accepts_a_program_using_the_api(tmp_path):
     sample = tmp_path / "typing_sample.py"
     shutil.copy(HERE / "typing_sample.py", sample)
-    proc = _run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-                 "--cache-dir", os.devnull, str(sample)], cwd=tmp_path)
+    proc = _run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull, str(sample)],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -134,8 +152,10 @@ def test_mypy_rejects_misuse_of_the_api(tmp_path):
         "    store.put('text', b'v')\n"
         "    s: str = Record.put(b'k', b'v').key\n"
     )
-    proc = _run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-                 "--cache-dir", os.devnull, str(bad)], cwd=tmp_path)
+    proc = _run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--cache-dir", os.devnull, str(bad)],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "bad.py:3: error" in proc.stdout
     assert "bad.py:4: error" in proc.stdout
@@ -153,6 +173,18 @@ def test_typing_sample_runs(tmp_path):
 def test_mypy_accepts_the_package_itself(tmp_path):
     # The package's own sources type-check against its stubs (lz4 and
     # sortedcontainers ship no type information).
-    proc = _run([sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", os.devnull,
-                 "--ignore-missing-imports", "-p", "norikv"], cwd=tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--cache-dir",
+            os.devnull,
+            "--ignore-missing-imports",
+            "-p",
+            "norikv",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -21,8 +21,23 @@ THROUGHPUT = ["put", "get", "get_missing", "delete", "batch_sync", "put_sync", "
 
 def _run(tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "norikv.bench", "--quick", "--n", "2000", "--sync-ops", "48",
-           "--batches", "5", "--out", str(out), "--dir", str(tmp_path / "stores"), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "norikv.bench",
+        "--quick",
+        "--n",
+        "2000",
+        "--sync-ops",
+        "48",
+        "--batches",
+        "5",
+        "--out",
+        str(out),
+        "--dir",
+        str(tmp_path / "stores"),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out / "results.json") as f:
@@ -96,7 +111,7 @@ def test_table_chart_and_quiet_stderr(full_run):
     tmp, proc, data = full_run
     out = proc.stdout
     assert "value size 100 B" in out
-    for s, r in data["results"].items():
+    for _s, r in data["results"].items():
         if r["status"] == "measured":
             assert r["store"] in out
     assert "synchronous=NORMAL" in out  # the configuration is printed with the numbers
@@ -114,8 +129,7 @@ def test_table_chart_and_quiet_stderr(full_run):
 
 
 def test_subset_of_stores_ops_and_sizes(tmp_path):
-    proc, data = _run(tmp_path, "--stores", "norikv-os,dict", "--ops", "put,get",
-                      "--value-size", "100,1k", "--quiet")
+    proc, data = _run(tmp_path, "--stores", "norikv-os,dict", "--ops", "put,get", "--value-size", "100,1k", "--quiet")
     assert proc.stdout == ""
     assert set(data["results"]) == {"norikv-os/100", "norikv-os/1024", "dict/100", "dict/1024"}
     for r in data["results"].values():

@@ -27,8 +27,7 @@ SEG = 1 << 20
 
 def run(*args: object, input: bytes | None = None, script: bool = False) -> subprocess.CompletedProcess:
     cmd = [str(BIN)] if script else [sys.executable, "-m", "norikv"]
-    return subprocess.run(cmd + [str(a) for a in args], input=input, capture_output=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(cmd + [str(a) for a in args], input=input, capture_output=True, timeout=TIMEOUT)
 
 
 def ok(*args: object, input: bytes | None = None) -> bytes:
@@ -121,8 +120,20 @@ def test_console_script_and_module_are_the_same_command(tmp_path: Path) -> None:
     assert run("put", d, "k", "v", "--create", script=True).returncode == 0
     assert ok("get", d, "k") == b"v\n"
     h = run("--help", script=True).stdout.decode()
-    for cmd in ("info", "get", "put", "delete", "scan", "dump", "verify", "compact", "repair",
-                "export", "import", "bench"):
+    for cmd in (
+        "info",
+        "get",
+        "put",
+        "delete",
+        "scan",
+        "dump",
+        "verify",
+        "compact",
+        "repair",
+        "export",
+        "import",
+        "bench",
+    ):
         assert cmd in h
 
 
@@ -183,20 +194,20 @@ def test_put_with_ttl_survives_export_and_is_counted(tmp_path: Path) -> None:
 
 def test_scan_order_bounds_and_formats(tmp_path: Path) -> None:
     d = tmp_path / "s"
-    items = {b"a": b"1", b"b/1": b"x", b"b/2": b"y", b"b/3": b"tab\there", b"c": b"\xff\x00",
-             b"d\nnl": b"back\\slash"}
+    items = {b"a": b"1", b"b/1": b"x", b"b/2": b"y", b"b/3": b"tab\there", b"c": b"\xff\x00", b"d\nnl": b"back\\slash"}
     with KvStore.open(d) as s:
         for k, v in items.items():
             s.put(k, v)
         s.put(b"gone", b"z")
         s.delete(b"gone")
     lines = ok("scan", d).decode().splitlines()
-    assert lines == ["a\t1", "b/1\tx", "b/2\ty", "b/3\ttab\\there", "c\t\\xff\\x00",
-                     "d\\nnl\tback\\\\slash"]
+    assert lines == ["a\t1", "b/1\tx", "b/2\ty", "b/3\ttab\\there", "c\t\\xff\\x00", "d\\nnl\tback\\\\slash"]
     assert ok("scan", d, "--prefix", "b/").decode().splitlines() == ["b/1\tx", "b/2\ty", "b/3\ttab\\there"]
     assert ok("scan", d, "--start", "b/2", "--end", "c").decode().splitlines() == ["b/2\ty", "b/3\ttab\\there"]
     assert ok("scan", d, "--reverse", "--limit", "2").decode().splitlines() == [
-        "d\\nnl\tback\\\\slash", "c\t\\xff\\x00"]
+        "d\\nnl\tback\\\\slash",
+        "c\t\\xff\\x00",
+    ]
     assert ok("scan", d, "--prefix", "b/", "--reverse", "--limit", "1").decode() == "b/3\ttab\\there\n"
     hexed = [ln.split("\t") for ln in ok("scan", d, "--format", "hex").decode().splitlines()]
     assert [(bytes.fromhex(k), bytes.fromhex(v)) for k, v in hexed] == sorted(items.items())
@@ -249,7 +260,7 @@ def test_dump_lists_every_record_with_its_position(tmp_path: Path) -> None:
     assert lines[0][3] == "5" and lines[2][3] == "0"
     assert lines[1][4].startswith("0x42 ttl_ms=") and lines[1][4].endswith("(abs)")
     assert lines[3][4] == "0x20 batch" and lines[4][4] == "0x80 batch-end"
-    assert "zstd" in lines[5][4] and int(lines[5][3]) < 4000   # stored (compressed) size
+    assert "zstd" in lines[5][4] and int(lines[5][3]) < 4000  # stored (compressed) size
     objs = [json.loads(ln) for ln in ok("dump", d, "--format", "json").decode().splitlines()]
     assert [(o["segment"], o["offset"]) for o in objs] == [(0, p) for p, _ in expected]
     assert objs[4]["key_base64"] == base64.b64encode(b"\xff").decode()
@@ -272,15 +283,28 @@ def test_dump_reports_damage_and_goes_on(store: Path) -> None:
     assert "CRC32C mismatch" in err
     out = r.stdout.decode().splitlines()
     assert out[0].startswith("0:0\tput\tk000000")
-    assert any(ln.startswith("1:0\t") for ln in out)     # later segments still listed
+    assert any(ln.startswith("1:0\t") for ln in out)  # later segments still listed
 
 
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("argv", [
-    ["info"], ["get", "k"], ["put", "k", "v"], ["delete", "k"], ["scan"], ["dump"], ["verify"],
-    ["compact"], ["repair", "--mode", "point_in_time"], ["export"], ["import"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info"],
+        ["get", "k"],
+        ["put", "k", "v"],
+        ["delete", "k"],
+        ["scan"],
+        ["dump"],
+        ["verify"],
+        ["compact"],
+        ["repair", "--mode", "point_in_time"],
+        ["export"],
+        ["import"],
+    ],
+)
 def test_missing_directory_is_one_line(tmp_path: Path, argv: list[str]) -> None:
     missing = tmp_path / "nope"
     r = run(argv[0], missing, *argv[1:], input=b"")
@@ -333,7 +357,7 @@ def test_zero_filled_preallocated_tail_is_clean_and_left_alone(tmp_path: Path) -
     d = tmp_path / "s"
     _crashed_store(d, 1000)
     (seg,) = segments(d)
-    assert seg.stat().st_size == SEG          # preallocated, never finalized
+    assert seg.stat().st_size == SEG  # preallocated, never finalized
     before = fingerprint(d)
     r = run("verify", d)
     assert r.returncode == 0, r.stderr
@@ -343,7 +367,7 @@ def test_zero_filled_preallocated_tail_is_clean_and_left_alone(tmp_path: Path) -
     assert len(ok("export", d).splitlines()) == 1000
     assert len(ok("dump", d).splitlines()) == 1000
     ok("info", d)
-    assert fingerprint(d) == before           # no read-only command truncated anything
+    assert fingerprint(d) == before  # no read-only command truncated anything
 
 
 def test_verify_finds_damage_in_a_non_final_segment(store: Path) -> None:
@@ -447,7 +471,7 @@ def test_repair_tolerate_cuts_a_damaged_tail_and_keeps_a_copy(store: Path) -> No
     assert last.stat().st_size == at
     assert run("verify", store).returncode == 0
     ok("put", store, "new", "key")
-    assert json.loads(ok("info", store, "--json"))["keys"] == KEYS       # KEYS-1 + "new"
+    assert json.loads(ok("info", store, "--json"))["keys"] == KEYS  # KEYS-1 + "new"
     # A clean store: nothing to do, no backup made.
     r = run("repair", store, "--mode", "tolerate_corrupted_tail")
     assert r.returncode == 0 and b"nothing to repair" in r.stdout
@@ -490,8 +514,13 @@ def test_repair_modes_on_damage_before_the_last_segment(store: Path, tmp_path: P
 
 def test_export_import_roundtrip_with_binary_keys(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    items = {b"": b"empty key", b"\x00": b"\x00" * 10, b"\xff\xfe\n\t": b"\r\n", "ключ".encode(): b"v",
-             b"plain": b"x" * 5000}
+    items = {
+        b"": b"empty key",
+        b"\x00": b"\x00" * 10,
+        b"\xff\xfe\n\t": b"\r\n",
+        "ключ".encode(): b"v",
+        b"plain": b"x" * 5000,
+    }
     items.update({bytes([i, 0, 255 - i]): bytes([i]) * i for i in range(256)})
     with KvStore.open(src) as s:
         for k, v in items.items():
@@ -524,11 +553,13 @@ def test_import_rejects_bad_input_before_writing_anything(tmp_path: Path) -> Non
     ok("put", d, "keep", "me", "--create")
     before = fingerprint(d)
     good = b'{"key": "YQ==", "value": "Yg=="}\n'
-    for bad, msg in ((b"not json\n", "line 2: invalid JSON"),
-                     (b'{"key": "YQ=="}\n', "line 2: 'value'"),
-                     (b'{"key": "***", "value": "Yg=="}\n', "line 2: invalid base64 in 'key'"),
-                     (b'[1, 2]\n', "line 2: expected a JSON object"),
-                     (b'{"key": "YQ==", "value": "Yg==", "expires_at_ms": "soon"}\n', "expires_at_ms")):
+    for bad, msg in (
+        (b"not json\n", "line 2: invalid JSON"),
+        (b'{"key": "YQ=="}\n', "line 2: 'value'"),
+        (b'{"key": "***", "value": "Yg=="}\n', "line 2: invalid base64 in 'key'"),
+        (b"[1, 2]\n", "line 2: expected a JSON object"),
+        (b'{"key": "YQ==", "value": "Yg==", "expires_at_ms": "soon"}\n', "expires_at_ms"),
+    ):
         one_line_error(run("import", d, input=good + bad), 2, msg)
         assert fingerprint(d) == before
     one_line_error(run("import", d, "--file", tmp_path / "missing.jsonl"), 2, "cannot read")
@@ -561,15 +592,14 @@ def _run_with_tty_stderr(tmp_path: Path, *args: object) -> tuple[int, bytes, byt
     out_path = tmp_path / "stdout"
     try:
         with open(out_path, "wb") as out:
-            p = subprocess.Popen([sys.executable, "-m", "norikv", *map(str, args)],
-                                 stdout=out, stderr=slave)
+            p = subprocess.Popen([sys.executable, "-m", "norikv", *map(str, args)], stdout=out, stderr=slave)
         os.close(slave)
         slave = -1
         err = b""
         while True:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:          # EIO: the child closed its end
+            except OSError:  # EIO: the child closed its end
                 break
             if not chunk:
                 break
@@ -587,13 +617,14 @@ def test_progress_bar_only_on_a_terminal_and_never_with_quiet(store: Path, tmp_p
     assert b"verifying" in err and b"%" in err
     rc, out, err = _run_with_tty_stderr(tmp_path, "export", store, "--quiet")
     assert rc == 0 and len(out.splitlines()) == KEYS and err == b""
-    r = run("export", store)                 # stderr is a pipe: no progress
+    r = run("export", store)  # stderr is a pipe: no progress
     assert r.returncode == 0 and r.stderr == b""
 
 
 def test_output_cut_short_by_a_closed_pipe_is_quiet(store: Path) -> None:
-    p = subprocess.Popen([sys.executable, "-m", "norikv", "scan", str(store)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "norikv", "scan", str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert p.stdout.readline().startswith(b"k000000\t")
     p.stdout.close()
     err = p.stderr.read()
@@ -607,12 +638,14 @@ def test_output_cut_short_by_a_closed_pipe_is_quiet(store: Path) -> None:
 def test_bench_passes_its_arguments_to_the_runner() -> None:
     r = run("bench", "--help")
     assert r.returncode == 0, r.stderr
-    assert b"--quick" in r.stdout       # norikv.bench's own option parser answered
+    assert b"--quick" in r.stdout  # norikv.bench's own option parser answered
 
 
 def test_bench_without_the_runner_is_a_clear_error() -> None:
-    code = ("import sys; sys.modules['norikv.bench'] = None; "
-            "from norikv.cli import main; sys.exit(main(['bench', '--quick']))")
+    code = (
+        "import sys; sys.modules['norikv.bench'] = None; "
+        "from norikv.cli import main; sys.exit(main(['bench', '--quick']))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=TIMEOUT)
     one_line_error(r, 2, "norikv bench", "not available")
 
@@ -665,11 +698,11 @@ def test_a_torn_atomic_batch_is_reported_and_only_repair_removes_it(tmp_path: Pa
     first, size = Record.decode(data, 0)
     second_at = size
     _, size2 = Record.decode(data, second_at)
-    seg.write_bytes(data[: second_at + size2])    # the batch's last record never made it
+    seg.write_bytes(data[: second_at + size2])  # the batch's last record never made it
     before = fingerprint(d)
     r = run("verify", d)
     one_line_error(r, 1, f"offset {second_at}", "never terminated")
-    assert ok("scan", d) == b"before\t1\n"         # replay drops the partial batch
+    assert ok("scan", d) == b"before\t1\n"  # replay drops the partial batch
     one_line_error(run("put", d, "x", "y"), 3, "unterminated", f"offset {second_at}", "repair")
     assert fingerprint(d) == before
     r = run("repair", d, "--mode", "tolerate_corrupted_tail")

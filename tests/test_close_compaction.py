@@ -80,7 +80,7 @@ class PausedSnapshot:
 
 
 def fill(store, n=200):
-    for round_ in range(3):             # dead records for the compaction to drop
+    for round_ in range(3):  # dead records for the compaction to drop
         for i in range(n):
             store.put(b"k%04d" % i, b"v%d-" % round_ + b"x" * 100)
     store.delete(b"k0000")
@@ -107,18 +107,16 @@ def test_close_waits_for_running_compaction(tmp_path, monkeypatch, how):
     if how == "manual":
         store = open_store(tmp_path, max_segment_size=MIB, auto_compact=False)
     else:
-        store = open_store(tmp_path, max_segment_size=MIB, compact_min_bytes=1,
-                           compact_dead_ratio=0.3)
-    closer_waiting = snap.go    # close() waiting for the compaction lets it go on
-    store._compact_lock = WatchedLock(store._compact_lock, threading.current_thread(),
-                                      closer_waiting)
+        store = open_store(tmp_path, max_segment_size=MIB, compact_min_bytes=1, compact_dead_ratio=0.3)
+    closer_waiting = snap.go  # close() waiting for the compaction lets it go on
+    store._compact_lock = WatchedLock(store._compact_lock, threading.current_thread(), closer_waiting)
     if how == "manual":
         expected = fill(store)
         compactor, box = run_in_thread(store.compact)
     else:
         expected = {}
         i = 0
-        while not snap.written.is_set():    # overwrite until the background compaction starts
+        while not snap.written.is_set():  # overwrite until the background compaction starts
             assert i < 100_000, "no background compaction started"
             store.put(b"k%d" % (i % 50), b"%d" % i + b"y" * 200)
             expected[b"k%d" % (i % 50)] = b"%d" % i + b"y" * 200
@@ -129,7 +127,7 @@ def test_close_waits_for_running_compaction(tmp_path, monkeypatch, how):
 
     store.close()
     after_close = listing(tmp_path)
-    snap.go.set()                      # (the fixed close() has let it go on already)
+    snap.go.set()  # (the fixed close() has let it go on already)
     compactor.join(TIMEOUT)
     assert not compactor.is_alive()
 
@@ -142,7 +140,7 @@ def test_close_waits_for_running_compaction(tmp_path, monkeypatch, how):
             assert box["result"]["segments_written"] >= 1
     else:
         assert store._compact_error is None, repr(store._compact_error)
-    assert store._compactions == 1       # close() waited for it to finish
+    assert store._compactions == 1  # close() waited for it to finish
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS) as again:
         assert dict(again.items()) == expected
 
@@ -175,7 +173,7 @@ def test_compaction_started_after_close_began_raises_closed(tmp_path, monkeypatc
     with pytest.raises(ClosedError):
         store.put(b"late", b"v")
     assert snap.calls == 1
-    assert closer.is_alive()             # still waiting for the first compaction
+    assert closer.is_alive()  # still waiting for the first compaction
     snap.go.set()
     closer.join(TIMEOUT)
     first.join(TIMEOUT)

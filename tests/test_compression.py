@@ -54,7 +54,7 @@ def records_of(data: bytes) -> list[tuple[int, bytes]]:
     pos = 0
     while pos < len(data):
         _, n = Record.decode(data, pos)
-        out.append((pos, data[pos:pos + n]))
+        out.append((pos, data[pos : pos + n]))
         pos += n
     return out
 
@@ -111,17 +111,18 @@ def test_zstd_values_written_by_kvstore_are_noriwal_bytes(tmp_path):
 
 # ---------------------------------------------------------------- point 3: compressed deletes
 
-LZ4_DELETE = bytes.fromhex("020205646c0000afd9efef")        # the issue's record
-ZSTD_DELETE = bytes.fromhex("0109096228b52ffd2000010000b6556285")   # corpus 07, at 28
+LZ4_DELETE = bytes.fromhex("020205646c0000afd9efef")  # the issue's record
+ZSTD_DELETE = bytes.fromhex("0109096228b52ffd2000010000b6556285")  # corpus 07, at 28
 
 
-@pytest.mark.parametrize("raw,kind", [(LZ4_DELETE, Compression.LZ4), (ZSTD_DELETE, Compression.ZSTD)],
-                         ids=["lz4", "zstd"])
+@pytest.mark.parametrize(
+    "raw,kind", [(LZ4_DELETE, Compression.LZ4), (ZSTD_DELETE, Compression.ZSTD)], ids=["lz4", "zstd"]
+)
 def test_compressed_delete_decodes_as_noriwal(raw, kind):
     rec, n = Record.decode(raw)
     assert n == len(raw)
     assert rec.tombstone and rec.value == b"" and rec.compression is kind
-    assert rec.encode() == raw                       # written back as it was read
+    assert rec.encode() == raw  # written back as it was read
     assert Record.decode(rec.encode())[0] == rec
 
 
@@ -139,10 +140,14 @@ def test_compressed_deletes_of_noriwal_corpus(tmp_path):
         got = [(r.key, r.value, r.tombstone, r.compression) for r, _ in wal.read_from(Position(0, 0))]
     assert info.valid_records == 8 and not info.corruption_detected
     assert got == [
-        (b"a", b"1", False, Compression.NONE), (b"a", b"", True, Compression.LZ4),
-        (b"b", b"2", False, Compression.NONE), (b"b", b"", True, Compression.ZSTD),
-        (b"c", b"", True, Compression.LZ4), (b"d", b"", True, Compression.ZSTD),
-        (b"e", b"", True, Compression.NONE), (b"f", b"after", False, Compression.NONE),
+        (b"a", b"1", False, Compression.NONE),
+        (b"a", b"", True, Compression.LZ4),
+        (b"b", b"2", False, Compression.NONE),
+        (b"b", b"", True, Compression.ZSTD),
+        (b"c", b"", True, Compression.LZ4),
+        (b"d", b"", True, Compression.ZSTD),
+        (b"e", b"", True, Compression.NONE),
+        (b"f", b"after", False, Compression.NONE),
     ]
     s = tmp_path / "s"
     (s / "wal").mkdir(parents=True)
@@ -164,7 +169,7 @@ def test_compressed_delete_replayed_by_kvstore_deletes(tmp_path):
 def test_damaged_compressed_delete_is_a_damaged_record(tmp_path):
     """nori-wal decompresses a compressed delete's value: one that does not
     decompress is damage, as for a put."""
-    body = b"\x02\x02\x05dl" + b"\x05\x00"          # LZ4 claims 5 bytes from an empty block
+    body = b"\x02\x02\x05dl" + b"\x05\x00"  # LZ4 claims 5 bytes from an empty block
     bad = body + spec.crc32c(body).to_bytes(4, "little")
     with pytest.raises(CorruptionError) as ei:
         Record.decode(bad)
@@ -186,9 +191,18 @@ def test_default_max_value_size():
     assert WalConfig().max_value_size == DEFAULT_MAX_VALUE_SIZE
 
 
-@pytest.mark.parametrize("bad, exc", [(0, ConfigError), (-1, ConfigError), (1 << 63, ConfigError),
-                                      (1.5, TypeError), ("64", TypeError), (None, TypeError),
-                                      (True, TypeError)])
+@pytest.mark.parametrize(
+    "bad, exc",
+    [
+        (0, ConfigError),
+        (-1, ConfigError),
+        (1 << 63, ConfigError),
+        (1.5, TypeError),
+        ("64", TypeError),
+        (None, TypeError),
+        (True, TypeError),
+    ],
+)
 def test_max_value_size_is_validated_before_anything_is_created(tmp_path, bad, exc):
     with pytest.raises(exc, match="max_value_size"):
         wal_config(tmp_path / "w", max_value_size=bad).validate()
@@ -205,9 +219,11 @@ def test_put_over_max_value_size_writes_nothing(tmp_path):
         assert s.max_value_size == limit
         s.put(b"at", b"v" * limit)
         before = s.wal.current_position()
-        for call in (lambda: s.put(b"over", b"v" * (limit + 1)),
-                     lambda: s.put(b"over", b"\0" * (limit + 1), compression="zstd"),
-                     lambda: s.__setitem__(b"over", bytearray(limit + 1))):
+        for call in (
+            lambda: s.put(b"over", b"v" * (limit + 1)),
+            lambda: s.put(b"over", b"\0" * (limit + 1), compression="zstd"),
+            lambda: s.__setitem__(b"over", bytearray(limit + 1)),
+        ):
             with pytest.raises(ValueError, match="max_value_size"):
                 call()
         b = s.batch()
@@ -276,8 +292,7 @@ def test_values_put_at_the_bound_reopen(tmp_path, comp, content):
     max_value_size is refused at its offset."""
     limit = 200_000
     p = tmp_path / "s"
-    with KvStore.open(p, max_value_size=limit, compression=comp, compress_min_size=0,
-                      auto_compact=False) as s:
+    with KvStore.open(p, max_value_size=limit, compression=comp, compress_min_size=0, auto_compact=False) as s:
         s.put(b"at", _value(content, limit))
         s.put(b"under", _value(content, limit - 1), compression=comp)
         s.put(b"small", b"s" * 100)
@@ -287,7 +302,7 @@ def test_values_put_at_the_bound_reopen(tmp_path, comp, content):
         s.compact()
     with KvStore.open(p, max_value_size=limit) as s:
         assert dict(s.items()) == expected
-    if content == "zeros":      # stored compressed: its size is checked when decompressed
+    if content == "zeros":  # stored compressed: its size is checked when decompressed
         with pytest.raises(CorruptionError, match="max_value_size") as ei:
             KvStore.open(p, max_value_size=limit - 1)
         assert ei.value.segment_id is not None and ei.value.offset is not None
@@ -309,8 +324,9 @@ def test_compaction_never_compresses_a_value_over_the_bound(tmp_path):
         s.compact()
     with KvStore.open(p, max_value_size=1000) as s:
         assert s[b"huge"] == bytes(5000) and s[b"small"] == bytes(500)
-    raws = [Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal"))
-            for _, raw in records_of(seg.read_bytes())]
+    raws = [
+        Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal")) for _, raw in records_of(seg.read_bytes())
+    ]
     assert {r.key: r.compression for r in raws} == {b"huge": Compression.NONE, b"small": Compression.ZSTD}
 
 
@@ -325,8 +341,9 @@ def test_ttl_pin_never_compresses_a_value_over_the_bound(tmp_path):
     for _ in range(2):
         with KvStore.open(p, max_value_size=1000, compression="zstd", compress_min_size=0) as s:
             assert s[b"huge"] == bytes(5000)
-    raws = [Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal"))
-            for _, raw in records_of(seg.read_bytes())]
+    raws = [
+        Record.decode(raw)[0] for seg in sorted((p / "wal").glob("*.wal")) for _, raw in records_of(seg.read_bytes())
+    ]
     assert [r.compression for r in raws] == [Compression.NONE, Compression.NONE]
 
 
@@ -370,9 +387,9 @@ def test_decompress_bounds():
 # no content size (what a streaming encoder writes), or one claiming 4 GiB.
 def rle_frame(total: int, claim: int | None = None) -> bytes:
     if claim is None:
-        head = b"\x28\xb5\x2f\xfd\x00\x58"              # window descriptor, no size
+        head = b"\x28\xb5\x2f\xfd\x00\x58"  # window descriptor, no size
     else:
-        head = b"\x28\xb5\x2f\xfd\xe0" + claim.to_bytes(8, "little")   # single segment, 8-byte size
+        head = b"\x28\xb5\x2f\xfd\xe0" + claim.to_bytes(8, "little")  # single segment, 8-byte size
     blocks = []
     while total > 0:
         n = min(total, 128 << 10)

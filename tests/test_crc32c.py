@@ -35,7 +35,7 @@ def test_implementation_names():
 def test_known_values(impl):
     assert norikv.crc32c(b"") == 0
     assert norikv.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-    assert norikv.crc32c(bytes(32)) == 0x8A9136AA     # RFC 3720 B.4
+    assert norikv.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
     assert norikv.crc32c(b"\xff" * 32) == 0x62A8AB43
     assert norikv.crc32c(bytes(range(32))) == 0x46DD794E
 
@@ -44,7 +44,7 @@ def test_every_length_0_to_4096(impl):
     rnd = random.Random(1234)
     buf = rnd.randbytes(4096 + 16)
     for n in range(4097):
-        data = buf[n % 13:n % 13 + n]
+        data = buf[n % 13 : n % 13 + n]
         assert norikv.crc32c(data) == oracle.crc32c(data), n
 
 
@@ -54,7 +54,7 @@ def test_misaligned_starts(impl):
     mv = memoryview(buf)
     for start in range(16):
         for n in (0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 63, 64, 65, 255, 256, 1000, 4096, 8192 - 16):
-            view = mv[start:start + n]
+            view = mv[start : start + n]
             assert norikv.crc32c(view) == oracle.crc32c(bytes(view)), (start, n)
 
 
@@ -74,12 +74,12 @@ def test_chunked_continuation(impl):
             part = data[:5000]
             acc = 0
             for i in range(len(part)):
-                acc = norikv.crc32c(part[i:i + 1], acc)
+                acc = norikv.crc32c(part[i : i + 1], acc)
             assert acc == oracle.crc32c(part)
             continue
         acc = 0
         for i in range(0, len(data), chunk):
-            acc = norikv.crc32c(data[i:i + chunk], acc)
+            acc = norikv.crc32c(data[i : i + chunk], acc)
         assert acc == whole, chunk
     # the same convention as the oracle's continuation argument
     a, b = data[:1234], data[1234:]
@@ -120,29 +120,26 @@ def test_env_var_forces_software():
         "assert norikv.Record.decode(r)[0].value == b'alice'\n"
     )
     env = dict(os.environ, NORIKV_CRC32C_SOFTWARE="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "software"
     env.pop("NORIKV_CRC32C_SOFTWARE")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == HW
 
 
 def test_record_codec_on_both_paths(impl, tmp_path):
     """The record encoder and the recovery scan use the selected path too."""
     from norikv import FsyncPolicy, Position, Record, Wal, WalConfig
+
     rec = Record.put(b"user:1", b"alice")
     assert rec.encode().hex() == "060500757365723a31616c6963652516ede1"
     big = Record.put(b"big", bytes(range(256)) * 400)
     data = big.encode()
     assert int.from_bytes(data[-4:], "little") == oracle.crc32c(data[:-4])
-    with Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20,
-                            fsync_policy=FsyncPolicy.OS))[0] as wal:
+    with Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS))[0] as wal:
         wal.append(rec)
         wal.append(big)
-    wal, info = Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20,
-                                   fsync_policy=FsyncPolicy.OS))
+    wal, info = Wal.open(WalConfig(dir=str(tmp_path), max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS))
     with wal:
         assert info.valid_records == 2 and not info.corruption_detected
         assert [r for r, _ in wal.read_from(Position(0, 0))] == [rec, big]

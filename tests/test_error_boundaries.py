@@ -71,8 +71,12 @@ def test_bytes_subclass_is_its_own_content(tmp_path, cls):
 
 @pytest.mark.parametrize("cls", [Liar, LiarArray])
 def test_record_of_bytes_subclass(tmp_path, cls):
-    recs = [Record(cls(b"k"), cls(b"v")), Record.put(cls(b"k"), cls(b"v")),
-            Record.put_with_ttl(cls(b"k"), cls(b"v"), 1.0), Record(cls(b"k"), cls(b"v"), ttl_ms=1000)]
+    recs = [
+        Record(cls(b"k"), cls(b"v")),
+        Record.put(cls(b"k"), cls(b"v")),
+        Record.put_with_ttl(cls(b"k"), cls(b"v"), 1.0),
+        Record(cls(b"k"), cls(b"v"), ttl_ms=1000),
+    ]
     for r in recs:
         assert (r.key, r.value) == (b"k", b"v") and type(r.key) is bytes and type(r.value) is bytes
     d = Record.delete(cls(b"k"))
@@ -84,8 +88,9 @@ def test_record_of_bytes_subclass(tmp_path, cls):
     assert got == [(b"wk", b"wv")]
 
 
-@pytest.mark.parametrize("seconds", [float("inf"), float("-inf"), float("nan"), -1, -0.001,
-                                     2**64, 1.9e16, 1e300, 10**30])
+@pytest.mark.parametrize(
+    "seconds", [float("inf"), float("-inf"), float("nan"), -1, -0.001, 2**64, 1.9e16, 1e300, 10**30]
+)
 def test_put_with_ttl_out_of_range_is_a_value_error(seconds):
     with pytest.raises(ValueError, match="seconds"):
         Record.put_with_ttl(b"k", b"v", seconds)
@@ -118,12 +123,13 @@ def test_compact_tmp_directory_is_left_alone(tmp_path):
         for i in range(10):
             s.put(b"k%d" % i, b"v%d" % i)
     waldir = tmp_path / "wal"
-    os.mkdir(waldir / "000001.wal.compact-tmp")            # the first id a compaction takes
+    os.mkdir(waldir / "000001.wal.compact-tmp")  # the first id a compaction takes
     (waldir / "000001.wal.compact-tmp" / "inside").write_bytes(b"someone's file")
     os.mkdir(waldir / "other.compact-tmp")
     (waldir / "000009.wal.compact-tmp").write_bytes(b"a leftover")  # ours: deleted
-    r = subprocess.run([sys.executable, "-m", "norikv", "info", str(tmp_path), "--json"],
-                       capture_output=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "norikv", "info", str(tmp_path), "--json"], capture_output=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr.decode()
     assert json.loads(r.stdout)["compaction_leftovers"] == ["000009.wal.compact-tmp"]
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS, auto_compact=False) as s:
@@ -135,10 +141,12 @@ def test_compact_tmp_directory_is_left_alone(tmp_path):
         assert info.value.errno == errno.EISDIR
         assert info.value.filename == str(waldir / "000001.wal.compact-tmp")
         assert s.stats()["failed"] is None
-        assert sorted(n for n in os.listdir(waldir) if n.endswith(".compact-tmp")) == \
-            ["000001.wal.compact-tmp", "other.compact-tmp"]
+        assert sorted(n for n in os.listdir(waldir) if n.endswith(".compact-tmp")) == [
+            "000001.wal.compact-tmp",
+            "other.compact-tmp",
+        ]
         s.put(b"after", b"1")
-        s.compact()                                        # the next ids are free: it works
+        s.compact()  # the next ids are free: it works
         s.put(b"later", b"2")
     assert (waldir / "000001.wal.compact-tmp" / "inside").read_bytes() == b"someone's file"
     with KvStore.open(tmp_path) as s:

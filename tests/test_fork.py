@@ -25,14 +25,14 @@ import warnings
 import pytest
 
 import norikv.wal
-from norikv import (FsyncPolicy, KvStore, LockError, NoriIOError, Position, Record, Wal,
-                    WalConfig, _engine)
+from norikv import FsyncPolicy, KvStore, Position, Record, Wal, WalConfig, _engine
 
 MIB = 1 << 20
 TIMEOUT = 60
 
 
 # ---------------------------------------------------------------- fork helpers
+
 
 class Child:
     def __init__(self, pid, from_child, to_child):
@@ -99,7 +99,7 @@ def fork(body):
     up_r, up_w = os.pipe()
     down_r, down_w = os.pipe()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)   # fork() with threads running
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
         pid = os.fork()
     if pid == 0:
         code = 1
@@ -144,6 +144,7 @@ def outcome(fn):
 
 
 # ---------------------------------------------------------------- parent-side holders
+
 
 def block_next_segment(wal, thread_name):
     """Makes the thread named thread_name stop, holding the Wal's io_lock,
@@ -210,6 +211,7 @@ def wal_items(wal):
 
 # ---------------------------------------------------------------- (a) + (c), deterministic
 
+
 def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch):
     """At the fork, threads of the parent hold every lock a child path could
     need: a compaction paused in its snapshot (the compaction lock), a writer
@@ -221,7 +223,7 @@ def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch
     for i in range(100):
         store.put(b"k%03d" % i, b"v%d" % i)
         expected[b"k%03d" % i] = b"v%d" % i
-    list(store.range(b"k000", b"k010"))          # the range index exists
+    list(store.range(b"k000", b"k010"))  # the range index exists
 
     snap = PausedSnapshot(monkeypatch)
     compactor, cbox = start(store.compact, "paused-compaction")
@@ -230,13 +232,14 @@ def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch
 
     def write_big():
         store.put(b"big1", b"x" * (600 << 10))
-        store.put(b"big2", b"y" * (600 << 10))      # rotates: stops holding io_lock
+        store.put(b"big2", b"y" * (600 << 10))  # rotates: stops holding io_lock
 
     writer, wbox = start(write_big, "blocked-writer")
     assert entered.wait(TIMEOUT)
     store._index_lock.acquire()
     norikv.wal._released.acquire()
     try:
+
         def child(send, recv):
             res = {
                 "get": store.get(b"k005").decode(),
@@ -287,8 +290,7 @@ def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch
     assert "error" not in wbox and "error" not in cbox, (wbox, cbox)
     del store.wal._segment_path
     store.put(b"after", b"fork")
-    expected.update({b"big1": b"x" * (600 << 10), b"big2": b"y" * (600 << 10),
-                     b"after": b"fork"})
+    expected.update({b"big1": b"x" * (600 << 10), b"big2": b"y" * (600 << 10), b"after": b"fork"})
     assert dict(store.items()) == expected
     store.close()
     with open_kv(tmp_path) as again:
@@ -309,6 +311,7 @@ def test_wal_child_of_busy_parent_closes_and_cannot_open(tmp_path):
     assert entered.wait(TIMEOUT)
     norikv.wal._released.acquire()
     try:
+
         def child(send, recv):
             res = {
                 "append": outcome(lambda: wal.append(Record.put(b"c", b"1"))),
@@ -344,8 +347,8 @@ def test_wal_child_of_busy_parent_closes_and_cannot_open(tmp_path):
 
 # ---------------------------------------------------------------- (a), a writer thread at full speed
 
-@pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.batch(0.001)],
-                         ids=["always", "batch"])
+
+@pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.batch(0.001)], ids=["always", "batch"])
 def test_fork_while_a_thread_puts_in_a_loop(tmp_path, policy):
     """The issue's reproduction: a thread of the parent puts in a loop (under
     ALWAYS it holds io_lock for its fsyncs most of the time); each child drops
@@ -367,7 +370,7 @@ def test_fork_while_a_thread_puts_in_a_loop(tmp_path, policy):
         for n in range(6):
             before = count[0]
             deadline = time.monotonic() + TIMEOUT
-            while count[0] < before + 50:            # the loop is running at the fork
+            while count[0] < before + 50:  # the loop is running at the fork
                 assert t.is_alive() and time.monotonic() < deadline, "the writer stopped"
                 stop.wait(0.001)
             how = ("close", "with", "del")[n % 3]
@@ -398,12 +401,13 @@ def test_fork_while_a_thread_puts_in_a_loop(tmp_path, policy):
 
 # ---------------------------------------------------------------- (b) open in the child once the parent closed
 
+
 @pytest.mark.parametrize("how", ["close", "with", "del"])
 def test_store_child_opens_after_parent_closes(tmp_path, how):
     store = open_kv(tmp_path)
     stop = threading.Event()
 
-    def loop(s=store):    # a reference the child cannot drop (the thread is gone there)
+    def loop(s=store):  # a reference the child cannot drop (the thread is gone there)
         i = 0
         while not stop.is_set():
             s.put(b"w%d" % (i % 100), b"%d" % i)
@@ -422,7 +426,7 @@ def test_store_child_opens_after_parent_closes(tmp_path, how):
             with store:
                 pass
         else:
-            del store          # the writer thread's reference keeps the object alive
+            del store  # the writer thread's reference keeps the object alive
         send("dropped", held)
         assert recv() == "parent-closed"
         with open_kv(tmp_path) as mine:
@@ -449,7 +453,7 @@ def test_wal_child_opens_after_parent_closes(tmp_path, how):
     wal, _ = Wal.open(wal_cfg(tmp_path))
     for i in range(20):
         wal.append(Record.put(b"p%d" % i, b"%d" % i))
-    reader = wal.read_from(Position(0, 0))   # refers to the Wal: dropping `wal` does not free it
+    reader = wal.read_from(Position(0, 0))  # refers to the Wal: dropping `wal` does not free it
 
     def child(send, recv):
         nonlocal wal
@@ -471,7 +475,7 @@ def test_wal_child_opens_after_parent_closes(tmp_path, how):
 
     c = fork(child)
     assert c.recv() == ["dropped", "LockError"]
-    wal.append(Record.put(b"late", b"l"))         # written after the fork, read by the child
+    wal.append(Record.put(b"late", b"l"))  # written after the fork, read by the child
     expected = wal_items(wal)
     wal.close()
     c.send("parent-closed")
@@ -513,8 +517,11 @@ PARENT_EXITS = textwrap.dedent("""
 def test_child_opens_after_parent_exits(tmp_path):
     """The inherited handle is not dropped at all here: the child opens the
     store once its parent has exited, holding it to the end."""
-    out = subprocess.run([sys.executable, "-c", PARENT_EXITS, str(tmp_path)],
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    out = subprocess.run(
+        [sys.executable, "-c", PARENT_EXITS, str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["child: LockError while the parent holds it",
-                                       "child: opened, from-parent = b'1'"], out.stderr
+    assert out.stdout.splitlines() == [
+        "child: LockError while the parent holds it",
+        "child: opened, from-parent = b'1'",
+    ], out.stderr

@@ -11,24 +11,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import spec_codec as spec
+from norikv import Record, RecoveryMode, Wal, WalConfig, _engine
 from storeutil import open_store, wal_entries
 
-from norikv import KvStore, Record, RecoveryMode, Wal, WalConfig
-from norikv import _engine
-
 BATCH_CONT, TTL_ABS, BATCH_END = 0x20, 0x40, 0x80
-MAX = (1 << 63) - 1                     # DEADLINE_MAX: int64 Unix ms
+MAX = (1 << 63) - 1  # DEADLINE_MAX: int64 Unix ms
 HUGE = [(1 << 63) - 1, 1 << 63, (1 << 64) - 1]
 
 # Issue 11, point 6: norikv wrote `before` and a batch b1..b5 (old scheme:
 # BATCH_CONT on all but the last), a crash cut the file at b4, nori-wal
 # opened the directory and appended `later`.
 ISSUE_SEGMENT = bytes.fromhex(
-    "0601006265666f72653047f1f33d020120623131e8ceb89b02012062323285950fbc"
-    "020120623333f18ec65d0501006c617465727804bde505")
+    "0601006265666f72653047f1f33d020120623131e8ceb89b02012062323285950fbc020120623333f18ec65d0501006c617465727804bde505"
+)
 
 
 def write_segments(root: Path, *segments: bytes) -> None:
@@ -58,7 +57,7 @@ def clock():
 
 def test_issue_reproduction_gives_before_and_later_only(tmp_path):
     write_segments(tmp_path, ISSUE_SEGMENT)
-    for _ in range(2):          # nothing is cut: the same on every open
+    for _ in range(2):  # nothing is cut: the same on every open
         with open_store(tmp_path) as s:
             assert dict(s.items()) == {b"before": b"0", b"later": b"x"}
             info = s.recovery_info
@@ -69,8 +68,7 @@ def test_issue_reproduction_gives_before_and_later_only(tmp_path):
     res = _engine.scan_segment(str(tmp_path / "wal" / "000000.wal"), 0, None)
     assert (res["records"], res["batch_dropped"], res["batch_open"]) == (5, 3, None)
     # the Wal alone reads every record (it applies nothing)
-    assert [r.key for r in (e[0] for e in wal_entries(str(tmp_path)))] == \
-        [b"before", b"b1", b"b2", b"b3", b"later"]
+    assert [r.key for r in (e[0] for e in wal_entries(str(tmp_path)))] == [b"before", b"b1", b"b2", b"b3", b"later"]
     # compaction drops the broken batch for good
     with open_store(tmp_path) as s:
         s.compact()
@@ -139,14 +137,17 @@ def test_batch_open_at_the_end_of_the_log_is_cut(tmp_path):
     # ABSOLUTE_CONSISTENCY refuses it, as before
     write_segments(tmp_path, rec(b"a") + rec(b"b1", flags=BATCH_CONT))
     from norikv import CorruptionError
+
     with pytest.raises(CorruptionError, match="unterminated"):
         open_store(tmp_path, recovery_mode=RecoveryMode.ABSOLUTE_CONSISTENCY)
 
 
 def test_batch_open_at_the_end_of_a_non_final_segment_is_dropped(tmp_path):
-    write_segments(tmp_path,
-                   rec(b"a") + rec(b"b1", flags=BATCH_CONT) + rec(b"b2", flags=BATCH_CONT),
-                   rec(b"c", flags=BATCH_END) + rec(b"d"))
+    write_segments(
+        tmp_path,
+        rec(b"a") + rec(b"b1", flags=BATCH_CONT) + rec(b"b2", flags=BATCH_CONT),
+        rec(b"c", flags=BATCH_END) + rec(b"d"),
+    )
     for mode in RecoveryMode:
         with open_store(tmp_path, recovery_mode=mode) as s:
             # c's BATCH_END has no run before it in its segment: a plain record
@@ -156,12 +157,17 @@ def test_batch_open_at_the_end_of_a_non_final_segment_is_dropped(tmp_path):
 
 
 def test_complete_batches_and_lone_batch_end(tmp_path):
-    write_segments(tmp_path,
-                   rec(b"x", flags=BATCH_END)                      # no run: plain
-                   + rec(b"b1", flags=BATCH_CONT) + rec(b"b2", flags=BATCH_END)
-                   + rec(b"c1", flags=BATCH_CONT) + rec(b"c2", flags=BATCH_CONT)
-                   + rec(b"y")                                     # breaks c1, c2
-                   + rec(b"d1", flags=BATCH_CONT) + rec(b"d2", flags=BATCH_END))
+    write_segments(
+        tmp_path,
+        rec(b"x", flags=BATCH_END)  # no run: plain
+        + rec(b"b1", flags=BATCH_CONT)
+        + rec(b"b2", flags=BATCH_END)
+        + rec(b"c1", flags=BATCH_CONT)
+        + rec(b"c2", flags=BATCH_CONT)
+        + rec(b"y")  # breaks c1, c2
+        + rec(b"d1", flags=BATCH_CONT)
+        + rec(b"d2", flags=BATCH_END),
+    )
     with open_store(tmp_path) as s:
         assert sorted(s.keys()) == [b"b1", b"b2", b"d1", b"d2", b"x", b"y"]
         assert s.recovery_info.batch_records_dropped == 2
@@ -192,8 +198,7 @@ def test_batch_flags_written(tmp_path):
             b.put(b"p", b"1")
             b.delete(b"one")
             b.put(b"q", b"2", ttl=60)
-    assert flags_on_disk(tmp_path) == [(b"one", 0), (b"p", BATCH_CONT), (b"one", BATCH_CONT),
-                                       (b"q", BATCH_END)]
+    assert flags_on_disk(tmp_path) == [(b"one", 0), (b"p", BATCH_CONT), (b"one", BATCH_CONT), (b"q", BATCH_END)]
     d = tmp_path / "w"
     with Wal.open(WalConfig(dir=str(d)))[0] as wal:
         wal.append_batch([Record.put(b"s", b"1")], atomic=True)
@@ -201,8 +206,7 @@ def test_batch_flags_written(tmp_path):
         marked = Record.decode(rec(b"m", flags=BATCH_CONT))[0]
         wal.append_batch([marked, Record.decode(rec(b"n", flags=BATCH_END))[0]])
         got = [(r.key, r.flags & 0xA0) for r, _ in wal.read_from(_engine.Position(0, 0))]
-    assert got == [(b"s", 0), (b"t0", BATCH_CONT), (b"t1", BATCH_CONT), (b"t2", BATCH_END),
-                   (b"m", 0), (b"n", 0)]
+    assert got == [(b"s", 0), (b"t0", BATCH_CONT), (b"t1", BATCH_CONT), (b"t2", BATCH_END), (b"m", 0), (b"n", 0)]
 
 
 # A log as a list of events; the model is what the batch rule applies.
@@ -228,8 +232,7 @@ def _batch_bytes(root: Path, keys: list[int], val: bytes) -> bytes:
 
 
 @settings(max_examples=60, deadline=None)
-@given(events=st.lists(_event, max_size=12),
-       tail=st.lists(st.integers(0, 5), max_size=3))
+@given(events=st.lists(_event, max_size=12), tail=st.lists(st.integers(0, 5), max_size=3))
 def test_batch_rule_model(tmp_path_factory, events, tail):
     """Random logs of plain puts, whole batches (written by norikv) and
     batches torn by a crash followed by a foreign append, maybe ending in a
@@ -300,8 +303,7 @@ def test_relative_ttl_of_any_size(tmp_path, clock, ttl_ms):
         if step == "compact":
             # pinned once (not again by the reopen), with the deadline as it is
             raw, _ = spec.decode_segment((tmp_path / "wal" / "000000.wal").read_bytes())
-            assert [(r.reserved, r.ttl_ms) for r, _ in raw if r.key == b"k"] == \
-                [(0, ttl_ms), (TTL_ABS, deadline)]
+            assert [(r.reserved, r.ttl_ms) for r, _ in raw if r.key == b"k"] == [(0, ttl_ms), (TTL_ABS, deadline)]
             s.compact()
         s.close()
         s = open_store(tmp_path)
@@ -360,9 +362,13 @@ def test_export_import_keeps_a_saturated_deadline(tmp_path):
     assert line["expires_at_ms"] == MAX
     info = subprocess.run(cli + ["info", "--json", str(tmp_path / "a")], capture_output=True, timeout=60)
     assert json.loads(info.stdout)["ttl_keys"] == 1
-    line["expires_at_ms"] = 1 << 70             # beyond int64 too: saturates
-    r = subprocess.run(cli + ["import", "--create", str(tmp_path / "b")],
-                       input=(json.dumps(line) + "\n").encode(), capture_output=True, timeout=60)
+    line["expires_at_ms"] = 1 << 70  # beyond int64 too: saturates
+    r = subprocess.run(
+        cli + ["import", "--create", str(tmp_path / "b")],
+        input=(json.dumps(line) + "\n").encode(),
+        capture_output=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     with open_store(tmp_path / "b") as s:
         assert s.get(b"k") == b"v" and s._deadline_of(b"k") == MAX

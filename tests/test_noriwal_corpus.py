@@ -72,6 +72,7 @@ MAX_SEGMENT_SIZE = 1 << 20
 
 COMPRESSION = {"none": Compression.NONE, "lz4": Compression.LZ4, "zstd": Compression.ZSTD}
 
+
 def cases(check):
     """The cases as pytest params (``check`` names the test, for marks)."""
     return [pytest.param(case, id=case) for case in CASES]
@@ -107,7 +108,7 @@ class Case:
     name: str
     recovery: dict
     records: list[Expected]
-    segments: dict[int, bytes]   # segment id -> the file's bytes, as nori-wal left it
+    segments: dict[int, bytes]  # segment id -> the file's bytes, as nori-wal left it
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,7 +129,8 @@ def _verified(case: str, rel: str) -> bytes:
     data = (CORPUS / name).read_bytes()
     assert hashlib.sha256(data).hexdigest() == want, (
         f"{name} differs from SHA256SUMS: the fixture is damaged (line endings? "
-        f"see tests/data/noriwal-corpus/.gitattributes)")
+        f"see tests/data/noriwal-corpus/.gitattributes)"
+    )
     return data
 
 
@@ -148,22 +150,23 @@ def _parse_record(d: dict) -> Expected:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_case(case: str) -> Case:
     """Reads one case, verifying every file SHA256SUMS lists for it."""
-    listed = sorted(n[len(case) + 1:] for n in _sha256sums() if n.startswith(case + "/"))
-    on_disk = sorted(
-        str(p.relative_to(CORPUS / case)) for p in (CORPUS / case / "wal").iterdir()
-    ) + ["expected.jsonl", "ops.jsonl"]
+    listed = sorted(n[len(case) + 1 :] for n in _sha256sums() if n.startswith(case + "/"))
+    on_disk = sorted(str(p.relative_to(CORPUS / case)) for p in (CORPUS / case / "wal").iterdir()) + [
+        "expected.jsonl",
+        "ops.jsonl",
+    ]
     assert sorted(on_disk) == listed, f"{case}: files differ from SHA256SUMS"
     _verified(case, "ops.jsonl")
     lines = _verified(case, "expected.jsonl").decode().splitlines()
-    recovery = json.loads(lines[0])["recovery"]   # json keeps 2**64-1 an exact int
+    recovery = json.loads(lines[0])["recovery"]  # json keeps 2**64-1 an exact int
     records = [_parse_record(json.loads(line)) for line in lines[1:]]
     segments = {}
     for rel in listed:
         if rel.startswith("wal/"):
-            segments[int(rel[len("wal/"):-len(".wal")])] = _verified(case, rel)
+            segments[int(rel[len("wal/") : -len(".wal")])] = _verified(case, rel)
     return Case(case, recovery, records, segments)
 
 
@@ -190,7 +193,8 @@ def value_matches(want: bytes | Value, got: bytes) -> bool:
 def assert_record(rec: Record, exp: Expected, where: str) -> None:
     assert rec.key == exp.key, where
     assert value_matches(exp.value, rec.value), (
-        f"{where}: value {rec.value[:32]!r}... (len {len(rec.value)}), expected {exp.value!r:.80}")
+        f"{where}: value {rec.value[:32]!r}... (len {len(rec.value)}), expected {exp.value!r:.80}"
+    )
     assert rec.tombstone == exp.tombstone, where
     assert rec.ttl_ms == exp.ttl_ms, where
     assert rec.compression == exp.compression, where
@@ -272,14 +276,13 @@ def test_record_decode_of_the_raw_segments(case):
             assert off + size == nxt.offset, where
         ends[seg_id] = off + size
         if exp.compression is Compression.NONE:
-            again = Record(r.key, r.value, tombstone=r.tombstone, ttl_ms=r.ttl_ms,
-                           version=r.version)
-            assert again.encode() == data[off:off + size], where
+            again = Record(r.key, r.value, tombstone=r.tombstone, ttl_ms=r.ttl_ms, version=r.version)
+            assert again.encode() == data[off : off + size], where
     assert set(ends) == set(c.segments)
     last_id, last_end = c.recovery["last_valid_position"]
     assert ends[last_id] == last_end
     for seg_id, data in c.segments.items():
-        tail = data[ends[seg_id]:]
+        tail = data[ends[seg_id] :]
         if not tail:
             continue
         assert seg_id == last_id, f"{case}: segment {seg_id} has bytes after its last record"
@@ -353,11 +356,11 @@ def test_store_holds_the_replayed_records(case, tmp_path):
     with open_store(store_dir) as s:
         assert s.stats()["relative_ttl_records"] == relative
         assert_store(s, model, 0)
-    with open_store(store_dir) as s:     # the same contents again
+    with open_store(store_dir) as s:  # the same contents again
         assert_store(s, model, 0)
-        with clock_ahead(2 * HOUR_MS):   # expiry while open
+        with clock_ahead(2 * HOUR_MS):  # expiry while open
             assert_store(s, model, 2 * HOUR_MS)
-    with clock_ahead(2 * HOUR_MS):       # a reopen keeps the first open's deadlines
+    with clock_ahead(2 * HOUR_MS):  # a reopen keeps the first open's deadlines
         with open_store(store_dir) as s:
             late = assert_store(s, model, 2 * HOUR_MS)
     forever = {k for k, (_, ttl) in model.items() if ttl is None or ttl >= 1 << 32}
@@ -384,13 +387,13 @@ def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path,
         return pin(self, relative)
 
     monkeypatch.setattr(_engine, "_pin_relative_ttls", slow_pin)
-    with clock_ahead(0):   # restores the offset whatever happens
+    with clock_ahead(0):  # restores the offset whatever happens
         with open_store(store_dir) as s:
             if not calls:
                 raise RuntimeError("the open did not pin relative TTLs: update this test")
             assert s.get(b"ttl") is None
         monkeypatch.undo()
-        with open_store(store_dir) as s:   # still two hours later
+        with open_store(store_dir) as s:  # still two hours later
             assert s.get(b"ttl") is None, "the expired key is back"
 
 
@@ -401,8 +404,10 @@ def test_relative_ttl_that_ran_out_during_the_first_open_stays_expired(tmp_path,
 def test_wal_appends_after_recovery(case, tmp_path):
     c = load_case(case)
     wal_dir = copy_wal(c, tmp_path / "wal")
-    new = [Record.put(b"appended-1", b"after nori-wal"),
-           Record.put_with_ttl(b"appended-2", b"x" * 300, 30.0).with_compression("lz4")]
+    new = [
+        Record.put(b"appended-1", b"after nori-wal"),
+        Record.put_with_ttl(b"appended-2", b"x" * 300, 30.0).with_compression("lz4"),
+    ]
     wal, info = open_wal(wal_dir)
     try:
         positions = [wal.append(r) for r in new]
@@ -421,8 +426,8 @@ def test_wal_appends_after_recovery(case, tmp_path):
     for (r, pos), exp in zip(got, c.records):
         assert pos == exp.pos
         assert_record(r, exp, f"{case} record at {tuple(exp.pos)} after an append")
-    assert [r for r, _ in got[len(c.records):]] == new
-    assert [p for _, p in got[len(c.records):]] == positions
+    assert [r for r, _ in got[len(c.records) :]] == new
+    assert [p for _, p in got[len(c.records) :]] == positions
 
 
 @pytest.mark.parametrize("case", cases("store_put"))

@@ -7,28 +7,29 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import spec_codec as spec
-from norikv import (Compression, CorruptionError, FsyncPolicy, Position, Record, Wal,
-                    WalConfig)
+from norikv import Compression, CorruptionError, FsyncPolicy, Position, Record, Wal, WalConfig
 
 ERR = b"ERROR: " * 20
 
 # (norikv record, spec record, hex) for every FORMAT.md vector
 VECTORS = [
-    (Record.put(b"user:1", b"alice"), spec.SpecRecord(b"user:1", b"alice"),
-     "060500757365723a31616c6963652516ede1"),
-    (Record.delete(b"user:1"), spec.SpecRecord(b"user:1", tombstone=True),
-     "060001757365723a31dbdcf6e6"),
-    (Record(b"session:abc", b"data", ttl_ms=3_600_000),
-     spec.SpecRecord(b"session:abc", b"data", ttl_ms=3_600_000),
-     "0b040280dddb0173657373696f6e3a61626364617461ec92952e"),
-    (Record.put(b"k", b"v").with_version(2, 7), spec.SpecRecord(b"k", b"v", version=(2, 7)),
-     "01011002076b7645f6ee06"),
-    (Record.put(b"log", ERR).with_compression(Compression.LZ4),
-     spec.SpecRecord(b"log", ERR, compression=spec.LZ4),
-     "0313046c6f678c017f4552524f523a2007006d50524f523a20a7303b14"),
+    (Record.put(b"user:1", b"alice"), spec.SpecRecord(b"user:1", b"alice"), "060500757365723a31616c6963652516ede1"),
+    (Record.delete(b"user:1"), spec.SpecRecord(b"user:1", tombstone=True), "060001757365723a31dbdcf6e6"),
+    (
+        Record(b"session:abc", b"data", ttl_ms=3_600_000),
+        spec.SpecRecord(b"session:abc", b"data", ttl_ms=3_600_000),
+        "0b040280dddb0173657373696f6e3a61626364617461ec92952e",
+    ),
+    (Record.put(b"k", b"v").with_version(2, 7), spec.SpecRecord(b"k", b"v", version=(2, 7)), "01011002076b7645f6ee06"),
+    (
+        Record.put(b"log", ERR).with_compression(Compression.LZ4),
+        spec.SpecRecord(b"log", ERR, compression=spec.LZ4),
+        "0313046c6f678c017f4552524f523a2007006d50524f523a20a7303b14",
+    ),
     (Record.put(b"", b""), spec.SpecRecord(b""), "0000007aa36460"),
 ]
 IDS = ["put", "delete", "ttl", "version", "lz4", "empty"]
@@ -41,14 +42,18 @@ def cfg(path, **kw):
 
 
 def as_spec(r: Record) -> spec.SpecRecord:
-    return spec.SpecRecord(key=r.key, value=r.value, tombstone=r.tombstone, ttl_ms=r.ttl_ms,
-                           version=r.version,
-                           compression=int(r.compression))
+    return spec.SpecRecord(
+        key=r.key,
+        value=r.value,
+        tombstone=r.tombstone,
+        ttl_ms=r.ttl_ms,
+        version=r.version,
+        compression=int(r.compression),
+    )
 
 
 def as_record(s: spec.SpecRecord) -> Record:
-    return Record(s.key, s.value, tombstone=s.tombstone, ttl_ms=s.ttl_ms,
-                  compression=s.compression, version=s.version)
+    return Record(s.key, s.value, tombstone=s.tombstone, ttl_ms=s.ttl_ms, compression=s.compression, version=s.version)
 
 
 # ---------------------------------------------------------------- vectors
@@ -111,9 +116,9 @@ def test_vectors_segment_opened_by_wal(tmp_path):
 # ---------------------------------------------------------------- roundtrips
 
 u64 = st.integers(0, (1 << 64) - 1)
-values = st.one_of(st.binary(max_size=600),
-                   st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=8),
-                             st.integers(1, 300)))
+values = st.one_of(
+    st.binary(max_size=600), st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=8), st.integers(1, 300))
+)
 
 
 @st.composite
@@ -124,8 +129,7 @@ def records(draw):
     ttl = draw(st.none() | u64)
     version = draw(st.none() | st.tuples(u64, u64))
     comp = 0 if tomb else draw(st.sampled_from([0, 1, 2]))
-    return spec.SpecRecord(key, value, tombstone=tomb, ttl_ms=ttl, version=version,
-                           compression=comp)
+    return spec.SpecRecord(key, value, tombstone=tomb, ttl_ms=ttl, version=version, compression=comp)
 
 
 @given(records())
@@ -198,8 +202,14 @@ def test_equality_by_fields():
 
 def test_fields_of_constructors():
     p = Record.put(b"k", bytearray(b"v"))
-    assert (p.key, p.value, p.tombstone, p.ttl_ms, p.version, p.compression) == \
-        (b"k", b"v", False, None, None, Compression.NONE)
+    assert (p.key, p.value, p.tombstone, p.ttl_ms, p.version, p.compression) == (
+        b"k",
+        b"v",
+        False,
+        None,
+        None,
+        Compression.NONE,
+    )
     assert type(p.value) is bytes
     d = Record.delete(memoryview(b"k"))
     assert (d.key, d.value, d.tombstone) == (b"k", b"", True)
@@ -207,8 +217,9 @@ def test_fields_of_constructors():
         Record(b"k", b"v", tombstone=True)
 
 
-@pytest.mark.parametrize("seconds,ms", [(30.0, 30_000), (1.5, 1500), (0, 0), (2, 2000),
-                                        (0.0004, 0), (0.0006, 1), (3600, 3_600_000)])
+@pytest.mark.parametrize(
+    "seconds,ms", [(30.0, 30_000), (1.5, 1500), (0, 0), (2, 2000), (0.0004, 0), (0.0006, 1), (3600, 3_600_000)]
+)
 def test_put_with_ttl(seconds, ms):
     r = Record.put_with_ttl(b"session:abc", b"data", seconds)
     assert r.ttl_ms == ms
@@ -300,21 +311,25 @@ def test_truncated_record_is_incomplete(cut):
         Record.decode(data)
 
 
-@pytest.mark.parametrize("klen,vlen", [(1 << 62, 0), (0, 1 << 62), ((1 << 64) - 1, (1 << 64) - 1),
-                                       (1 << 40, 5), (50, 0)])
+@pytest.mark.parametrize(
+    "klen,vlen", [(1 << 62, 0), (0, 1 << 62), ((1 << 64) - 1, (1 << 64) - 1), (1 << 40, 5), (50, 0)]
+)
 def test_claimed_lengths_beyond_data(klen, vlen):
     data = spec.put_varint(klen) + spec.put_varint(vlen) + b"\x00" + b"abcdefgh" + b"\0\0\0\0"
     with pytest.raises(CorruptionError, match="incomplete"):
         Record.decode(data)
 
 
-@pytest.mark.parametrize("prefix", [
-    b"\x80" * 10 + b"\x00",          # 11 bytes
-    b"\xff" * 10 + b"\x01",          # 11 bytes
-    b"\xff" * 9 + b"\x02",           # 10 bytes but past 64 bits
-    b"\xff" * 9 + b"\x7f",
-    b"\x80" * 20,
-])
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        b"\x80" * 10 + b"\x00",  # 11 bytes
+        b"\xff" * 10 + b"\x01",  # 11 bytes
+        b"\xff" * 9 + b"\x02",  # 10 bytes but past 64 bits
+        b"\xff" * 9 + b"\x7f",
+        b"\x80" * 20,
+    ],
+)
 def test_bad_varints(prefix):
     data = prefix + b"\x00\x00" + b"x" * 40
     with pytest.raises(CorruptionError, match="varint"):
@@ -359,13 +374,14 @@ def _lz4_record(claim: int, block: bytes) -> bytes:
 
 def test_lz4_claims_that_disagree():
     import lz4.block
+
     block = lz4.block.compress(ERR, store_size=False)
     assert Record.decode(_lz4_record(len(ERR), block))[0].value == ERR
     for claim in (len(ERR) - 1, len(ERR) + 1, 1, 2 * len(ERR), 1 << 40, (1 << 64) - 1):
         with pytest.raises(CorruptionError):
             Record.decode(_lz4_record(claim, block))
     with pytest.raises(CorruptionError):
-        Record.decode(_lz4_record(len(ERR), b"\xff" * 10))       # not an LZ4 block
+        Record.decode(_lz4_record(len(ERR), b"\xff" * 10))  # not an LZ4 block
     with pytest.raises(CorruptionError):
         Record.decode(_with_crc(b"\x03\x03\x04log\x80\x80\x80"))  # length prefix cut short
 
@@ -443,14 +459,12 @@ HOSTILE_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(os.uname().sysname != "Linux",
-                    reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
 def test_hostile_claims_never_allocate(tmp_path):
     """Under an address-space limit far below the claimed sizes, hostile
     lengths give CorruptionError, not MemoryError or a crash."""
     script = HOSTILE_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:] + out.stdout[-2000:]
     assert out.stdout.strip() == "ok"
 
@@ -460,6 +474,7 @@ def _zstd_stream(value: bytes) -> bytes:
     import io
 
     import zstandard
+
     buf = io.BytesIO()
     w = zstandard.ZstdCompressor(level=3).stream_writer(buf, closefd=False)
     w.write(value)
@@ -474,6 +489,7 @@ def _zstd_record(stored: bytes) -> bytes:
 @pytest.mark.parametrize("value", [b"", b"x", bytes(range(256)) * 40, b"abc" * 50_000])
 def test_zstd_frames_with_and_without_size(value):
     import zstandard
+
     for stored in (zstandard.ZstdCompressor(level=3).compress(value), _zstd_stream(value)):
         r, _ = Record.decode(_zstd_record(stored))
         assert r.value == value and r.compression is Compression.ZSTD
@@ -492,8 +508,7 @@ def test_zstd_bomb_is_bounded():
 def test_delete_ignores_compression():
     """A delete has no value to compress: it is written without compression
     bits, so what is read back equals what was appended."""
-    for d in (Record.delete(b"k").with_compression(Compression.LZ4),
-              Record(b"k", tombstone=True, compression="zstd")):
+    for d in (Record.delete(b"k").with_compression(Compression.LZ4), Record(b"k", tombstone=True, compression="zstd")):
         assert d.compression is Compression.NONE
         assert d == Record.delete(b"k")
         data = d.encode()

@@ -18,36 +18,76 @@ import sys
 
 import pytest
 
-from norikv import (FsyncPolicy, KvStore, NoriIOError, Position, Record, Wal, WalConfig, _engine)
+from norikv import FsyncPolicy, KvStore, NoriIOError, Position, Record, Wal, WalConfig, _engine
 from norikv.inspect import segment_files as _segment_files
 
 MIB = 1 << 20
 U64 = 2**64 - 1
 
 
-@pytest.mark.parametrize("name,seg", [
-    ("000000.wal", 0), ("000005.wal", 5), ("999999.wal", 999999), ("1000000.wal", 1000000),
-    (f"{U64}.wal", U64), (f"{2**63}.wal", 2**63),
-    # nori-wal parses these (u64::from_str: leading zeros, '+') but opens the
-    # canonical name instead: not segments here
-    ("0000005.wal", None), ("00000000000000000000001.wal", None), ("0000000.wal", None),
-    ("+00001.wal", None), ("+000001.wal", None), ("0000001000000.wal", None),
-    # nori-wal rejects these too
-    ("99999999999999999999999.wal", None), (f"{2**64}.wal", None), ("00001.wal", None),
-    ("000001.wal.bak", None), (" 000001.wal", None), ("000001 .wal", None), ("000001.wal ", None),
-    ("٠٠٠٠٠١.wal", None), ("００００01.wal", None), ("-00001.wal", None), ("000001.WAL", None),
-    (".wal", None), ("wal", None), ("000001", None), ("000001..wal", None), ("0x0001.wal", None),
-    ("000001.wal.compact-tmp", None), ("LOCK", None), ("00_001.wal", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "name,seg",
+    [
+        ("000000.wal", 0),
+        ("000005.wal", 5),
+        ("999999.wal", 999999),
+        ("1000000.wal", 1000000),
+        (f"{U64}.wal", U64),
+        (f"{2**63}.wal", 2**63),
+        # nori-wal parses these (u64::from_str: leading zeros, '+') but opens the
+        # canonical name instead: not segments here
+        ("0000005.wal", None),
+        ("00000000000000000000001.wal", None),
+        ("0000000.wal", None),
+        ("+00001.wal", None),
+        ("+000001.wal", None),
+        ("0000001000000.wal", None),
+        # nori-wal rejects these too
+        ("99999999999999999999999.wal", None),
+        (f"{2**64}.wal", None),
+        ("00001.wal", None),
+        ("000001.wal.bak", None),
+        (" 000001.wal", None),
+        ("000001 .wal", None),
+        ("000001.wal ", None),
+        ("٠٠٠٠٠١.wal", None),
+        ("００００01.wal", None),
+        ("-00001.wal", None),
+        ("000001.WAL", None),
+        (".wal", None),
+        ("wal", None),
+        ("000001", None),
+        ("000001..wal", None),
+        ("0x0001.wal", None),
+        ("000001.wal.compact-tmp", None),
+        ("LOCK", None),
+        ("00_001.wal", None),
+        ("", None),
+    ],
+)
 def test_segment_id_of(name, seg):
     assert _engine.segment_id_of(name) == seg
     if seg is not None:
         assert _engine.segment_name(seg) == name
 
 
-STRAYS = ["0000005.wal", "00000000000000000000001.wal", "99999999999999999999999.wal",
-          "0000000.wal", "0000001.wal", "000001.wal.bak", "+00001.wal", "+000001.wal", " 000001.wal",
-          "000001.wal ", "٠٠٠٠٠١.wal", "000001.WAL", "00001.wal", f"{2**64}.wal", "-00001.wal"]
+STRAYS = [
+    "0000005.wal",
+    "00000000000000000000001.wal",
+    "99999999999999999999999.wal",
+    "0000000.wal",
+    "0000001.wal",
+    "000001.wal.bak",
+    "+00001.wal",
+    "+000001.wal",
+    " 000001.wal",
+    "000001.wal ",
+    "٠٠٠٠٠١.wal",
+    "000001.WAL",
+    "00001.wal",
+    f"{2**64}.wal",
+    "-00001.wal",
+]
 
 
 def _big_value() -> bytes:
@@ -68,7 +108,7 @@ def make_log(d) -> None:
     with wal:
         wal.append(Record.put(b"k0", b"v0"))
         wal.append(Record.put(b"k1", b"v1"))
-        wal.append(Record.put(b"big", BIG))                   # segment 0 is then full
+        wal.append(Record.put(b"big", BIG))  # segment 0 is then full
         wal.append(Record.put(b"k2", b"v2"))
         wal.append(Record.put(b"k3", b"v3"))
     assert sorted(os.listdir(d)) == ["000000.wal", "000001.wal", "LOCK"]
@@ -99,7 +139,7 @@ def test_wal_ignores_non_segment_names(tmp_path):
         assert keys == [b"k0", b"k1", b"big", b"k2", b"k3"]
         pos = wal.append(Record.put(b"new", b"1"))
         assert pos.segment_id == 1
-    for n, data in strays.items():                  # untouched
+    for n, data in strays.items():  # untouched
         with open(d / n, "rb") as f:
             assert f.read() == data
 
@@ -123,8 +163,7 @@ def test_store_never_replays_a_file_twice(tmp_path):
     names = set(os.listdir(tmp_path / "wal"))
     assert set(STRAYS) <= names
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS) as s:
-        assert dict(s.items()) == {b"k0": b"v0", b"k1": b"changed", b"big": BIG,
-                                   b"k2": b"v2", b"k3": b"v3"}
+        assert dict(s.items()) == {b"k0": b"v0", b"k1": b"changed", b"big": BIG, b"k2": b"v2", b"k3": b"v3"}
 
 
 def test_highest_u64_id_is_a_segment_and_never_wraps(tmp_path):
@@ -148,8 +187,8 @@ def test_highest_u64_id_is_a_segment_and_never_wraps(tmp_path):
         with pytest.raises(NoriIOError) as info_exc:
             wal.append(Record.put(b"rotates", b"z" * MIB))
         assert info_exc.value.errno == errno.EFBIG
-        wal.append(Record.put(b"still", b"ok"))         # not poisoned
-    assert _engine.list_segments(str(d)) == [0, 1, U64 - 1, U64]     # nothing wrapped to id 0 or 2
+        wal.append(Record.put(b"still", b"ok"))  # not poisoned
+    assert _engine.list_segments(str(d)) == [0, 1, U64 - 1, U64]  # nothing wrapped to id 0 or 2
     with KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS, auto_compact=False) as s:
         assert s.get(b"still") == b"ok" and b"rotates" not in s
         with pytest.raises(NoriIOError):
@@ -163,7 +202,7 @@ def test_highest_u64_id_is_a_segment_and_never_wraps(tmp_path):
 def test_directory_with_a_segment_name_refuses_open(tmp_path, name):
     d = tmp_path / "wal"
     make_log(d)
-    os.mkdir(d / ("0" + name))                 # a non-canonical name: ignored
+    os.mkdir(d / ("0" + name))  # a non-canonical name: ignored
     assert _engine.list_segments(str(d)) == [0, 1]
     (d / name).unlink(missing_ok=True)
     os.mkdir(d / name)
@@ -175,7 +214,7 @@ def test_directory_with_a_segment_name_refuses_open(tmp_path, name):
     assert "directory" in str(info.value)
     assert sorted(os.listdir(d)) == before
     os.rmdir(d / name)
-    wal, _ = Wal.open(WalConfig(dir=str(d), max_segment_size=MIB))   # the lock was released
+    wal, _ = Wal.open(WalConfig(dir=str(d), max_segment_size=MIB))  # the lock was released
     wal.close()
 
 
@@ -184,11 +223,12 @@ def test_fifo_with_a_segment_name_does_not_hang(tmp_path):
     d = tmp_path / "wal"
     make_log(d)
     os.mkfifo(d / "000002.wal")
-    code = ("import sys\nfrom norikv import Wal, WalConfig, NoriIOError\n"
-            "try:\n    Wal.open(WalConfig(dir=sys.argv[1], max_segment_size=1 << 20))\n"
-            "except NoriIOError as e:\n    print(e.errno, e.filename)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import sys\nfrom norikv import Wal, WalConfig, NoriIOError\n"
+        "try:\n    Wal.open(WalConfig(dir=sys.argv[1], max_segment_size=1 << 20))\n"
+        "except NoriIOError as e:\n    print(e.errno, e.filename)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(d)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(errno.EINVAL), str(d / "000002.wal")]
 
@@ -210,8 +250,9 @@ def test_cli_lists_the_same_segments(tmp_path):
     add_strays(tmp_path / "wal")
     waldir = str(tmp_path / "wal")
     assert [s for s, _ in _segment_files(waldir)] == [0, 1]
-    r = subprocess.run([sys.executable, "-m", "norikv", "info", str(tmp_path), "--json"],
-                       capture_output=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "norikv", "info", str(tmp_path), "--json"], capture_output=True, timeout=60
+    )
     assert r.returncode == 0, r.stderr.decode()
     info = json.loads(r.stdout)
     assert info["segment_files"] == ["000000.wal", "000001.wal"]

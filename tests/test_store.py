@@ -8,8 +8,6 @@ import random
 
 import pytest
 
-from storeutil import open_store, wal_entries
-
 from norikv import (
     ClosedError,
     KvStore,
@@ -17,8 +15,7 @@ from norikv import (
     WalConfig,
     WriteBatch,
 )
-
-
+from storeutil import open_store, wal_entries
 
 
 def active_segment(store):
@@ -34,6 +31,7 @@ def active_segment(store):
 
 
 # ------------------------------------------------------------------ the recipe
+
 
 def test_basic_operations(tmp_path):
     store = open_store(tmp_path)
@@ -112,6 +110,7 @@ def test_recovery_after_clean_close_and_repeated_crashes(tmp_path):
 
 # ------------------------------------------------------------------ mapping API
 
+
 def test_mapping_api(tmp_path):
     with open_store(tmp_path) as store:
         assert store.is_empty() and len(store) == 0
@@ -189,29 +188,51 @@ def test_context_manager_closes_on_exception(tmp_path):
         assert again[b"k"] == b"v"
 
 
-@pytest.mark.parametrize("op", [
-    lambda s: s.get(b"k"),
-    lambda s: s[b"k"],
-    lambda s: s.put(b"k", b"v"),
-    lambda s: s.__setitem__(b"k", b"v"),
-    lambda s: s.delete(b"k"),
-    lambda s: s.__delitem__(b"k"),
-    lambda s: b"k" in s,
-    lambda s: len(s),
-    lambda s: list(s),
-    lambda s: s.keys(),
-    lambda s: s.values(),
-    lambda s: s.items(),
-    lambda s: s.is_empty(),
-    lambda s: list(s.range()),
-    lambda s: list(s.prefix(b"k")),
-    lambda s: s.batch(),
-    lambda s: s.sync(),
-    lambda s: s.compact(),
-    lambda s: s.stats(),
-], ids=["get", "getitem", "put", "setitem", "delete", "delitem", "contains", "len", "iter",
-        "keys", "values", "items", "is_empty", "range", "prefix", "batch", "sync", "compact",
-        "stats"])
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda s: s.get(b"k"),
+        lambda s: s[b"k"],
+        lambda s: s.put(b"k", b"v"),
+        lambda s: s.__setitem__(b"k", b"v"),
+        lambda s: s.delete(b"k"),
+        lambda s: s.__delitem__(b"k"),
+        lambda s: b"k" in s,
+        lambda s: len(s),
+        lambda s: list(s),
+        lambda s: s.keys(),
+        lambda s: s.values(),
+        lambda s: s.items(),
+        lambda s: s.is_empty(),
+        lambda s: list(s.range()),
+        lambda s: list(s.prefix(b"k")),
+        lambda s: s.batch(),
+        lambda s: s.sync(),
+        lambda s: s.compact(),
+        lambda s: s.stats(),
+    ],
+    ids=[
+        "get",
+        "getitem",
+        "put",
+        "setitem",
+        "delete",
+        "delitem",
+        "contains",
+        "len",
+        "iter",
+        "keys",
+        "values",
+        "items",
+        "is_empty",
+        "range",
+        "prefix",
+        "batch",
+        "sync",
+        "compact",
+        "stats",
+    ],
+)
 def test_use_after_close_raises_closed_error(tmp_path, op):
     store = open_store(tmp_path)
     store.put(b"k", b"v")
@@ -233,6 +254,7 @@ def test_batch_opened_before_close_cannot_write_after(tmp_path):
 
 def test_second_open_of_same_directory_is_refused(tmp_path):
     from norikv import LockError
+
     with open_store(tmp_path):
         with pytest.raises(LockError):
             open_store(tmp_path)
@@ -247,6 +269,7 @@ def test_repr(tmp_path):
 
 
 # ------------------------------------------------------------------ argument types
+
 
 @pytest.mark.parametrize("make", [bytes, bytearray, memoryview], ids=["bytes", "bytearray", "memoryview"])
 def test_bytes_like_keys_and_values(tmp_path, make):
@@ -339,47 +362,54 @@ def test_get_and_put_are_fastcall_method_descriptors():
         method = inspect.getattr_static(KvStore, name)
         assert type(method).__name__ == "method_descriptor", name
     assert str(inspect.signature(KvStore.get)) == "(self, /, key, default=None)"
-    assert str(inspect.signature(KvStore.put)) == \
-        "(self, /, key, value, *, ttl=None, compression=None)"
+    assert str(inspect.signature(KvStore.put)) == "(self, /, key, value, *, ttl=None, compression=None)"
     assert "WAL first" in KvStore.put.__doc__
 
 
 def test_get_and_put_every_call_shape(tmp_path):
     store = open_store(tmp_path)
-    store.put(b"a", b"1")                                   # the entry's own shape
-    store.put(key=b"b", value=b"2")                         # keywords: forwarded
+    store.put(b"a", b"1")  # the entry's own shape
+    store.put(key=b"b", value=b"2")  # keywords: forwarded
     store.put(b"c", value=b"3")
-    store.put(bytearray(b"d"), memoryview(b"4"))            # bytes-like: forwarded
+    store.put(bytearray(b"d"), memoryview(b"4"))  # bytes-like: forwarded
     store.put(b"e", b"5", ttl=60)
     store.put(b"f", b"6" * 100, compression="lz4")
     assert store.get(b"a") == b"1"
     assert store.get(key=b"b") == b"2"
     assert store.get(b"c", default=b"x") == b"3"
     assert store.get(bytearray(b"d")) == b"4"
-    assert store.get(b"e") == b"5"                          # TTL store: general path
+    assert store.get(b"e") == b"5"  # TTL store: general path
     assert store.get(b"f") == b"6" * 100
     assert store.get(b"missing") is None
     assert store.get(b"missing", b"dflt") == b"dflt"
     assert store.get(b"missing", default=0) == 0
     store.close()
     store = open_store(tmp_path)
-    assert {k: store[k] for k in store} == {b"a": b"1", b"b": b"2", b"c": b"3", b"d": b"4",
-                                            b"e": b"5", b"f": b"6" * 100}
+    assert {k: store[k] for k in store} == {
+        b"a": b"1",
+        b"b": b"2",
+        b"c": b"3",
+        b"d": b"4",
+        b"e": b"5",
+        b"f": b"6" * 100,
+    }
     store.close()
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda s: s.get(), r"get\(\) takes at least 1 positional argument"),
-    (lambda s: s.get(b"k", None, None), r"get\(\) takes at most 2 positional arguments"),
-    (lambda s: s.get(b"k", nope=1), r"get\(\) got an unexpected keyword argument 'nope'"),
-    (lambda s: s.put(b"k"), r"put\(\) takes exactly 2 positional arguments"),
-    (lambda s: s.put(b"k", b"v", 60), r"put\(\) takes exactly 2 positional arguments"),
-    (lambda s: s.put(*[b"x"] * 20), r"put\(\) takes exactly 2 positional arguments"),
-    (lambda s: s.put(b"k", b"v", **{f"k{i}": 1 for i in range(20)}),
-     r"put\(\) got an unexpected keyword argument"),
-    (lambda s: s.put(b"k", None), "value must be bytes"),
-    (lambda s: s.get("k"), "key must be bytes"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda s: s.get(), r"get\(\) takes at least 1 positional argument"),
+        (lambda s: s.get(b"k", None, None), r"get\(\) takes at most 2 positional arguments"),
+        (lambda s: s.get(b"k", nope=1), r"get\(\) got an unexpected keyword argument 'nope'"),
+        (lambda s: s.put(b"k"), r"put\(\) takes exactly 2 positional arguments"),
+        (lambda s: s.put(b"k", b"v", 60), r"put\(\) takes exactly 2 positional arguments"),
+        (lambda s: s.put(*[b"x"] * 20), r"put\(\) takes exactly 2 positional arguments"),
+        (lambda s: s.put(b"k", b"v", **{f"k{i}": 1 for i in range(20)}), r"put\(\) got an unexpected keyword argument"),
+        (lambda s: s.put(b"k", None), "value must be bytes"),
+        (lambda s: s.get("k"), "key must be bytes"),
+    ],
+)
 def test_get_and_put_wrong_calls_raise_type_error_naming_the_method(tmp_path, call, message):
     store = open_store(tmp_path)
     with pytest.raises(TypeError, match=message):
@@ -389,6 +419,7 @@ def test_get_and_put_wrong_calls_raise_type_error_naming_the_method(tmp_path, ca
 
 
 # ------------------------------------------------------------------ delete of an absent key
+
 
 def test_delete_absent_key_writes_no_tombstone(tmp_path):
     store = open_store(tmp_path)
@@ -412,6 +443,7 @@ def test_delete_absent_key_writes_no_tombstone(tmp_path):
 
 
 # ------------------------------------------------------------------ layout / nori-wal reader
+
 
 def test_wal_lives_in_path_wal_and_a_wal_reader_reads_it(tmp_path):
     store = open_store(tmp_path)
@@ -439,6 +471,7 @@ def test_wal_lives_in_path_wal_and_a_wal_reader_reads_it(tmp_path):
 
 def test_store_reads_a_wal_written_by_the_wal_api(tmp_path):
     from norikv import Record
+
     wal, _ = Wal.open(WalConfig(dir=str(tmp_path / "wal")))
     wal.append(Record.put(b"a", b"1"))
     wal.append(Record.put(b"b", b"2"))
@@ -452,6 +485,7 @@ def test_store_reads_a_wal_written_by_the_wal_api(tmp_path):
 
 
 # ------------------------------------------------------------------ write batches
+
 
 def test_batch_applies_all(tmp_path):
     store = open_store(tmp_path)
@@ -519,8 +553,7 @@ def test_batch_on_disk_is_one_contiguous_atomic_group(tmp_path):
     recs = wal_entries(str(tmp_path))
     flags = [(r.key, r.flags & 0xA0) for r, _ in recs]
     # BATCH_CONT on every record of the batch but its last, BATCH_END on that
-    assert flags == [(b"before", 0), (b"a", 0x20), (b"before", 0x20), (b"c", 0x80),
-                     (b"after", 0)]
+    assert flags == [(b"before", 0), (b"a", 0x20), (b"before", 0x20), (b"c", 0x80), (b"after", 0)]
 
 
 def test_partial_batch_on_disk_is_dropped_at_recovery(tmp_path):
@@ -574,7 +607,7 @@ def test_batch_and_value_larger_than_a_segment(tmp_path):
     store.put(b"huge", rng.randbytes(2_500_000))
     store.put(b"last", b"2")
     state = dict(store.items())
-    del store                                   # drop without close
+    del store  # drop without close
     store = open_store(tmp_path, max_segment_size=1 << 20)
     assert dict(store.items()) == state
     assert not store.recovery_info.corruption_detected
@@ -594,7 +627,7 @@ def test_finished_batches_do_not_keep_a_dropped_store_alive(tmp_path):
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         pass
-    del store                     # drop without close, batches still in scope
+    del store  # drop without close, batches still in scope
     store = open_store(tmp_path)  # the lock was released: no LockError
     assert store.items() == [(b"k", b"v")]
     assert len(written) == 0 and len(discarded) == 0

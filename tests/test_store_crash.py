@@ -30,7 +30,7 @@ import pytest
 from norikv import FsyncPolicy, KvStore
 
 # Shared by the parent (exec) and the child: operation i of a run.
-OPS_SRC = r'''
+OPS_SRC = r"""
 import random
 
 def gen(mode, seed, i):
@@ -47,9 +47,11 @@ def gen(mode, seed, i):
     if mode == "batch" and r.random() < 0.7:
         return "batch", [one() for _ in range(r.randrange(2, 17))]
     return "single", [one()]
-'''
+"""
 
-CHILD = OPS_SRC + r'''
+CHILD = (
+    OPS_SRC
+    + r"""
 import os, sys, threading
 from norikv import KvStore, FsyncPolicy
 
@@ -87,14 +89,15 @@ while True:
             store.put(k, v)
     ack(b"%d\n" % i)
     i += 1
-'''
+"""
+)
 
 _ns: dict = {}
 exec(OPS_SRC, _ns)
 gen = _ns["gen"]
 
 POLICIES = ["os", "batch", "always"]
-TIMEOUT = 60.0   # any single wait longer than this fails the test
+TIMEOUT = 60.0  # any single wait longer than this fails the test
 
 
 def apply(model, mode, seed, i):
@@ -112,10 +115,13 @@ class Child:
         with open(errfile, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", CHILD, str(path), mode, str(seed), str(start), policy],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
         self.buf = b""
         self.acked: list[int] = []
-        self.events: list[str] = []    # "r", "s" (compaction started), "c" (done), "w" (write acked)
+        self.events: list[str] = []  # "r", "s" (compaction started), "c" (done), "w" (write acked)
 
     def _fail(self, why):
         self.proc.kill()
@@ -156,7 +162,7 @@ class Child:
         rest = self.proc.stdout.read()
         self.proc.stdout.close()
         self._consume(rest)
-        assert self.buf == b""      # pipe writes of a short line are atomic
+        assert self.buf == b""  # pipe writes of a short line are atomic
 
 
 def run_kills(tmp_path, mode, kills, seed, budget_s):
@@ -167,8 +173,7 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
     model: dict[bytes, bytes] = {}
     nxt = 0
     t0 = time.monotonic()
-    stats = {"kills": 0, "in_flight_applied": 0, "mid_compaction": 0, "acked": 0,
-             "corruption_reported": 0}
+    stats = {"kills": 0, "in_flight_applied": 0, "mid_compaction": 0, "acked": 0, "corruption_reported": 0}
     for n in range(kills):
         if n >= 5 and time.monotonic() - t0 > budget_s:
             break
@@ -179,20 +184,22 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
             # kill a random number of writes after the k-th compaction started
             k = rng.randrange(1, 4)
             extra = rng.randrange(0, 60)
+
             def ready(child=child, k=k, extra=extra):
                 starts = [j for j, e in enumerate(child.events) if e == "s"]
-                return len(starts) >= k and child.events[starts[k - 1]:].count("w") >= extra
+                return len(starts) >= k and child.events[starts[k - 1] :].count("w") >= extra
+
             child.read_until(ready)
         else:
             target = rng.choice([1, rng.randrange(1, 50), rng.randrange(1, 3000)])
             if policy == "always":
-                target = min(target, 200)   # each write waits for an fsync
+                target = min(target, 200)  # each write waits for an fsync
             child.read_until(lambda child=child, target=target: len(child.acked) >= target)
         child.kill()
-        if mode == "compact" and child.events[-1 - child.events[::-1].index("s"):].count("c") == 0:
-            stats["mid_compaction"] += 1   # the last compaction started never finished
+        if mode == "compact" and child.events[-1 - child.events[::-1].index("s") :].count("c") == 0:
+            stats["mid_compaction"] += 1  # the last compaction started never finished
         acked = child.acked
-        assert acked == list(range(nxt, nxt + len(acked)))   # in order, none missing
+        assert acked == list(range(nxt, nxt + len(acked)))  # in order, none missing
         stats["kills"] += 1
         stats["acked"] += len(acked)
         for i in acked:
@@ -201,8 +208,7 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
         in_flight = nxt + len(acked)
         apply(with_next, mode, seed, in_flight)
 
-        store = KvStore.open(path, fsync_policy=FsyncPolicy.OS, max_segment_size=1 << 20,
-                             auto_compact=False)
+        store = KvStore.open(path, fsync_policy=FsyncPolicy.OS, max_segment_size=1 << 20, auto_compact=False)
         try:
             state = dict(store.items())
             if store.recovery_info.corruption_detected:
@@ -217,20 +223,23 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
             else:
                 lost = {k for k in model if state.get(k) != model[k]}
                 extra = {k for k in state if k not in model}
-                pytest.fail(f"kill {n} ({mode}, {policy}): state after reopen is neither the "
-                            f"acknowledged one nor that plus the op in flight (#{in_flight}); "
-                            f"{len(lost)} keys differ, {len(extra)} unexpected: "
-                            f"{sorted(lost)[:5]} {sorted(extra)[:5]}")
+                pytest.fail(
+                    f"kill {n} ({mode}, {policy}): state after reopen is neither the "
+                    f"acknowledged one nor that plus the op in flight (#{in_flight}); "
+                    f"{len(lost)} keys differ, {len(extra)} unexpected: "
+                    f"{sorted(lost)[:5]} {sorted(extra)[:5]}"
+                )
             assert len(store) == len(model)
         finally:
             if rng.random() < 0.5:
                 store.close()
             else:
-                del store      # leave the files as found (drop without close)
+                del store  # leave the files as found (drop without close)
     return stats
 
 
 # --------------------------------------------------------------- quick (default)
+
 
 def test_kill9_during_single_writes(tmp_path):
     stats = run_kills(tmp_path, "write", kills=20, seed=11, budget_s=12)
@@ -250,6 +259,7 @@ def test_kill9_during_compaction(tmp_path):
 
 
 # --------------------------------------------------------------- slow soak
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["write", "batch", "compact"])

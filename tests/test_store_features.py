@@ -8,8 +8,6 @@ import threading
 
 import pytest
 
-from storeutil import open_store, wal_records
-
 from norikv import (
     Compression,
     ConfigError,
@@ -18,13 +16,12 @@ from norikv import (
     StoreFullError,
     Wal,
     WalConfig,
+    _engine,
 )
-from norikv import _engine
+from storeutil import open_store, wal_records
 
 TTL_ABS = 0x40
 TTL_FLAG = 0x02
-
-
 
 
 def raw_records(path):
@@ -79,6 +76,7 @@ def assert_invisible(store, key):
 
 
 # ================================================================== TTL
+
 
 def test_ttl_expiry_hides_key_everywhere(tmp_path, clock):
     store = open_store(tmp_path)
@@ -168,7 +166,7 @@ def test_overwrite_without_ttl_clears_the_ttl(tmp_path, clock):
     store.put(b"k", b"v1", ttl=1)
     store.put(b"k", b"v2")
     store.put(b"j", b"v1")
-    store.put(b"j", b"v2", ttl=1)   # and the other way round
+    store.put(b"j", b"v2", ttl=1)  # and the other way round
     clock.advance(2)
     assert store.get(b"k") == b"v2"
     assert store.get(b"j") is None
@@ -209,9 +207,19 @@ def test_ttl_in_batch(tmp_path, clock):
     store.close()
 
 
-@pytest.mark.parametrize("ttl,exc", [(0, ValueError), (-1, ValueError), (float("nan"), ValueError),
-                                     (float("inf"), ValueError), (1e20, ValueError),
-                                     ("10", TypeError), (True, TypeError), (b"1", TypeError)])
+@pytest.mark.parametrize(
+    "ttl,exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (1e20, ValueError),
+        ("10", TypeError),
+        (True, TypeError),
+        (b"1", TypeError),
+    ],
+)
 def test_bad_ttl(tmp_path, ttl, exc):
     store = open_store(tmp_path)
     with pytest.raises(exc):
@@ -267,7 +275,7 @@ def test_foreign_relative_ttl_counts_from_first_open(tmp_path, clock):
     (rec, _size) = raw_records(str(tmp_path))[0]
     assert rec.flags & TTL_FLAG and not rec.flags & TTL_ABS and rec.ttl_ms == 100_000
 
-    clock.advance(3600)          # written long ago: a relative TTL has no date
+    clock.advance(3600)  # written long ago: a relative TTL has no date
     store = open_store(tmp_path)
     assert store.get(b"foreign") == b"f" and store.get(b"gone") == b"g"
     assert store.stats()["relative_ttl_records"] == 2
@@ -279,17 +287,17 @@ def test_foreign_relative_ttl_counts_from_first_open(tmp_path, clock):
 
     # the next open keeps the first open's clock: 50 s have passed of 100
     store = open_store(tmp_path)
-    assert store.get(b"gone") is None          # expired: not brought back
+    assert store.get(b"gone") is None  # expired: not brought back
     assert store.get(b"foreign") == b"f"
     assert store.get(b"plain") == b"p"
     clock.advance(45)
     assert store.get(b"foreign") == b"f"
-    clock.advance(10)            # 105 s after the first open
+    clock.advance(10)  # 105 s after the first open
     assert store.get(b"foreign") is None
     store.close()
     store = open_store(tmp_path)
     assert store.get(b"foreign") is None and len(store) == 1
-    store.compact()              # the relative records are dropped for good
+    store.compact()  # the relative records are dropped for good
     store.close()
     assert [r.key for r in wal_records(str(tmp_path))] == [b"plain"]
     store = open_store(tmp_path)
@@ -306,8 +314,23 @@ def model_range(model, start, end, reverse=False):
 
 def test_range_and_prefix_in_byte_order(tmp_path):
     store = open_store(tmp_path)
-    keys = [b"", b"\x00", b"\x00\x00", b"a", b"a\x00", b"a\xff", b"ab", b"b", b"\x7f", b"\x80",
-            b"\xff", b"\xff\xff", b"\xff\xff\x01", b"B", b"aa"]
+    keys = [
+        b"",
+        b"\x00",
+        b"\x00\x00",
+        b"a",
+        b"a\x00",
+        b"a\xff",
+        b"ab",
+        b"b",
+        b"\x7f",
+        b"\x80",
+        b"\xff",
+        b"\xff\xff",
+        b"\xff\xff\x01",
+        b"B",
+        b"aa",
+    ]
     model = {}
     for i, k in enumerate(reversed(keys)):
         store.put(k, b"v%d" % i)
@@ -342,7 +365,7 @@ def test_range_after_many_changes_since_last_range(tmp_path):
             assert list(store.range(s, e, reverse=rev)) == model_range(model, s, e, rev)
         assert list(store.range()) == model_range(model, None, None)
 
-    check()   # builds the index on an empty store
+    check()  # builds the index on an empty store
     # rounds of few (< 64) and many (bulk update path) changes between ranges
     for n_changes in (10, 3000, 50, 20000, 5, 500):
         for _ in range(n_changes):
@@ -379,8 +402,7 @@ def test_range_after_more_changes_than_the_index_keeps_track_of(tmp_path):
     store = open_store(tmp_path)
     for i in range(1000):
         store.put(b"old:%05d" % i, b"o")
-    assert [k for k, _ in store.range(b"old:00010", b"old:00013")] == [
-        b"old:00010", b"old:00011", b"old:00012"]
+    assert [k for k, _ in store.range(b"old:00010", b"old:00013")] == [b"old:00010", b"old:00011", b"old:00012"]
     for i in range(70_000):
         store.put(b"new:%06d" % i, b"n")
     for i in range(0, 1000, 2):
@@ -397,15 +419,15 @@ def test_range_after_more_changes_than_the_index_keeps_track_of(tmp_path):
 
 def test_range_over_more_than_one_chunk_while_writing(tmp_path):
     store = open_store(tmp_path)
-    n = 3000   # more than the 1024-key chunk of a range scan
+    n = 3000  # more than the 1024-key chunk of a range scan
     for i in range(n):
         store.put(b"k%05d" % i, b"v")
     out = []
-    for k, v in store.range(b"k", None):
+    for k, _v in store.range(b"k", None):
         out.append(k)
         if len(out) == 10:
-            store.delete(b"k%05d" % (n - 1))     # not yet yielded: must not appear
-            store.put(b"k%05d" % 5, b"x")        # already yielded: no repeat
+            store.delete(b"k%05d" % (n - 1))  # not yet yielded: must not appear
+            store.put(b"k%05d" % 5, b"x")  # already yielded: no repeat
     assert out == [b"k%05d" % i for i in range(n - 1)]
     rev = [k for k, _ in store.range(reverse=True)]
     assert rev == [b"k%05d" % i for i in reversed(range(n - 1))]
@@ -419,12 +441,13 @@ def test_range_excludes_expired_and_handles_ttl_purge(tmp_path, clock):
     assert len(list(store.range())) == 100
     clock.advance(2)
     assert [k for k, _ in store.range()] == [b"k%03d" % i for i in range(0, 100, 2)]
-    len(store)   # purges
+    len(store)  # purges
     assert [k for k, _ in store.prefix(b"k0")] == [b"k%03d" % i for i in range(0, 100, 2)]
     store.close()
 
 
 # ================================================================== compression
+
 
 def compressible(n):
     return (b"norikv compresses this value " * (n // 29 + 1))[:n]
@@ -435,7 +458,7 @@ def test_store_compression(tmp_path, kind):
     store = open_store(tmp_path, compression=kind, compress_min_size=100)
     big = compressible(5000)
     small = compressible(99)
-    noisy = random.Random(1).randbytes(5000)   # incompressible: stored raw
+    noisy = random.Random(1).randbytes(5000)  # incompressible: stored raw
     store.put(b"big", big)
     store.put(b"small", small)
     store.put(b"noisy", noisy)
@@ -449,7 +472,7 @@ def test_store_compression(tmp_path, kind):
     for key in (b"big", b"big-batch"):
         rec, size = recs[key]
         assert rec.compression == want and rec.value == big
-        assert size < len(big) // 5           # really compressed on disk
+        assert size < len(big) // 5  # really compressed on disk
     assert recs[b"small"][0].compression == Compression.NONE
     assert recs[b"small"][1] > len(small)
     assert recs[b"noisy"][0].compression == Compression.NONE
@@ -494,8 +517,12 @@ def test_per_put_compression(tmp_path):
     assert b"bad" not in store
     store.close()
     got = {r.key: r.compression for r, _ in raw_records(str(tmp_path))}
-    assert got == {b"default": Compression.LZ4, b"zstd": Compression.ZSTD,
-                   b"enum": Compression.ZSTD, b"batch-zstd": Compression.ZSTD}
+    assert got == {
+        b"default": Compression.LZ4,
+        b"zstd": Compression.ZSTD,
+        b"enum": Compression.ZSTD,
+        b"batch-zstd": Compression.ZSTD,
+    }
     got = {r.key: r.compression for r, _ in raw_records(str(tmp_path / "plain"))}
     assert got == {b"lz4": Compression.LZ4, b"raw": Compression.NONE}
     with open_store(tmp_path) as store:
@@ -526,6 +553,7 @@ def test_bad_compression_config(tmp_path):
 
 # ================================================================== limits
 
+
 def test_max_keys(tmp_path):
     store = open_store(tmp_path, max_keys=3)
     for k in (b"a", b"b", b"c"):
@@ -552,19 +580,19 @@ def test_max_keys(tmp_path):
 
 def test_max_bytes(tmp_path):
     store = open_store(tmp_path, max_bytes=20)
-    store.put(b"a", b"123456789")      # 10
-    store.put(b"b", b"12345")          # 16
+    store.put(b"a", b"123456789")  # 10
+    store.put(b"b", b"12345")  # 16
     size = store.stats()["wal_bytes"]
     with pytest.raises(StoreFullError):
-        store.put(b"c", b"1234")       # would be 21
+        store.put(b"c", b"1234")  # would be 21
     with pytest.raises(StoreFullError):
         store.put(b"b", b"123456789x")  # overwrite growing past the limit
     assert dict(store.items()) == {b"a": b"123456789", b"b": b"12345"}
     assert store.stats()["wal_bytes"] == size
     assert store.live_bytes == 16
-    store.put(b"b", b"123456789")      # overwrite that fits: exactly 20
+    store.put(b"b", b"123456789")  # overwrite that fits: exactly 20
     assert store.live_bytes == 20
-    store.put(b"a", b"1")              # shrinking is always fine
+    store.put(b"a", b"1")  # shrinking is always fine
     store.put(b"c", b"12")
     assert store.live_bytes == 2 + 10 + 3
     store.close()
@@ -593,12 +621,20 @@ def test_batch_limits_all_or_nothing(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("kw,exc", [({"max_keys": 0}, ConfigError), ({"max_keys": -1}, ConfigError),
-                                    ({"max_keys": True}, TypeError), ({"max_keys": 1.5}, TypeError),
-                                    ({"max_bytes": 0}, ConfigError), ({"max_bytes": "10"}, TypeError),
-                                    ({"compact_dead_ratio": 0}, ConfigError),
-                                    ({"compact_dead_ratio": 1.0}, ConfigError),
-                                    ({"compress_min_size": 1.5}, TypeError)])
+@pytest.mark.parametrize(
+    "kw,exc",
+    [
+        ({"max_keys": 0}, ConfigError),
+        ({"max_keys": -1}, ConfigError),
+        ({"max_keys": True}, TypeError),
+        ({"max_keys": 1.5}, TypeError),
+        ({"max_bytes": 0}, ConfigError),
+        ({"max_bytes": "10"}, TypeError),
+        ({"compact_dead_ratio": 0}, ConfigError),
+        ({"compact_dead_ratio": 1.0}, ConfigError),
+        ({"compress_min_size": 1.5}, TypeError),
+    ],
+)
 def test_bad_limits_config(tmp_path, kw, exc):
     with pytest.raises(exc):
         open_store(tmp_path, **kw)
@@ -607,10 +643,25 @@ def test_bad_limits_config(tmp_path, kw, exc):
 # ================================================================== stats
 
 STATS_FIELDS = {
-    "keys", "live_bytes", "wal_bytes", "segments", "dead_ratio", "recovery_seconds",
-    "recovery_records", "recovery_corruption_detected", "relative_ttl_records", "fsyncs",
-    "fsync_seconds_total", "fsync_seconds_avg", "fsync_seconds_max", "unsynced_bytes",
-    "compactions", "last_compaction", "compaction_error", "ttl_keys", "failed",
+    "keys",
+    "live_bytes",
+    "wal_bytes",
+    "segments",
+    "dead_ratio",
+    "recovery_seconds",
+    "recovery_records",
+    "recovery_corruption_detected",
+    "relative_ttl_records",
+    "fsyncs",
+    "fsync_seconds_total",
+    "fsync_seconds_avg",
+    "fsync_seconds_max",
+    "unsynced_bytes",
+    "compactions",
+    "last_compaction",
+    "compaction_error",
+    "ttl_keys",
+    "failed",
 }
 
 
@@ -636,9 +687,9 @@ def test_stats_fields(tmp_path, clock):
     assert st["keys"] == 11 == len(store)
     assert st["live_bytes"] == sum(len(k) + len(v) for k, v in store.items())
     assert st["wal_bytes"] == store.wal.written_total > st["live_bytes"]
-    assert st["unsynced_bytes"] == st["wal_bytes"]       # OS policy: nothing synced yet
+    assert st["unsynced_bytes"] == st["wal_bytes"]  # OS policy: nothing synced yet
     assert st["ttl_keys"] == 1
-    assert 0.0 <= st["dead_ratio"] < 0.5                  # nothing overwritten yet
+    assert 0.0 <= st["dead_ratio"] < 0.5  # nothing overwritten yet
 
     store.sync()
     st = store.stats()
@@ -646,7 +697,7 @@ def test_stats_fields(tmp_path, clock):
     assert st["fsync_seconds_total"] > 0
     assert st["fsync_seconds_max"] <= st["fsync_seconds_total"]
     assert st["fsync_seconds_avg"] == pytest.approx(st["fsync_seconds_total"] / st["fsyncs"])
-    store.sync()                                          # nothing new: no fsync
+    store.sync()  # nothing new: no fsync
     assert store.stats()["fsyncs"] == 1
 
     dead_before = st["dead_ratio"]
@@ -654,15 +705,14 @@ def test_stats_fields(tmp_path, clock):
         for i in range(10):
             store.put(b"key%d" % i, b"value%d" % i)
     st = store.stats()
-    assert st["dead_ratio"] > max(0.8, dead_before)      # 10 of 11 copies are dead
+    assert st["dead_ratio"] > max(0.8, dead_before)  # 10 of 11 copies are dead
     assert st["keys"] == 11
 
     result = store.compact()
     st = store.stats()
     assert st["compactions"] == 1
     assert st["last_compaction"] == result
-    assert set(result) >= {"seconds", "bytes_before", "bytes_after", "segments_written",
-                           "segments_deleted"}
+    assert set(result) >= {"seconds", "bytes_before", "bytes_after", "segments_written", "segments_deleted"}
     assert result["bytes_after"] < result["bytes_before"]
     assert st["dead_ratio"] < 0.2
     assert st["segments"] == len(segment_files(tmp_path))
@@ -695,6 +745,7 @@ def test_stats_after_torn_tail(tmp_path):
 
 
 # ================================================================== compaction
+
 
 def churn(store, model, rng, n, keyspace=300, vsize=(0, 200)):
     for _ in range(n):
@@ -742,10 +793,10 @@ def test_compaction_across_several_segments_then_drop(tmp_path):
     churn(store, model, rng, 6000, keyspace=3000, vsize=(500, 1500))
     assert store.stats()["segments"] >= 3
     result = store.compact()
-    assert result["segments_written"] >= 2          # the snapshot spans segments
+    assert result["segments_written"] >= 2  # the snapshot spans segments
     assert dict(store.items()) == model
     churn(store, model, rng, 500, keyspace=3000, vsize=(500, 1500))
-    del store                                        # drop without close
+    del store  # drop without close
     store = open_store(tmp_path, max_segment_size=1 << 20)
     assert dict(store.items()) == model
     assert not store.recovery_info.corruption_detected
@@ -773,7 +824,7 @@ def test_writes_during_compaction_not_lost_or_reordered(tmp_path):
     thread compacts; every write survives, the last one wins, also after reopen."""
     store = open_store(tmp_path, max_segment_size=1 << 20)
     base = random.Random(9)
-    for i in range(20000):                          # enough data that compaction takes a while
+    for i in range(20000):  # enough data that compaction takes a while
         store.put(b"bulk-%05d" % i, base.randbytes(100))
     stop = threading.Event()
     written = [0]
@@ -790,7 +841,7 @@ def test_writes_during_compaction_not_lost_or_reordered(tmp_path):
                     store.delete(b"bulk-%05d" % (n % 20000))
                 written[0] = n
                 started.set()
-        except BaseException as exc:   # surfaced below
+        except BaseException as exc:  # surfaced below
             errors.append(exc)
             started.set()
 
@@ -837,7 +888,7 @@ def test_writes_during_compaction_not_lost_or_reordered(tmp_path):
 def test_auto_compaction_by_dead_ratio(tmp_path):
     store = open_store(tmp_path, compact_min_bytes=1 << 16, compact_dead_ratio=0.5)
     value = b"x" * 100
-    for i in range(30000):                        # ~3.5 MB of overwrites of 100 keys
+    for i in range(30000):  # ~3.5 MB of overwrites of 100 keys
         store.put(b"k%03d" % (i % 100), value)
         if store._compactor is not None:
             break
@@ -875,7 +926,7 @@ def test_close_waits_for_background_compaction(tmp_path):
         if store._compactor is not None:
             break
     assert store._compactor is not None
-    store.close()                 # must join the compactor, not leave it writing
+    store.close()  # must join the compactor, not leave it writing
     assert not store._compactor.is_alive()
     with open_store(tmp_path) as store:
         assert dict(store.items()) == {b"k%03d" % i: b"y" * 100 for i in range(100)}
@@ -885,8 +936,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("point", ["writing-snapshot", "after-first-install", "before-deletes",
-                                   "after-first-delete"])
+@pytest.mark.parametrize("point", ["writing-snapshot", "after-first-install", "before-deletes", "after-first-delete"])
 def test_compaction_interrupted_at_each_step(tmp_path, monkeypatch, point):
     """A compaction that stops at any step (then the process dies) leaves a
     store that reopens with exactly the same data, including the writes made

@@ -49,11 +49,11 @@ class KvStoreModel(RuleBasedStateMachine):
         self.store = None
         self.opts: dict = {}
 
-    @initialize(compression=st.sampled_from([None, "lz4", "zstd"]),
-                min_size=st.sampled_from([0, 32]))
+    @initialize(compression=st.sampled_from([None, "lz4", "zstd"]), min_size=st.sampled_from([0, 32]))
     def open(self, compression, min_size):
-        self.opts = dict(fsync_policy=FsyncPolicy.OS, compression=compression,
-                         compress_min_size=min_size, max_segment_size=1 << 20)
+        self.opts = dict(
+            fsync_policy=FsyncPolicy.OS, compression=compression, compress_min_size=min_size, max_segment_size=1 << 20
+        )
         self.store = KvStore.open(self.dir, **self.opts)
 
     def teardown(self):
@@ -80,7 +80,7 @@ class KvStoreModel(RuleBasedStateMachine):
         size = self.store.wal.written_total
         assert self.store.delete(k) is (k in self.model)
         if k not in self.model:
-            assert self.store.wal.written_total == size   # no tombstone for an absent key
+            assert self.store.wal.written_total == size  # no tombstone for an absent key
         self.model.pop(k, None)
 
     @rule(k=KEYS)
@@ -92,8 +92,7 @@ class KvStoreModel(RuleBasedStateMachine):
             with pytest.raises(KeyError):
                 del self.store[k]
 
-    @rule(ops=st.lists(st.tuples(KEYS, st.one_of(st.none(), VALUES)), max_size=8),
-          abort=st.booleans())
+    @rule(ops=st.lists(st.tuples(KEYS, st.one_of(st.none(), VALUES)), max_size=8), abort=st.booleans())
     def batch(self, ops, abort):
         before = dict(self.model)
         try:
@@ -140,7 +139,7 @@ class KvStoreModel(RuleBasedStateMachine):
 
     def _crash(self):
         """Drop without close, then reopen."""
-        self.store = None          # the only reference: freed at once
+        self.store = None  # the only reference: freed at once
         self.store = KvStore.open(self.dir, **self.opts)
         info = self.store.recovery_info
         assert not info.corruption_detected and info.bytes_truncated == 0
@@ -159,8 +158,7 @@ class KvStoreModel(RuleBasedStateMachine):
 
     @rule(start=BOUNDS, end=BOUNDS, reverse=st.booleans())
     def range(self, start, end, reverse):
-        keys = sorted(k for k in self.model
-                      if (start is None or k >= start) and (end is None or k < end))
+        keys = sorted(k for k in self.model if (start is None or k >= start) and (end is None or k < end))
         if reverse:
             keys.reverse()
         assert list(self.store.range(start, end, reverse=reverse)) == [(k, self.model[k]) for k in keys]
@@ -205,7 +203,7 @@ class SmallSegmentsModel(KvStoreModel):
 
 def test_kvstore_matches_dict_model_with_rotation():
     from hypothesis import settings
+
     # a quarter of the profile's examples (15 under "ci"): each moves megabytes
     n = max(1, settings.default.max_examples // 4)
-    run_state_machine_as_test(SmallSegmentsModel,
-                              settings=settings(max_examples=n, stateful_step_count=30))
+    run_state_machine_as_test(SmallSegmentsModel, settings=settings(max_examples=n, stateful_step_count=30))

@@ -12,9 +12,8 @@ import time
 
 import pytest
 
-from storeutil import open_store
-
 from norikv import ClosedError, FsyncPolicy, Record
+from storeutil import open_store
 
 WATCHDOG_S = 120.0
 
@@ -28,12 +27,12 @@ def run_threads(*targets, timeout=WATCHDOG_S):
         def run():
             try:
                 fn()
-            except BaseException as exc:    # reported below
+            except BaseException as exc:  # reported below
                 errors.append(exc)
+
         return run
 
-    threads = [threading.Thread(target=wrap(fn), daemon=True, name=f"t{i}")
-               for i, fn in enumerate(targets)]
+    threads = [threading.Thread(target=wrap(fn), daemon=True, name=f"t{i}") for i, fn in enumerate(targets)]
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout
@@ -50,9 +49,8 @@ def run_threads(*targets, timeout=WATCHDOG_S):
         raise errors[0]
 
 
-
-
 # ------------------------------------------------------------------ readers + writers
+
 
 def test_readers_and_writers(tmp_path):
     store = open_store(tmp_path)
@@ -82,6 +80,7 @@ def test_readers_and_writers(tmp_path):
                     finished[0] += 1
                     if finished[0] == writers:
                         done.set()
+
         return run
 
     def point_reader():
@@ -132,10 +131,11 @@ def test_readers_and_writers(tmp_path):
 
 # ------------------------------------------------------------------ group commit
 
+
 def test_group_commit_one_fsync_covers_all_threads(tmp_path):
     """Each round every thread puts, then all call sync() together: the first
     fsync covers every thread's write, so there is exactly one per round."""
-    store = open_store(tmp_path)                 # OS policy: no background fsyncs
+    store = open_store(tmp_path)  # OS policy: no background fsyncs
     n_threads, rounds = 6, 15
     barrier = threading.Barrier(n_threads)
     calls = [0]
@@ -145,14 +145,15 @@ def test_group_commit_one_fsync_covers_all_threads(tmp_path):
         def run():
             for r in range(rounds):
                 store.put(b"t%d-%d" % (t, r), b"v")
-                barrier.wait(WATCHDOG_S)         # every put of the round is written
+                barrier.wait(WATCHDOG_S)  # every put of the round is written
                 store.sync()
                 with lock:
                     calls[0] += 1
                 # a returned sync covers this thread's write
                 written, synced, _ = store.wal._lock_state()
                 assert synced == written
-                barrier.wait(WATCHDOG_S)         # nobody writes before all synced
+                barrier.wait(WATCHDOG_S)  # nobody writes before all synced
+
         return run
 
     run_threads(*(worker(t) for t in range(n_threads)))
@@ -188,6 +189,7 @@ def test_group_commit_concurrent_syncs_share_fsyncs(tmp_path, policy):
                 with lock:
                     calls[0] += 1
                 assert store.wal.synced_total >= before + len(Record.put(k, v).encode())
+
         return run
 
     run_threads(*(worker(t) for t in range(n_threads)))
@@ -210,6 +212,7 @@ def test_sync_from_many_threads_with_batch_flusher(tmp_path):
                 store.put(b"%d-%d" % (t, i), b"v")
                 if i % 10 == 0:
                     store.sync()
+
         return run
 
     run_threads(*(worker(t) for t in range(4)))
@@ -221,6 +224,7 @@ def test_sync_from_many_threads_with_batch_flusher(tmp_path):
 
 
 # ------------------------------------------------------------------ compaction alongside
+
 
 def test_compactions_and_writers_in_parallel(tmp_path):
     store = open_store(tmp_path, max_segment_size=1 << 20)
@@ -246,6 +250,7 @@ def test_compactions_and_writers_in_parallel(tmp_path):
                     finished[0] += 1
                     if finished[0] == writers:
                         writers_done.set()
+
         return run
 
     def compactor():
@@ -278,13 +283,14 @@ def test_compactions_and_writers_in_parallel(tmp_path):
 
 # ------------------------------------------------------------------ close while in use
 
+
 def test_close_while_threads_write_and_read(tmp_path):
     """Closing under load: the other threads get ClosedError (never a crash
     or a hang) and every write that returned is there after reopen."""
     store = open_store(tmp_path)
     n = 4
     start = threading.Barrier(n + 1)
-    warmed_up = threading.Barrier(n + 1)      # every writer has written 100 times
+    warmed_up = threading.Barrier(n + 1)  # every writer has written 100 times
     acked: list[list[int]] = [[] for _ in range(n)]
 
     def writer(t):
@@ -308,12 +314,13 @@ def test_close_while_threads_write_and_read(tmp_path):
                     i += 1
             except ClosedError:
                 pass
+
         return run
 
     def closer():
         start.wait(WATCHDOG_S)
         warmed_up.wait(WATCHDOG_S)
-        store.close()                         # the writers are running again
+        store.close()  # the writers are running again
 
     run_threads(*(writer(t) for t in range(n)), closer)
     assert store.closed

@@ -73,8 +73,7 @@ CASES = [
     # WriteBatch
     ("WriteBatch(None)", "TypeError"),
     ("WriteBatch(object())", "TypeError"),
-    ("b = WriteBatch(s); b.put(b'k', b'v'); b.delete(b'j'); assert len(b) == 2; b.write()",
-     "ClosedError"),
+    ("b = WriteBatch(s); b.put(b'k', b'v'); b.delete(b'j'); assert len(b) == 2; b.write()", "ClosedError"),
     ("with WriteBatch(s) as b: b.put(b'k', b'v')", "ClosedError"),
     ("b = WriteBatch(s); b.put(b'k', b'v'); b.clear(); b.write(); b.write()", "ClosedError"),
     # a Wal that never went through Wal.open
@@ -95,8 +94,7 @@ CASES = [
 
 @pytest.mark.parametrize("code,expected", CASES, ids=[c for c, _ in CASES])
 def test_unopened_object(code, expected):
-    out = subprocess.run([sys.executable, "-c", RUN, code], capture_output=True, text=True,
-                         timeout=TIMEOUT)
+    out = subprocess.run([sys.executable, "-c", RUN, code], capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, f"interpreter died (rc {out.returncode}): {out.stderr[-2000:]}"
     got = out.stdout.strip()
     if expected == "ok":
@@ -110,6 +108,7 @@ def test_unopened_object(code, expected):
 def test_store_after_open_is_not_constructible_either(tmp_path):
     """KvStore.open goes through a private path; the public constructor stays refused."""
     from norikv import KvStore
+
     with KvStore.open(tmp_path) as s:
         s.put(b"k", b"v")
         with pytest.raises(TypeError, match=r"KvStore\.open\(path\)"):

@@ -22,9 +22,9 @@ from norikv import CorruptionError, FsyncPolicy, KvStore, RecoveryMode, Wal, Wal
 from norikv.wal import plan_recovery
 from test_compression import rle_frame
 
-LIMIT = 1 << 20          # max_value_size of these stores: keeps the bombs cheap
-CONT = 0x20              # the atomic batch continuation flag
-END = 0x80               # the flag of the last record of an atomic batch
+LIMIT = 1 << 20  # max_value_size of these stores: keeps the bombs cheap
+CONT = 0x20  # the atomic batch continuation flag
+END = 0x80  # the flag of the last record of an atomic batch
 
 BOMBS = {
     # a frame claiming 4 GiB (refused from its header)
@@ -32,8 +32,7 @@ BOMBS = {
     # no content size, as a streaming encoder writes: inflates past the bound
     "zstd-no-size": (spec.ZSTD, rle_frame(2 * LIMIT)),
     # an LZ4 length prefix of 1 TiB
-    "lz4-claims-1TiB": (spec.LZ4, spec.put_varint(1 << 40)
-                        + lz4.block.compress(b"x" * 1000, store_size=False)),
+    "lz4-claims-1TiB": (spec.LZ4, spec.put_varint(1 << 40) + lz4.block.compress(b"x" * 1000, store_size=False)),
 }
 
 
@@ -48,8 +47,11 @@ def put(key: bytes, value: bytes = b"v", flags: int = 0) -> bytes:
 
 def fingerprint(root: Path) -> dict[str, str]:
     """Every file but the (empty) LOCK file an open creates, with its hash."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "LOCK"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "LOCK"
+    }
 
 
 def make_store(root: Path, bomb: str, where: str) -> dict[str, object]:
@@ -65,14 +67,19 @@ def make_store(root: Path, bomb: str, where: str) -> dict[str, object]:
         (waldir / f"00000{i}.wal").write_bytes(b"".join(recs))
     offset = len(segs[seg][0]) + len(segs[seg][1])
     before = {b"a0", b"a1"} if seg == 0 else {b"a0", b"a1", b"a2", b"a3", b"b0", b"b1"}
-    return dict(seg=seg, offset=offset, path=str(waldir / f"00000{seg}.wal"),
-                before=before, all={b"a0", b"a1", b"a2", b"a3", b"b0", b"b1", b"b2", b"b3"},
-                bomb_len=len(segs[seg][2]), seg_bytes=b"".join(segs[seg]))
+    return dict(
+        seg=seg,
+        offset=offset,
+        path=str(waldir / f"00000{seg}.wal"),
+        before=before,
+        all={b"a0", b"a1", b"a2", b"a3", b"b0", b"b1", b"b2", b"b3"},
+        bomb_len=len(segs[seg][2]),
+        seg_bytes=b"".join(segs[seg]),
+    )
 
 
 def open_store(root: Path, mode: RecoveryMode, **kw: object) -> KvStore:
-    return KvStore.open(root, recovery_mode=mode, max_value_size=LIMIT,
-                        fsync_policy=FsyncPolicy.OS, **kw)  # type: ignore[arg-type]
+    return KvStore.open(root, recovery_mode=mode, max_value_size=LIMIT, fsync_policy=FsyncPolicy.OS, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("where", ["middle", "last"])
@@ -93,8 +100,14 @@ def test_refusing_modes_name_the_record_and_change_nothing(tmp_path, bomb, where
         assert (ei2.value.path, ei2.value.segment_id, ei2.value.offset) == (e.path, e.segment_id, e.offset)
         # the plain Wal's recovery checks values too
         with pytest.raises(CorruptionError) as ei3:
-            Wal.open(WalConfig(dir=str(tmp_path / "s" / "wal"), recovery_mode=mode,
-                               max_value_size=LIMIT, fsync_policy=FsyncPolicy.OS))
+            Wal.open(
+                WalConfig(
+                    dir=str(tmp_path / "s" / "wal"),
+                    recovery_mode=mode,
+                    max_value_size=LIMIT,
+                    fsync_policy=FsyncPolicy.OS,
+                )
+            )
         assert (ei3.value.segment_id, ei3.value.offset) == (st["seg"], st["offset"])
         assert fingerprint(tmp_path / "s") == before
 
@@ -113,7 +126,7 @@ def test_point_in_time_cuts_the_log_at_the_record(tmp_path, bomb, where):
     names = [p.name for p in sorted((tmp_path / "s" / "wal").glob("*.wal"))]
     assert names == (["000000.wal"] if where == "middle" else ["000000.wal", "000001.wal"])
     assert plan.valid_records == info.valid_records and plan.segments_removed == info.segments_removed
-    with open_store(tmp_path / "s", RecoveryMode.ABSOLUTE_CONSISTENCY) as s:   # clean now
+    with open_store(tmp_path / "s", RecoveryMode.ABSOLUTE_CONSISTENCY) as s:  # clean now
         assert set(s.keys()) == st["before"]
 
 
@@ -129,11 +142,10 @@ def test_skip_mode_skips_exactly_that_record(tmp_path, bomb, where):
     # The segment was rewritten without exactly the record's bytes.
     data = Path(st["path"]).read_bytes()
     if where == "middle":
-        want = st["seg_bytes"][:st["offset"]] + st["seg_bytes"][st["offset"] + st["bomb_len"]:]
+        want = st["seg_bytes"][: st["offset"]] + st["seg_bytes"][st["offset"] + st["bomb_len"] :]
         assert data == want
     else:
-        assert data.startswith(st["seg_bytes"][:st["offset"]]
-                               + st["seg_bytes"][st["offset"] + st["bomb_len"]:])
+        assert data.startswith(st["seg_bytes"][: st["offset"]] + st["seg_bytes"][st["offset"] + st["bomb_len"] :])
     with open_store(tmp_path / "s", RecoveryMode.ABSOLUTE_CONSISTENCY) as s:
         assert set(s.keys()) == st["all"] | {b"later"}
 
@@ -141,11 +153,16 @@ def test_skip_mode_skips_exactly_that_record(tmp_path, bomb, where):
 @pytest.mark.parametrize("bomb", list(BOMBS))
 def test_skip_mode_on_a_plain_wal(tmp_path, bomb):
     st = make_store(tmp_path / "s", bomb, "middle")
-    cfg = WalConfig(dir=str(tmp_path / "s" / "wal"), max_value_size=LIMIT, fsync_policy=FsyncPolicy.OS,
-                    recovery_mode=RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS)
+    cfg = WalConfig(
+        dir=str(tmp_path / "s" / "wal"),
+        max_value_size=LIMIT,
+        fsync_policy=FsyncPolicy.OS,
+        recovery_mode=RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS,
+    )
     wal, info = Wal.open(cfg)
     with wal:
         from norikv import Position
+
         keys = [r.key for r, _ in wal.read_from(Position(0, 0))]
     assert set(keys) == st["all"] and info.spans_skipped == 1
 
@@ -157,8 +174,7 @@ def test_skip_mode_drops_the_whole_batch_of_the_record(tmp_path, cont):
     other record is kept."""
     waldir = tmp_path / "s" / "wal"
     waldir.mkdir(parents=True)
-    batch = [put(b"x1", flags=CONT), put(b"x2", flags=CONT),
-             bomb_record("zstd-no-size", flags=CONT if cont else END)]
+    batch = [put(b"x1", flags=CONT), put(b"x2", flags=CONT), bomb_record("zstd-no-size", flags=CONT if cont else END)]
     if cont:
         batch += [put(b"x4", flags=CONT), put(b"x5", flags=END)]
     data = put(b"before") + b"".join(batch) + put(b"after")
@@ -176,10 +192,12 @@ def test_skip_mode_drops_the_whole_batch_of_the_record(tmp_path, cont):
 def test_default_bound_bomb_in_a_store(tmp_path):
     """With the default max_value_size, a stream inflating one byte past it."""
     from norikv.compression import DEFAULT_MAX_VALUE_SIZE
+
     waldir = tmp_path / "s" / "wal"
     waldir.mkdir(parents=True)
-    rec = spec.encode(spec.SpecRecord(b"bomb", b"", compression=spec.ZSTD),
-                      stored=rle_frame(DEFAULT_MAX_VALUE_SIZE + 1))
+    rec = spec.encode(
+        spec.SpecRecord(b"bomb", b"", compression=spec.ZSTD), stored=rle_frame(DEFAULT_MAX_VALUE_SIZE + 1)
+    )
     (waldir / "000000.wal").write_bytes(put(b"a") + rec + put(b"b"))
     with pytest.raises(CorruptionError, match="max_value_size") as ei:
         KvStore.open(tmp_path / "s")
@@ -190,8 +208,7 @@ def test_default_bound_bomb_in_a_store(tmp_path):
 
 
 def run(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "norikv"] + [str(a) for a in args],
-                          capture_output=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "norikv"] + [str(a) for a in args], capture_output=True, timeout=120)
 
 
 @pytest.mark.parametrize("where", ["middle", "last"])

@@ -6,8 +6,7 @@ import os
 import pytest
 
 import spec_codec as spec
-from norikv import (ClosedError, Compression, ConfigError, FsyncPolicy, Position, Record,
-                    RecoveryMode, Wal, WalConfig)
+from norikv import ClosedError, Compression, ConfigError, FsyncPolicy, Position, Record, RecoveryMode, Wal, WalConfig
 
 MIB = 1 << 20
 
@@ -29,26 +28,29 @@ def size_of(path, seg):
 # ---------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(max_segment_size=MIB - 1), ConfigError, "1 MiB"),
-    (dict(max_segment_size=0), ConfigError, "1 MiB"),
-    (dict(max_segment_size=-5), ConfigError, "1 MiB"),
-    (dict(max_segment_size="1048576"), TypeError, "int"),
-    (dict(max_segment_size=float(MIB)), TypeError, "int"),
-    (dict(max_segment_size=True), TypeError, "int"),
-    (dict(fsync_policy=FsyncPolicy.batch(0)), ConfigError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(0.0)), ConfigError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(-0.001)), ConfigError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(1.0001)), ConfigError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(5)), ConfigError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch("0.005")), TypeError, "window"),
-    (dict(fsync_policy=FsyncPolicy.batch(float("nan"))), ConfigError, "window"),
-    (dict(fsync_policy="always"), TypeError, "FsyncPolicy"),
-    (dict(fsync_policy=None), TypeError, "FsyncPolicy"),
-    (dict(recovery_mode="point_in_time"), TypeError, "RecoveryMode"),
-    (dict(node_id=-1), ConfigError, "node_id"),
-    (dict(node_id="0"), TypeError, "node_id"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(max_segment_size=MIB - 1), ConfigError, "1 MiB"),
+        (dict(max_segment_size=0), ConfigError, "1 MiB"),
+        (dict(max_segment_size=-5), ConfigError, "1 MiB"),
+        (dict(max_segment_size="1048576"), TypeError, "int"),
+        (dict(max_segment_size=float(MIB)), TypeError, "int"),
+        (dict(max_segment_size=True), TypeError, "int"),
+        (dict(fsync_policy=FsyncPolicy.batch(0)), ConfigError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch(0.0)), ConfigError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch(-0.001)), ConfigError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch(1.0001)), ConfigError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch(5)), ConfigError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch("0.005")), TypeError, "window"),
+        (dict(fsync_policy=FsyncPolicy.batch(float("nan"))), ConfigError, "window"),
+        (dict(fsync_policy="always"), TypeError, "FsyncPolicy"),
+        (dict(fsync_policy=None), TypeError, "FsyncPolicy"),
+        (dict(recovery_mode="point_in_time"), TypeError, "RecoveryMode"),
+        (dict(node_id=-1), ConfigError, "node_id"),
+        (dict(node_id="0"), TypeError, "node_id"),
+    ],
+)
 def test_config_validation(tmp_path, kwargs, exc, match):
     d = tmp_path / "wal"
     with pytest.raises(exc, match=match):
@@ -63,8 +65,10 @@ def test_config_dir_type(tmp_path):
         Wal.open("not a config")
 
 
-@pytest.mark.parametrize("policy", [FsyncPolicy.ALWAYS, FsyncPolicy.OS, FsyncPolicy.batch(),
-                                    FsyncPolicy.batch(1.0), FsyncPolicy.batch(0.0001)])
+@pytest.mark.parametrize(
+    "policy",
+    [FsyncPolicy.ALWAYS, FsyncPolicy.OS, FsyncPolicy.batch(), FsyncPolicy.batch(1.0), FsyncPolicy.batch(0.0001)],
+)
 def test_valid_configs_open(tmp_path, policy):
     wal, info = Wal.open(cfg(tmp_path, fsync_policy=policy))
     with wal:
@@ -84,10 +88,14 @@ def test_open_with_keywords(tmp_path):
 
 
 def test_append_positions(tmp_path):
-    recs = [Record.put(b"a", b"1"), Record.delete(b"a"), Record.put_with_ttl(b"b", b"2", 3),
-            Record.put(b"c", b"x" * 300).with_compression(Compression.LZ4),
-            Record.put(b"d", b"y" * 300).with_compression(Compression.ZSTD),
-            Record.put(b"e", b"5").with_version(1, 2)]
+    recs = [
+        Record.put(b"a", b"1"),
+        Record.delete(b"a"),
+        Record.put_with_ttl(b"b", b"2", 3),
+        Record.put(b"c", b"x" * 300).with_compression(Compression.LZ4),
+        Record.put(b"d", b"y" * 300).with_compression(Compression.ZSTD),
+        Record.put(b"e", b"5").with_version(1, 2),
+    ]
     with Wal.open(cfg(tmp_path))[0] as wal:
         off = 0
         for r in recs:
@@ -148,8 +156,9 @@ def test_rotation_and_read_across_segments(tmp_path):
         assert [r for r, _ in got] == recs and [p for _, p in got] == positions
         mid = positions[150]
         assert [p for _, p in wal.read_from(mid)] == positions[150:]
-        assert [r for r, _ in wal.read_from(Position(2, 0))] == \
-            [r for r, p in zip(recs, positions) if p.segment_id >= 2]
+        assert [r for r, _ in wal.read_from(Position(2, 0))] == [
+            r for r, p in zip(recs, positions) if p.segment_id >= 2
+        ]
         assert list(wal.read_from(wal.current_position())) == []
         active_logical = wal.current_position().offset
     assert size_of(tmp_path, 3) == active_logical  # finalized on close
@@ -262,11 +271,15 @@ def test_close_idempotent_and_closed_errors(tmp_path):
     wal.close()
     wal.close()
     assert wal.closed
-    for call in (lambda: wal.append(Record.put(b"x", b"y")),
-                 lambda: wal.append_batch([Record.put(b"x", b"y")]),
-                 wal.sync, wal.flush, wal.current_position,
-                 lambda: wal.read_from(Position(0, 0)),
-                 lambda: wal.delete_segments_before(Position(1, 0))):
+    for call in (
+        lambda: wal.append(Record.put(b"x", b"y")),
+        lambda: wal.append_batch([Record.put(b"x", b"y")]),
+        wal.sync,
+        wal.flush,
+        wal.current_position,
+        lambda: wal.read_from(Position(0, 0)),
+        lambda: wal.delete_segments_before(Position(1, 0)),
+    ):
         with pytest.raises(ClosedError):
             call()
     assert seg_files(tmp_path) == ["000000.wal"]
@@ -314,8 +327,7 @@ def test_recovery_mode_default():
 
 def test_dir_as_bytes_and_pathlike(tmp_path):
     for d in (os.fsencode(str(tmp_path / "b")), tmp_path / "p"):
-        with Wal.open(WalConfig(dir=d, max_segment_size=MIB,
-                                fsync_policy=FsyncPolicy.OS))[0] as wal:
+        with Wal.open(WalConfig(dir=d, max_segment_size=MIB, fsync_policy=FsyncPolicy.OS))[0] as wal:
             wal.append(Record.put(b"a", b"b"))
             assert [r.key for r, _ in wal.read_from(Position(0, 0))] == [b"a"]
     assert seg_files(tmp_path / "b") == ["000000.wal"]
@@ -323,6 +335,7 @@ def test_dir_as_bytes_and_pathlike(tmp_path):
 
 def _wait_for(cond, timeout=30.0):
     import time
+
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -345,6 +358,7 @@ def test_batch_policy_syncs_without_further_appends(tmp_path):
 
 def test_concurrent_appends_from_threads(tmp_path):
     import threading
+
     results = {}
 
     def writer(t):
@@ -373,9 +387,9 @@ def test_records_across_read_chunks(tmp_path):
     """Segments bigger than the 1 MiB read chunk, records straddling chunk
     boundaries: recovery and read_from see every record."""
     import random
+
     rnd = random.Random(3)
-    recs = [Record.put(b"k%05d" % i, rnd.randbytes(rnd.choice([1, 100, 5000, 70_000, 300_000])))
-            for i in range(120)]
+    recs = [Record.put(b"k%05d" % i, rnd.randbytes(rnd.choice([1, 100, 5000, 70_000, 300_000]))) for i in range(120)]
     with Wal.open(cfg(tmp_path, max_segment_size=8 * MIB))[0] as wal:
         positions = wal.append_batch(recs[:60]) + [wal.append(r) for r in recs[60:]]
     assert len({p.segment_id for p in positions}) >= 2
@@ -390,13 +404,13 @@ def test_records_across_read_chunks(tmp_path):
 
 def test_position_value_semantics():
     import pickle
+
     p = Position(3, 17)
     seg, off = p
     assert (seg, off) == (3, 17) and p.segment_id == 3 and p.offset == 17
     assert Position(3, 17) == p and hash(Position(3, 17)) == hash(p)
     assert Position(2, 999) < p < Position(3, 18) < Position(4, 0)
-    assert sorted([Position(1, 5), Position(0, 9), Position(1, 0)]) == \
-        [Position(0, 9), Position(1, 0), Position(1, 5)]
+    assert sorted([Position(1, 5), Position(0, 9), Position(1, 0)]) == [Position(0, 9), Position(1, 0), Position(1, 5)]
     assert pickle.loads(pickle.dumps(p)) == p
     with pytest.raises((TypeError, ValueError)):
         Position(-1, 0)
@@ -406,8 +420,13 @@ def test_position_value_semantics():
 
 def test_record_pickles():
     import pickle
-    for r in (Record.put(b"k", b"v"), Record.delete(b"k"), Record.put_with_ttl(b"k", b"v", 2),
-              Record.put(b"k", b"v" * 50).with_compression(Compression.ZSTD).with_version(1, 2)):
+
+    for r in (
+        Record.put(b"k", b"v"),
+        Record.delete(b"k"),
+        Record.put_with_ttl(b"k", b"v", 2),
+        Record.put(b"k", b"v" * 50).with_compression(Compression.ZSTD).with_version(1, 2),
+    ):
         assert pickle.loads(pickle.dumps(r)) == r
 
 
@@ -427,8 +446,7 @@ def _disk_writes() -> int:
     raise AssertionError("no write_bytes in /proc/self/io")
 
 
-needs_proc_io = pytest.mark.skipif(not os.path.exists("/proc/self/io"),
-                                   reason="needs /proc/self/io (Linux)")
+needs_proc_io = pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs /proc/self/io (Linux)")
 
 
 @needs_proc_io
@@ -436,7 +454,7 @@ needs_proc_io = pytest.mark.skipif(not os.path.exists("/proc/self/io"),
 def test_small_syncs_deep_into_a_segment_write_little(tmp_path, load):
     wal, _ = Wal.open(cfg(tmp_path, max_segment_size=128 * MIB))
     big = Record.put(b"load", b"x" * (100 * 1024))
-    for _ in range(48 * MIB // len(big.value)):     # 48 MiB into the segment
+    for _ in range(48 * MIB // len(big.value)):  # 48 MiB into the segment
         wal.append(big)
         if load != "unsynced":
             wal.sync()
@@ -457,17 +475,17 @@ def test_small_syncs_deep_into_a_segment_write_little(tmp_path, load):
     assert median <= 512 * 1024, f"{median / 1024:.0f} KiB written per 1 KiB append + fsync"
 
 
-@pytest.mark.parametrize("policy, small", [(FsyncPolicy.ALWAYS, True),
-                                           (FsyncPolicy.batch(0.005), False),
-                                           (FsyncPolicy.OS, False)])
+@pytest.mark.parametrize(
+    "policy, small", [(FsyncPolicy.ALWAYS, True), (FsyncPolicy.batch(0.005), False), (FsyncPolicy.OS, False)]
+)
 def test_page_sized_folios_from_open_or_from_the_first_small_sync(tmp_path, policy, small):
     wal, _ = Wal.open(cfg(tmp_path, fsync_policy=policy, max_segment_size=64 * MIB))
     assert wal.small_folios is small
-    for _ in range(4):                      # a bulk write: one sync covering 1 MiB
+    for _ in range(4):  # a bulk write: one sync covering 1 MiB
         wal.append(Record.put(b"k", b"v" * (256 * 1024)))
     wal.sync()
     assert wal.small_folios is small
-    wal.append(Record.put(b"k", b"v"))      # a small sync switches for good
+    wal.append(Record.put(b"k", b"v"))  # a small sync switches for good
     wal.sync()
     assert wal.small_folios is True
     wal.close()
@@ -479,10 +497,10 @@ def test_first_small_sync_after_a_large_unsynced_write_starts_a_new_segment(tmp_
     for _ in range(32 * MIB // len(big.value)):
         wal.append(big)
     first = wal.seg_id
-    wal.sync()                              # covers 32 MiB: not a small sync
+    wal.sync()  # covers 32 MiB: not a small sync
     assert wal.seg_id == first and not wal.small_folios
     wal.append(Record.put(b"small", b"1"))
-    wal.sync()                              # seals the segment faulted in past 24 MiB
+    wal.sync()  # seals the segment faulted in past 24 MiB
     assert wal.seg_id == first + 1 and wal.seg_size == 0 and wal.small_folios
     pos = wal.append(Record.put(b"after", b"1"))
     wal.close()

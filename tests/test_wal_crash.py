@@ -42,8 +42,7 @@ WRITER = textwrap.dedent("""
         i += k
 """)
 
-POLICIES = {"always": FsyncPolicy.ALWAYS, "os": FsyncPolicy.OS,
-            "batch": FsyncPolicy.batch(0.005)}
+POLICIES = {"always": FsyncPolicy.ALWAYS, "os": FsyncPolicy.OS, "batch": FsyncPolicy.batch(0.005)}
 
 
 def expected_record(i: int) -> Record:
@@ -65,8 +64,9 @@ def expected_record(i: int) -> Record:
 class Writer:
     def __init__(self, path, policy, seed):
         script = WRITER.format(tests=os.path.dirname(os.path.abspath(__file__)))
-        self.p = subprocess.Popen([sys.executable, "-c", script, str(path), policy, str(seed)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.p = subprocess.Popen(
+            [sys.executable, "-c", script, str(path), policy, str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.p.stdout, selectors.EVENT_READ)
         self.buf = b""
@@ -128,13 +128,12 @@ def crash_rounds(tmp_path, policy, kills, max_acks, seed):
         w.kill()
         assert w.acked and w.acked[0][0] == first
         all_acked.update(w.acked)
-        wal, info = Wal.open(WalConfig(dir=str(d), max_segment_size=MIB,
-                                       fsync_policy=FsyncPolicy.OS))
+        wal, info = Wal.open(WalConfig(dir=str(d), max_segment_size=MIB, fsync_policy=FsyncPolicy.OS))
         with wal:
             got = list(wal.read_from(Position(0, 0)))
         assert info.valid_records == len(got)
         # a prefix of what was written, every record intact and in order
-        for i, (rec, pos) in enumerate(got):
+        for i, (rec, _pos) in enumerate(got):
             assert rec == expected_record(i), i
         n = len(got)
         last_acked = max(all_acked)
@@ -145,8 +144,7 @@ def crash_rounds(tmp_path, policy, kills, max_acks, seed):
     return all_acked
 
 
-@pytest.mark.parametrize("policy,kills,max_acks", [("always", 5, 150), ("os", 6, 3000),
-                                                   ("batch", 6, 2000)])
+@pytest.mark.parametrize("policy,kills,max_acks", [("always", 5, 150), ("os", 6, 3000), ("batch", 6, 2000)])
 def test_sigkill_keeps_acknowledged_appends(tmp_path, policy, kills, max_acks):
     acked = crash_rounds(tmp_path, policy, kills, max_acks, seed=hash(policy) & 0xFFFF)
     assert len(acked) >= kills
@@ -155,5 +153,6 @@ def test_sigkill_keeps_acknowledged_appends(tmp_path, policy, kills, max_acks):
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["always", "os", "batch"])
 def test_sigkill_soak(tmp_path, policy):
-    crash_rounds(tmp_path, policy, kills=25, max_acks=400 if policy == "always" else 20000,
-                 seed=random.randrange(1 << 30))
+    crash_rounds(
+        tmp_path, policy, kills=25, max_acks=400 if policy == "always" else 20000, seed=random.randrange(1 << 30)
+    )

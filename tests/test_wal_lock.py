@@ -50,8 +50,7 @@ HOLD = textwrap.dedent("""
 
 
 def try_open(path):
-    out = subprocess.run([sys.executable, "-c", TRY_OPEN, str(path)], capture_output=True,
-                         text=True, timeout=TIMEOUT)
+    out = subprocess.run([sys.executable, "-c", TRY_OPEN, str(path)], capture_output=True, text=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -87,8 +86,9 @@ def test_lock_other_process(tmp_path):
 
 
 def test_lock_released_after_sigkill(tmp_path):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().strip() == "ready"
         with pytest.raises(LockError):
@@ -120,17 +120,19 @@ def _fork_child(wal, w):
     """In the child: try every write path, report what happened, never return."""
     try:
         results = []
-        for name, call in (("append", lambda: wal.append(Record.put(b"child", b"x"))),
-                           ("batch", lambda: wal.append_batch([Record.put(b"child", b"y")])),
-                           ("sync", wal.sync),
-                           ("delete", lambda: wal.delete_segments_before(Position(5, 0)))):
+        for name, call in (
+            ("append", lambda: wal.append(Record.put(b"child", b"x"))),
+            ("batch", lambda: wal.append_batch([Record.put(b"child", b"y")])),
+            ("sync", wal.sync),
+            ("delete", lambda: wal.delete_segments_before(Position(5, 0))),
+        ):
             try:
                 call()
                 results.append(f"{name}:ok")
             except Exception as e:  # noqa: BLE001 - reported to the parent
                 results.append(f"{name}:{type(e).__name__}")
         try:
-            wal.close()   # must not finalize (truncate) the parent's segment
+            wal.close()  # must not finalize (truncate) the parent's segment
             results.append("close:ok")
         except Exception as e:  # noqa: BLE001
             results.append(f"close:{type(e).__name__}")
@@ -157,8 +159,9 @@ def test_forked_child_cannot_write(tmp_path):
             report = f.read().split()
         _, status = os.waitpid(pid, 0)
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-        assert report[:4] == ["append:NoriIOError", "batch:NoriIOError", "sync:NoriIOError",
-                              "delete:NoriIOError"], report
+        assert report[:4] == ["append:NoriIOError", "batch:NoriIOError", "sync:NoriIOError", "delete:NoriIOError"], (
+            report
+        )
         # the parent is unaffected: nothing was written, the lock is still held
         assert wal.current_position() == before
         assert os.path.getsize(tmp_path / "000000.wal") == MIB  # not finalized by the child

@@ -5,11 +5,11 @@ independent spec codec (as nori-wal would write them)."""
 import os
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import spec_codec as spec
-from norikv import (Compression, CorruptionError, FsyncPolicy, Position, Record, RecoveryMode,
-                    Wal, WalConfig)
+from norikv import Compression, CorruptionError, FsyncPolicy, Position, Record, RecoveryMode, Wal, WalConfig
 
 MIB = 1 << 20
 M = RecoveryMode
@@ -26,8 +26,7 @@ def srecs(n, tag=b"k", size=20):
 
 
 def as_record(s):
-    return Record(s.key, s.value, tombstone=s.tombstone, ttl_ms=s.ttl_ms,
-                  compression=s.compression, version=s.version)
+    return Record(s.key, s.value, tombstone=s.tombstone, ttl_ms=s.ttl_ms, compression=s.compression, version=s.version)
 
 
 def snapshot(path):
@@ -48,8 +47,7 @@ def keys(wal):
 @pytest.mark.parametrize("zero_tail", [0, MIB], ids=["bare", "preallocated"])
 def test_torn_tail_at_every_byte(tmp_path, zero_tail):
     good = srecs(5)
-    last = spec.encode(spec.SpecRecord(b"last-key", b"last value bytes", ttl_ms=77,
-                                       version=(3, 4)))
+    last = spec.encode(spec.SpecRecord(b"last-key", b"last value bytes", ttl_ms=77, version=(3, 4)))
     prefix = b"".join(spec.encode(r) for r in good)
     for cut in range(len(last)):
         d = tmp_path / f"c{cut}"
@@ -92,8 +90,7 @@ def test_torn_tail_in_later_segment_keeps_earlier_segments(tmp_path):
     assert (tmp_path / "000000.wal").read_bytes() == before0
 
 
-@pytest.mark.parametrize("mode", [M.TOLERATE_CORRUPTED_TAIL, M.POINT_IN_TIME,
-                                  M.SKIP_ANY_CORRUPTED_RECORDS])
+@pytest.mark.parametrize("mode", [M.TOLERATE_CORRUPTED_TAIL, M.POINT_IN_TIME, M.SKIP_ANY_CORRUPTED_RECORDS])
 def test_bit_flips_in_last_record(tmp_path, mode):
     good = srecs(3)
     last = spec.encode(spec.SpecRecord(b"last", b"0123456789", ttl_ms=5))
@@ -180,7 +177,7 @@ def _three_segments(path, damage="flip"):
     if damage == "flip":
         data[bad_off + 12] ^= 0x01
     else:  # torn: the segment ends in the middle of its 4th record
-        data = data[:bad_off + 5]
+        data = data[: bad_off + 5]
     (path / "000001.wal").write_bytes(bytes(data))
     return segs, bad_off, rec_len
 
@@ -214,8 +211,7 @@ def test_point_in_time(tmp_path):
         assert info.last_valid_position == Position(1, bad_off)
         assert keys(wal) == [r.key for r in segs[0] + segs[1][:3]]
         assert wal.append(Record.put(b"next", b"")) == Position(1, bad_off)
-    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".wal")) == \
-        ["000000.wal", "000001.wal"]
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".wal")) == ["000000.wal", "000001.wal"]
 
 
 def test_skip_any_corrupted_records(tmp_path):
@@ -229,8 +225,7 @@ def test_skip_any_corrupted_records(tmp_path):
         assert keys(wal) == [r.key for r in expected]
         assert wal.current_position().segment_id == 2
     # the damaged segment was rewritten without the bad record, the others untouched
-    assert (tmp_path / "000001.wal").read_bytes() == \
-        b"".join(spec.encode(r) for r in segs[1][:3] + segs[1][4:])
+    assert (tmp_path / "000001.wal").read_bytes() == b"".join(spec.encode(r) for r in segs[1][:3] + segs[1][4:])
     wal, info = Wal.open(cfg(tmp_path))
     with wal:
         assert not info.corruption_detected and info.valid_records == 17
@@ -288,16 +283,19 @@ def test_spec_written_directory_opens(tmp_path):
     """A directory as nori-wal writes it (every record kind, several segments,
     a crash-left zero tail on the last one) opens cleanly and reads back."""
     big = os.urandom(3000) * 20
-    seg0 = [spec.SpecRecord(b"user:1", b"alice"),
-            spec.SpecRecord(b"user:1", tombstone=True),
-            spec.SpecRecord(b"session:abc", b"data", ttl_ms=3_600_000),
-            spec.SpecRecord(b"k", b"v", version=(2, 7)),
-            spec.SpecRecord(b"log", b"ERROR: " * 20, compression=spec.LZ4),
-            spec.SpecRecord(b"z", big, compression=spec.ZSTD),
-            spec.SpecRecord(b"", b"")]
-    seg1 = [spec.SpecRecord(b"both", b"x" * 500, ttl_ms=1, version=(9, 10),
-                            compression=spec.ZSTD),
-            spec.SpecRecord(b"lz", big, compression=spec.LZ4, ttl_ms=(1 << 64) - 1)]
+    seg0 = [
+        spec.SpecRecord(b"user:1", b"alice"),
+        spec.SpecRecord(b"user:1", tombstone=True),
+        spec.SpecRecord(b"session:abc", b"data", ttl_ms=3_600_000),
+        spec.SpecRecord(b"k", b"v", version=(2, 7)),
+        spec.SpecRecord(b"log", b"ERROR: " * 20, compression=spec.LZ4),
+        spec.SpecRecord(b"z", big, compression=spec.ZSTD),
+        spec.SpecRecord(b"", b""),
+    ]
+    seg1 = [
+        spec.SpecRecord(b"both", b"x" * 500, ttl_ms=1, version=(9, 10), compression=spec.ZSTD),
+        spec.SpecRecord(b"lz", big, compression=spec.LZ4, ttl_ms=(1 << 64) - 1),
+    ]
     seg2 = srecs(30)
     spec.write_segment(tmp_path, 0, seg0)
     spec.write_segment(tmp_path, 1, seg1)
@@ -314,8 +312,7 @@ def test_spec_written_directory_opens(tmp_path):
         assert got[8][0].ttl_ms == (1 << 64) - 1
         wal.append(Record.put(b"norikv", b"was here"))
     # and nori-wal (the spec codec) reads what norikv left
-    assert [r.key for _, _, r in spec.read_dir(tmp_path)] == \
-        [r.key for r in everything] + [b"norikv"]
+    assert [r.key for _, _, r in spec.read_dir(tmp_path)] == [r.key for r in everything] + [b"norikv"]
 
 
 @given(st.integers(0, 40), st.integers(0, 400), st.integers(0, 3))
@@ -323,10 +320,9 @@ def test_recovery_keeps_longest_valid_prefix(tmp_path_factory, n, cut, garbage):
     """Property: any file = valid records + a cut of one more record + zeros or
     not, recovers to exactly the valid records."""
     d = tmp_path_factory.mktemp("p")
-    recs = [spec.SpecRecord(b"k%d" % i, os.urandom(i % 17), ttl_ms=i if i % 3 else None)
-            for i in range(n)]
+    recs = [spec.SpecRecord(b"k%d" % i, os.urandom(i % 17), ttl_ms=i if i % 3 else None) for i in range(n)]
     extra = spec.encode(spec.SpecRecord(b"extra", b"e" * 300))
-    tail = extra[:cut % len(extra)]
+    tail = extra[: cut % len(extra)]
     if garbage == 1:
         tail += bytes(2000)
     spec.write_segment(d, 0, recs + ([tail] if tail else []))
@@ -358,9 +354,17 @@ def test_crash_right_after_rotation(tmp_path):
 @st.composite
 def damaged_logs(draw):
     sizes = [draw(st.integers(1, 6)) for _ in range(3)]
-    segs = [[spec.SpecRecord(b"s%dr%d" % (s, i), draw(st.binary(min_size=0, max_size=40)),
-                             ttl_ms=draw(st.none() | st.integers(0, 1 << 40)))
-             for i in range(n)] for s, n in enumerate(sizes)]
+    segs = [
+        [
+            spec.SpecRecord(
+                b"s%dr%d" % (s, i),
+                draw(st.binary(min_size=0, max_size=40)),
+                ttl_ms=draw(st.none() | st.integers(0, 1 << 40)),
+            )
+            for i in range(n)
+        ]
+        for s, n in enumerate(sizes)
+    ]
     seg = draw(st.integers(0, 2))
     blob_len = sum(len(spec.encode(r)) for r in segs[seg])
     off = draw(st.integers(0, blob_len - 1))
@@ -390,8 +394,7 @@ def test_modes_on_one_damaged_byte(tmp_path_factory, case):
         data[off] ^= xor
         p.write_bytes(bytes(data))
         before = snapshot(d)
-        raises = mode is M.ABSOLUTE_CONSISTENCY or (
-            mode is M.TOLERATE_CORRUPTED_TAIL and seg < 2)
+        raises = mode is M.ABSOLUTE_CONSISTENCY or (mode is M.TOLERATE_CORRUPTED_TAIL and seg < 2)
         if raises:
             with pytest.raises(CorruptionError) as ei:
                 Wal.open(cfg(d, mode))
@@ -403,7 +406,7 @@ def test_modes_on_one_damaged_byte(tmp_path_factory, case):
             got = [r for r, _ in read_all(wal)]
         assert info.corruption_detected
         if mode is M.SKIP_ANY_CORRUPTED_RECORDS:
-            expected = flat[:bad_flat] + flat[bad_flat + 1:]
+            expected = flat[:bad_flat] + flat[bad_flat + 1 :]
         else:  # TOLERATE (damage in the last segment) and POINT_IN_TIME: a prefix
             expected = flat[:bad_flat]
         assert got == [as_record(s) for s in expected], mode
@@ -424,19 +427,20 @@ print(info.valid_records, info.corruption_detected, n)
 """
 
 
-@pytest.mark.skipif(os.uname().sysname != "Linux",
-                    reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
+@pytest.mark.skipif(os.uname().sysname != "Linux", reason="reads /proc/self/status and relies on RLIMIT_AS (Linux)")
 def test_recovery_memory_is_bounded(tmp_path):
     """A 96 MiB segment recovers and reads back under an address-space limit of
     48 MiB above the interpreter's: segments are read in chunks, never whole."""
     import subprocess
     import sys
+
     chunk = spec.encode(spec.SpecRecord(b"k", b"\x5a" * 100_000))
     with open(tmp_path / "000000.wal", "wb") as f:
         for _ in range(960):
             f.write(chunk)
     spec.write_segment(tmp_path, 1, srecs(3))
-    out = subprocess.run([sys.executable, "-c", BOUNDED_SCRIPT, str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", BOUNDED_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["963", "False", str(960 * 100_000 + 3 * 20)]

@@ -71,15 +71,15 @@ def use_store(path: str) -> list[tuple[bytes, bytes]]:
 
 
 def use_wal(path: str) -> int:
-    config = WalConfig(dir=path, fsync_policy=FsyncPolicy.ALWAYS,
-                       recovery_mode=RecoveryMode.POINT_IN_TIME)
+    config = WalConfig(dir=path, fsync_policy=FsyncPolicy.ALWAYS, recovery_mode=RecoveryMode.POINT_IN_TIME)
     wal, info = Wal.open(config)
     with wal:
         assert isinstance(info, RecoveryInfo)
         first: Position = wal.append(Record.put(b"k", b"v"))
         wal.append(Record(b"k2", b"v2", ttl_ms=1000, compression=Compression.LZ4, version=(1, 2)))
         positions: list[Position] = wal.append_batch(
-            [Record.delete(b"k"), Record.put_with_ttl(b"k3", b"v3", 1.5)], atomic=True)
+            [Record.delete(b"k"), Record.put_with_ttl(b"k3", b"v3", 1.5)], atomic=True
+        )
         wal.sync()
         segment, offset = first
         assert segment == first.segment_id and offset == first.offset

@@ -6,8 +6,8 @@ those of the Rust crate nori-wal. See the README for the durability promise of
 each fsync policy.
 """
 
-from norikv._version import __version__
 from norikv._engine import Position, Record, WalIterator, crc32c
+from norikv._version import __version__
 from norikv.compression import Compression
 from norikv.errors import (
     ClosedError,

@@ -10,10 +10,10 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from io import BufferedWriter
-from typing import Any, TypeVar, overload
+from typing import Any, TypeAlias, TypeVar, overload
 
 from _typeshed import ReadableBuffer
-from typing_extensions import Self, TypeAlias, disjoint_base
+from typing_extensions import Self, disjoint_base
 
 from norikv.compression import Compression
 from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
@@ -89,9 +89,7 @@ class Record:
     @staticmethod
     def decode(data: ReadableBuffer, offset: int = 0, *, max_value_size: int = ...) -> tuple[Record, int]: ...
 
-def _record_from_fields(
-    key: bytes, value: bytes, flags: int, ttl_ms: int, term: int, index: int
-) -> Record: ...
+def _record_from_fields(key: bytes, value: bytes, flags: int, ttl_ms: int, term: int, index: int) -> Record: ...
 
 @disjoint_base
 class Position:
@@ -145,9 +143,7 @@ def scan_segment(
     skip_corrupt: bool = False,
     final: bool = True,
 ) -> dict[str, Any]: ...  # keys: see scan_segment's docstring
-def segment_records(
-    path: str | os.PathLike[str], start: int = 0
-) -> Iterator[tuple[int, dict[str, Any] | str]]: ...
+def segment_records(path: str | os.PathLike[str], start: int = 0) -> Iterator[tuple[int, dict[str, Any] | str]]: ...
 def copy_valid_records(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -372,9 +368,7 @@ class WriteBatch:
 
 # ------------------------------------------------------------------ index.pyx
 
-def _scan(
-    store: KvStore, lo: bytes | None, hi: bytes | None, reverse: bool
-) -> Iterator[tuple[bytes, bytes]]: ...
+def _scan(store: KvStore, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]: ...
 def _prefix_end(p: bytes) -> bytes | None: ...
 
 # ------------------------------------------------------------------ compact.pyx

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from norikv.errors import ConfigError
 
@@ -57,17 +58,18 @@ class Real(Spec):
     """An int or float (not a bool, not NaN) between lo and hi; ``open_lo`` /
     ``open_hi`` exclude the bound itself."""
 
-    def __init__(self, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False,
-                 unit: str = "") -> None:
+    def __init__(self, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False, unit: str = "") -> None:
         self.lo, self.hi, self.open_lo, self.open_hi, self.unit = lo, hi, open_lo, open_hi, unit
 
     def _check(self, name: str, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, not {_type_name(value)}")
         v = float(value)
-        ok = (not math.isnan(v)
-              and (v > self.lo if self.open_lo else v >= self.lo)
-              and (v < self.hi if self.open_hi else v <= self.hi))
+        ok = (
+            not math.isnan(v)
+            and (v > self.lo if self.open_lo else v >= self.lo)
+            and (v < self.hi if self.open_hi else v <= self.hi)
+        )
         if not ok:
             lo = ">" if self.open_lo else ">="
             hi = "<" if self.open_hi else "<="
@@ -110,7 +112,7 @@ class Path(Spec):
             raise TypeError(f"{name} must be a path (str, bytes or os.PathLike), not {_type_name(value)}")
         try:
             p = os.fspath(value)
-        except TypeError as exc:          # __fspath__ returned something else
+        except TypeError as exc:  # __fspath__ returned something else
             raise TypeError(_naming(name, exc)) from None
         if not p:
             raise ConfigError(f"{name} must not be empty")

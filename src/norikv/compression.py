@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import lz4.block
 
@@ -44,7 +44,7 @@ DEFAULT_MAX_VALUE_SIZE = 256 << 20
 MAX_LZ4_RATIO = 255
 # No zstd block decompresses to more than BLOCKSIZE_MAX (128 KiB).
 _ZSTD_BLOCK_MAX = _zstandard.BLOCKSIZE_MAX
-_ZSTD_SLICE = 4 << 20   # most a slice of a frame fed to the decompressor may produce
+_ZSTD_SLICE = 4 << 20  # most a slice of a frame fed to the decompressor may produce
 
 # zstandard's compressor and decompressor objects must not be used by two
 # threads at once (a writer thread and the background compactor both
@@ -168,19 +168,19 @@ def _zstd_blocks(stored: bytes, start: int) -> Iterator[tuple[int, int]]:
         h = stored[pos] | stored[pos + 1] << 8 | stored[pos + 2] << 16
         kind = (h >> 1) & 3
         size = h >> 3
-        if kind == 0:      # raw
+        if kind == 0:  # raw
             pos += 3 + size
             most = size
-        elif kind == 1:    # RLE: one byte repeated size times
+        elif kind == 1:  # RLE: one byte repeated size times
             pos += 4
             most = size
-        elif kind == 2:    # compressed
+        elif kind == 2:  # compressed
             pos += 3 + size
             most = _ZSTD_BLOCK_MAX
         else:
             raise CorruptionError("zstd value has a block of the reserved type")
         last = h & 1
-        if last and stored[4] & 0x04:     # Content_Checksum_flag of the frame header
+        if last and stored[4] & 0x04:  # Content_Checksum_flag of the frame header
             pos += 4
         if pos > n:
             raise CorruptionError("zstd value is not exactly one complete frame (cut short)")
@@ -197,7 +197,7 @@ def _zstd_decompress(stored: bytes, max_size: int) -> bytes:
         start = _zstandard.frame_header_size(stored)
         bound = 0
         end = start
-        for end, most in _zstd_blocks(stored, start):
+        for end, most in _zstd_blocks(stored, start):  # noqa: B007 (end is read after the loop)
             bound += most
             if bound > max_size:
                 break
@@ -207,7 +207,7 @@ def _zstd_decompress(stored: bytes, max_size: int) -> bytes:
             if end != len(stored):
                 raise CorruptionError("zstd value is not exactly one complete frame")
             out = _zstd_d().decompress(stored, max_output_size=max(bound, 1))
-            if len(out) > max_size:    # (cannot happen: the blocks bound it)
+            if len(out) > max_size:  # (cannot happen: the blocks bound it)
                 raise CorruptionError(f"zstd value decompresses past max_value_size {max_size}")
             return out
         # The blocks may produce more than max_size (a bomb, or a value near

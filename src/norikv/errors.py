@@ -52,8 +52,9 @@ class CorruptionError(NoriError, ValueError):
     record in it and ``segment_id`` its id (any may be ``None`` when unknown).
     """
 
-    def __init__(self, message: str, path: str | None = None,
-                 offset: int | None = None, segment_id: int | None = None) -> None:
+    def __init__(
+        self, message: str, path: str | None = None, offset: int | None = None, segment_id: int | None = None
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.offset = offset
@@ -82,9 +83,11 @@ class WalFailedError(NoriIOError):
     """
 
 
-def io_error(err: int, path: "str | bytes | _os.PathLike[str] | _os.PathLike[bytes] | None", what: str,
-             cls: type[NoriIOError] = NoriIOError) -> NoriIOError:
+def io_error(
+    err: int,
+    path: str | bytes | _os.PathLike[str] | _os.PathLike[bytes] | None,
+    what: str,
+    cls: type[NoriIOError] = NoriIOError,
+) -> NoriIOError:
     """The single place that turns an errno from a system call into an exception."""
     return cls(err, f"{what}: {_os.strerror(err)}", _os.fsdecode(path) if path is not None else None)
-
-

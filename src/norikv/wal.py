@@ -29,13 +29,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from norikv import _engine
-from norikv._engine import Position, Record, WalIterator
+from norikv._engine import Position
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
 from norikv.errors import CorruptionError, NoriError, io_error
 
-__all__ = ["FsyncPolicy", "WalConfig", "RecoveryMode", "RecoveryInfo", "RecoveryPlan",
-           "SegmentPlan", "Wal", "plan_recovery"]
+__all__ = [
+    "FsyncPolicy",
+    "WalConfig",
+    "RecoveryMode",
+    "RecoveryInfo",
+    "RecoveryPlan",
+    "SegmentPlan",
+    "Wal",
+    "plan_recovery",
+]
 
 _TMP_SUFFIX = ".compact-tmp"
 
@@ -95,7 +103,7 @@ def makedirs_durable(path: str | os.PathLike[str]) -> None:
         try:
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except PermissionError:
-            continue                  # an unreadable parent cannot be fsynced by us
+            continue  # an unreadable parent cannot be fsynced by us
         except OSError as exc:
             raise _os_error(exc, parent, "open directory") from exc
         try:
@@ -161,7 +169,7 @@ class RecoveryPlan:
     dir: str
     mode: RecoveryMode
     segments: list[SegmentPlan]
-    leftovers: list[str]             # *.compact-tmp files the open removes
+    leftovers: list[str]  # *.compact-tmp files the open removes
 
     @property
     def kept(self) -> list[SegmentPlan]:
@@ -204,9 +212,14 @@ class RecoveryPlan:
         return Position(0, 0)
 
 
-def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
-                  sink: "_engine._Sink | None" = None, *, max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
-                  progress: "Callable[[SegmentPlan], object] | None" = None) -> RecoveryPlan:
+def plan_recovery(
+    path: str | os.PathLike[str],
+    mode: RecoveryMode,
+    sink: _engine._Sink | None = None,
+    *,
+    max_value_size: int = DEFAULT_MAX_VALUE_SIZE,
+    progress: Callable[[SegmentPlan], object] | None = None,
+) -> RecoveryPlan:
     """Scans every segment of the log directory ``path`` in id order, handing
     the records recovery keeps to ``sink`` (default: a ``_engine._Sink``, which
     only checks that compressed values decompress within ``max_value_size``:
@@ -228,13 +241,20 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
         is_last = i == len(ids) - 1
         res = _engine.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
         end = res["end"]
-        p = SegmentPlan(id=seg, path=seg_path, file_size=res["file_size"],
-                        records=res["records"] - res["batch_dropped"], size=end, data_end=end,
-                        skipped=res["skipped"], dropped=list(res["dropped"]),
-                        batch_dropped=res["batch_dropped"])
+        p = SegmentPlan(
+            id=seg,
+            path=seg_path,
+            file_size=res["file_size"],
+            records=res["records"] - res["batch_dropped"],
+            size=end,
+            data_end=end,
+            skipped=res["skipped"],
+            dropped=list(res["dropped"]),
+            batch_dropped=res["batch_dropped"],
+        )
         if res["skipped"]:
             p.damage = (res["skipped"][0][0], res["skipped"][0][2])
-        if res["status"] is not None:          # (never when skipping)
+        if res["status"] is not None:  # (never when skipping)
             where = f"{seg_path}: {res['status']} at offset {end}"
             if mode is RecoveryMode.ABSOLUTE_CONSISTENCY or (
                 mode is RecoveryMode.TOLERATE_CORRUPTED_TAIL and (not is_last or res["value_damage"])
@@ -248,8 +268,9 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
             # cut off so that later appends cannot complete it by accident.
             cut = res["batch_open"]
             if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
-                raise CorruptionError(f"corrupt segment {seg_path}: atomic batch left "
-                                      f"unterminated at offset {cut}", seg_path, cut, seg)
+                raise CorruptionError(
+                    f"corrupt segment {seg_path}: atomic batch left unterminated at offset {cut}", seg_path, cut, seg
+                )
             p.unterminated_batch = cut
             p.records -= res["batch_records"]
             p.bytes_cut += end - cut
@@ -266,7 +287,7 @@ def plan_recovery(path: str | os.PathLike[str], mode: RecoveryMode,
             progress(p)
         if p.cut is not None and not is_last:
             # POINT_IN_TIME: everything after the damage goes.
-            for later in ids[i + 1:]:
+            for later in ids[i + 1 :]:
                 later_path = os.path.join(path, _engine.segment_name(later))
                 try:
                     size = os.path.getsize(later_path)
@@ -292,11 +313,10 @@ def compaction_leftovers(path: str) -> list[str]:
     recovery deletes them. A directory with such a name is not norikv's (it
     never makes one): it is left alone and not listed (docs/FORMAT.md)."""
     with os.scandir(path) as entries:
-        return sorted(e.name for e in entries
-                      if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
+        return sorted(e.name for e in entries if e.name.endswith(_TMP_SUFFIX) and not e.is_dir(follow_symlinks=False))
 
 
-def _rewrite(core: "_engine._WalCore", p: SegmentPlan) -> None:
+def _rewrite(core: _engine._WalCore, p: SegmentPlan) -> None:
     """Replaces segment p by a copy without its dropped ranges (SKIP mode).
     On any failure (ENOSPC...) the segment is left as it was, the copy is
     removed, and NoriIOError names the segment."""
@@ -311,12 +331,13 @@ def _rewrite(core: "_engine._WalCore", p: SegmentPlan) -> None:
             pass
         if isinstance(exc, NoriError):
             raise
-        raise io_error(exc.errno or errno.EIO, p.path,
-                       f"rewriting {os.path.basename(p.path)} without its damaged records") from exc
+        raise io_error(
+            exc.errno or errno.EIO, p.path, f"rewriting {os.path.basename(p.path)} without its damaged records"
+        ) from exc
     core._fsync_dir()
 
 
-def apply_recovery(core: "_engine._WalCore", plan: RecoveryPlan) -> None:
+def apply_recovery(core: _engine._WalCore, plan: RecoveryPlan) -> None:
     """Makes the changes of a plan (made under the Wal's lock): removes
     compaction leftovers, rewrites the segments SKIP mode skips spans of,
     deletes the segments after a POINT_IN_TIME cut (newest first, durably,
@@ -342,7 +363,7 @@ def apply_recovery(core: "_engine._WalCore", plan: RecoveryPlan) -> None:
             _truncate(p.path, p.cut)
 
 
-def recover(core: "_engine._WalCore", mode: RecoveryMode, sink: "_engine._Sink | None" = None) -> RecoveryInfo:
+def recover(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | None = None) -> RecoveryInfo:
     """Plans the recovery of the Wal's directory in ``mode`` (plan_recovery),
     applies it and starts the Wal; returns what it did.
 
@@ -409,7 +430,7 @@ class Wal(_engine._WalCore):
             info = recover(wal, config.recovery_mode, sink)
             wal._start_background()
         except BaseException:
-            wal._abandon()    # the lock goes now, not when the traceback dies
+            wal._abandon()  # the lock goes now, not when the traceback dies
             raise
         return wal, info
 
@@ -422,8 +443,9 @@ class Wal(_engine._WalCore):
         self._waker = event.set
         # The thread holds only a weak reference, so a Wal dropped without
         # close() is still freed (and its lock released) by reference counting.
-        t = threading.Thread(target=_background, args=(weakref.ref(self), event),
-                             name=f"norikv-wal:{self.dir}", daemon=True)
+        t = threading.Thread(
+            target=_background, args=(weakref.ref(self), event), name=f"norikv-wal:{self.dir}", daemon=True
+        )
         self._bg_thread: threading.Thread | None = t
         t.start()
 
@@ -457,7 +479,7 @@ class Wal(_engine._WalCore):
         background thread did not survive the fork."""
         self._bg_thread = None
 
-    def __enter__(self) -> "Wal":
+    def __enter__(self) -> Wal:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -505,7 +527,7 @@ def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
             _released.wait(remaining)
 
 
-def _background(ref: "weakref.ref[Wal]", event: threading.Event) -> None:
+def _background(ref: weakref.ref[Wal], event: threading.Event) -> None:
     """One thread per Wal: prefaults the mapping ahead of the writer and, under
     FsyncPolicy.batch(w), starts an fsync at most w after the first unsynced
     append, whether or not more appends come. It holds the Wal only while

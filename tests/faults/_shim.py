@@ -9,10 +9,16 @@ from pathlib import Path
 SHIM_SRC = Path(__file__).resolve().parent / "shim" / "faultshim.c"
 
 
-def shim_env(shim: str, ops: str, control: str | None = None, path: str | None = None,
-             log: str | None = None, after: int = 0, err: int = 5) -> dict:
-    env = {"LD_PRELOAD": shim, "FAULTSHIM_OPS": ops, "FAULTSHIM_ERRNO": str(err),
-           "FAULTSHIM_AFTER": str(after)}
+def shim_env(
+    shim: str,
+    ops: str,
+    control: str | None = None,
+    path: str | None = None,
+    log: str | None = None,
+    after: int = 0,
+    err: int = 5,
+) -> dict:
+    env = {"LD_PRELOAD": shim, "FAULTSHIM_OPS": ops, "FAULTSHIM_ERRNO": str(err), "FAULTSHIM_AFTER": str(after)}
     if control:
         env["FAULTSHIM_CONTROL"] = control
     if path:

@@ -12,16 +12,22 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 
 
-def run_py(code: str, *, env: dict | None = None, timeout: float = 60, preexec_fn=None,
-           args: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_py(
+    code: str, *, env: dict | None = None, timeout: float = 60, preexec_fn=None, args: list[str] | None = None
+) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter; returns the completed process
     (stdout/stderr as text). A hang fails the test through the timeout."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *(args or [])],
-                          capture_output=True, text=True, timeout=timeout, env=full_env,
-                          preexec_fn=preexec_fn)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *(args or [])],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        preexec_fn=preexec_fn,
+    )
 
 
 def describe(proc: subprocess.CompletedProcess) -> str:

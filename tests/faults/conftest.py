@@ -19,8 +19,12 @@ def shim_path(tmp_path_factory) -> str:
     if cc is None:
         pytest.skip("no C compiler to build the fault shim")
     out = tmp_path_factory.mktemp("shim") / "faultshim.so"
-    r = subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), str(SHIM_SRC), "-ldl"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O1", "-o", str(out), str(SHIM_SRC), "-ldl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot build the fault shim: {r.stderr[-500:]}")
     return str(out)

@@ -67,7 +67,9 @@ waldir = os.path.join(base, "wal")
 out = {}
 """
 
-TEMP_FSYNC = SETUP + r"""
+TEMP_FSYNC = (
+    SETUP
+    + r"""
 try:
     store.compact()
     out["compact"] = "ok"
@@ -83,11 +85,11 @@ with KvStore.open(base) as s2:
     out["same"] = {k.decode(): v.decode() for k, v in s2.items()} == expected
 print(json.dumps(out))
 """
+)
 
 
 def test_failed_fsync_of_compaction_temp_file_fails_only_that_compaction(shim_path, tmp_path):
-    env = shim_env(shim_path, "fsync,fdatasync", path=".compact-tmp",
-                   log=str(tmp_path / "faults.log"))
+    env = shim_env(shim_path, "fsync,fdatasync", path=".compact-tmp", log=str(tmp_path / "faults.log"))
     proc = run_py(TEMP_FSYNC, args=[str(tmp_path / "db")], env=env, timeout=60)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -99,7 +101,9 @@ def test_failed_fsync_of_compaction_temp_file_fails_only_that_compaction(shim_pa
         assert f.read().split()[0] in ("fdatasync", "fsync")
 
 
-DIR_FSYNC = SETUP + r"""
+DIR_FSYNC = (
+    SETUP
+    + r"""
 control = sys.argv[2]
 real_install = store.wal._install_segment
 
@@ -131,12 +135,14 @@ with KvStore.open(base) as s2:
     out["same"] = {k.decode(): v.decode() for k, v in s2.items()} == expected
 print(json.dumps(out))
 """
+)
 
 
 def test_failed_directory_fsync_after_rename_poisons(shim_path, tmp_path):
     control = str(tmp_path / "armed")
-    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path / "db"),
-                   log=str(tmp_path / "faults.log"))
+    env = shim_env(
+        shim_path, "fsync,fdatasync", control=control, path=str(tmp_path / "db"), log=str(tmp_path / "faults.log")
+    )
     proc = run_py(DIR_FSYNC, args=[str(tmp_path / "db"), control], env=env, timeout=60)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,7 +18,7 @@ from norikv import FsyncPolicy, KvStore
 
 WRITERS = 4
 OPS = 800
-WATCHDOG = 120      # seconds; generous, only a deadlock reaches it
+WATCHDOG = 120  # seconds; generous, only a deadlock reaches it
 
 
 def writer(store, tid, model, errors, stop):
@@ -58,8 +58,7 @@ def writer(store, tid, model, errors, stop):
             else:
                 got = dict(store.prefix(prefix))
                 if got != model:
-                    errors.append(f"t{tid}: prefix scan differs from the model "
-                                  f"({len(got)} vs {len(model)} keys)")
+                    errors.append(f"t{tid}: prefix scan differs from the model ({len(got)} vs {len(model)} keys)")
     except BaseException as exc:  # noqa: BLE001
         errors.append(f"t{tid}: {exc!r}")
 
@@ -72,12 +71,19 @@ def background(store, fn, errors, stop):
         errors.append(f"{fn.__name__}: {exc!r}")
 
 
-@pytest.mark.parametrize("policy,compression", [
-    (FsyncPolicy.batch(0.002), None), (FsyncPolicy.OS, None), (FsyncPolicy.ALWAYS, None),
-    # Writers and the compactor compress at once (regression: one shared zstd
-    # compressor for all threads gave ZstdError, heap corruption, SIGSEGV).
-    (FsyncPolicy.OS, "zstd"), (FsyncPolicy.OS, "lz4"),
-], ids=["batch", "os", "always", "os-zstd", "os-lz4"])
+@pytest.mark.parametrize(
+    "policy,compression",
+    [
+        (FsyncPolicy.batch(0.002), None),
+        (FsyncPolicy.OS, None),
+        (FsyncPolicy.ALWAYS, None),
+        # Writers and the compactor compress at once (regression: one shared zstd
+        # compressor for all threads gave ZstdError, heap corruption, SIGSEGV).
+        (FsyncPolicy.OS, "zstd"),
+        (FsyncPolicy.OS, "lz4"),
+    ],
+    ids=["batch", "os", "always", "os-zstd", "os-lz4"],
+)
 def test_hammer(tmp_path, policy, compression):
     faulthandler.dump_traceback_later(WATCHDOG, exit=True, file=sys.stderr)
     try:
@@ -87,9 +93,15 @@ def test_hammer(tmp_path, policy, compression):
 
 
 def _hammer(tmp_path, policy, compression=None):
-    store = KvStore.open(tmp_path, fsync_policy=policy, max_segment_size=1 << 20,
-                         compact_min_bytes=1 << 20, compact_dead_ratio=0.3,
-                         compression=compression, compress_min_size=64)
+    store = KvStore.open(
+        tmp_path,
+        fsync_policy=policy,
+        max_segment_size=1 << 20,
+        compact_min_bytes=1 << 20,
+        compact_dead_ratio=0.3,
+        compression=compression,
+        compress_min_size=64,
+    )
     models = [dict() for _ in range(WRITERS)]
     errors: list[str] = []
     stop = threading.Event()
@@ -102,10 +114,8 @@ def _hammer(tmp_path, policy, compression=None):
     def sync():
         store.sync()
 
-    writers = [threading.Thread(target=writer, args=(store, t, models[t], errors, stop))
-               for t in range(WRITERS)]
-    helpers = [threading.Thread(target=background, args=(store, f, errors, stop))
-               for f in (compact, sync)]
+    writers = [threading.Thread(target=writer, args=(store, t, models[t], errors, stop)) for t in range(WRITERS)]
+    helpers = [threading.Thread(target=background, args=(store, f, errors, stop)) for f in (compact, sync)]
     for t in writers + helpers:
         t.start()
     for t in writers:
@@ -156,5 +166,6 @@ def test_compression_from_many_threads():
     process: ZstdError, "malloc(): corrupted top size", SIGSEGV). In a
     subprocess, since the failure is a crash."""
     from ._util import describe, run_py
+
     proc = run_py(ZSTD_THREADS, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", describe(proc)

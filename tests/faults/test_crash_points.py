@@ -7,7 +7,6 @@ walks every boundary deterministically."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -76,11 +75,14 @@ def apply_write(m, i):
         m[b"p%02d" % i] = b"%d" % i + bytes(150_000)
 
 
-@pytest.mark.parametrize("workload,stride,nwrites", [
-    ("compact", 1, 0),
-    ("writes", 7, 18),
-    pytest.param("writes", 1, 60, marks=pytest.mark.slow, id="writes-every-call"),
-])
+@pytest.mark.parametrize(
+    "workload,stride,nwrites",
+    [
+        ("compact", 1, 0),
+        ("writes", 7, 18),
+        pytest.param("writes", 1, 60, marks=pytest.mark.slow, id="writes-every-call"),
+    ],
+)
 def test_kill_after_each_syscall(shim_path, tmp_path, workload, stride, nwrites):
     step = 0
     runs = 0
@@ -90,9 +92,13 @@ def test_kill_after_each_syscall(shim_path, tmp_path, workload, stride, nwrites)
         env = dict(os.environ)
         env.update(shim_env(shim_path, OPS, control=control, path=str(d), after=step))
         env["FAULTSHIM_ACTION"] = "kill"
-        proc = subprocess.run([sys.executable, "-c", SETUP, str(d), control, workload, OPS,
-                               str(nwrites)],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", SETUP, str(d), control, workload, OPS, str(nwrites)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         runs += 1
         acked = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("A ")]
         finished = "DONE" in proc.stdout
@@ -109,17 +115,17 @@ def test_kill_after_each_syscall(shim_path, tmp_path, workload, stride, nwrites)
             candidates.append(dict(m))
             nxt = len(acked)
             if nxt < nwrites and not finished:
-                apply_write(m, nxt)              # the write in flight
+                apply_write(m, nxt)  # the write in flight
                 candidates.append(m)
-        with KvStore.open(d, fsync_policy=FsyncPolicy.ALWAYS, max_segment_size=1 << 20,
-                          auto_compact=False) as s:
+        with KvStore.open(d, fsync_policy=FsyncPolicy.ALWAYS, max_segment_size=1 << 20, auto_compact=False) as s:
             state = dict(s.items())
             assert any(state == c for c in candidates), (
                 f"{workload}: killed after mutating call #{step + 1}: state matches no model; "
-                f"{len(state)} keys vs {[len(c) for c in candidates]}\n" + describe(proc))
+                f"{len(state)} keys vs {[len(c) for c in candidates]}\n" + describe(proc)
+            )
             assert s._deadline_of(b"ttl") is not None
             s.put(b"z", b"after reopen")
-            s.compact()                            # a later compaction cleans up fine
+            s.compact()  # a later compaction cleans up fine
         with KvStore.open(d, max_segment_size=1 << 20) as s:
             assert s.get(b"z") == b"after reopen" and len(s) == len(state) + 1
         if finished:

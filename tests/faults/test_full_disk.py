@@ -83,8 +83,9 @@ def tmpfs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"cannot mount tmpfs: {exc}")
     if r.returncode != 0:
@@ -102,7 +103,7 @@ def test_full_disk_enospc_then_resume(tmpfs, policy):
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     acked = out["acked"]
-    assert 200 < acked < 1000, out          # 4 MiB disk, 4 KiB values
+    assert 200 < acked < 1000, out  # 4 MiB disk, 4 KiB values
     # Every error the caller saw is an OSError subclass carrying ENOSPC.
     assert out["errors"], out
     for name, err in out["errors"]:
@@ -113,8 +114,9 @@ def test_full_disk_enospc_then_resume(tmpfs, policy):
     assert out["tmp_left"] == [], out
     assert out["resumed"] == 100
     # Reopen: everything acknowledged (before the disk filled, and after) is there.
-    with KvStore.open(os.path.join(tmpfs, "store"), fsync_policy=FsyncPolicy.ALWAYS,
-                      max_segment_size=1 << 20, auto_compact=False) as store:
+    with KvStore.open(
+        os.path.join(tmpfs, "store"), fsync_policy=FsyncPolicy.ALWAYS, max_segment_size=1 << 20, auto_compact=False
+    ) as store:
         assert not store.recovery_info.corruption_detected
         for i in range(acked):
             assert store.get(b"key%06d" % i) == (b"%08d" % i) * 512, i

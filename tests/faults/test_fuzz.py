@@ -9,7 +9,8 @@ import os
 import shutil
 import tempfile
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from norikv import CorruptionError, Position, Record, RecoveryMode, Wal, WalConfig
 
@@ -27,20 +28,31 @@ def varint(v: int) -> bytes:
 
 valid_record = st.builds(
     lambda k, v, tomb, ttl, ver: (Record.delete(k) if tomb else Record(k, v, ttl_ms=ttl, version=ver)).encode(),
-    st.binary(max_size=40), st.binary(max_size=300), st.booleans(),
+    st.binary(max_size=40),
+    st.binary(max_size=300),
+    st.booleans(),
     st.none() | st.integers(0, 2**64 - 1),
-    st.none() | st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)))
+    st.none() | st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+)
 
 adversarial_header = st.builds(
     lambda klen, vlen, flags, tail: varint(klen) + varint(vlen) + bytes([flags]) + tail,
     st.sampled_from([0, 1, 127, 128, 2**31, 2**32 + 5, 2**40, 2**62, 2**64 - 1]),
     st.sampled_from([0, 5, 2**20, 2**33, 2**63, 2**64 - 1]),
-    st.integers(0, 255), st.binary(max_size=30))
+    st.integers(0, 255),
+    st.binary(max_size=30),
+)
 
 overlong_varint = st.builds(lambda n, tail: b"\xff" * n + tail, st.integers(9, 20), st.binary(max_size=8))
 
-chunk = st.one_of(valid_record, valid_record, adversarial_header, overlong_varint,
-                  st.binary(max_size=64), st.builds(bytes, st.integers(0, 300)))
+chunk = st.one_of(
+    valid_record,
+    valid_record,
+    adversarial_header,
+    overlong_varint,
+    st.binary(max_size=64),
+    st.builds(bytes, st.integers(0, 300)),
+)
 
 segments = st.lists(st.lists(chunk, max_size=12).map(b"".join), min_size=1, max_size=3)
 
@@ -67,7 +79,7 @@ def test_recovery_of_hostile_segments(segs, mode):
             assert mode in (RecoveryMode.ABSOLUTE_CONSISTENCY, RecoveryMode.TOLERATE_CORRUPTED_TAIL)
             return
         for r, _ in recs:
-            assert Record.decode(r.encode())[0] == r      # each kept record is whole
+            assert Record.decode(r.encode())[0] == r  # each kept record is whole
         # Idempotent: the repaired log is clean and holds the same records.
         recs2, info2 = open_records(d, mode)
         assert [r for r, _ in recs2] == [r for r, _ in recs]
@@ -111,12 +123,14 @@ def test_lengths_past_the_end_allocate_nothing(tmp_path):
     d = tmp_path / "wal"
     d.mkdir()
     good = Record.put(b"k", b"v").encode()
-    claims = b"".join(varint(k) + varint(v) + b"\x00" + b"abc"
-                      for k, v in [(2**40, 1), (1, 2**62), (2**33, 2**33), (2**64 - 1, 2**64 - 1)])
+    claims = b"".join(
+        varint(k) + varint(v) + b"\x00" + b"abc"
+        for k, v in [(2**40, 1), (1, 2**62), (2**33, 2**33), (2**64 - 1, 2**64 - 1)]
+    )
     (d / "000000.wal").write_bytes(good * 10 + varint(2**31) + varint(2**31) + b"\x00" + b"x" * 4000)
     (d / "000001.wal").write_bytes(good * 3 + claims * 50)
     proc = run_py(MEMORY_CHILD, args=[str(d)], timeout=60)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["growth_kib"] < 16 * 1024, out          # < 16 MiB, for claims of up to 16 EiB
+    assert out["growth_kib"] < 16 * 1024, out  # < 16 MiB, for claims of up to 16 EiB
     assert out["SKIP_ANY_CORRUPTED_RECORDS"] == "opened"

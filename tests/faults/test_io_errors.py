@@ -89,8 +89,7 @@ def test_failed_fsync_poisons_until_reopen(shim_path, tmp_path, policy):
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["first"] == ["WalFailedError", errno.EIO, True]
-    assert out["refused"] == [[n, errno.EIO] for n in
-                              ("put", "put_existing", "delete", "batch", "sync", "compact")]
+    assert out["refused"] == [[n, errno.EIO] for n in ("put", "put_existing", "delete", "batch", "sync", "compact")]
     assert out["stats_failed"]
     expected = {f"k{i:03d}": f"v{i:03d}" for i in range(1, 50)}
     state = out["state"]
@@ -151,8 +150,7 @@ def test_failed_group_fsync_fails_every_waiting_thread(shim_path, tmp_path):
     made after the failure began is acknowledged, and every acknowledged put
     is there after reopen."""
     control = str(tmp_path / "armed")
-    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path),
-                   log=str(tmp_path / "faults.log"))
+    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path), log=str(tmp_path / "faults.log"))
     proc = run_py(GROUP, args=[str(tmp_path / "db"), control], env=env, timeout=120)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -22,7 +22,7 @@ from norikv import KvStore
 
 from ._util import describe, run_py
 
-LIMIT = 1536 << 10      # 1.5 MiB per file
+LIMIT = 1536 << 10  # 1.5 MiB per file
 
 CHILD = r"""
 import errno, json, os, resource, sys
@@ -97,16 +97,17 @@ def _limited(limit):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+
     return pre
 
 
 def test_file_size_limit_gives_efbig_and_reopen_is_correct(tmp_path):
     proc = run_py(CHILD, args=[str(tmp_path), str(LIMIT)], preexec_fn=_limited(LIMIT), timeout=90)
-    assert proc.returncode == 0, describe(proc)           # no SIGXFSZ death
+    assert proc.returncode == 0, describe(proc)  # no SIGXFSZ death
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["grow"] == ["NoriIOError", errno.EFBIG], out
     assert out["failed_key_in_memory"] is False
-    assert 200 < out["acked"] < 400, out                  # 1 MiB of 4 KB records
+    assert 200 < out["acked"] < 400, out  # 1 MiB of 4 KB records
     assert out["after_error_fits"] is True
     # A 1.25 MiB record gets its own segment, under the 1.5 MiB limit: accepted.
     assert out["snap_put_big"] == "ok", out
@@ -120,7 +121,7 @@ def test_file_size_limit_gives_efbig_and_reopen_is_correct(tmp_path):
         assert len(s) == out["acked"] + 1
         s.put(b"new", b"record")
         for i in range(300):
-            s.put(b"n%04d" % i, b"x" * 4000)      # the segment now grows past 1.5 MiB
+            s.put(b"n%04d" % i, b"x" * 4000)  # the segment now grows past 1.5 MiB
     with KvStore.open(tmp_path / "grow", max_segment_size=4 << 20, preallocate=False) as s:
         assert s.get(b"new") == b"record" and s.get(b"n0299") == b"x" * 4000
         assert len(s) == out["acked"] + 302
@@ -142,6 +143,6 @@ def test_compaction_snapshot_cut_short(tmp_path):
         assert s.get(b"big") == b"B" * (1280 << 10)
         assert [s.get(b"s%02d" % j) for j in range(40)] == [b"v%02d" % j for j in range(40)]
         s.put(b"later", b"ok")
-        s.compact()                                  # no limit now: the snapshot completes
+        s.compact()  # no limit now: the snapshot completes
     with KvStore.open(tmp_path / "snap", max_segment_size=1 << 20) as s:
         assert s.get(b"later") == b"ok" and s.get(b"big") == b"B" * (1280 << 10) and len(s) == 42

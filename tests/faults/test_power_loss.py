@@ -77,7 +77,7 @@ def parse(trace: str):
                 continue
             name, args, ret = c.group(1), c.group(2), c.group(3)
             if ret is None:
-                if name in ("fsync", "fdatasync"):     # started now, completes later
+                if name in ("fsync", "fdatasync"):  # started now, completes later
                     events.append(("sync-start", None))
                     args = (args, len(events) - 1, fdpath.get(int(args.split(",")[0]), "?"))
                 pending[pid] = (name, args)
@@ -93,7 +93,7 @@ def parse(trace: str):
         elif name == "close" and ret == 0:
             fdpath.pop(int(args.split(",")[0]), None)
         elif name in ("fsync", "fdatasync") and ret == 0:
-            if isinstance(args, tuple):                 # (args, start event, path)
+            if isinstance(args, tuple):  # (args, start event, path)
                 events.append(("sync", (args[2], args[1])))
             else:
                 events.append(("sync", (fdpath.get(int(args.split(",")[0]), "?"), len(events))))
@@ -107,7 +107,7 @@ def check(events, waldir: str, policy: str, treat_every_put_as_durable: bool = F
     """Returns the list of violations (empty: the promise held)."""
     seg_path = lambda s: os.path.join(waldir, "%06d.wal" % s)  # noqa: E731
     begin_at: dict[int, int] = {}
-    seg_lo: dict[int, int] = {}           # threaded writers: segment when the write began
+    seg_lo: dict[int, int] = {}  # threaded writers: segment when the write began
     seg_of: dict[int, int] = {}
     created_at: dict[str, int] = {}
     syncs: dict[str, list[int]] = {}
@@ -123,8 +123,9 @@ def check(events, waldir: str, policy: str, treat_every_put_as_durable: bool = F
     def require(writes, at):
         for d, t_made in list(mkdirs.items()):
             if not covered(os.path.dirname(d), t_made, at):
-                violations.append(f"directory {d} was created but its parent was not fsynced "
-                                  f"before a durable acknowledgement")
+                violations.append(
+                    f"directory {d} was created but its parent was not fsynced before a durable acknowledgement"
+                )
             del mkdirs[d]
         for w in writes:
             # With several writer threads another one may rotate between this
@@ -132,14 +133,17 @@ def check(events, waldir: str, policy: str, treat_every_put_as_durable: bool = F
             cands = [seg_path(x) for x in range(seg_lo.get(w, seg_of[w]), seg_of[w] + 1)]
             p = next((c for c in cands if covered(c, begin_at[w], at)), cands[-1])
             if not covered(p, begin_at[w], at):
-                violations.append(f"write {w} in {os.path.basename(p)} acknowledged as durable "
-                                  f"without a completed fsync of its file")
+                violations.append(
+                    f"write {w} in {os.path.basename(p)} acknowledged as durable without a completed fsync of its file"
+                )
             if p not in dir_ok:
                 if covered(waldir, created_at.get(p, -1), at):
                     dir_ok.add(p)
                 else:
-                    violations.append(f"{os.path.basename(p)} created but the directory was not "
-                                      f"fsynced before write {w} was acknowledged")
+                    violations.append(
+                        f"{os.path.basename(p)} created but the directory was not "
+                        f"fsynced before write {w} was acknowledged"
+                    )
 
     for t, (kind, payload) in enumerate(events):
         if kind == "create":
@@ -183,11 +187,26 @@ def _trace(strace, tmp_path, policy, n=260):
     out = tmp_path / "trace.txt"
     db = tmp_path / "new" / "db"
     proc = subprocess.run(
-        [strace, "-f", "-s", "256", "-o", str(out),
-         "-e", "trace=write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,"
-               "unlink,mkdir,mkdirat",
-         sys.executable, "-c", CHILD, str(db), policy, str(n)],
-        capture_output=True, text=True, timeout=180)
+        [
+            strace,
+            "-f",
+            "-s",
+            "256",
+            "-o",
+            str(out),
+            "-e",
+            "trace=write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink,mkdir,mkdirat",
+            sys.executable,
+            "-c",
+            CHILD,
+            str(db),
+            policy,
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, describe(proc)
     return parse(out.read_text()), str(db / "wal")
 
@@ -199,7 +218,7 @@ def test_acknowledged_durable_writes_were_fsynced(strace, tmp_path, policy):
     assert len([m for m in marks if m[1].startswith("ACK")]) == 260
     creates = [e for e in events if e[0] == "create"]
     assert len(creates) >= 3, "the workload should rotate segments"
-    assert len([e for e in events if e[0] == "mkdir"]) >= 2   # the store and its wal/ directory
+    assert len([e for e in events if e[0] == "mkdir"]) >= 2  # the store and its wal/ directory
     assert check(events, waldir, policy) == []
 
 
@@ -239,10 +258,25 @@ def test_group_commit_covers_every_thread(strace, tmp_path):
     out = tmp_path / "trace.txt"
     db = tmp_path / "db"
     proc = subprocess.run(
-        [strace, "-f", "-s", "256", "-o", str(out), "-e",
-         "trace=write,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat",
-         sys.executable, "-c", THREADED, str(db), "120"],
-        capture_output=True, text=True, timeout=180)
+        [
+            strace,
+            "-f",
+            "-s",
+            "256",
+            "-o",
+            str(out),
+            "-e",
+            "trace=write,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat",
+            sys.executable,
+            "-c",
+            THREADED,
+            str(db),
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, describe(proc)
     events = parse(out.read_text())
     acks = [e for e in events if e[0] == "mark" and e[1].startswith("ACK")]

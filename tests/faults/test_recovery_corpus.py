@@ -22,7 +22,6 @@ import sys
 import pytest
 
 from norikv import CorruptionError, Position, Record, RecoveryMode, Wal, WalConfig
-from norikv.errors import NoriError
 
 from ._shim import shim_env
 from ._util import describe
@@ -74,41 +73,55 @@ def append(d, i, data):
 # Damage name -> (function applying it, {mode: expected outcome}).
 # Offsets in a record: byte 0 = klen, 2 = flags, 3.. key, 8.. value, 47.. CRC.
 CORPUS = {
-    "clean":                      (lambda d: None,
-                                   {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"}),
-    "zero tail (preallocated)":   (lambda d: append(d, 2, bytes(1 << 16)),
-                                   {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"}),
-    "zero tail in a middle seg":  (lambda d: append(d, 1, bytes(4096)),
-                                   {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"}),
-    "last record cut whole":      (lambda d: truncate(d, 2, 4 * REC_LEN),
-                                   {TCT: "all-but s2r4", ABS: "all-but s2r4", PIT: "all-but s2r4",
-                                    SKIP: "all-but s2r4"}),
-    "bit flip: last seg, value":  (lambda d: flip(d, 2, 2, 20),
-                                   {TCT: "before s2r2", ABS: "RAISE", PIT: "before s2r2",
-                                    SKIP: "without s2r2"}),
-    "bit flip: last seg, crc":    (lambda d: flip(d, 2, 4, 49),
-                                   {TCT: "before s2r4", ABS: "RAISE", PIT: "before s2r4",
-                                    SKIP: "without s2r4"}),
-    "bit flip: middle seg, klen": (lambda d: flip(d, 1, 2, 0, 3),
-                                   {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r2",
-                                    SKIP: "without s1r2"}),
-    "bit flip: middle seg, flags": (lambda d: flip(d, 1, 0, 2, 1),
-                                    {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r0",
-                                     SKIP: "without s1r0"}),
-    "bit flip: first seg, key":   (lambda d: flip(d, 0, 4, 5, 7),
-                                   {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r4",
-                                    SKIP: "without s0r4"}),
-    "compression bits = 3":       (lambda d: flip(d, 0, 1, 2, 2) or flip(d, 0, 1, 2, 3),
-                                   {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r1",
-                                    SKIP: "without s0r1"}),
-    "zeroed record, middle seg":  (lambda d: _zero(d, 1, 3),
-                                   {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r3",
-                                    SKIP: "without s1r3"}),
-    "torn record, non-final seg": (lambda d: truncate(d, 0, 4 * REC_LEN + 20),
-                                   {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r4",
-                                    SKIP: "without s0r4"}),
-    "garbage tail, last seg":     (lambda d: append(d, 2, b"\xff" * 100),
-                                   {TCT: "all", ABS: "RAISE", PIT: "all", SKIP: "all"}),
+    "clean": (lambda d: None, {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"}),
+    "zero tail (preallocated)": (
+        lambda d: append(d, 2, bytes(1 << 16)),
+        {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"},
+    ),
+    "zero tail in a middle seg": (
+        lambda d: append(d, 1, bytes(4096)),
+        {TCT: "all", ABS: "all", PIT: "all", SKIP: "all"},
+    ),
+    "last record cut whole": (
+        lambda d: truncate(d, 2, 4 * REC_LEN),
+        {TCT: "all-but s2r4", ABS: "all-but s2r4", PIT: "all-but s2r4", SKIP: "all-but s2r4"},
+    ),
+    "bit flip: last seg, value": (
+        lambda d: flip(d, 2, 2, 20),
+        {TCT: "before s2r2", ABS: "RAISE", PIT: "before s2r2", SKIP: "without s2r2"},
+    ),
+    "bit flip: last seg, crc": (
+        lambda d: flip(d, 2, 4, 49),
+        {TCT: "before s2r4", ABS: "RAISE", PIT: "before s2r4", SKIP: "without s2r4"},
+    ),
+    "bit flip: middle seg, klen": (
+        lambda d: flip(d, 1, 2, 0, 3),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r2", SKIP: "without s1r2"},
+    ),
+    "bit flip: middle seg, flags": (
+        lambda d: flip(d, 1, 0, 2, 1),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r0", SKIP: "without s1r0"},
+    ),
+    "bit flip: first seg, key": (
+        lambda d: flip(d, 0, 4, 5, 7),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r4", SKIP: "without s0r4"},
+    ),
+    "compression bits = 3": (
+        lambda d: flip(d, 0, 1, 2, 2) or flip(d, 0, 1, 2, 3),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r1", SKIP: "without s0r1"},
+    ),
+    "zeroed record, middle seg": (
+        lambda d: _zero(d, 1, 3),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s1r3", SKIP: "without s1r3"},
+    ),
+    "torn record, non-final seg": (
+        lambda d: truncate(d, 0, 4 * REC_LEN + 20),
+        {TCT: "RAISE", ABS: "RAISE", PIT: "before s0r4", SKIP: "without s0r4"},
+    ),
+    "garbage tail, last seg": (
+        lambda d: append(d, 2, b"\xff" * 100),
+        {TCT: "all", ABS: "RAISE", PIT: "all", SKIP: "all"},
+    ),
 }
 
 
@@ -123,7 +136,7 @@ def expected_keys(outcome: str) -> list[str]:
         return list(ORDER)
     kind, _, x = outcome.partition(" ")
     if kind == "before":
-        return ORDER[:ORDER.index(x)]
+        return ORDER[: ORDER.index(x)]
     if kind in ("without", "all-but"):
         return [k for k in ORDER if k != x]
     raise AssertionError(outcome)
@@ -143,7 +156,7 @@ def open_keys(d, mode):
     try:
         keys = [r.key.decode() for r, _ in wal.read_from(Position(0, 0))]
         for r, _ in wal.read_from(Position(0, 0)):
-            if r.key.startswith(b"s"):             # no torn or misplaced value
+            if r.key.startswith(b"s"):  # no torn or misplaced value
                 i, k = r.key.decode()[1:].split("r")
                 assert r.value == (b"%s-%s|" % (i.encode(), k.encode())) * 10
     finally:
@@ -164,7 +177,7 @@ def test_corpus(tmp_path, damage, mode):
         with pytest.raises(CorruptionError) as ei:
             Wal.open(WalConfig(dir=d, max_segment_size=1 << 20, recovery_mode=mode))
         assert ei.value.path and ei.value.offset is not None
-        assert snapshot_files(d) == before            # nothing changed
+        assert snapshot_files(d) == before  # nothing changed
         # ... and the lock was released: a tolerant mode can open it now.
         Wal.open(WalConfig(dir=d, max_segment_size=1 << 20, recovery_mode=SKIP))[0].close()
         return
@@ -198,9 +211,9 @@ def test_truncation_at_every_byte_of_the_last_record(tmp_path, mode):
         keys, info = open_keys(d, mode)
         assert keys == ORDER[:-1], cut
         assert info.corruption_detected, (cut, info)
-        if mode is SKIP:                           # reported as a skipped span
+        if mode is SKIP:  # reported as a skipped span
             assert info.spans_skipped == 1, (cut, info)
-        else:                                      # cut bytes up to the last non-zero one
+        else:  # cut bytes up to the last non-zero one
             nonzero = len(record(2, 4)[:cut].rstrip(b"\0"))
             assert info.bytes_truncated == nonzero, (cut, info)
         assert os.path.getsize(seg(d, 2)) == base
@@ -218,7 +231,7 @@ def test_unterminated_batch_is_cut_in_every_mode(tmp_path):
         wal.close()
         size = os.path.getsize(seg(d, 2))
         last = Record.put(b"b2", b"x").encode()
-        truncate(d, 2, size - len(last))          # drop the terminating record
+        truncate(d, 2, size - len(last))  # drop the terminating record
         if mode is RecoveryMode.ABSOLUTE_CONSISTENCY:
             before = open(seg(d, 2), "rb").read()
             with pytest.raises(CorruptionError) as exc:
@@ -257,8 +270,7 @@ RECOVERY_CRASH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("damage,mode", RECOVERY_CRASH_CASES,
-                         ids=[f"{d}-{m.name}" for d, m in RECOVERY_CRASH_CASES])
+@pytest.mark.parametrize("damage,mode", RECOVERY_CRASH_CASES, ids=[f"{d}-{m.name}" for d, m in RECOVERY_CRASH_CASES])
 def test_crash_at_every_step_of_recovery(shim_path, tmp_path, damage, mode):
     """SIGKILL the recovering process right after its 1st, 2nd, ... mutating
     call (ftruncate, fsync, unlink, rename, write), then reopen: the outcome
@@ -271,15 +283,15 @@ def test_crash_at_every_step_of_recovery(shim_path, tmp_path, damage, mode):
         write_log(d)
         apply_damage(d)
         env = dict(os.environ)
-        env.update(shim_env(shim_path, "ftruncate,fsync,fdatasync,unlink,rename,write",
-                            path=d, after=step))
+        env.update(shim_env(shim_path, "ftruncate,fsync,fdatasync,unlink,rename,write", path=d, after=step))
         env["FAULTSHIM_ACTION"] = "kill"
-        proc = subprocess.run([sys.executable, "-c", OPEN_CHILD, d, mode.name], env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-c", OPEN_CHILD, d, mode.name], env=env, capture_output=True, text=True, timeout=60
+        )
         keys, _ = open_keys(d, mode)
         assert keys == want, (damage, mode, step, describe(proc))
         if proc.returncode == 0:
-            break                                 # recovery ran to the end: all steps covered
+            break  # recovery ran to the end: all steps covered
         assert proc.returncode == -signal.SIGKILL, describe(proc)
         step += 1
         assert step < 50
@@ -297,8 +309,9 @@ def test_random_kills_during_recovery(tmp_path):
         write_log(d)
         apply_damage(d)
         for _ in range(8):
-            p = subprocess.Popen([sys.executable, "-c", OPEN_CHILD, d, mode.name],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            p = subprocess.Popen(
+                [sys.executable, "-c", OPEN_CHILD, d, mode.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
             try:
                 p.wait(timeout=rng.uniform(0.0, 0.15))
             except subprocess.TimeoutExpired:
@@ -315,6 +328,7 @@ def test_torn_batch_never_completed_by_later_appends(tmp_path, mode):
     (regression: SKIP_ANY_CORRUPTED_RECORDS kept them in the rewritten
     segment, and the next put made b1, b2 apply without b3)."""
     from norikv import KvStore
+
     with KvStore.open(tmp_path) as s:
         s.put(b"a", b"1")
         with s.batch() as b:
@@ -341,6 +355,7 @@ def test_skip_mode_drops_a_batch_interrupted_by_damage(tmp_path):
     surviving records must not be applied, and c must not "complete" them
     (regression: b1, b2 and c were applied together)."""
     from norikv import KvStore
+
     with KvStore.open(tmp_path) as s:
         s.put(b"a", b"1")
         with s.batch() as b:
@@ -353,9 +368,9 @@ def test_skip_mode_drops_a_batch_interrupted_by_damage(tmp_path):
         data = bytearray(f.read())
     c_len = len(Record.put(b"c", b"2").encode())
     b3_len = len(Record.put(b"b3", b"z").encode())
-    data[len(data) - c_len - b3_len + 4] ^= 0x01        # a key byte of b3
+    data[len(data) - c_len - b3_len + 4] ^= 0x01  # a key byte of b3
     with open(segp, "wb") as f:
         f.write(data)
-    for _ in range(2):                                   # and again after the rewrite
+    for _ in range(2):  # and again after the rewrite
         with KvStore.open(tmp_path, recovery_mode=SKIP) as s:
             assert dict(s.items()) == {b"a": b"1", b"c": b"2"}

@@ -37,13 +37,14 @@ print(json.dumps(out))
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 def test_failed_rewrite_of_a_damaged_segment(shim_path, tmp_path, err):
     from norikv import KvStore
+
     base = tmp_path / "db"
     with KvStore.open(base, auto_compact=False) as s:
         for i in range(2000):
             s.put(b"k%05d" % i, b"v" * 100)
     seg = base / "wal" / "000000.wal"
     data = bytearray(seg.read_bytes())
-    data[len(data) // 2] ^= 0xFF               # a damaged record in the middle
+    data[len(data) // 2] ^= 0xFF  # a damaged record in the middle
     seg.write_bytes(bytes(data))
     env = shim_env(shim_path, "write", path=".compact-tmp", err=err)
     proc = run_py(SCRIPT, env=env, args=[str(base)], timeout=120)
@@ -57,5 +58,6 @@ def test_failed_rewrite_of_a_damaged_segment(shim_path, tmp_path, err):
     assert out["files"] == ["000000.wal", "LOCK"], out
     # Without the fault the same open skips the damaged record.
     from norikv import RecoveryMode
+
     with KvStore.open(base, recovery_mode=RecoveryMode.SKIP_ANY_CORRUPTED_RECORDS) as s:
         assert len(s) == 1999 and s.recovery_info.spans_skipped == 1

@@ -15,10 +15,26 @@ from ._util import REPO, SCRIPTS
 
 def _torture(tmp_path, kills: int, seed: int, budget: float, timeout: float, threads: int = 1) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "torture.py"), "--kills", str(kills), "--seed", str(seed),
-         "--dir", str(tmp_path / "t"), "--time-budget", str(budget), "--json",
-         "--threads", str(threads)],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        [
+            sys.executable,
+            str(SCRIPTS / "torture.py"),
+            "--kills",
+            str(kills),
+            "--seed",
+            str(seed),
+            "--dir",
+            str(tmp_path / "t"),
+            "--time-budget",
+            str(budget),
+            "--json",
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert proc.stdout.strip(), proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["errors"] == [], "\n".join(summary["errors"][:10])
@@ -30,11 +46,11 @@ def test_crash_torture_quick(tmp_path):
     """~45 SIGKILLs across ALWAYS / batch / OS: nothing acknowledged is lost,
     nothing deleted comes back, batches are all-or-none, values are whole."""
     s = _torture(tmp_path, kills=45, seed=20261125, budget=40, timeout=180)
-    assert s["kills"] >= 30, s                      # the time budget may cut a few on a busy box
+    assert s["kills"] >= 30, s  # the time budget may cut a few on a busy box
     assert set(s["per_policy"]) == {"always", "batch", "os"}
     assert all(n >= 10 for n in s["per_policy"].values()), s
     assert s["lost"] == 0 and s["rounds_failed"] == 0
-    assert s["acknowledged_ops"] > 1000, s          # the writers really wrote between kills
+    assert s["acknowledged_ops"] > 1000, s  # the writers really wrote between kills
 
 
 def test_crash_torture_threads_quick(tmp_path):
