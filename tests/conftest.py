@@ -7,6 +7,7 @@ shared and slow); ``HYPOTHESIS_PROFILE=thorough`` runs many more examples.
 """
 
 import os
+import shutil
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -35,3 +36,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def three_segment_store(tmp_path_factory):
+    """A closed store of THREE_SEGMENT_KEYS keys (``k%06d`` = ``v%06d`` + 93
+    dots) in three 1 MiB segments. Shared: never modify it, copy it
+    (``store_copy``)."""
+    from norikv import FsyncPolicy, KvStore
+    from storeutil import THREE_SEGMENT_KEYS
+
+    d = tmp_path_factory.mktemp("three-segments") / "store"
+    with KvStore.open(d, max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS) as s:
+        for i in range(THREE_SEGMENT_KEYS):
+            s.put(b"k%06d" % i, b"v%06d" % i + b"." * 93)
+    assert len(list((d / "wal").glob("*.wal"))) == 3
+    return d
+
+
+@pytest.fixture
+def store_copy(three_segment_store, tmp_path):
+    """A copy of three_segment_store of the test's own."""
+    d = tmp_path / "store"
+    shutil.copytree(three_segment_store, d)
+    return d

@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import pty
 import shutil
 import signal
 import subprocess
@@ -19,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from norikv import KvStore, Record
+from ptyutil import run_with_tty_stderr
+from storeutil import THREE_SEGMENT_KEYS
 
 BIN = Path(sys.executable).parent / "norikv"
 TIMEOUT = 60
@@ -78,25 +78,13 @@ def flip(path: Path, offset: int) -> int:
     return start
 
 
-KEYS = 20000
-
-
-@pytest.fixture(scope="module")
-def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A closed store of KEYS keys in three 1 MiB segments."""
-    d = tmp_path_factory.mktemp("base") / "store"
-    with KvStore.open(d, max_segment_size=SEG) as s:
-        for i in range(KEYS):
-            s.put(b"k%06d" % i, b"v%06d" % i + b"." * 93)
-    assert len(list((d / "wal").glob("*.wal"))) == 3
-    return d
+KEYS = THREE_SEGMENT_KEYS
 
 
 @pytest.fixture
-def store(base_store: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "store"
-    shutil.copytree(base_store, d)
-    return d
+def store(store_copy: Path) -> Path:
+    """A store of KEYS keys in three 1 MiB segments (conftest's three_segment_store)."""
+    return store_copy
 
 
 def segments(store: Path) -> list[Path]:
@@ -588,27 +576,10 @@ def test_compact_shrinks_the_log_and_keeps_the_data(tmp_path: Path) -> None:
 
 def _run_with_tty_stderr(tmp_path: Path, *args: object) -> tuple[int, bytes, bytes]:
     """Runs the command with stderr on a pseudo-terminal (stdout to a file)."""
-    master, slave = pty.openpty()
     out_path = tmp_path / "stdout"
-    try:
-        with open(out_path, "wb") as out:
-            p = subprocess.Popen([sys.executable, "-m", "norikv", *map(str, args)], stdout=out, stderr=slave)
-        os.close(slave)
-        slave = -1
-        err = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            err += chunk
-        return p.wait(TIMEOUT), out_path.read_bytes(), err
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
+    with open(out_path, "wb") as out:
+        rc, err = run_with_tty_stderr([sys.executable, "-m", "norikv", *map(str, args)], out, TIMEOUT)
+    return rc, out_path.read_bytes(), err
 
 
 def test_progress_bar_only_on_a_terminal_and_never_with_quiet(store: Path, tmp_path: Path) -> None:

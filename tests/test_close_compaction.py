@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from norikv import ClosedError, FsyncPolicy, KvStore, _engine
-from storeutil import open_store
+from storeutil import open_store, run_in_thread
 
 TIMEOUT = 60
 MIB = 1 << 20
@@ -85,20 +85,6 @@ def fill(store, n=200):
             store.put(b"k%04d" % i, b"v%d-" % round_ + b"x" * 100)
     store.delete(b"k0000")
     return {b"k%04d" % i: b"v2-" + b"x" * 100 for i in range(1, n)}
-
-
-def run_in_thread(fn):
-    box = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - inspected by the test
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
 
 
 @pytest.mark.parametrize("how", ["manual", "background"])

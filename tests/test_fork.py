@@ -26,6 +26,7 @@ import pytest
 
 import norikv.wal
 from norikv import FsyncPolicy, KvStore, Position, Record, Wal, WalConfig, _engine
+from storeutil import run_in_thread
 
 MIB = 1 << 20
 TIMEOUT = 60
@@ -179,20 +180,6 @@ class PausedSnapshot:
         return parts
 
 
-def start(fn, name):
-    box = {}
-
-    def target():
-        try:
-            box["result"] = fn()
-        except BaseException as e:  # noqa: BLE001 - checked by the test
-            box["error"] = e
-
-    t = threading.Thread(target=target, name=name, daemon=True)
-    t.start()
-    return t, box
-
-
 def open_kv(path, **kw):
     kw.setdefault("fsync_policy", FsyncPolicy.OS)
     kw.setdefault("max_segment_size", MIB)
@@ -226,7 +213,7 @@ def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch
     list(store.range(b"k000", b"k010"))  # the range index exists
 
     snap = PausedSnapshot(monkeypatch)
-    compactor, cbox = start(store.compact, "paused-compaction")
+    compactor, cbox = run_in_thread(store.compact, "paused-compaction")
     assert snap.written.wait(TIMEOUT)
     entered, go = block_next_segment(store.wal, "blocked-writer")
 
@@ -234,7 +221,7 @@ def test_store_child_of_busy_parent_closes_and_cannot_open(tmp_path, monkeypatch
         store.put(b"big1", b"x" * (600 << 10))
         store.put(b"big2", b"y" * (600 << 10))  # rotates: stops holding io_lock
 
-    writer, wbox = start(write_big, "blocked-writer")
+    writer, wbox = run_in_thread(write_big, "blocked-writer")
     assert entered.wait(TIMEOUT)
     store._index_lock.acquire()
     norikv.wal._released.acquire()
@@ -307,7 +294,7 @@ def test_wal_child_of_busy_parent_closes_and_cannot_open(tmp_path):
         wal.append(Record.put(b"big1", b"x" * (600 << 10)))
         wal.append(Record.put(b"big2", b"y" * (600 << 10)))
 
-    writer, wbox = start(write_big, "blocked-writer")
+    writer, wbox = run_in_thread(write_big, "blocked-writer")
     assert entered.wait(TIMEOUT)
     norikv.wal._released.acquire()
     try:

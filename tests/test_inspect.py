@@ -51,22 +51,10 @@ def split(items: list[LogRecord | Damage]) -> tuple[list[LogRecord], list[Damage
     return [r for r in items if isinstance(r, LogRecord)], [d for d in items if isinstance(d, Damage)]
 
 
-@pytest.fixture(scope="module")
-def three_segments(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A closed store of 20,000 keys in three 1 MiB segments (never modified)."""
-    d = tmp_path_factory.mktemp("inspect") / "store"
-    with open_store(d, max_segment_size=SEG) as s:
-        for i in range(20000):
-            s.put(b"k%06d" % i, b"v%06d" % i + b"." * 93)
-    assert len(list((d / "wal").glob("*.wal"))) == 3
-    return d
-
-
 @pytest.fixture
-def store(three_segments: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "store"
-    shutil.copytree(three_segments, d)
-    return d
+def store(store_copy: Path) -> Path:
+    """20,000 keys in three 1 MiB segments (conftest's three_segment_store)."""
+    return store_copy
 
 
 # ---------------------------------------------------------------- records

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import pty
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import pytest
 import norikv.bench.runner
 import norikv.cli
 from norikv.progress import Progress, Spinner, format_size
+from ptyutil import run_with_tty_stderr
 
 TIMEOUT = 120
 
@@ -93,28 +92,10 @@ def test_spinner_shows_elapsed_seconds_only_then_erases(monkeypatch: pytest.Monk
 
 
 def _bench_with_tty_stderr(tmp_path: Path, *extra: str) -> tuple[int, bytes]:
-    master, slave = pty.openpty()
     cmd = [sys.executable, "-m", "norikv.bench", "--stores", "norikv-os,dict", "--value-size", "100",
            "--n", "300", "--sync-ops", "16", "--batches", "2", "--out", str(tmp_path / "out"),
            "--dir", str(tmp_path / "stores"), *extra]  # fmt: skip
-    try:
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave)
-        os.close(slave)
-        slave = -1
-        err = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed its end
-                break
-            if not chunk:
-                break
-            err += chunk
-        return p.wait(TIMEOUT), err
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
+    return run_with_tty_stderr(cmd, subprocess.DEVNULL, TIMEOUT)
 
 
 def test_bench_draws_the_shared_progress_line_on_a_terminal(tmp_path: Path) -> None:

@@ -183,32 +183,19 @@ def strace():
     return exe
 
 
-def _trace(strace, tmp_path, policy, n=260):
-    out = tmp_path / "trace.txt"
-    db = tmp_path / "new" / "db"
-    proc = subprocess.run(
-        [
-            strace,
-            "-f",
-            "-s",
-            "256",
-            "-o",
-            str(out),
-            "-e",
-            "trace=write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink,mkdir,mkdirat",
-            sys.executable,
-            "-c",
-            CHILD,
-            str(db),
-            policy,
-            str(n),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def _strace(strace, out, calls, script, *args):
+    """Runs ``python -c script args`` under strace (following threads,
+    tracing ``calls``) into ``out``; returns the parsed events."""
+    cmd = [strace, "-f", "-s", "256", "-o", str(out), "-e", "trace=" + calls, sys.executable, "-c", script, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, describe(proc)
-    return parse(out.read_text()), str(db / "wal")
+    return parse(out.read_text())
+
+
+def _trace(strace, tmp_path, policy, n=260):
+    db = tmp_path / "new" / "db"
+    calls = "write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink,mkdir,mkdirat"
+    return _strace(strace, tmp_path / "trace.txt", calls, CHILD, str(db), policy, str(n)), str(db / "wal")
 
 
 @pytest.mark.parametrize("policy", ["always", "batch", "os"])
@@ -255,30 +242,9 @@ def test_group_commit_covers_every_thread(strace, tmp_path):
     """Four threads putting under ALWAYS share fsyncs (group commit): each
     put must still return only after an fdatasync that started after it began
     and completed before it returned."""
-    out = tmp_path / "trace.txt"
     db = tmp_path / "db"
-    proc = subprocess.run(
-        [
-            strace,
-            "-f",
-            "-s",
-            "256",
-            "-o",
-            str(out),
-            "-e",
-            "trace=write,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat",
-            sys.executable,
-            "-c",
-            THREADED,
-            str(db),
-            "120",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, describe(proc)
-    events = parse(out.read_text())
+    calls = "write,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat"
+    events = _strace(strace, tmp_path / "trace.txt", calls, THREADED, str(db), "120")
     acks = [e for e in events if e[0] == "mark" and e[1].startswith("ACK")]
     assert len(acks) == 480
     assert check(events, str(db / "wal"), "always") == []
