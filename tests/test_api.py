@@ -63,15 +63,9 @@ def test_every_public_name_exists_and_star_import_matches():
 
 
 def test_exception_hierarchy():
-    for name in (
-        "ConfigError",
-        "ClosedError",
-        "CorruptionError",
-        "LockError",
-        "StoreFullError",
-        "NoriIOError",
-        "WalFailedError",
-    ):
+    errors = EXPECTED_ALL[EXPECTED_ALL.index("NoriError") + 1 :]
+    assert len(errors) == 7
+    for name in errors:
         assert issubclass(getattr(norikv, name), norikv.NoriError), name
     assert issubclass(norikv.NoriIOError, OSError)
     assert issubclass(norikv.WalFailedError, norikv.NoriIOError)
