@@ -32,3 +32,22 @@ def run_py(
 
 def describe(proc: subprocess.CompletedProcess) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+#: Script text for the subprocess snippets: ``refusals(ops)`` runs each
+#: ``(name, fn)`` of a poisoned store and lists ``[name, errno]`` of the
+#: WalFailedError it raised (``None`` when it returned instead).
+REFUSALS = r"""
+from norikv import WalFailedError as _WalFailedError
+
+
+def refusals(ops):
+    out = []
+    for name, fn in ops:
+        try:
+            fn()
+            out.append([name, None])
+        except _WalFailedError as exc:
+            out.append([name, exc.errno])
+    return out
+"""

@@ -18,7 +18,7 @@ import errno
 import json
 
 from ._shim import shim_env
-from ._util import describe, run_py
+from ._util import REFUSALS, describe, run_py
 
 CREATE = r"""
 import json, os, sys
@@ -103,6 +103,7 @@ def test_failed_fsync_of_compaction_temp_file_fails_only_that_compaction(shim_pa
 
 DIR_FSYNC = (
     SETUP
+    + REFUSALS
     + r"""
 control = sys.argv[2]
 real_install = store.wal._install_segment
@@ -121,15 +122,8 @@ try:
 except OSError as exc:
     out["compact"] = [type(exc).__name__, exc.errno]
 out["tmp_left"] = sorted(n for n in os.listdir(waldir) if n.endswith(".compact-tmp"))
-refused = []
-for name, fn in [("put", lambda: store.put(b"later", b"x")), ("sync", store.sync),
-                 ("compact", store.compact)]:
-    try:
-        fn()
-        refused.append([name, None])
-    except WalFailedError as exc:
-        refused.append([name, exc.errno])
-out["refused"] = refused
+out["refused"] = refusals([("put", lambda: store.put(b"later", b"x")), ("sync", store.sync),
+                           ("compact", store.compact)])
 store.close()
 with KvStore.open(base) as s2:
     out["same"] = {k.decode(): v.decode() for k, v in s2.items()} == expected
