@@ -14,6 +14,7 @@ include "logdir.pyx"      # segment names, listing, open directories
 include "log.pyx"         # _WalCore: the append path, group commit
 include "segment.pyx"     # the active segment's file and mapping
 include "loader.pyx"      # replaying a log into a store's map
+include "keydir.pyx"      # _KeyDir, the key directory of values="disk"
 include "store.pyx"       # KvStore
 include "batch.pyx"       # WriteBatch, atomic batches
 include "index.pyx"       # the range index

@@ -1,0 +1,343 @@
+/* The key directory of values="disk": key bytes -> (64-bit location, value
+ * size), in memory close to the keys' own length.  Pure C; the caller
+ * supplies each key's 64-bit hash (KvStore: Python's hash of the bytes).
+ *
+ * Layout
+ * - The arena: 8-byte-aligned entries appended in insertion order,
+ *     uint64 loc; uint32 vsize; uint32 klen (top bit: dead); key bytes,
+ *   padded to 8.  16 bytes of header per key.  A removed key's entry is
+ *   marked dead and counted as garbage; when the garbage exceeds both the
+ *   live bytes and a floor, the arena is compacted in place (order kept) and
+ *   the slots repointed, without allocating.
+ * - The slots: open addressing with linear probing and backward-shift
+ *   deletion (no tombstones), an array of uint64: the high 32 bits of the
+ *   caller's hash (the "tag") above the entry's offset in the arena in
+ *   8-byte units plus one (0: empty).  A slot's home is tag * cap >> 32, so
+ *   the tag alone places an entry: growing the table never needs the key or
+ *   its hash again, and a probe reads a key only when the tags match.  The
+ *   capacity is any number up to 2^32, grown by half when the load would
+ *   pass 4/5 (so the load stays within 0.53..0.8).
+ * - Value sizes saturate at NK_KD_VSIZE_SAT: a value of 4 GiB - 1 bytes or
+ *   more reads back as NK_KD_VSIZE_SAT, meaning "ask the record".
+ * - The arena holds at most NK_KD_ARENA_MAX bytes (32 GiB - 8, offsets are
+ *   32-bit in 8-byte units); a key is at most NK_KD_MAX_KLEN bytes.
+ *
+ * Iteration follows the arena: the live entries in insertion order (an
+ * update keeps the key's place; a key removed and put again goes to the
+ * end).  Every function returns an error code or a count and never aborts;
+ * find and relocate never allocate, remove never allocates (its compaction
+ * works in place), put allocates only to grow.
+ *
+ * Not thread-safe: the caller serialises writers and readers (KvStore holds
+ * the GIL); find alone may run concurrently with other finds.
+ */
+#ifndef NORIKV_KEYDIR_H
+#define NORIKV_KEYDIR_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    NK_KD_OK = 0,
+    NK_KD_NOMEM = -1,   /* malloc failed */
+    NK_KD_FULL = -2,    /* the arena would pass NK_KD_ARENA_MAX */
+    NK_KD_TOOBIG = -3,  /* a key longer than NK_KD_MAX_KLEN */
+};
+
+#define NK_KD_VSIZE_SAT 0xFFFFFFFFu
+#define NK_KD_DEAD 0x80000000u
+#define NK_KD_MAX_KLEN 0x7FFFFFFFu
+#define NK_KD_MAX_UNITS 0xFFFFFFFFull              /* offset + 1 fits 32 bits */
+#define NK_KD_ARENA_MAX (NK_KD_MAX_UNITS * 8)
+#define NK_KD_MAX_SLOTS 0x100000000ull             /* tag * cap >> 32 < cap */
+#define NK_KD_DEFAULT_FLOOR (64 * 1024)            /* bytes of garbage before compacting */
+
+typedef struct {
+    uint64_t loc;
+    uint32_t vsize;
+    uint32_t klen;      /* | NK_KD_DEAD once removed */
+    /* key bytes follow, padded to 8 */
+} nk_kd_entry;
+
+typedef struct {
+    uint64_t *slots;
+    uint64_t cap;           /* number of slots, 0 before the first put */
+    uint64_t *arena;        /* 8-byte units */
+    uint64_t units;         /* used */
+    uint64_t arena_cap;     /* allocated */
+    uint64_t garbage;       /* units held by dead entries */
+    uint64_t floor_units;   /* compaction waits for this much garbage */
+    uint64_t count;         /* live keys */
+    uint64_t key_bytes;     /* their total length */
+    uint64_t compactions;
+} nk_keydir;
+
+static inline uint64_t nk_kd__entry_units(uint64_t klen) {
+    return 2 + ((klen + 7) >> 3);
+}
+
+static inline nk_kd_entry *nk_kd__entry(const nk_keydir *kd, uint64_t off) {
+    return (nk_kd_entry *)(kd->arena + off);
+}
+
+static inline uint64_t nk_kd__home(uint32_t tag, uint64_t cap) {
+    return ((uint64_t)tag * cap) >> 32;
+}
+
+static inline uint32_t nk_kd__tag(uint64_t h) { return (uint32_t)(h >> 32); }
+
+static inline uint32_t nk_kd__vsat(uint64_t vsize) {
+    return vsize >= NK_KD_VSIZE_SAT ? NK_KD_VSIZE_SAT : (uint32_t)vsize;
+}
+
+static void nk_kd_init(nk_keydir *kd, uint64_t floor_bytes) {
+    memset(kd, 0, sizeof *kd);
+    kd->floor_units = floor_bytes >> 3;
+}
+
+static void nk_kd_free(nk_keydir *kd) {
+    free(kd->slots);
+    free(kd->arena);
+    uint64_t floor_units = kd->floor_units;
+    memset(kd, 0, sizeof *kd);
+    kd->floor_units = floor_units;
+}
+
+/* The slot holding key, or -1. */
+static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, size_t klen,
+                                    uint64_t h) {
+    uint64_t cap = kd->cap;
+    if (cap == 0) return -1;
+    uint32_t tag = nk_kd__tag(h);
+    uint64_t i = nk_kd__home(tag, cap);
+    for (;;) {
+        uint64_t s = kd->slots[i];
+        if (s == 0) return -1;
+        if ((uint32_t)(s >> 32) == tag) {
+            const nk_kd_entry *e = nk_kd__entry(kd, (uint32_t)s - 1);
+            if (e->klen == klen && memcmp(e + 1, key, klen) == 0) return (int64_t)i;
+        }
+        if (++i == cap) i = 0;
+    }
+}
+
+static inline nk_kd_entry *nk_kd__slot_entry(const nk_keydir *kd, int64_t i) {
+    return nk_kd__entry(kd, (uint32_t)kd->slots[i] - 1);
+}
+
+/* 1 and the outputs set if key is present, else 0. */
+static inline int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
+                             uint64_t *loc, uint64_t *vsize) {
+    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    if (i < 0) return 0;
+    const nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    *loc = e->loc;
+    *vsize = e->vsize;
+    return 1;
+}
+
+static inline void nk_kd__place(uint64_t *slots, uint64_t cap, uint64_t s) {
+    uint64_t i = nk_kd__home((uint32_t)(s >> 32), cap);
+    while (slots[i] != 0)
+        if (++i == cap) i = 0;
+    slots[i] = s;
+}
+
+/* Rebuilds the slots with new_cap slots (from the tags alone). */
+static int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
+    uint64_t *slots = (uint64_t *)calloc(new_cap, sizeof(uint64_t));
+    if (slots == NULL) return NK_KD_NOMEM;
+    for (uint64_t i = 0; i < kd->cap; i++)
+        if (kd->slots[i]) nk_kd__place(slots, new_cap, kd->slots[i]);
+    free(kd->slots);
+    kd->slots = slots;
+    kd->cap = new_cap;
+    return NK_KD_OK;
+}
+
+/* Room for one more key in the slots (load <= 4/5). */
+static int nk_kd__reserve_slot(nk_keydir *kd) {
+    uint64_t need = kd->count + 1;
+    if (need * 5 <= kd->cap * 4) return NK_KD_OK;
+    uint64_t new_cap = kd->cap < 16 ? 16 : kd->cap + kd->cap / 2;
+    if (new_cap > NK_KD_MAX_SLOTS) new_cap = NK_KD_MAX_SLOTS;
+    if (need >= new_cap) return NK_KD_FULL;
+    return nk_kd__resize(kd, new_cap);
+}
+
+/* Compacts the arena in place: the live entries slide down in order and
+ * their slots are repointed.  No allocation: each live entry's vsize field
+ * briefly holds its slot's index while the slot's offset bits hold the
+ * vsize. */
+static void nk_kd__compact(nk_keydir *kd) {
+    uint64_t *slots = kd->slots;
+    for (uint64_t i = 0; i < kd->cap; i++) {
+        uint64_t s = slots[i];
+        if (s == 0) continue;
+        nk_kd_entry *e = nk_kd__entry(kd, (uint32_t)s - 1);
+        uint32_t vsize = e->vsize;
+        e->vsize = (uint32_t)i;  /* cap <= 2^32 */
+        slots[i] = (s & 0xFFFFFFFF00000000ull) | vsize;
+    }
+    uint64_t w = 0;
+    for (uint64_t u = 0; u < kd->units;) {
+        nk_kd_entry *e = nk_kd__entry(kd, u);
+        uint32_t klen = e->klen;
+        uint64_t n = nk_kd__entry_units(klen & ~NK_KD_DEAD);
+        if (!(klen & NK_KD_DEAD)) {
+            uint64_t i = e->vsize;
+            if (w != u) memmove(kd->arena + w, kd->arena + u, n * 8);
+            nk_kd__entry(kd, w)->vsize = (uint32_t)slots[i];
+            slots[i] = (slots[i] & 0xFFFFFFFF00000000ull) | (w + 1);
+            w += n;
+        }
+        u += n;
+    }
+    kd->units = w;
+    kd->garbage = 0;
+    kd->compactions++;
+    /* Give back most of what the arena no longer needs (realloc may keep it). */
+    if (kd->arena_cap > 2 * w + 512) {
+        uint64_t new_cap = w + w / 4 + 512;
+        uint64_t *a = (uint64_t *)realloc(kd->arena, new_cap * 8);
+        if (a != NULL) {
+            kd->arena = a;
+            kd->arena_cap = new_cap;
+        }
+    }
+}
+
+static inline void nk_kd__maybe_compact(nk_keydir *kd) {
+    if (kd->garbage > kd->units - kd->garbage && kd->garbage >= kd->floor_units)
+        nk_kd__compact(kd);
+}
+
+/* Room for n more units in the arena. */
+static int nk_kd__reserve_arena(nk_keydir *kd, uint64_t n) {
+    if (kd->units + n <= kd->arena_cap) return NK_KD_OK;
+    if (kd->units + n > NK_KD_MAX_UNITS && kd->garbage) nk_kd__compact(kd);
+    if (kd->units + n > NK_KD_MAX_UNITS) return NK_KD_FULL;
+    if (kd->units + n <= kd->arena_cap) return NK_KD_OK;
+    /* Grow by a quarter: realloc of a large block remaps rather than copies
+       (glibc), and an untouched tail costs no resident memory. */
+    uint64_t new_cap = kd->arena_cap + kd->arena_cap / 4;
+    if (new_cap < 512) new_cap = 512;
+    if (new_cap < kd->units + n) new_cap = kd->units + n;
+    if (new_cap > NK_KD_MAX_UNITS) new_cap = NK_KD_MAX_UNITS;
+    uint64_t *a = (uint64_t *)realloc(kd->arena, new_cap * 8);
+    if (a == NULL) return NK_KD_NOMEM;
+    kd->arena = a;
+    kd->arena_cap = new_cap;
+    return NK_KD_OK;
+}
+
+/* Sets key -> (loc, vsize).  Returns 1 if the key was present (its place in
+ * the order kept, *old_loc / *old_vsize set), 0 if new, or a negative
+ * NK_KD_* error (nothing changed). */
+static int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
+                     uint64_t vsize, uint64_t *old_loc, uint64_t *old_vsize) {
+    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    if (i >= 0) {
+        nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+        *old_loc = e->loc;
+        *old_vsize = e->vsize;
+        e->loc = loc;
+        e->vsize = nk_kd__vsat(vsize);
+        return 1;
+    }
+    if (klen > NK_KD_MAX_KLEN) return NK_KD_TOOBIG;
+    uint64_t n = nk_kd__entry_units(klen);
+    int rc = nk_kd__reserve_arena(kd, n);
+    if (rc != NK_KD_OK) return rc;
+    rc = nk_kd__reserve_slot(kd);
+    if (rc != NK_KD_OK) return rc;
+    uint64_t off = kd->units;
+    nk_kd_entry *e = nk_kd__entry(kd, off);
+    kd->arena[off + n - 1] = 0;  /* the padding: deterministic bytes */
+    e->loc = loc;
+    e->vsize = nk_kd__vsat(vsize);
+    e->klen = (uint32_t)klen;
+    if (klen) memcpy(e + 1, key, klen);
+    kd->units = off + n;
+    nk_kd__place(kd->slots, kd->cap, ((uint64_t)nk_kd__tag(h) << 32) | (off + 1));
+    kd->count++;
+    kd->key_bytes += klen;
+    return 0;
+}
+
+/* Empties slot i, shifting back the entries of its cluster that may move. */
+static void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
+    uint64_t *slots = kd->slots, cap = kd->cap, j = i;
+    for (;;) {
+        if (++j == cap) j = 0;
+        uint64_t s = slots[j];
+        if (s == 0) break;
+        uint64_t k = nk_kd__home((uint32_t)(s >> 32), cap);
+        /* s may fill the hole at i unless its home lies cyclically in (i, j] */
+        int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+        if (!stays) {
+            slots[i] = s;
+            i = j;
+        }
+    }
+    slots[i] = 0;
+}
+
+/* Removes key.  Returns 1 (*old_loc / *old_vsize set) or 0 if absent. */
+static int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
+                        uint64_t *old_loc, uint64_t *old_vsize) {
+    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    if (i < 0) return 0;
+    nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    *old_loc = e->loc;
+    *old_vsize = e->vsize;
+    e->klen |= NK_KD_DEAD;
+    kd->garbage += nk_kd__entry_units(klen);
+    kd->count--;
+    kd->key_bytes -= klen;
+    nk_kd__delete_slot(kd, (uint64_t)i);
+    nk_kd__maybe_compact(kd);
+    return 1;
+}
+
+/* Sets key's loc to new_loc if it is still expected.  1 done, 0 not (the
+ * key is absent or was written again). */
+static int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
+                          uint64_t expected, uint64_t new_loc) {
+    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    if (i < 0) return 0;
+    nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    if (e->loc != expected) return 0;
+    e->loc = new_loc;
+    return 1;
+}
+
+/* The next live entry from *cursor (0 to start): 1 and the outputs set, or 0
+ * at the end.  The key pointer is valid until the next put or remove. */
+static inline int nk_kd_next(const nk_keydir *kd, size_t *cursor, const uint8_t **key,
+                             size_t *klen, uint64_t *loc, uint64_t *vsize) {
+    uint64_t u = *cursor;
+    while (u < kd->units) {
+        const nk_kd_entry *e = nk_kd__entry(kd, u);
+        uint32_t kl = e->klen;
+        u += nk_kd__entry_units(kl & ~NK_KD_DEAD);
+        if (!(kl & NK_KD_DEAD)) {
+            *cursor = u;
+            *key = (const uint8_t *)(e + 1);
+            *klen = kl;
+            *loc = e->loc;
+            *vsize = e->vsize;
+            return 1;
+        }
+    }
+    *cursor = u;
+    return 0;
+}
+
+/* Bytes allocated: the slots and the arena's capacity. */
+static inline size_t nk_kd_nbytes(const nk_keydir *kd) {
+    return (size_t)(kd->cap + kd->arena_cap) * 8;
+}
+
+#endif
