@@ -14,6 +14,7 @@ cdef extern from "keydir.h" nogil:
         uint64_t units
         uint64_t arena_cap
         uint64_t garbage
+        uint64_t floor_units
         uint64_t count
         uint64_t key_bytes
         uint64_t compactions

@@ -31,8 +31,12 @@ cdef class _KeyDir:
     Internal to the engine; the def methods exist for the tests (h: a hash
     to use instead of the key's, to make keys collide)."""
 
-    def __cinit__(self, *, uint64_t _compact_floor=NK_KD_DEFAULT_FLOOR):
-        nk_kd_init(&self.kd, _compact_floor)
+    def __cinit__(self):
+        nk_kd_init(&self.kd, NK_KD_DEFAULT_FLOOR)
+
+    def __init__(self, *, uint64_t _compact_floor=NK_KD_DEFAULT_FLOOR):
+        """_compact_floor: bytes of dead entries before the arena is compacted (tests)."""
+        self.kd.floor_units = _compact_floor >> 3
 
     def __dealloc__(self):
         nk_kd_free(&self.kd)
@@ -127,6 +131,11 @@ cdef class _KeyDir:
     def keys(self):
         """The keys in insertion order."""
         return [item[0] for item in self.items()]
+
+    @staticmethod
+    def _hash(bytes key not None):
+        """_kd_hash of key's bytes (computed from them, not the cached hash)."""
+        return _kd_hash(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
     def _reset(self):
         self.clear()

@@ -52,6 +52,12 @@ enum {
 #define NK_KD_ARENA_MAX (NK_KD_MAX_UNITS * 8)
 #define NK_KD_MAX_SLOTS 0x100000000ull             /* tag * cap >> 32 < cap */
 #define NK_KD_DEFAULT_FLOOR (64 * 1024)            /* bytes of garbage before compacting */
+/* The slots grow by half when the load would pass NUM/DEN (overridable for
+   scripts/keydir_measure.py, which compares loads). */
+#ifndef NK_KD_LOAD_NUM
+#define NK_KD_LOAD_NUM 4
+#define NK_KD_LOAD_DEN 5
+#endif
 
 typedef struct {
     uint64_t loc;
@@ -156,13 +162,13 @@ static int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
     return NK_KD_OK;
 }
 
-/* Room for one more key in the slots (load <= 4/5). */
+/* Room for one more key in the slots (load <= NUM/DEN). */
 static int nk_kd__reserve_slot(nk_keydir *kd) {
     uint64_t need = kd->count + 1;
-    if (need * 5 <= kd->cap * 4) return NK_KD_OK;
+    if (need * NK_KD_LOAD_DEN <= kd->cap * NK_KD_LOAD_NUM) return NK_KD_OK;
     uint64_t new_cap = kd->cap < 16 ? 16 : kd->cap + kd->cap / 2;
     if (new_cap > NK_KD_MAX_SLOTS) new_cap = NK_KD_MAX_SLOTS;
-    if (need >= new_cap) return NK_KD_FULL;
+    if (need * NK_KD_LOAD_DEN > new_cap * NK_KD_LOAD_NUM) return NK_KD_FULL;
     return nk_kd__resize(kd, new_cap);
 }
 

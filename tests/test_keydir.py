@@ -1,0 +1,302 @@
+"""The key directory of values="disk" (_KeyDir, include/keydir.h) against a
+dict: puts, replacements, removals, relocations, insertion order, growth of
+the slots and the arena, compaction of the arena, colliding hashes, and the
+hash it shares with Python's hash of bytes."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from norikv._engine import _KeyDir
+
+U64 = (1 << 64) - 1
+SAT = 0xFFFFFFFF  # a value size read back as this means "ask the record"
+
+# Keys of 0..300 bytes, many sharing prefixes, the empty key among them.
+PREFIXES = [b"", b"k", b"user/", b"user/0001/", b"\x00", b"\xff" * 8, b"p" * 200]
+KEYS = st.builds(lambda p, s: (p + s)[:300], st.sampled_from(PREFIXES), st.binary(max_size=100))
+
+# The hash a key is filed under: Python's, or crafted so that keys collide
+# (same tag: the high 32 bits), which only the key bytes can tell apart.
+HASHES = {
+    "python": lambda k: None,
+    "first_byte": lambda k: (k[:1] or b"\x00")[0] << 32 | 7,
+    "constant": lambda k: 0xDEADBEEF << 32,
+    "low_bits_only": lambda k: hash(k) & 0xFFFFFFFF,  # tag 0 for every key
+}
+
+
+def vsize_back(vsize: int) -> int:
+    return min(vsize, SAT)
+
+
+class KeyDirModel(RuleBasedStateMachine):
+    keys = Bundle("keys")
+
+    @initialize(mode=st.sampled_from(sorted(HASHES)), floor=st.sampled_from([0, 64, 4096]))
+    def start(self, mode, floor):
+        self.h = HASHES[mode]
+        self.kd = _KeyDir(_compact_floor=floor)
+        self.model: dict[bytes, tuple[int, int]] = {}
+
+    @rule(target=keys, key=KEYS)
+    def new_key(self, key):
+        return key
+
+    @rule(key=keys, loc=st.integers(0, U64), vsize=st.integers(0, 1 << 40))
+    def put(self, key, loc, vsize):
+        assert self.kd.set(key, loc, vsize, self.h(key)) is (key in self.model)
+        self.model[key] = (loc, vsize_back(vsize))  # a replaced key keeps its place, as in a dict
+
+    @rule(key=keys)
+    def remove(self, key):
+        assert self.kd.discard(key, self.h(key)) == self.model.pop(key, None)
+
+    @rule(key=keys)
+    def remove_and_put_again(self, key):
+        # a key removed and put again goes to the end of the order
+        self.remove(key)
+        self.put(key, 1, 2)
+
+    @rule(key=keys, new=st.integers(0, U64), stale=st.booleans())
+    def relocate(self, key, new, stale):
+        old = self.model.get(key)
+        if old is None:
+            assert self.kd.move(key, 0, new, self.h(key)) is False
+        elif stale:
+            assert self.kd.move(key, old[0] ^ 1, new, self.h(key)) is False
+        else:
+            assert self.kd.move(key, old[0], new, self.h(key)) is True
+            self.model[key] = (new, old[1])
+
+    @rule(n=st.integers(1, 400), seed=st.integers(0, 1 << 30), length=st.integers(0, 40))
+    def bulk_put(self, n, seed, length):
+        # enough keys at once to grow the slots and the arena
+        rnd = random.Random(seed)
+        for i in range(n):
+            key = rnd.randbytes(length) + i.to_bytes(2, "big")
+            self.put(key, i, i * 3)
+
+    @precondition(lambda self: len(self.model) > 0)
+    @rule(fraction=st.floats(0.1, 1.0), seed=st.integers(0, 1 << 30))
+    def bulk_remove(self, fraction, seed):
+        # enough garbage to compact the arena
+        rnd = random.Random(seed)
+        doomed = rnd.sample(list(self.model), max(1, int(len(self.model) * fraction)))
+        for key in doomed:
+            self.remove(key)
+
+    @rule(key=KEYS)
+    def lookup_any(self, key):
+        assert self.kd.lookup(key, self.h(key)) == self.model.get(key)
+
+    @rule()
+    def clear(self):
+        self.kd._reset()
+        self.model.clear()
+
+    @invariant()
+    def agrees(self):
+        assert len(self.kd) == self.kd.count == len(self.model)
+        assert self.kd.key_bytes == sum(map(len, self.model))
+        assert self.kd.items() == [(k, *v) for k, v in self.model.items()]
+        for key, value in self.model.items():
+            assert self.kd.lookup(key, self.h(key)) == value
+        stats = self.kd._stats()
+        assert stats["garbage"] <= stats["units"] <= stats["arena_cap"]
+        assert self.kd.nbytes() == (stats["slots"] + stats["arena_cap"]) * 8
+        assert len(self.model) * 5 <= stats["slots"] * 4  # load <= 4/5
+
+
+def test_model():
+    run_state_machine_as_test(KeyDirModel, settings=settings(max_examples=150, stateful_step_count=40, deadline=None))
+
+
+def check_all(kd, model, h=lambda k: None):
+    assert len(kd) == len(model)
+    for key, value in model.items():
+        assert kd.lookup(key, h(key)) == value, key
+    assert kd.items() == [(k, *v) for k, v in model.items()]
+
+
+def test_empty():
+    kd = _KeyDir()
+    assert len(kd) == 0 and kd.nbytes() == 0 and kd.keys() == []
+    assert kd.lookup(b"") is None and kd.discard(b"x") is None and kd.move(b"x", 0, 1) is False
+
+
+def test_growth_boundaries():
+    """Every key stays findable across each growth of the slots and the arena,
+    checked just before and just after it."""
+    kd = _KeyDir()
+    model = {}
+    last = kd._stats()
+    grew_slots = grew_arena = 0
+    for i in range(20000):
+        key = b"g" * (i % 37) + i.to_bytes(4, "little")
+        assert kd.set(key, i, i) is False
+        model[key] = (i, i)
+        stats = kd._stats()
+        if stats["slots"] != last["slots"] or stats["arena_cap"] != last["arena_cap"]:
+            grew_slots += stats["slots"] != last["slots"]
+            grew_arena += stats["arena_cap"] != last["arena_cap"]
+            check_all(kd, model)
+            assert stats["slots"] >= last["slots"] and stats["arena_cap"] >= last["arena_cap"]
+        last = stats
+        assert len(model) * 5 <= stats["slots"] * 4
+    assert grew_slots > 10 and grew_arena > 10
+    check_all(kd, model)
+
+
+@pytest.mark.parametrize("mode", sorted(HASHES))
+def test_colliding_hashes(mode):
+    """Keys filed under equal tags (all of them, or many per tag) are told
+    apart by their bytes, through growth, removal (backward shifts across the
+    wrap-around) and compaction."""
+    h = HASHES[mode]
+    n = 600 if mode in ("constant", "low_bits_only") else 5000
+    kd = _KeyDir(_compact_floor=0)
+    model = {}
+    rnd = random.Random(mode)
+    keys = [rnd.randbytes(rnd.randrange(0, 12)) for _ in range(n)]
+    for i, key in enumerate(keys):
+        kd.set(key, i, i, h(key))
+        model[key] = (i, i)
+    check_all(kd, model, h)
+    for key in keys[::3]:
+        assert kd.discard(key, h(key)) == model.pop(key, None)
+    check_all(kd, model, h)
+    for key in keys[1::3]:
+        assert kd.discard(key, h(key)) == model.pop(key, None)
+    assert kd._stats()["compactions"] > 0
+    check_all(kd, model, h)
+
+
+def test_tags_at_the_ends_of_the_table():
+    """Tags at 0 and 0xFFFFFFFF: homes at the first and last slot, clusters
+    wrapping around the end, deletions shifting across it."""
+    kd = _KeyDir()
+    model = {}
+    for i in range(200):
+        key = i.to_bytes(2, "big")
+        h = (0xFFFFFFFF if i % 2 else 0) << 32
+        kd.set(key, i, i, h)
+        model[key] = (i, i, h)
+    for i in range(0, 200, 3):
+        key = i.to_bytes(2, "big")
+        assert kd.discard(key, model[key][2]) == model.pop(key)[:2]
+    for key, (loc, vsize, h) in model.items():
+        assert kd.lookup(key, h) == (loc, vsize)
+    assert kd.keys() == list(model)
+
+
+def test_compaction_keeps_order_and_gives_memory_back():
+    kd = _KeyDir()  # the default floor: 64 KiB of garbage
+    model = {}
+    for i in range(50000):
+        key = b"c%07d" % i
+        kd.set(key, i, 10)
+        model[key] = (i, 10)
+    big = kd.nbytes()
+    arena_cap = kd._stats()["arena_cap"]
+    for i in range(50000):
+        if i % 10:
+            key = b"c%07d" % i
+            assert kd.discard(key) == model.pop(key)
+    stats = kd._stats()
+    assert stats["compactions"] >= 1
+    assert stats["garbage"] * 8 < 64 * 1024 or stats["garbage"] <= stats["units"] - stats["garbage"]
+    assert stats["arena_cap"] < arena_cap / 2 and kd.nbytes() < big
+    check_all(kd, model)
+    # removed and put again: at the end; replaced: in place
+    kd.set(b"c0000000", 7, 7)
+    model[b"c0000000"] = (7, 7)
+    assert kd.discard(b"c0000010") == model.pop(b"c0000010")
+    kd.set(b"c0000010", 8, 8)
+    model[b"c0000010"] = (8, 8)
+    check_all(kd, model)
+    assert kd.keys()[0] == b"c0000000" and kd.keys()[-1] == b"c0000010"
+
+
+def test_value_size_saturates():
+    kd = _KeyDir()
+    for vsize, back in [(0, 0), (SAT - 1, SAT - 1), (SAT, SAT), (1 << 32, SAT), (U64, SAT)]:
+        kd.set(b"v", 5, vsize)
+        assert kd.lookup(b"v") == (5, back)
+    assert kd.set(b"v", U64, 1) is True
+    assert kd.discard(b"v") == (U64, 1)
+
+
+def test_replacement_and_relocation():
+    kd = _KeyDir()
+    assert kd.set(b"a", 1, 10) is False
+    assert kd.set(b"b", 2, 20) is False
+    assert kd.set(b"a", 3, 30) is True
+    assert kd.keys() == [b"a", b"b"]
+    assert kd.move(b"a", 1, 9) is False  # written again since: compaction's copy is stale
+    assert kd.move(b"a", 3, 9) is True
+    assert kd.lookup(b"a") == (9, 30)
+    assert kd.move(b"zz", 3, 9) is False
+    assert kd.key_bytes == 2 and len(kd) == 2
+
+
+@pytest.mark.parametrize("length", [*range(0, 70), 127, 128, 255, 256, 1000, 4096, 65537])
+def test_hash_is_pythons(length):
+    """_kd_hash of raw bytes (the loader's, which has no object) equals
+    Python's hash of the same bytes (the store's, from the object), so a key
+    filed by one is found by the other."""
+    rnd = random.Random(length)
+    for _ in range(20):
+        key = rnd.randbytes(length)
+        fresh = bytes(bytearray(key))  # no cached hash yet
+        assert _KeyDir._hash(fresh) == hash(key) & U64
+    kd = _KeyDir()
+    key = rnd.randbytes(length)
+    kd.set(key, 1, 2, _KeyDir._hash(key))
+    assert kd.lookup(bytes(bytearray(key))) == (1, 2)
+
+
+def test_hash_is_pythons_under_other_seeds():
+    code = (
+        "import random\n"
+        "from norikv._engine import _KeyDir\n"
+        "r = random.Random(5)\n"
+        "for n in list(range(40)) + [100, 1000]:\n"
+        "    k = r.randbytes(n)\n"
+        "    assert _KeyDir._hash(k) == hash(k) & (2**64 - 1), n\n"
+        "print(hash(b'seeded'))\n"
+    )
+    outs = set()
+    for seed in ("0", "1", "12345", "random"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outs.add(out.stdout)
+    assert len(outs) >= 3  # the seeds changed the hash, and it still matched
+
+
+def test_memory_per_key():
+    """About 16 bytes of header per key in the arena plus 8-byte slots at a
+    load of at least 0.53: well under 100 bytes for a 16-byte key."""
+    kd = _KeyDir()
+    n = 100000
+    rnd = random.Random(1)
+    for i in range(n):
+        kd.set(rnd.randbytes(16), i, 1000)
+    assert len(kd) == n
+    assert kd.nbytes() / n < 16 + 16 + 8 / 0.53 + 8  # header + key + slots + arena slack
