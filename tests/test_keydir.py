@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -25,6 +27,8 @@ from hypothesis.stateful import (
 
 from norikv._engine import _KeyDir
 
+HERE = Path(__file__).resolve().parent
+INCLUDE = HERE.parent / "src" / "norikv" / "_engine" / "include"
 U64 = (1 << 64) - 1
 SAT = 0xFFFFFFFF  # a value size read back as this means "ask the record"
 
@@ -300,3 +304,50 @@ def test_memory_per_key():
         kd.set(rnd.randbytes(16), i, 1000)
     assert len(kd) == n
     assert kd.nbytes() / n < 16 + 16 + 8 / 0.53 + 8  # header + key + slots + arena slack
+
+
+def test_reserve_then_no_growth():
+    """reserve() sizes both parts up front: the puts it announced grow nothing."""
+    kd = _KeyDir()
+    kd.set(b"first", 0, 0)
+    keys = [b"r%05d" % i + b"x" * (i % 13) for i in range(5000)]
+    kd._reserve(len(keys) + 1, len(keys), sum(map(len, keys)))
+    before = kd._stats()
+    assert before["slots"] * 4 >= (len(keys) + 1) * 5
+    for i, key in enumerate(keys):
+        kd.set(key, i, i)
+    after = kd._stats()
+    assert (after["slots"], after["arena_cap"]) == (before["slots"], before["arena_cap"])
+    assert after["units"] <= after["arena_cap"]
+    check_all(kd, {b"first": (0, 0), **{k: (i, i) for i, k in enumerate(keys)}})
+    kd._reserve(10)  # never shrinks
+    assert kd._stats()["slots"] == after["slots"]
+    with pytest.raises(MemoryError):
+        kd._reserve(1 << 40)  # more keys than 2^32 slots can hold
+    with pytest.raises(MemoryError):
+        kd._reserve(0, 1 << 33, 0)  # past the 32 GiB arena
+    check_all(kd, {b"first": (0, 0), **{k: (i, i) for i, k in enumerate(keys)}})
+
+
+def test_c_fuzz_under_sanitizers(tmp_path):
+    """keydir.h itself, built with AddressSanitizer and UBSan, against a
+    reference over a million random operations (tests/c/keydir_fuzz.c)."""
+    if not (INCLUDE / "keydir.h").is_file():
+        pytest.skip("no source checkout (the installed wheel carries no headers)")
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "keydir_fuzz"
+    flags = ["-O1", "-g", "-UNDEBUG", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    r = subprocess.run(
+        [cc, *flags, "-Wall", "-Wextra", "-I", str(INCLUDE), "-o", str(exe), str(HERE / "c" / "keydir_fuzz.c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot build with the sanitizers: {r.stderr[-500:]}")
+    assert "warning" not in r.stderr, r.stderr
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("compactions") == 8

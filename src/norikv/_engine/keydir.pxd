@@ -31,6 +31,7 @@ cdef extern from "keydir.h" nogil:
     int nk_kd_next(const nk_keydir *kd, size_t *cursor, const uint8_t **key, size_t *klen,
                    uint64_t *loc, uint64_t *vsize)
     size_t nk_kd_nbytes(const nk_keydir *kd)
+    int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uint64_t more_bytes)
 
 
 cdef class _KeyDir:
@@ -57,6 +58,9 @@ cdef class _KeyDir:
     # (which may compact the arena); the key pointer lives until the next put or remove.
     cdef int next(self, size_t *cursor, const uint8_t **key, size_t *klen,
                   uint64_t *loc, uint64_t *vsize) noexcept
+    # room for `keys` keys in all, and `more` new keys of `more_bytes` bytes in all, without
+    # growing (a loader that knows its counts: hint files); -1 with MemoryError set
+    cdef int reserve(self, uint64_t keys, uint64_t more, uint64_t more_bytes) except -1
     cpdef size_t nbytes(self) noexcept          # bytes held: slots + arena capacity
     cdef int clear(self) noexcept
     cdef void _sync(self) noexcept              # count and key_bytes from kd

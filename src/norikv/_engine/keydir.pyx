@@ -25,6 +25,12 @@ cdef uint64_t _kd_hash_obj(bytes key) except? 0:
     return <uint64_t>PyObject_Hash(key)
 
 
+cdef int _kd_raise(int rc) except -1:
+    if rc == NK_KD_FULL:
+        raise MemoryError("the key directory is full (32 GiB of keys)")
+    raise MemoryError()
+
+
 cdef class _KeyDir:
     """The key directory: bytes -> (location, value size) in insertion order,
     about 16 bytes of overhead per key plus the slots (docs/DESIGN.md).
@@ -57,10 +63,14 @@ cdef class _KeyDir:
         elif rc < 0:
             if rc == NK_KD_TOOBIG:
                 raise ValueError(f"a key of {klen} bytes is too long for the key directory")
-            if rc == NK_KD_FULL:
-                raise MemoryError("the key directory is full (32 GiB of keys)")
-            raise MemoryError()
+            _kd_raise(rc)
         return rc
+
+    cdef int reserve(self, uint64_t keys, uint64_t more, uint64_t more_bytes) except -1:
+        cdef int rc = nk_kd_reserve(&self.kd, keys, more, more_bytes)
+        if rc < 0:
+            _kd_raise(rc)
+        return 0
 
     cdef int remove(self, const uint8_t *key, size_t klen, uint64_t h,
                     uint64_t *old_loc, uint64_t *old_vsize) noexcept:
@@ -136,6 +146,9 @@ cdef class _KeyDir:
     def _hash(bytes key not None):
         """_kd_hash of key's bytes (computed from them, not the cached hash)."""
         return _kd_hash(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+    def _reserve(self, uint64_t keys, uint64_t more=0, uint64_t more_bytes=0):
+        self.reserve(keys, more, more_bytes)
 
     def _reset(self):
         self.clear()

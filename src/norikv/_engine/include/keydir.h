@@ -97,12 +97,12 @@ static inline uint32_t nk_kd__vsat(uint64_t vsize) {
     return vsize >= NK_KD_VSIZE_SAT ? NK_KD_VSIZE_SAT : (uint32_t)vsize;
 }
 
-static void nk_kd_init(nk_keydir *kd, uint64_t floor_bytes) {
+static inline void nk_kd_init(nk_keydir *kd, uint64_t floor_bytes) {
     memset(kd, 0, sizeof *kd);
     kd->floor_units = floor_bytes >> 3;
 }
 
-static void nk_kd_free(nk_keydir *kd) {
+static inline void nk_kd_free(nk_keydir *kd) {
     free(kd->slots);
     free(kd->arena);
     uint64_t floor_units = kd->floor_units;
@@ -151,7 +151,7 @@ static inline void nk_kd__place(uint64_t *slots, uint64_t cap, uint64_t s) {
 }
 
 /* Rebuilds the slots with new_cap slots (from the tags alone). */
-static int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
+static inline int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
     uint64_t *slots = (uint64_t *)calloc(new_cap, sizeof(uint64_t));
     if (slots == NULL) return NK_KD_NOMEM;
     for (uint64_t i = 0; i < kd->cap; i++)
@@ -163,7 +163,7 @@ static int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
 }
 
 /* Room for one more key in the slots (load <= NUM/DEN). */
-static int nk_kd__reserve_slot(nk_keydir *kd) {
+static inline int nk_kd__reserve_slot(nk_keydir *kd) {
     uint64_t need = kd->count + 1;
     if (need * NK_KD_LOAD_DEN <= kd->cap * NK_KD_LOAD_NUM) return NK_KD_OK;
     uint64_t new_cap = kd->cap < 16 ? 16 : kd->cap + kd->cap / 2;
@@ -176,7 +176,7 @@ static int nk_kd__reserve_slot(nk_keydir *kd) {
  * their slots are repointed.  No allocation: each live entry's vsize field
  * briefly holds its slot's index while the slot's offset bits hold the
  * vsize. */
-static void nk_kd__compact(nk_keydir *kd) {
+static inline void nk_kd__compact(nk_keydir *kd) {
     uint64_t *slots = kd->slots;
     for (uint64_t i = 0; i < kd->cap; i++) {
         uint64_t s = slots[i];
@@ -220,7 +220,7 @@ static inline void nk_kd__maybe_compact(nk_keydir *kd) {
 }
 
 /* Room for n more units in the arena. */
-static int nk_kd__reserve_arena(nk_keydir *kd, uint64_t n) {
+static inline int nk_kd__reserve_arena(nk_keydir *kd, uint64_t n) {
     if (kd->units + n <= kd->arena_cap) return NK_KD_OK;
     if (kd->units + n > NK_KD_MAX_UNITS && kd->garbage) nk_kd__compact(kd);
     if (kd->units + n > NK_KD_MAX_UNITS) return NK_KD_FULL;
@@ -238,10 +238,35 @@ static int nk_kd__reserve_arena(nk_keydir *kd, uint64_t n) {
     return NK_KD_OK;
 }
 
+/* Room for `keys` keys in all without growing the slots, and for `more`
+ * new keys of `more_bytes` bytes in all without growing the arena (a loader
+ * that knows its counts).  NK_KD_OK or a negative NK_KD_* error. */
+static inline int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uint64_t more_bytes) {
+    if (keys > NK_KD_MAX_SLOTS || more > NK_KD_MAX_UNITS || more_bytes > NK_KD_ARENA_MAX)
+        return NK_KD_FULL;
+    uint64_t cap = kd->cap;
+    while (keys * NK_KD_LOAD_DEN > cap * NK_KD_LOAD_NUM && cap < NK_KD_MAX_SLOTS)
+        cap = cap < 16 ? 16 : cap + cap / 2;
+    if (cap > NK_KD_MAX_SLOTS) cap = NK_KD_MAX_SLOTS;
+    if (keys * NK_KD_LOAD_DEN > cap * NK_KD_LOAD_NUM) return NK_KD_FULL;
+    if (cap != kd->cap) {
+        int rc = nk_kd__resize(kd, cap);
+        if (rc != NK_KD_OK) return rc;
+    }
+    uint64_t units = 2 * more + (more_bytes + 7 * more) / 8;  /* at most, padding included */
+    if (units > NK_KD_MAX_UNITS - kd->units) return NK_KD_FULL;
+    if (kd->units + units <= kd->arena_cap) return NK_KD_OK;
+    uint64_t *a = (uint64_t *)realloc(kd->arena, (kd->units + units) * 8);
+    if (a == NULL) return NK_KD_NOMEM;
+    kd->arena = a;
+    kd->arena_cap = kd->units + units;
+    return NK_KD_OK;
+}
+
 /* Sets key -> (loc, vsize).  Returns 1 if the key was present (its place in
  * the order kept, *old_loc / *old_vsize set), 0 if new, or a negative
  * NK_KD_* error (nothing changed). */
-static int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
+static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
                      uint64_t vsize, uint64_t *old_loc, uint64_t *old_vsize) {
     int64_t i = nk_kd__lookup(kd, key, klen, h);
     if (i >= 0) {
@@ -273,7 +298,7 @@ static int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
 }
 
 /* Empties slot i, shifting back the entries of its cluster that may move. */
-static void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
+static inline void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
     uint64_t *slots = kd->slots, cap = kd->cap, j = i;
     for (;;) {
         if (++j == cap) j = 0;
@@ -291,7 +316,7 @@ static void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
 }
 
 /* Removes key.  Returns 1 (*old_loc / *old_vsize set) or 0 if absent. */
-static int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
+static inline int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                         uint64_t *old_loc, uint64_t *old_vsize) {
     int64_t i = nk_kd__lookup(kd, key, klen, h);
     if (i < 0) return 0;
@@ -309,7 +334,7 @@ static int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t
 
 /* Sets key's loc to new_loc if it is still expected.  1 done, 0 not (the
  * key is absent or was written again). */
-static int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
+static inline int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                           uint64_t expected, uint64_t new_loc) {
     int64_t i = nk_kd__lookup(kd, key, klen, h);
     if (i < 0) return 0;
