@@ -55,7 +55,8 @@ cdef class _KeyDir:
                       uint64_t expected, uint64_t new_loc) noexcept
     # insertion order: *cursor starts at 0; 1 and the outputs filled, 0 at the end. The
     # cursor survives finds, relocates and puts (a new key shows up at the end), not a remove
-    # (which may compact the arena); the key pointer lives until the next put or remove.
+    # (it may compact the arena) nor a put at the 32 GiB limit (it compacts first);
+    # the key pointer lives until the next put or remove.
     cdef int next(self, size_t *cursor, const uint8_t **key, size_t *klen,
                   uint64_t *loc, uint64_t *vsize) noexcept
     # room for `keys` keys in all, and `more` new keys of `more_bytes` bytes in all, without

@@ -345,7 +345,9 @@ static inline int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen,
 }
 
 /* The next live entry from *cursor (0 to start): 1 and the outputs set, or 0
- * at the end.  The key pointer is valid until the next put or remove. */
+ * at the end.  The cursor stays valid across finds, relocates and puts, not
+ * across a remove (it may compact) nor a put at the arena's limit (which
+ * compacts before giving up); the key pointer until the next put or remove. */
 static inline int nk_kd_next(const nk_keydir *kd, size_t *cursor, const uint8_t **key,
                              size_t *klen, uint64_t *loc, uint64_t *vsize) {
     uint64_t u = *cursor;
