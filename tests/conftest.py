@@ -28,6 +28,46 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SLOW = os.environ.get("NORIKV_SLOW", "") not in ("", "0")
 
+# Modules whose tests run twice, once per value storage: every KvStore.open
+# that does not choose ``values=`` (also in the subprocesses they start, which
+# inherit the environment) opens with the mode of the test's ``[memory]`` or
+# ``[disk]`` id (KvStore.open reads NORIKV_TEST_VALUES for an unset ``values``).
+BOTH_VALUE_MODES = {
+    "test_store",
+    "test_store_features",
+    "test_store_model",
+    "test_store_threads",
+    "test_store_crash",
+    "test_close_compaction",
+    "test_compression",
+    "test_error_boundaries",
+    "test_fork",
+    "test_value_damage",
+    "test_options",
+    "test_unopened",
+    "test_cli",
+    "test_compaction_io_errors",
+    "test_concurrency",
+    "test_crash_points",
+    "test_full_disk",
+    "test_io_errors",
+    "test_torture",
+    "test_skip_rewrite_errors",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "value_storage" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in BOTH_VALUE_MODES:
+        metafunc.parametrize("value_storage", ["memory", "disk"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def value_storage(request, monkeypatch):
+    """The value storage the test's stores open with by default."""
+    mode = getattr(request, "param", "memory")
+    monkeypatch.setenv("NORIKV_TEST_VALUES", mode)
+    return mode
+
 
 def pytest_collection_modifyitems(config, items):
     if SLOW:

@@ -84,6 +84,20 @@ class Bool(Spec):
             raise TypeError(f"{name} must be True or False, not {_type_name(value)}")
 
 
+class Choice(Spec):
+    """One of a few strings."""
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def _check(self, name: str, value: object) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {_type_name(value)}")
+        if value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
 class Instance(Spec):
     """An instance of ``cls`` (then ``cls.validate()`` if it has one)."""
 

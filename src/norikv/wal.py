@@ -236,9 +236,21 @@ def plan_recovery(
     leftovers = compaction_leftovers(path)
     ids = _engine.list_segments(path)
     plans: list[SegmentPlan] = []
+    # A sink that can take a segment's hint file (values="disk") is spared
+    # scanning a segment whose hint is valid and current (docs/FORMAT.md).
+    from_hint = getattr(sink, "_from_hint", None)
     for i, seg in enumerate(ids):
         seg_path = os.path.join(path, _engine.segment_name(seg))
         is_last = i == len(ids) - 1
+        if from_hint is not None:
+            size = os.path.getsize(seg_path)
+            n = from_hint(seg_path, seg, size)
+            if n >= 0:
+                p = SegmentPlan(id=seg, path=seg_path, file_size=size, records=n, size=size, data_end=size)
+                plans.append(p)
+                if progress is not None:
+                    progress(p)
+                continue
         res = _engine.scan_segment(seg_path, seg, sink, skip_corrupt=skip, final=is_last)
         end = res["end"]
         p = SegmentPlan(

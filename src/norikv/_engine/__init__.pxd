@@ -7,11 +7,16 @@ include "codec.pxd"
 include "log.pxd"         # the append contract between the log and its writers
 include "logdir.pxd"
 include "segment.pxd"
+include "views.pxd"       # read-only mappings of segments (values="disk")
 include "scan.pxd"
+include "keydir.pxd"      # the key directory (values="disk")
 include "loader.pxd"
-include "keydir.pxd"
 include "index.pxd"
 include "store.pxd"
+include "ondisk.pxd"
+include "ttl.pxd"
+include "stats.pxd"
+include "hints.pxd"       # hint files (values="disk")
 include "batch.pxd"
 include "compact.pxd"
 include "fastcall.pxd"

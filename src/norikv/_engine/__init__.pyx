@@ -13,9 +13,14 @@ include "scan.pyx"        # reading segments, the recovery scan, WalIterator
 include "logdir.pyx"      # segment names, listing, open directories
 include "log.pyx"         # _WalCore: the append path, group commit
 include "segment.pyx"     # the active segment's file and mapping
+include "views.pyx"       # read-only mappings of segments (values="disk")
 include "loader.pyx"      # replaying a log into a store's map
 include "keydir.pyx"      # _KeyDir, the key directory of values="disk"
+include "hints.pyx"       # hint files: a sealed segment's key directory
 include "store.pyx"       # KvStore
+include "ondisk.pyx"      # what values="disk" adds to it
+include "ttl.pyx"         # deadlines, relative TTLs, purging expired keys
+include "stats.pyx"       # KvStore.stats()
 include "batch.pyx"       # WriteBatch, atomic batches
 include "index.pyx"       # the range index
 include "compact.pyx"     # compaction, the dead ratio

@@ -96,9 +96,10 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
     cdef bytes k, stored
     cdef uint32_t flags
     cdef int64_t deadline
-    cdef uint64_t total
+    cdef uint64_t total, loc = 0
     cdef uint8_t *p
     cdef PyObject *cur
+    cdef Py_ssize_t i = 0
     store._check_open()
     store._purge_expired()
     for k, v, deadline, compression in ops:
@@ -119,9 +120,19 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
     p = store.wal._reserve(total)
     if final is not None:
         _check_batch_room(store, final)     # other threads may have run in _reserve
+    if store._disk:
+        loc = store._locate(total)
     run.encode(p)
     store.wal._commit(total)
     for k, v, deadline, _ in ops:
+        if store._disk:
+            if v is None:
+                store._remove_key(k)
+            else:
+                store._disk_set(k, PyBytes_GET_SIZE(v), loc, deadline)
+            loc += run.length(i)
+            i += 1
+            continue
         cur = PyDict_GetItem(store._data, k)
         if v is None:
             if cur != NULL:
@@ -136,16 +147,16 @@ cdef int _check_batch_room(KvStore store, dict final) except -1:
     """Allocates nothing: it also runs between _reserve and _commit."""
     cdef Py_ssize_t new_keys = 0
     cdef int64_t delta = 0
-    cdef PyObject *cur
+    cdef int64_t cur
     for k, v in final.items():
-        cur = PyDict_GetItem(store._data, k)
+        cur = store._old_size(k)
         if v is None:
-            if cur != NULL:
+            if cur >= 0:
                 new_keys -= 1
-                delta -= PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(<object>cur)
-        elif cur == NULL:
+                delta -= PyBytes_GET_SIZE(k) + cur
+        elif cur < 0:
             new_keys += 1
             delta += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v)
         else:
-            delta += PyBytes_GET_SIZE(v) - PyBytes_GET_SIZE(<object>cur)
+            delta += PyBytes_GET_SIZE(v) - cur
     return store._check_room(new_keys, delta, "batch")

@@ -36,7 +36,7 @@ cdef int _maybe_compact(KvStore store) except -1:
     store._next_check = store.wal.written_total + max(<uint64_t>1 << 20, log_bytes // 16)
     if not store._auto_compact or log_bytes < store.compact_min_bytes:
         return 0
-    if dead_ratio(store.live_bytes, len(store._data), log_bytes) >= store.compact_dead_ratio:
+    if dead_ratio(store.live_bytes, store._count(), log_bytes) >= store.compact_dead_ratio:
         _start_background_compaction(store)
     return 0
 
@@ -92,6 +92,8 @@ cdef dict _compact(KvStore store):
     """KvStore.compact (its docstring says what it guarantees)."""
     cdef object wal = store.wal     # through Python attributes: tests and tools wrap its steps
     store._check_open()
+    if store._disk:
+        return _compact_disk(store)
     with store._compact_lock:
         t0 = time.perf_counter()
         before = _log_bytes(store)
@@ -103,95 +105,231 @@ cdef dict _compact(KvStore store):
             for tmp, seg, size in parts:
                 wal._install_segment(tmp, seg, size)
         except BaseException as exc:
-            # A failed snapshot (e.g. ENOSPC) must not keep its partial
-            # temporary files, and their disk space, until the next open.
-            for seg in range(first, first + gap):
-                tmp = os.path.join(wal.dir, segment_name(seg) + ".compact-tmp")
-                try:
-                    os.unlink(tmp)
-                except (FileNotFoundError, IsADirectoryError):
-                    pass        # never written, or a directory that is not ours
-            if isinstance(exc, OSError) and not isinstance(exc, NoriError) and exc.errno:
-                raise io_error(exc.errno, exc.filename, "compaction snapshot") from exc
+            _snapshot_failed(wal, first, gap, exc)
             raise
         old = [s for s in wal._segment_ids() if s < first]
         wal._delete_segments(old)
-        store._compactions += 1
-        result = {"seconds": time.perf_counter() - t0, "bytes_before": before,
-                  "bytes_after": _log_bytes(store), "segments_written": len(parts),
-                  "segments_deleted": len(old)}
-        store._last_compaction = result
-        return result
+        return _compacted(store, t0, before, len(parts), len(old))
 
 
-def write_snapshot(dict data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
+cdef int _snapshot_failed(object wal, uint64_t first, uint64_t gap, exc) except -1:
+    """A failed snapshot (e.g. ENOSPC) must not keep its partial temporary
+    files, and their disk space, until the next open; an OSError is raised
+    as the hierarchy's error."""
+    for seg in range(first, first + gap):
+        tmp = os.path.join(wal.dir, segment_name(seg) + ".compact-tmp")
+        try:
+            os.unlink(tmp)
+        except (FileNotFoundError, IsADirectoryError):
+            pass        # never written, or a directory that is not ours
+    if isinstance(exc, OSError) and not isinstance(exc, NoriError) and exc.errno:
+        raise io_error(exc.errno, exc.filename, "compaction snapshot") from exc
+    return 0
+
+
+cdef dict _compacted(KvStore store, double t0, uint64_t before, Py_ssize_t written,
+                     Py_ssize_t deleted):
+    store._compactions += 1
+    result = {"seconds": time.perf_counter() - t0, "bytes_before": before,
+              "bytes_after": _log_bytes(store), "segments_written": written,
+              "segments_deleted": deleted}
+    store._last_compaction = result
+    return result
+
+
+cdef class _SnapshotWriter:
+    """Writes records into segment files named ``<id>.wal.compact-tmp`` for
+    ids first_id .. first_id+ids-1 (the last takes any overflow), each
+    fsynced when full (_seal_tmp). ``parts``: [(tmp path, id, size)]."""
+
+    def __cinit__(self, dirpath, uint64_t first_id, uint64_t ids, uint64_t max_segment_size):
+        self.dirpath = dirpath
+        self.first = first_id
+        self.ids = ids
+        self.seg = first_id
+        self.max_segment_size = max_segment_size
+        self.cap = 4 << 20
+        self.buf = <uint8_t *>malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.parts = []
+
+    def __dealloc__(self):
+        free(self.buf)
+        if self.f is not None:
+            self.f.close()
+
+    cdef uint64_t add(self, const uint8_t *k, size_t klen, const uint8_t *v, size_t vlen,
+                      uint32_t flags, uint64_t deadline) except 0xFFFFFFFFFFFFFFFF:
+        """Writes one record; returns (its id - first_id) << 40 | its offset."""
+        cdef size_t n = nk_encoded_len(klen, vlen, flags, deadline, 0, 0)
+        cdef uint8_t *nb
+        cdef uint64_t at
+        if (self.f is not None and self.size > 0 and self.size + n > self.max_segment_size
+                and self.seg + 1 < self.first + self.ids):
+            self._flush()
+            _seal_tmp(self.f)
+            self.parts.append((self.path, self.seg, self.size))
+            self.f = None
+            self.seg += 1
+            self.size = 0
+        if self.f is None:
+            self.path = os.path.join(self.dirpath, segment_name(self.seg) + ".compact-tmp")
+            self.f = open(self.path, "wb")
+        if self.used + n > self.cap:
+            self._flush()
+            if n > self.cap:
+                nb = <uint8_t *>realloc(self.buf, n)
+                if nb == NULL:
+                    raise MemoryError()
+                self.buf = nb
+                self.cap = n
+        self.used += nk_encode(self.buf + self.used, k, klen, v, vlen, flags, deadline, 0, 0)
+        at = ((self.seg - self.first) << _LOC_SHIFT) | self.size
+        self.size += n
+        return at
+
+    cdef int _flush(self) except -1:
+        _write_all(self.f, self.buf, self.used)
+        self.used = 0
+        return 0
+
+    cdef list finish(self):
+        if self.f is not None:
+            self._flush()
+            _seal_tmp(self.f)
+            self.parts.append((self.path, self.seg, self.size))
+            self.f = None
+        return self.parts
+
+
+def write_snapshot(object data, dict expiry, dirpath, uint64_t first_id, uint64_t ids,
                    uint64_t max_segment_size, int compression, Py_ssize_t compress_min_size,
                    uint64_t max_value_size=_DEFAULT_MAX_VALUE_SIZE):
     """Writes the live map as segment files named ``<id>.wal.compact-tmp``,
     fsynced, for ids first_id .. first_id+ids-1 (the last takes any overflow).
     Returns [(tmp path, id, size)]. Expired keys are left out. A value over
     max_value_size (read uncompressed from a log another writer made) is
-    written uncompressed: compressed, no open with that bound could read it."""
-    cdef uint64_t seg = first_id
-    cdef uint64_t size = 0
+    written uncompressed: compressed, no open with that bound could read it.
+    ``data`` is the frozen map, or a values="disk" store's _DiskSnapshot
+    (its records are copied as they are stored)."""
     cdef int64_t now = _now_ms()
     cdef uint32_t flags
     cdef uint64_t deadline
     cdef bytes k, v, stored
-    cdef size_t n, used = 0, cap = 4 << 20
-    cdef uint8_t *buf = <uint8_t *>malloc(cap)
-    cdef uint8_t *nb
-    cdef list out = []
-    cdef object f = None
-    cdef str path = ""
-    if buf == NULL:
-        raise MemoryError()
-    try:
-        for k, v in data.items():
-            d = expiry.get(k)
-            flags = 0
+    cdef _SnapshotWriter w = _SnapshotWriter(dirpath, first_id, ids, max_segment_size)
+    if type(data) is _DiskSnapshot:
+        (<_DiskSnapshot>data).write(w, expiry, now)
+        return w.finish()
+    for k, v in (<dict>data).items():
+        d = expiry.get(k)
+        flags = 0
+        deadline = 0
+        if d is not None:
+            if <int64_t>d <= now:
+                continue
+            deadline = <uint64_t>d
+            flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
+        stored = _stored_form(v, compression, compress_min_size, max_value_size, &flags)
+        w.add(<const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
+              <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored), flags, deadline)
+    return w.finish()
+
+
+cdef class _DiskSnapshot:
+    """The frozen state of a values="disk" store: the location of each live
+    key's record (``locs``); write() copies them into the snapshot and notes
+    where each went (``moved``, UINT64_MAX: left out)."""
+
+    def __cinit__(self, _SegmentViews views, Py_ssize_t cap):
+        self.views = views
+        self.locs = <uint64_t *>malloc((cap + 1) * sizeof(uint64_t))
+        self.moved = <uint64_t *>malloc((cap + 1) * sizeof(uint64_t))
+        if self.locs == NULL or self.moved == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.locs)
+        free(self.moved)
+
+    cdef int write(self, _SnapshotWriter w, dict expiry, int64_t now) except -1:
+        cdef Py_ssize_t i
+        cdef nk_rec r
+        cdef uint32_t flags
+        cdef uint64_t deadline
+        for i in range(self.n):
+            # Other threads run between records now and then; the old
+            # segments stay mapped until the compaction ends.
+            if i % 4096 == 4095:
+                with nogil:
+                    pass
+            self.views.record_at(self.locs[i], NULL, 0, &r)
+            flags = r.flags & ~(<uint32_t>NK_FLAGS_BATCH)
             deadline = 0
-            if d is not None:
-                if <int64_t>d <= now:
+            if flags & NK_FLAG_TTL:
+                d = expiry.get(PyBytes_FromStringAndSize(<const char *>r.key, r.klen))
+                if d is None or <int64_t>d <= now:
+                    self.moved[i] = UINT64_MAX     # expired (purged at the end)
                     continue
                 deadline = <uint64_t>d
-                flags = NK_FLAG_TTL | NK_FLAG_TTL_ABS
-            stored = _stored_form(v, compression, compress_min_size, max_value_size, &flags)
-            n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, deadline, 0, 0)
-            if f is not None and size > 0 and size + n > max_segment_size and seg + 1 < first_id + ids:
-                _write_all(f, buf, used)
-                used = 0
-                _seal_tmp(f)
-                out.append((path, seg, size))
-                f = None
-                seg += 1
-                size = 0
-            if f is None:
-                path = os.path.join(dirpath, segment_name(seg) + ".compact-tmp")
-                f = open(path, "wb")
-            if used + n > cap:
-                _write_all(f, buf, used)
-                used = 0
-                if n > cap:
-                    nb = <uint8_t *>realloc(buf, n)
-                    if nb == NULL:
-                        raise MemoryError()
-                    buf = nb
-                    cap = n
-            used += nk_encode(buf + used, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
-                              <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
-                              flags, deadline, 0, 0)
-            size += n
-        if f is not None:
-            _write_all(f, buf, used)
-            _seal_tmp(f)
-            out.append((path, seg, size))
-            f = None
-    finally:
-        free(buf)
-        if f is not None:
-            f.close()
-    return out
+                flags |= NK_FLAG_TTL_ABS
+            self.moved[i] = w.add(r.key, r.klen, r.value, r.vlen, flags, deadline)
+        return 0
+
+
+cdef dict _compact_disk(KvStore store):
+    """_compact for values="disk": the snapshot is the live records copied
+    from the log as they are stored (compressed values stay compressed),
+    then each key's location moves to its copy, unless a write moved it
+    meanwhile; the old segments are unmapped and deleted last."""
+    cdef object wal = store.wal     # through Python attributes: tests and tools wrap its steps
+    cdef _KeyDir kd = store._kd
+    cdef _SegmentViews views = store._views
+    cdef _DiskSnapshot snap
+    cdef Py_ssize_t i
+    cdef size_t cursor = 0, klen
+    cdef const uint8_t *k
+    cdef uint64_t loc, vsize, bound = 0, first, gap
+    cdef nk_rec r
+    with store._compact_lock:
+        t0 = time.perf_counter()
+        before = _log_bytes(store)
+        store._check_open()
+        store.wal._begin_exclusive()
+        try:
+            store._purge_expired()
+            snap = _DiskSnapshot(views, kd.count)
+            while kd.next(&cursor, &k, &klen, &loc, &vsize):
+                snap.locs[snap.n] = loc
+                snap.n += 1
+                bound += nk_encoded_len(klen, vsize, NK_FLAG_TTL, UINT64_MAX, 0, 0)
+            gap = bound // store.wal.max_segment_size + 2
+            first, _ = store.wal._seal_and_skip_locked(gap)
+        finally:
+            store.wal._end_exclusive()
+        try:
+            parts = write_snapshot(snap, store._expiry, wal.dir, first, gap, wal.max_segment_size,
+                                   store._compression, store.compress_min_size, store.max_value_size)
+            for tmp, seg, size in parts:
+                wal._install_segment(tmp, seg, size)
+        except BaseException as exc:
+            _snapshot_failed(wal, first, gap, exc)
+            raise
+        slots = [views.slot_for(seg, -1, 0) for _, seg, _ in parts]
+        for i in range(snap.n):
+            if snap.moved[i] != UINT64_MAX:
+                views.record_at(snap.locs[i], NULL, 0, &r)
+                loc = snap.moved[i]
+                loc = (<uint64_t>slots[loc >> _LOC_SHIFT] << _LOC_SHIFT) | (loc & _LOC_OFFSET_MASK)
+                kd.relocate(r.key, r.klen, _kd_hash(r.key, r.klen), snap.locs[i], loc)
+        del snap
+        store._purge_expired()
+        old = [s for s in wal._segment_ids() if s < first]
+        for seg in old:
+            views.drop_segment(seg)
+        wal._delete_segments(old)
+        _start_hint_writer(store)
+        return _compacted(store, t0, before, len(parts), len(old))
 
 
 cdef int _write_all(object f, const uint8_t *buf, size_t n) except -1:
@@ -201,6 +339,7 @@ cdef int _write_all(object f, const uint8_t *buf, size_t n) except -1:
 
 
 def _seal_tmp(f):
+    """fsyncs and closes a snapshot file."""
     cdef int err
     cdef int fd
     f.flush()

@@ -53,9 +53,14 @@ cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject
     cdef PyObject *v
     if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
             and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
-        v = _PyDict_GetItemWithError(<PyObject *>self._data, args[0])
-        if v != NULL:
-            return <object>v
+        if self._disk:
+            d = _disk_value(self, <bytes>args[0])
+            if d is not None:
+                return d
+        else:
+            v = _PyDict_GetItemWithError(<PyObject *>self._data, args[0])
+            if v != NULL:
+                return <object>v
         return <object>args[1] if nargs == 2 else None
     return _call_general(_get_general, self, args, nargs, kwnames)
 

@@ -6,6 +6,7 @@
 # rebuilds the index from the map when they are many, then walks it a chunk
 # at a time (_scan).
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_SIZE
 
 from sortedcontainers import SortedList
@@ -19,8 +20,9 @@ cdef class _RangeIndex:
     """The sorted keys of a store's map. Guarded by the store's _index_lock,
     except touch(), which the write path calls with the GIL held."""
 
-    def __cinit__(self, dict data):
+    def __cinit__(self, dict data, _KeyDir kd):
         self.data = data
+        self.kd = kd
         self.touched = []
         self.active = False
         self.keys = None
@@ -28,7 +30,17 @@ cdef class _RangeIndex:
     cdef inline bint _delta_too_big(self):
         # Past this many changes, rebuilding the index from the map is cheaper
         # than applying them one by one.
-        return PyList_GET_SIZE(self.touched) > (PyDict_GET_SIZE(<PyObject *>self.data) >> 3) + 65536
+        return PyList_GET_SIZE(self.touched) > (self._count() >> 3) + 65536
+
+    cdef inline Py_ssize_t _count(self) noexcept:
+        return self.kd.count if self.kd is not None else PyDict_GET_SIZE(<PyObject *>self.data)
+
+    cdef int _has(self, bytes key) except -1:
+        cdef uint64_t loc, vsize
+        if self.kd is not None:
+            return self.kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                _kd_hash_obj(key), &loc, &vsize)
+        return PyDict_GetItem(self.data, key) != NULL
 
     cdef inline int touch(self, bytes key) except -1:
         """Past _delta_too_big the index is dropped (which keeps the list
@@ -52,13 +64,13 @@ cdef class _RangeIndex:
         if not self.active or self.keys is None or self._delta_too_big():
             self.active = True
             self.touched = []
-            self.keys = SortedList(self.data)
+            self.keys = SortedList(_kd_keys(self.kd) if self.kd is not None else self.data)
             return self.keys
         touched = self.touched
         self.touched = []
         idx = self.keys
         for k in set(touched):
-            if PyDict_GetItem(self.data, k) != NULL:
+            if self._has(k):
                 if k not in idx:
                     idx.add(k)
             else:

@@ -467,6 +467,7 @@ cdef class _WalCore:
             path = self._segment_path(seg)
             if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
                 raise io_error(errno, path, "unlink")
+            unlink(os.fsencode(path[:len(path) - 4] + ".hint"))     # values="disk"'s, if any
             self.seg_sizes.pop(seg, None)
             self._sync_dir(True)
             n += 1

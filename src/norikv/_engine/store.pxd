@@ -10,10 +10,22 @@ cdef class KvStore:
     cdef double _recovery_seconds
     cdef uint64_t _recovered_records
     cdef uint64_t _relative_ttl_records
+    cdef uint64_t _hinted_segments
     cdef bint _closed                        # True until open() and from close() on
 
-    # the map
+    # the map: values="memory" holds the values (_data), values="disk" the
+    # location of each key's record (_kd) in the mapped segments (_views)
+    cdef readonly str value_storage          # "memory" or "disk"
+    cdef bint _disk
     cdef dict _data
+    cdef _KeyDir _kd
+    cdef _SegmentViews _views
+    # hint files (hints.pyx): written by a thread of the store's own
+    cdef readonly object _hinter
+    cdef public bint _hints_pending
+    cdef readonly object _hint_error
+    cdef public uint64_t _hints_written
+    cdef uint64_t _hint_seen_seg             # the active segment when hints were last asked for
     cdef dict _expiry                        # key -> absolute deadline (Unix ms), TTL keys only
     cdef list _heap                          # (deadline, key) entries, possibly stale
     cdef readonly uint64_t live_bytes        # key + value bytes of the live keys
@@ -44,16 +56,23 @@ cdef class KvStore:
     # put's body (also []=)
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)
+    cdef inline uint64_t _locate(self, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
 
     # the one limit rule: put (_room_for_put) and batches (batch.pyx) check through it
     cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1
     cdef int _check_room(self, Py_ssize_t new_keys, int64_t delta, str what) except -1
     cdef int _room_for_put(self, bytes key, Py_ssize_t vlen, bint may_purge) except -1
 
+    # the map in either mode
+    cdef inline Py_ssize_t _count(self) noexcept
+    cdef int64_t _old_size(self, bytes key) except -2
     # changes of the map once their record is committed (live bytes, TTL, range index)
-    cdef inline int _account(self, bytes key, bytes value, Py_ssize_t old_size, int64_t deadline) except -1
+    cdef inline int _account(self, bytes key, Py_ssize_t vsize, Py_ssize_t old_size, int64_t deadline) except -1
     cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1
+    cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1
+    cdef bint _remove_key(self, bytes key) except -1
     cdef inline int _unset(self, bytes key, object old) except -1
+    cdef inline int _forget(self, bytes key, Py_ssize_t old_size) except -1
     cdef inline int _after_write(self) except -1
     cdef Py_ssize_t _purge_expired(self) except -1

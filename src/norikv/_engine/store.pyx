@@ -16,44 +16,17 @@ import os
 import threading
 import time
 import weakref
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappush
 
 from norikv._options import check_options
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.config import STORE_OPTIONS as _STORE_OPTIONS
 from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
-from norikv.errors import ClosedError, StoreFullError
+from norikv.errors import ClosedError, ConfigError, StoreFullError
 
 
 # Every store opened in this process, for the child of a fork() (_stores_after_fork).
 _open_stores = weakref.WeakSet()
-
-
-def _deadline(ttl):
-    """The absolute deadline (Unix ms) of a ``ttl`` in seconds from now."""
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
-    if not ttl > 0:
-        raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
-    if ttl > 1e15:   # deadlines are int64 Unix ms; 1e15 s is ~31 million years
-        raise ValueError(f"ttl must be at most 1e15 seconds, got {ttl!r}")
-    return _now_ms() + <int64_t>(ttl * 1000.0 + 0.999999)
-
-
-def _pin_relative_ttls(KvStore store, dict relative):
-    """The last step of KvStore.open. A relative TTL written by another
-    nori-wal user counts from the first open that replays it: each key whose
-    value comes from such a record (the loader's ``relative``) is written
-    again with that deadline as an absolute one (TTL_ABS), so that a restart
-    neither starts its clock again nor brings it back once expired. The
-    deadline is written as it is (a huge TTL saturates to DEADLINE_MAX,
-    beyond what ``ttl=`` takes). A key that expired before it was pinned
-    (during replay, or during this loop) gets a tombstone instead, so a later
-    open cannot revive it."""
-    for key, deadline in relative.items():
-        value = store.get(key)
-        # one op each: a plain record (a put, or a tombstone for None)
-        store._apply_batch([(key, value, deadline if value is not None else -1, None)])
 
 
 def _stores_after_fork():
@@ -85,7 +58,7 @@ cdef class KvStore:
              recovery_mode=RecoveryMode.TOLERATE_CORRUPTED_TAIL, compression=None,
              compress_min_size=256, max_keys=None, max_bytes=None, auto_compact=True,
              compact_dead_ratio=0.5, compact_min_bytes=64 << 20,
-             max_value_size=DEFAULT_MAX_VALUE_SIZE):
+             max_value_size=DEFAULT_MAX_VALUE_SIZE, values=None):
         """Opens (creating if needed) the store at ``path``; the WAL lives in
         ``<path>/wal``. Recovery replays it and rebuilds the map.
 
@@ -96,10 +69,19 @@ cdef class KvStore:
         ``compact_min_bytes`` and its dead share reaches ``compact_dead_ratio``.
         ``max_value_size``: the largest value ``put`` accepts (ValueError
         beyond), and the most a compressed value may decompress to when the
-        log is replayed (a larger one is a damaged record); 256 MiB by default."""
+        log is replayed (a larger one is a damaged record); 256 MiB by default.
+        ``values``: ``"memory"`` keeps every value in the process's memory;
+        ``"disk"`` keeps only the keys (a key directory of record locations)
+        and reads each value from the log's mapped segments on ``get``
+        (README, "Values in memory or on disk"). None: ``"memory"``."""
         cdef KvStore store
         cdef _StoreLoader loader
+        cdef bint disk = False
+        if values is None:
+            # The test suite runs a second time with every store on disk.
+            values = os.environ.get("NORIKV_TEST_VALUES") or "memory"
         check_options(_STORE_OPTIONS, locals())
+        disk = values == "disk"
         # norikv.wal (recovery, the background thread) is the layer above
         # this module's log: imported when first used, not at import time.
         from norikv.wal import Wal
@@ -110,12 +92,18 @@ cdef class KvStore:
                            fsync_policy=fsync_policy, preallocate=preallocate,
                            recovery_mode=recovery_mode, max_value_size=max_value_size)
         config.validate()   # the Wal creates <path>/wal and <path> durably
-        loader = _StoreLoader({}, {}, _now_ms(), max_value_size)
+        if disk and max_value_size >= NK_KD_VSIZE_SAT:
+            raise ConfigError(f"max_value_size must be below 4 GiB - 1 with values='disk', got {max_value_size}")
+        loader = _new_loader(disk, config)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # the rebuild allocates millions of objects the GC need not visit
         t0 = time.perf_counter()
         try:
             wal, info = Wal._open_config(config, loader)
+            if disk and info.spans_skipped:
+                # SKIP_ANY_CORRUPTED_RECORDS rewrote segments without the
+                # damaged records: the locations found by the scan moved.
+                loader = _reload_disk(wal, config, loader)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -127,7 +115,15 @@ cdef class KvStore:
             store._recovery_seconds = time.perf_counter() - t0
             store._recovered_records = loader.records
             store._relative_ttl_records = loader.relative_ttls
-            store._data = loader.data
+            if disk:
+                store._hinted_segments = (<_DiskLoader>loader).hinted_segments
+            store._disk = disk
+            store.value_storage = values
+            if disk:
+                store._kd = (<_DiskLoader>loader).kd
+                store._views = (<_DiskLoader>loader).views
+            else:
+                store._data = loader.data
             store._expiry = loader.expiry
             store._heap = [(d, k) for k, d in loader.expiry.items()]
             heapify(store._heap)
@@ -137,7 +133,7 @@ cdef class KvStore:
             store.max_value_size = max_value_size
             store._compression = int(kind)
             store.compress_min_size = compress_min_size
-            store._index = _RangeIndex(store._data)
+            store._index = _RangeIndex(store._data, store._kd)
             store._index_lock = threading.Lock()
             store.compact_dead_ratio = compact_dead_ratio
             store.compact_min_bytes = compact_min_bytes
@@ -145,6 +141,9 @@ cdef class KvStore:
             store._compact_lock = threading.Lock()
             store._closed = False
             _open_stores.add(store)
+            if disk:
+                store._hint_seen_seg = wal.seg_id
+                _start_hint_writer(store)
             _pin_relative_ttls(store, loader.relative)
         except BaseException:
             # A failed open releases the lock at once: the exception (its
@@ -153,6 +152,8 @@ cdef class KvStore:
             if store._compactor is not None:
                 store._compactor.join()
             wal._abandon()
+            if store._views is not None:
+                store._views.unmap_all()
             raise
         return store
 
@@ -172,7 +173,8 @@ cdef class KvStore:
 
     cdef inline PyObject *_live(self, bytes key) except? NULL:
         """The live value of key (borrowed), or NULL when it is absent or
-        expired: every read (get's entry aside, fastcall.pyx) asks here."""
+        expired: every read of a values="memory" store (get's entry aside,
+        fastcall.pyx) asks here; _disk_live is its values="disk" twin."""
         cdef PyObject *v
         if self._closed:
             raise ClosedError("the KvStore is closed")
@@ -183,41 +185,62 @@ cdef class KvStore:
 
     def get(self, key, default=None):
         """The general path of get (fastcall.pyx has its entry)."""
-        cdef PyObject *v = self._live(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"))
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        cdef PyObject *v
+        if self._disk:
+            d = _disk_live(self, k)
+            return default if d is None else d
+        v = self._live(k)
         return default if v == NULL else <object>v
 
     def __getitem__(self, key):
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef PyObject *v = self._live(k)
+        cdef PyObject *v
+        if self._disk:
+            d = _disk_live(self, k)
+            if d is None:
+                raise KeyError(k)
+            return d
+        v = self._live(k)
         if v == NULL:
             raise KeyError(k)
         return <object>v
 
     def __contains__(self, key):
-        return self._live(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")) != NULL
+        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        if self._disk:
+            self._check_open()
+            return self._old_size(k) >= 0 and not self._expired(k)
+        return self._live(k) != NULL
 
     def __len__(self):
         self._check_open()
         self._purge_expired()
-        return len(self._data)
+        return self._count()
 
     def keys(self):
         """A snapshot list of the live keys (insertion order)."""
         self._check_open()
         self._purge_expired()
-        return list(self._data)
+        return _kd_keys(self._kd) if self._disk else list(self._data)
 
     def values(self):
-        """A snapshot list of the live values."""
-        self._check_open()
-        self._purge_expired()
-        return list(self._data.values())
+        """A snapshot list of the live values (with values="disk", all read
+        from the log: prefer iterating range() over a large store)."""
+        return [v for _, v in self.items()]
 
     def items(self):
         """A snapshot list of the live (key, value) pairs."""
         self._check_open()
         self._purge_expired()
-        return list(self._data.items())
+        if not self._disk:
+            return list(self._data.items())
+        out = []
+        for k in _kd_keys(self._kd):
+            v = _disk_value(self, k)
+            if v is not None:
+                out.append((k, v))
+        return out
 
     def __iter__(self):
         return iter(self.keys())
@@ -257,7 +280,7 @@ cdef class KvStore:
         cdef bytes stored = v
         cdef uint32_t flags = 0
         cdef int64_t deadline = -1
-        cdef uint64_t n
+        cdef uint64_t n, loc = 0
         cdef uint8_t *p
         cdef bint limited = self.max_keys or self.max_bytes
         if self._closed:
@@ -275,12 +298,22 @@ cdef class KvStore:
         p = self.wal._reserve(n)
         if limited:     # other threads may have run in _reserve
             self._room_for_put(k, PyBytes_GET_SIZE(v), False)
+        if self._disk:
+            loc = self._locate(n)
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
                   <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
                   flags, <uint64_t>deadline, 0, 0)
         self.wal._commit(n)
-        self._set_lookup(k, v, deadline)
+        if self._disk:
+            self._disk_set(k, PyBytes_GET_SIZE(v), loc, deadline)
+        else:
+            self._set_lookup(k, v, deadline)
         return self._after_write()
+
+    cdef inline uint64_t _locate(self, uint64_t n) except? 0xFFFFFFFFFFFFFFFF:
+        """values="disk": the location of the n-byte record _reserve just
+        made room for (inside the append window: no Python code runs)."""
+        return self._views.locate_active(self.wal.seg_id, self.wal.seg_fd, self.wal.seg_size, n)
 
     def __setitem__(self, key, value):
         if value is None:
@@ -291,25 +324,22 @@ cdef class KvStore:
         """Deletes ``key``; returns whether it was present. Deleting an absent
         key writes nothing."""
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef PyObject *old
         cdef uint64_t n
         cdef uint8_t *p
         self._check_open()
-        old = PyDict_GetItem(self._data, k)
-        if old == NULL:
+        if self._old_size(k) < 0:
             return False
         if self._expired(k):
-            self._unset(k, <object>old)        # expired: its record already says so
+            self._remove_key(k)        # expired: its record already says so
             return False
         n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
         p = self.wal._reserve(n)
-        old = PyDict_GetItem(self._data, k)    # other threads may have run in _reserve
-        if old == NULL:
+        if self._old_size(k) < 0:      # other threads may have run in _reserve
             return False
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
                   NK_FLAG_TOMBSTONE, 0, 0, 0)
         self.wal._commit(n)
-        self._unset(k, <object>old)
+        self._remove_key(k)
         self._after_write()
         return True
 
@@ -348,7 +378,7 @@ cdef class KvStore:
         bytes would pass: 1 max_keys, 2 max_bytes, 0 none. Only growth is
         refused: a change that shrinks the store passes, also when it is over
         its limits already (reopened with lower ones)."""
-        if new_keys > 0 and self.max_keys and PyDict_GET_SIZE(<PyObject *>self._data) + new_keys > self.max_keys:
+        if new_keys > 0 and self.max_keys and self._count() + new_keys > self.max_keys:
             return 1
         if delta > 0 and self.max_bytes and <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
             return 2
@@ -367,9 +397,9 @@ cdef class KvStore:
         """_check_room for a put of ``key`` with a value of vlen bytes. With
         may_purge, keys whose TTL has passed (they count until purged) are
         dropped first when it would not fit."""
-        cdef PyObject *old = PyDict_GetItem(self._data, key)
-        cdef bint new = old == NULL
-        cdef int64_t delta = vlen + (PyBytes_GET_SIZE(key) if new else -PyBytes_GET_SIZE(<object>old))
+        cdef int64_t old = self._old_size(key)
+        cdef bint new = old < 0
+        cdef int64_t delta = vlen + (PyBytes_GET_SIZE(key) if new else -old)
         if may_purge and self._heap and self._over_limits(new, delta):
             self._purge_expired()
             return self._room_for_put(key, vlen, False)
@@ -377,17 +407,34 @@ cdef class KvStore:
 
     # ------------------------------------------------------------ the map
 
-    cdef inline int _account(self, bytes key, bytes value, Py_ssize_t old_size,
+    cdef inline Py_ssize_t _count(self) noexcept:
+        """The keys in the map (expired ones included until purged)."""
+        return self._kd.count if self._disk else PyDict_GET_SIZE(<PyObject *>self._data)
+
+    cdef int64_t _old_size(self, bytes key) except -2:
+        """The size of key's value in the map (expired or not), -1 when absent.
+        Allocates nothing (batch.pyx calls it inside the append window)."""
+        cdef PyObject *old
+        cdef uint64_t loc, vsize
+        if self._disk:
+            if self._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                             _kd_hash_obj(key), &loc, &vsize):
+                return <int64_t>self._views.value_size(loc, vsize)
+            return -1
+        old = PyDict_GetItem(self._data, key)
+        return -1 if old == NULL else PyBytes_GET_SIZE(<object>old)
+
+    cdef inline int _account(self, bytes key, Py_ssize_t vsize, Py_ssize_t old_size,
                              int64_t deadline) except -1:
-        """Bookkeeping of a put whose dict entry is written: live bytes, the
+        """Bookkeeping of a put whose map entry is written: live bytes, the
         range index (new keys), TTL. ``old_size`` is the replaced value's size,
         or -1 for a new key."""
         if old_size < 0:
-            self.live_bytes += PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value)
+            self.live_bytes += PyBytes_GET_SIZE(key) + vsize
             if self._index.active:
                 self._index.touch(key)
         else:
-            self.live_bytes += PyBytes_GET_SIZE(value)
+            self.live_bytes += vsize
             self.live_bytes -= old_size
         if deadline >= 0:
             self._expiry[key] = deadline
@@ -400,7 +447,7 @@ cdef class KvStore:
         # The old value's size is read first: PyDict_SetItem may free it.
         cdef Py_ssize_t old_size = PyBytes_GET_SIZE(<object>old) if old != NULL else -1
         PyDict_SetItem(self._data, key, value)
-        return self._account(key, value, old_size, deadline)
+        return self._account(key, PyBytes_GET_SIZE(value), old_size, deadline)
 
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1:
         """_set for a caller that has not looked `old` up: a new key costs one
@@ -409,11 +456,42 @@ cdef class KvStore:
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
-        return self._account(key, value, -1, deadline)
+        return self._account(key, PyBytes_GET_SIZE(value), -1, deadline)
+
+    cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1:
+        """values="disk": key's record, of a vsize-byte value, is now at loc."""
+        cdef uint64_t old_loc, old_size
+        if self._kd.put(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                        _kd_hash_obj(key), loc, vsize, &old_loc, &old_size):
+            return self._account(key, vsize, <Py_ssize_t>self._views.value_size(old_loc, old_size), deadline)
+        return self._account(key, vsize, -1, deadline)
+
+    cdef bint _remove_key(self, bytes key) except -1:
+        """Removes key from the map (its record is written, or says it
+        expired); False when it was absent."""
+        cdef PyObject *old
+        cdef uint64_t old_loc, old_size
+        if not self._disk:
+            old = PyDict_GetItem(self._data, key)
+            if old == NULL:
+                return False
+            self._unset(key, <object>old)
+            return True
+        if not self._kd.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                               _kd_hash_obj(key), &old_loc, &old_size):
+            return False
+        self._forget(key, <Py_ssize_t>self._views.value_size(old_loc, old_size))
+        return True
 
     cdef inline int _unset(self, bytes key, object old) except -1:
-        self.live_bytes -= PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(old)
+        # The size is read first: PyDict_DelItem may free the value.
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(old)
         PyDict_DelItem(self._data, key)
+        return self._forget(key, size)
+
+    cdef inline int _forget(self, bytes key, Py_ssize_t old_size) except -1:
+        """Bookkeeping of a key removed from the map."""
+        self.live_bytes -= PyBytes_GET_SIZE(key) + old_size
         if PyDict_GET_SIZE(<PyObject *>self._expiry):
             self._expiry.pop(key, None)
         if self._index.active:
@@ -421,6 +499,9 @@ cdef class KvStore:
         return 0
 
     cdef inline int _after_write(self) except -1:
+        if self._disk and self.wal.seg_id != self._hint_seen_seg:
+            self._hint_seen_seg = self.wal.seg_id      # a segment was sealed
+            _start_hint_writer(self)
         self.wal._after_append()
         if self.wal.written_total >= self._next_check:
             _maybe_compact(self)
@@ -428,22 +509,16 @@ cdef class KvStore:
 
     cdef Py_ssize_t _purge_expired(self) except -1:
         """Drops keys whose deadline has passed (their records already say so)."""
-        cdef int64_t now
-        cdef PyObject *cur
-        cdef Py_ssize_t n = 0
         if not self._heap:
             return 0
-        now = _now_ms()
-        while self._heap and <int64_t>self._heap[0][0] <= now:
-            deadline, key = heappop(self._heap)
-            cur = PyDict_GetItem(self._expiry, key)
-            if cur != NULL and <int64_t>(<object>cur) == <int64_t>deadline:
-                self._unset(key, self._data[key])
-                n += 1
-        if len(self._heap) > 2 * len(self._expiry) + 1024:
-            self._heap = [(d, k) for k, d in self._expiry.items()]
-            heapify(self._heap)
-        return n
+        return _purge_expired(self)
+
+    def _write_hints(self):
+        """values="disk": writes now, in this thread, the hint files the
+        background writer would (tests, tools)."""
+        self._check_open()
+        self._hints_pending = True
+        _hint_writer(weakref.ref(self), self._compact_lock)
 
     def _deadline_of(self, bytes key):
         return self._expiry.get(key)
@@ -471,38 +546,12 @@ cdef class KvStore:
         """Share of the WAL's bytes that no longer hold live data
         (:func:`norikv.store.dead_ratio` of this store)."""
         self._check_open()
-        return dead_ratio(self.live_bytes, len(self._data),
+        return dead_ratio(self.live_bytes, self._count(),
                           _log_bytes(self) if log_bytes is None else log_bytes)
 
     def stats(self):
         """Figures for monitoring; every field is documented in the README."""
-        self._check_open()
-        self._purge_expired()
-        sizes = self.wal._segment_sizes()
-        wal_bytes = sum(sizes.values())
-        written, synced, failed = self.wal._lock_state()
-        n = self.wal.fsync_count
-        return {
-            "keys": len(self._data),
-            "live_bytes": self.live_bytes,
-            "wal_bytes": wal_bytes,
-            "segments": len(sizes),
-            "dead_ratio": dead_ratio(self.live_bytes, len(self._data), wal_bytes),
-            "recovery_seconds": self._recovery_seconds,
-            "recovery_records": self._recovered_records,
-            "recovery_corruption_detected": self.recovery_info.corruption_detected,
-            "fsyncs": n,
-            "fsync_seconds_total": self.wal.fsync_seconds,
-            "fsync_seconds_avg": self.wal.fsync_seconds / n if n else 0.0,
-            "fsync_seconds_max": self.wal.fsync_max,
-            "unsynced_bytes": written - synced,
-            "compactions": self._compactions,
-            "last_compaction": self._last_compaction,
-            "compaction_error": repr(self._compact_error) if self._compact_error else None,
-            "ttl_keys": len(self._expiry),
-            "relative_ttl_records": self._relative_ttl_records,
-            "failed": repr(failed) if failed is not None else None,
-        }
+        return _stats(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -525,9 +574,11 @@ cdef class KvStore:
             return                  # never opened (KvStore.__new__): nothing to release
         with lock:                  # held by compact() from start to end
             self.wal.close()
-        t = self._compactor
-        if t is not None and t is not threading.current_thread():
-            t.join()                # a background compaction that found the store closed
+        for t in (self._compactor, self._hinter):
+            if t is not None and t is not threading.current_thread():
+                t.join()            # a background compaction or hint writer that found the store closed
+        if self._views is not None:
+            self._views.unmap_all()     # every read checks _closed first
 
     def _after_fork_in_child(self):
         """In a child created by fork(): the locks are made anew, since a
@@ -541,6 +592,7 @@ cdef class KvStore:
         self._compact_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._compactor = None
+        self._hinter = None
         self._index.drop()
 
     def __enter__(self):

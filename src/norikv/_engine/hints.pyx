@@ -1,0 +1,310 @@
+# Hint files (Bitcask's): for a sealed segment NNNNNN.wal, NNNNNN.hint lists
+# the records an open applies from it -- flags, key, offset, value size, TTL
+# -- so that a values="disk" store rebuilds its key directory without
+# reading the values. The segments stay exactly nori-wal's (which ignores
+# files whose names do not parse as NNNNNN.wal). A hint is optional: one
+# that is missing, damaged (its CRC32C), or not about the segment as it is
+# now (its size and a BLAKE2b digest of its last 64 KiB) is ignored and the
+# segment scanned. Written by scanning the sealed segment (write_hint): the
+# same scan an open makes, so a hint says exactly what the scan would.
+#
+# Layout, little-endian: "NORIKVH1", u64 segment id, u64 segment size, u64
+# entries, the 8-byte BLAKE2b digest of the segment's tail (not a CRC: a
+# span ending with whole records and their CRCs has the same CRC32C
+# whatever those records say); the entries: u8 flags, varint
+# key length, key, varint offset, varint value size (uncompressed; absent
+# for a delete), varint TTL (when the TTL flag is set); u32 CRC32C of all
+# that precedes.
+
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memcmp
+from posix.unistd cimport close as c_close
+from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.mman cimport mmap, munmap, PROT_READ, MAP_PRIVATE, MAP_FAILED
+from posix.stat cimport struct_stat, fstat
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+import hashlib
+import os
+import struct
+import threading
+import weakref
+
+cdef enum:
+    _HINT_HEADER = 40
+    _HINT_TAIL = 65536
+
+cdef bytes _HINT_MAGIC = b"NORIKVH1"
+
+
+def hint_name(uint64_t seg_id):
+    """The hint file's name of segment seg_id."""
+    name = segment_name(seg_id)
+    return name[:len(name) - 4] + ".hint"
+
+
+cdef class _HintSink(_Sink):
+    """Collects the entries of the records a scan applies."""
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef int add(self, const nk_rec *r, uint64_t offset) except -1:
+        cdef size_t need = 1 + 10 + r.klen + 10 + 10 + 10
+        cdef uint8_t *p
+        cdef uint64_t vsize = r.vlen
+        if self.used + need > self.cap:
+            self.cap = (self.used + need) * 2
+            p = <uint8_t *>realloc(self.buf, self.cap)
+            if p == NULL:
+                raise MemoryError()
+            self.buf = p
+        p = self.buf + self.used
+        p[0] = <uint8_t>(r.flags & ~(<uint32_t>NK_FLAGS_BATCH))
+        p = nk_put_varint(p + 1, r.klen)
+        memcpy(p, r.key, r.klen)
+        p = nk_put_varint(p + r.klen, offset)
+        if not r.flags & NK_FLAG_TOMBSTONE:
+            if r.flags & NK_COMP_MASK:
+                vsize = len(self.value)         # decompressed by check()
+            p = nk_put_varint(p, vsize)
+        if r.flags & NK_FLAG_TTL:
+            p = nk_put_varint(p, r.ttl_ms)
+        self.used = p - self.buf
+        return 0
+
+    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        self.count += 1
+        return self.add(r, offset)
+
+    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
+        if self.staged == 0:
+            self.batch_start = self.used
+        self.staged += 1
+        return self.add(r, offset)
+
+    cdef int end_batch(self, bint commit) except -1:
+        if commit:
+            self.count += self.staged
+        else:
+            self.used = self.batch_start
+        self.staged = 0
+        return 0
+
+    def entries(self):
+        return PyBytes_FromStringAndSize(<const char *>self.buf, self.used)
+
+
+cdef bytes _tail_digest(int fd, uint64_t size):
+    """The BLAKE2b digest (8 bytes) of the last 64 KiB (or fewer) before
+    `size` of a segment; b"" when it cannot be read."""
+    cdef uint64_t start = size - _HINT_TAIL if size > _HINT_TAIL else 0
+    try:
+        data = os.pread(fd, <Py_ssize_t>(size - start), <Py_ssize_t>start)
+    except OSError:
+        return b""
+    if <uint64_t>len(data) != size - start:
+        return b""
+    return hashlib.blake2b(data, digest_size=8).digest()
+
+
+def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
+    """Writes the hint file of sealed segment seg_id (through a temporary
+    file and a rename: a reader sees the whole hint or none). Returns False,
+    writing nothing, when the segment does not end cleanly (damage, an open
+    batch, a preallocated tail): an open has to scan it anyway."""
+    cdef _HintSink sink = _HintSink(max_value_size)
+    seg_path = os.path.join(dirpath, segment_name(seg_id))
+    res = scan_segment(seg_path, seg_id, sink, final=False)
+    if res["status"] is not None or res["batch_open"] is not None or res["end"] != res["file_size"]:
+        return False
+    fd = os.open(seg_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        tail = _tail_digest(fd, res["end"])
+    finally:
+        os.close(fd)
+    if not tail:
+        return False
+    data = _HINT_MAGIC + struct.pack("<QQQ", seg_id, res["end"], sink.count) + tail + sink.entries()
+    data += struct.pack("<I", crc32c(data))
+    path = os.path.join(dirpath, hint_name(seg_id))
+    tmp = path + "-tmp"                 # (the next hint writer removes a leftover)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)              # (a full disk: no half hint left behind)
+        except OSError:
+            pass
+        raise
+    return True
+
+
+cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
+                          uint64_t file_size) except -2:
+    cdef struct_stat st
+    cdef int fd, sfd
+    cdef void *m = MAP_FAILED
+    cdef size_t n = 0
+    cdef const uint8_t *p
+    cdef const uint8_t *end
+    cdef uint64_t h_seg, h_size, h_count, i, klen, off, vsize, ttl, prev = 0
+    cdef uint32_t flags, crc
+    cdef const uint8_t *key
+    cdef int64_t result = -1
+    cdef int pass_
+    hint_path = seg_path[:len(seg_path) - 4] + ".hint"
+    fd = c_open(os.fsencode(hint_path), O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        return -1
+    try:
+        if fstat(fd, &st) != 0:
+            return -1
+        n = <size_t>st.st_size
+        # A hint is never much larger than its segment: a bigger file is not one.
+        if n < _HINT_HEADER + 4 or n > 2 * file_size + 4096:
+            return -1
+        m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0)
+        if m == MAP_FAILED:
+            return -1
+        p = <const uint8_t *>m
+        memcpy(&crc, p + n - 4, 4)
+        if memcmp(p, <const char *>_HINT_MAGIC, 8) != 0 or nk_crc32c(0, p, n - 4) != crc:
+            return -1
+        memcpy(&h_seg, p + 8, 8)
+        memcpy(&h_size, p + 16, 8)
+        memcpy(&h_count, p + 24, 8)
+        if h_seg != seg_id or h_size != file_size:
+            return -1
+        sfd = c_open(os.fsencode(seg_path), O_RDONLY | O_CLOEXEC)
+        if sfd < 0:
+            return -1
+        try:
+            if _tail_digest(sfd, file_size) != PyBytes_FromStringAndSize(<const char *>p + 32, 8):
+                return -1
+        finally:
+            c_close(sfd)
+        # Pass 0 checks every entry, pass 1 applies them: a bad hint
+        # changes nothing.
+        for pass_ in range(2):
+            p = <const uint8_t *>m + _HINT_HEADER
+            end = <const uint8_t *>m + n - 4
+            prev = 0
+            for i in range(h_count):
+                if p >= end:
+                    return -1
+                flags = p[0]
+                p += 1
+                if (nk_get_varint(&p, end, &klen) or klen > <uint64_t>(end - p)):
+                    return -1
+                key = p
+                p += klen
+                vsize = 0
+                ttl = 0
+                if nk_get_varint(&p, end, &off) or off >= file_size or (i and off <= prev):
+                    return -1
+                if not flags & NK_FLAG_TOMBSTONE and nk_get_varint(&p, end, &vsize):
+                    return -1
+                if flags & NK_COMP_MASK and vsize > loader.max_value_size:
+                    return -1       # damage under this bound: the scan says where
+                if flags & NK_FLAG_TTL and nk_get_varint(&p, end, &ttl):
+                    return -1
+                prev = off
+                if pass_ == 1:
+                    loader.hint_entry(key, klen, flags, ttl, vsize, loader._location(seg_id, off))
+            if p != end:
+                return -1
+        result = <int64_t>h_count
+    finally:
+        if m != MAP_FAILED:
+            munmap(m, n)
+        c_close(fd)
+    return result
+
+
+# ---------------------------------------------------------------- when hints are written
+# A values="disk" store writes the hints of its sealed segments in a thread
+# of its own: after a rotation seals one (KvStore._after_write notices), after
+# a compaction installs its snapshot, and after the open for those that have
+# none. It holds the store's compaction lock, so that no compaction deletes
+# a segment it reads and close() waits for it. A failure (a full disk...)
+# costs only the hint: it is kept for stats() and the next open scans.
+
+cdef int _start_hint_writer(KvStore store) except -1:
+    t = store._hinter
+    store._hints_pending = True
+    if t is not None and t.is_alive():
+        return 0
+    t = threading.Thread(target=_hint_writer, args=(weakref.ref(store), store._compact_lock),
+                         name="norikv-hints", daemon=True)
+    store._hinter = t
+    t.start()
+    return 0
+
+
+def _hint_writer(ref, lock):
+    """The thread. It holds the store only between segments, so that a store
+    dropped without close() is freed (its lock released) at once; a hint it
+    may still write then is checked like any other by the next open."""
+    cdef KvStore store
+    while True:
+        with lock:
+            store = ref()
+            if store is None or store._closed or not store._hints_pending:
+                return
+            store._hints_pending = False
+            wal = store.wal
+            d = wal.dir
+            active = wal.seg_id
+            sealed = [seg for seg in wal._segment_ids() if seg != active]
+            bound = store.max_value_size
+            store = None
+            wal = None
+            try:
+                names = set(os.listdir(d))
+                for seg in sealed:
+                    store = ref()
+                    if store is None or store._closed:
+                        return
+                    store = None
+                    if not _hint_current(d, seg, names) and write_hint(d, seg, bound):
+                        store = ref()
+                        if store is not None:
+                            store._hints_written += 1
+                        store = None
+                _remove_stale_hints(d, names)
+            except Exception as exc:
+                store = ref()
+                if store is not None:
+                    store._hint_error = exc
+                store = None
+
+
+cdef bint _hint_current(object d, uint64_t seg, set names) except -1:
+    """Whether seg has a hint about its present size (a segment a reopened
+    store appended to, or that a recovery rewrote, needs a new one)."""
+    name = hint_name(seg)
+    if name not in names:
+        return False
+    try:
+        with open(os.path.join(d, name), "rb") as f:
+            head = f.read(_HINT_HEADER)
+        size = os.path.getsize(os.path.join(d, segment_name(seg)))
+    except OSError:
+        return False
+    return (len(head) == _HINT_HEADER and head[:8] == _HINT_MAGIC
+            and struct.unpack_from("<QQ", head, 8) == (seg, size))
+
+
+cdef int _remove_stale_hints(object d, set names) except -1:
+    """Away with hints whose segment is gone (deleted by a compaction or a
+    recovery) and with leftover temporary files."""
+    for name in names:
+        if (name.endswith(".hint") and name[:len(name) - 5] + ".wal" not in names) or name.endswith(".hint-tmp"):
+            try:
+                os.unlink(os.path.join(d, name))
+            except FileNotFoundError:
+                pass
+    return 0

@@ -1,0 +1,10 @@
+# ondisk.pyx: what a values="disk" store adds to the store (store.pyx).
+
+# The live value of key read from its record, or None when the key is not in
+# the directory (expiry is the caller's check). CorruptionError naming the
+# file and offset when the record there is damaged.
+cdef object _disk_value(KvStore store, bytes key)
+cdef object _disk_live(KvStore store, bytes key)
+cdef list _kd_keys(_KeyDir kd)
+cdef _StoreLoader _new_loader(bint disk, object config)
+cdef _StoreLoader _reload_disk(object wal, object config, _StoreLoader old)

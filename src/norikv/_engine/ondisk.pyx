@@ -1,0 +1,110 @@
+# values="disk": a store whose map holds, for each key, the location of its
+# record in the log (keydir.pyx) instead of its value. A get decodes the
+# record from the segment's read-only mapping (views.pyx), checks its CRC and
+# that it is the key's record, and copies (or decompresses) the value.
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
+
+from norikv.errors import CorruptionError
+
+
+cdef enum:
+    # Values of at least this many stored bytes are checked and copied with
+    # the GIL released (their page faults do not stop other threads); below,
+    # letting go of the GIL costs more than the copy.
+    _NOGIL_COPY = 65536
+
+
+cdef object _disk_value(KvStore store, bytes key):
+    cdef uint64_t loc, vsize
+    cdef nk_rec r
+    cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
+    cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
+    cdef uint32_t kind
+    cdef _SegmentViews views = store._views
+    if not store._kd.find(k, klen, _kd_hash_obj(key), &loc, &vsize):
+        return None
+    if vsize < _NOGIL_COPY:
+        views.record_at(loc, k, klen, &r)
+        # Copied out of the mapping before any Python code runs (close()
+        # unmaps with the GIL held).
+        stored = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
+    else:
+        stored = _copy_nogil(views, loc, k, klen, &r)
+    kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    if kind == 0:
+        return stored
+    try:
+        return _decompress(kind, stored, store.max_value_size)
+    except CorruptionError as exc:
+        seg, off = store._views._where(loc)
+        path = os.path.join(store._views.dir, segment_name(seg))
+        raise CorruptionError(f"{path}: {exc} at offset {off} (read by get)", path, off, seg) from None
+
+
+cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const uint8_t *k, Py_ssize_t klen, nk_rec *r):
+    """The stored value at loc, its record's CRC checked and the bytes
+    copied with the GIL released (the view pinned meanwhile)."""
+    cdef const uint8_t *rec
+    cdef uint32_t stored_crc, crc
+    cdef size_t body
+    cdef char *dst
+    views.record_at(loc, k, klen, r, False)
+    out = PyBytes_FromStringAndSize(NULL, r.vlen)
+    dst = PyBytes_AS_STRING(out)
+    rec = views.start(loc)
+    body = <size_t>r.size - 4
+    views.pins += 1
+    try:
+        with nogil:
+            crc = nk_crc32c(0, rec, body)
+            memcpy(dst, r.value, r.vlen)
+    finally:
+        views.pins -= 1
+    memcpy(&stored_crc, rec + body, 4)
+    if crc != stored_crc:
+        views.damaged(loc, NK_BAD_CRC)
+    return out
+
+
+cdef object _disk_live(KvStore store, bytes key):
+    """The live value of key read from the log, or None (KvStore's reads)."""
+    cdef object v
+    store._check_open()
+    v = _disk_value(store, key)
+    if v is not None and store._expired(key):
+        return None
+    return v
+
+
+cdef list _kd_keys(_KeyDir kd):
+    """The keys of the directory, in insertion order."""
+    cdef size_t cursor = 0
+    cdef const uint8_t *k
+    cdef size_t klen
+    cdef uint64_t loc, vsize
+    cdef list out = []
+    while kd.next(&cursor, &k, &klen, &loc, &vsize):
+        out.append(PyBytes_FromStringAndSize(<const char *>k, klen))
+    return out
+
+
+cdef _StoreLoader _new_loader(bint disk, object config):
+    """The sink KvStore.open replays the log into."""
+    if disk:
+        return _DiskLoader(_KeyDir(), _SegmentViews(os.fsdecode(config.dir), config.max_segment_size),
+                           _now_ms(), config.max_value_size)
+    return _StoreLoader({}, {}, _now_ms(), config.max_value_size)
+
+
+cdef _StoreLoader _reload_disk(object wal, object config, _StoreLoader old):
+    """A new directory of a log recovery has just rewritten (its records
+    moved), built by scanning it again: the same plan, nothing left to cut."""
+    cdef _StoreLoader loader
+    from norikv.wal import plan_recovery
+    (<_DiskLoader>old).views.unmap_all()
+    loader = _new_loader(True, config)
+    loader.open_ms = old.open_ms
+    plan_recovery(wal.dir, config.recovery_mode, loader, max_value_size=config.max_value_size)
+    return loader

@@ -1,0 +1,3 @@
+# stats.pyx: KvStore.stats().
+
+cdef dict _stats(KvStore store)

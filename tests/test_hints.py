@@ -1,0 +1,172 @@
+"""Hint files: the key directory of a sealed segment, for values="disk" opens.
+
+A hint is optional: a store opened from hints holds exactly what a scan of
+the same log gives, and a hint that is missing, damaged, stale or not about
+its segment is ignored (the segment is scanned). The segments stay nori-wal's:
+the independent decoder of tests/spec_codec.py reads a directory with hints."""
+
+import os
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from norikv import FsyncPolicy, KvStore, _engine, inspect
+from spec_codec import decode as spec_decode
+from spec_codec import encode as spec_encode
+from spec_codec import read_dir as spec_read_dir
+
+MIB = 1 << 20
+
+
+def fill(path, n=12000, **kw):
+    """A disk store over several 1 MiB segments with deletes, TTLs, batches
+    and compressed values; returns its contents."""
+    with KvStore.open(
+        path, values="disk", max_segment_size=MIB, fsync_policy=FsyncPolicy.OS, auto_compact=False, **kw
+    ) as s:
+        for i in range(n):
+            s.put(b"k%06d" % i, b"%d" % i * 80, ttl=3600 if i % 13 == 0 else None)
+            if i % 97 == 0:
+                s.put(b"z%06d" % i, b"z" * 2000, compression="zstd")
+            if i % 11 == 0:
+                s.delete(b"k%06d" % (i // 2))
+            if i % 500 == 0:
+                with s.batch() as b:
+                    b.put(b"b%06d" % i, b"batch")
+                    b.delete(b"k%06d" % (i - 1))
+        want = dict(s.items())
+    return want
+
+
+def wait_for_hints(path):
+    """Writes the hints of every sealed segment lacking one (what the store's
+    background writer does after each seal), in this thread."""
+    with KvStore.open(path, values="disk", max_segment_size=MIB) as s:
+        s._write_hints()
+
+
+def hints(path):
+    return sorted(n for n in os.listdir(os.path.join(path, "wal")) if n.endswith(".hint"))
+
+
+def open_disk(path):
+    return KvStore.open(path, values="disk", max_segment_size=MIB)
+
+
+def test_an_open_from_hints_equals_an_open_that_scans(tmp_path):
+    want = fill(tmp_path)
+    wait_for_hints(tmp_path)
+    segs = sorted(n for n in os.listdir(tmp_path / "wal") if n.endswith(".wal"))
+    assert len(hints(tmp_path)) >= len(segs) - 1 >= 3
+    with open_disk(tmp_path) as s:
+        st = s.stats()
+        assert st["recovery_hint_segments"] >= len(segs) - 1
+        assert dict(s.items()) == want
+        assert st["live_bytes"] == sum(len(k) + len(v) for k, v in want.items())
+        assert st["ttl_keys"] == sum(1 for k in want if k.startswith(b"k") and int(k[1:]) % 13 == 0)
+    for name in hints(tmp_path):
+        os.unlink(tmp_path / "wal" / name)
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] == 0
+        assert dict(s.items()) == want
+    with KvStore.open(tmp_path) as m:  # memory mode never reads hints
+        assert dict(m.items()) == want
+
+
+@pytest.mark.parametrize("damage", ["flip-entry", "truncate", "empty", "other-segment", "segment-grew", "segment-tail"])
+def test_a_bad_or_stale_hint_is_ignored(tmp_path, damage):
+    want = fill(tmp_path)
+    wait_for_hints(tmp_path)
+    wal = tmp_path / "wal"
+    first, second = hints(tmp_path)[:2]
+    h = wal / first
+    data = bytearray(h.read_bytes())
+    seg = wal / (first[:-5] + ".wal")
+    if damage == "flip-entry":
+        data[len(data) // 2] ^= 0x40
+        h.write_bytes(data)
+    elif damage == "truncate":
+        h.write_bytes(data[: len(data) - 9])
+    elif damage == "empty":
+        h.write_bytes(b"")
+    elif damage == "other-segment":
+        shutil.copy(wal / second, h)  # a valid hint of another segment
+    elif damage == "segment-grew":
+        # the segment was appended to after its hint (as the last segment is
+        # after a reopen): a zero tail, which a scan reads as a clean end
+        with open(seg, "ab") as f:
+            f.write(b"\0" * 100)
+    elif damage == "segment-tail":
+        # same size, other bytes at the end: the last record rewritten as a
+        # valid record of another key of the same length
+        last = [r for r in inspect.records(seg) if isinstance(r, inspect.LogRecord)][-1]
+        with open(seg, "r+b") as f:
+            f.seek(last.offset)
+            rec, _ = spec_decode(f.read(last.size))
+            other = replace(rec, key=rec.key.replace(b"k", b"q").replace(b"z", b"q").replace(b"b", b"q"))
+            f.seek(last.offset)
+            f.write(spec_encode(other))
+        if not rec.tombstone and want.get(rec.key) == rec.value and rec.ttl_ms is None:
+            del want[rec.key]
+            want[other.key] = rec.value
+    with open_disk(tmp_path) as s:
+        hinted = s.stats()["recovery_hint_segments"]
+        assert dict(s.items()) == want
+    n_hints = len(hints(tmp_path))
+    if damage != "segment-tail":
+        assert hinted == n_hints - 1  # all but the bad one
+
+
+def test_hints_follow_compaction_and_are_removed_with_their_segments(tmp_path):
+    want = fill(tmp_path)
+    wait_for_hints(tmp_path)
+    before = set(hints(tmp_path))
+    with open_disk(tmp_path) as s:
+        s.compact()
+        s._write_hints()  # (what its background writer starts after a compaction)
+    after = set(hints(tmp_path))
+    assert after and not before & after  # the old segments' hints went with them
+    segs = {n[:-4] for n in os.listdir(tmp_path / "wal") if n.endswith(".wal")}
+    assert {n[:-5] for n in after} <= segs
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] >= 1
+        assert dict(s.items()) == want
+
+
+def test_a_leftover_temporary_hint_is_removed_and_changes_nothing(tmp_path):
+    want = fill(tmp_path, n=6000)
+    wait_for_hints(tmp_path)
+    first = hints(tmp_path)[0]
+    (tmp_path / "wal" / (first + "-tmp")).write_bytes(b"half a hint")
+    with open_disk(tmp_path) as s:
+        assert dict(s.items()) == want
+        s.put(b"x", b"x" * 300_000)  # seals a segment: the hint writer runs
+        s.put(b"y", b"y" * 900_000)
+    assert not [n for n in os.listdir(tmp_path / "wal") if n.endswith("-tmp")]
+
+
+def test_write_hint_refuses_a_damaged_segment(tmp_path):
+    fill(tmp_path, n=6000)
+    wal = tmp_path / "wal"
+    seg = sorted(n for n in os.listdir(wal) if n.endswith(".wal"))[0]
+    (wal / (seg[:-4] + ".hint")).unlink(missing_ok=True)
+    with open(wal / seg, "r+b") as f:
+        f.seek(5000)
+        f.write(b"\xde\xad\xbe\xef")
+    assert _engine.write_hint(str(wal), int(seg[:-4])) is False
+    assert not (wal / (seg[:-4] + ".hint")).exists()
+
+
+def test_the_segments_stay_nori_wals(tmp_path):
+    """The directory with hints reads, by the independent decoder of the
+    format, as the same records as norikv's own reader sees: hint files are
+    not segments (nori-wal lists only NNNNNN.wal)."""
+    fill(tmp_path, n=6000)
+    wait_for_hints(tmp_path)
+    assert hints(tmp_path)
+    ours = [
+        (r.segment, r.offset, r.key, r.tombstone) for r in inspect.records(tmp_path) if isinstance(r, inspect.LogRecord)
+    ]
+    theirs = [(seg, off, rec.key, rec.tombstone) for seg, off, rec in spec_read_dir(str(tmp_path / "wal"))]
+    assert ours == theirs
