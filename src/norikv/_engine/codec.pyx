@@ -486,3 +486,10 @@ cdef class Position:
 
     def __reduce__(self):
         return (Position, (self.segment_id, self.offset))
+
+
+cdef inline Position _pos(uint64_t seg, uint64_t off):  # no-cython-lint (codec.pxd says why)
+    cdef Position p = Position.__new__(Position)
+    p.segment_id = seg
+    p.offset = off
+    return p
