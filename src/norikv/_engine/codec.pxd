@@ -48,10 +48,11 @@ cdef class Position:
 
 # The Position (seg, off), on every record read_from yields. Its body is in
 # codec.pyx, after the class: there Cython calls Position's tp_new directly
-# and the C compiler inlines both into the caller. A body here is compiled
-# before the class and allocates through the type's tp_new pointer, +3 % of
-# instructions per record of read_from (docs/performance.md). The parts are
-# one module, so the inline holds, unlike what cython-lint assumes.
+# and the C compiler inlines both into the caller. From a body here Cython
+# generates a call through the type's tp_new pointer and a type check, out of
+# line: +3 % of instructions per record of read_from (docs/performance.md).
+# The parts are one module, so the inline holds, unlike what cython-lint
+# assumes.
 cdef Position _pos(uint64_t seg, uint64_t off)  # no-cython-lint
 
 
