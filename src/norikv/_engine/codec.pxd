@@ -4,10 +4,11 @@
 cdef uint64_t _DEFAULT_MAX_VALUE_SIZE
 
 # bytes for a bytes-like argument (bytes, bytearray, memoryview); TypeError
-# naming `what` otherwise.
-cdef bytes _as_bytes(object obj, str what)
-# ValueError when a value to be written is over max_size bytes.
-cdef int _check_value_size(object value, uint64_t max_size) except -1
+# naming `what` otherwise. Inline in codec.pyx, as _pos below: the parts are
+# one module, so the C compiler sees the body, unlike what cython-lint assumes.
+cdef bytes _as_bytes(object obj, str what)  # no-cython-lint
+# ValueError when a value to be written is over max_size bytes (inline too).
+cdef int _check_value_size(object value, uint64_t max_size) except -1  # no-cython-lint
 # A value's stored form under compression `kind` (bits added to flags[0]
 # when it is stored compressed): the one rule for put, batches and snapshots.
 cdef bytes _stored_form(bytes value, uint32_t kind, Py_ssize_t min_size, uint64_t max_value_size,
