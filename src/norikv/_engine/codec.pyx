@@ -60,7 +60,7 @@ PLATFORM = NK_PLATFORM.decode()
 _DEFAULT_MAX_VALUE_SIZE = DEFAULT_MAX_VALUE_SIZE
 
 
-cdef bytes _as_bytes(object obj, str what):
+cdef inline bytes _as_bytes(object obj, str what):  # no-cython-lint (codec.pxd)
     """bytes, bytearray and memoryview pass; anything else is a TypeError.
     A subclass of bytes or bytearray gives its own content: bytes(obj) would
     ask its __bytes__ (or __buffer__), which may say something else."""
@@ -109,7 +109,7 @@ cdef bytes _decompress(uint32_t kind, bytes stored, uint64_t max_size):
     return _decompress_fn(kind, stored, max_size)
 
 
-cdef int _check_value_size(object value, uint64_t max_size) except -1:
+cdef inline int _check_value_size(object value, uint64_t max_size) except -1:  # no-cython-lint (codec.pxd)
     """ValueError when a value to be written is larger than max_value_size."""
     if <uint64_t>len(value) > max_size:
         raise ValueError(f"the value is {len(value)} bytes, over max_value_size {max_size}")
@@ -486,3 +486,10 @@ cdef class Position:
 
     def __reduce__(self):
         return (Position, (self.segment_id, self.offset))
+
+
+cdef inline Position _pos(uint64_t seg, uint64_t off):  # no-cython-lint (codec.pxd says why)
+    cdef Position p = Position.__new__(Position)
+    p.segment_id = seg
+    p.offset = off
+    return p
