@@ -19,3 +19,4 @@ include "batch.pyx"       # WriteBatch, atomic batches
 include "index.pyx"       # the range index
 include "compact.pyx"     # compaction, the dead ratio
 include "fastcall.pyx"    # the METH_FASTCALL entries of get and put
+include "api.pyx"         # pop, popitem, setdefault, update, clear, ttl, backup

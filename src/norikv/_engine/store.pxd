@@ -44,6 +44,7 @@ cdef class KvStore:
     # put's body (also []=)
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)
+    cdef object _take(self, bytes k)         # delete's body: the old value, or None
 
     # the one limit rule: put (_room_for_put) and batches (batch.pyx) check through it
     cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1

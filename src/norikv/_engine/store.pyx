@@ -290,28 +290,33 @@ cdef class KvStore:
     def delete(self, key):
         """Deletes ``key``; returns whether it was present. Deleting an absent
         key writes nothing."""
-        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
+        return self._take(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")) is not None
+
+    cdef object _take(self, bytes k):
+        """Deletes k; returns the value it had, or None when it was absent
+        (delete, and pop/popitem in mapping.pyx)."""
         cdef PyObject *old
         cdef uint64_t n
         cdef uint8_t *p
         self._check_open()
         old = PyDict_GetItem(self._data, k)
         if old == NULL:
-            return False
+            return None
         if self._expired(k):
             self._unset(k, <object>old)        # expired: its record already says so
-            return False
+            return None
         n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
         p = self.wal._reserve(n)
         old = PyDict_GetItem(self._data, k)    # other threads may have run in _reserve
         if old == NULL:
-            return False
+            return None
+        value = <object>old
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
                   NK_FLAG_TOMBSTONE, 0, 0, 0)
         self.wal._commit(n)
-        self._unset(k, <object>old)
+        self._unset(k, value)
         self._after_write()
-        return True
+        return value
 
     def __delitem__(self, key):
         if not self.delete(key):
