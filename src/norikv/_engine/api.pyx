@@ -93,6 +93,28 @@ def _kv_ttl(KvStore self, key):
     return max(0, <int64_t>d - _now_ms()) / 1000.0
 
 
+def _kv_backup(KvStore self, dest, *, incremental=True):
+    """Copies the store, live, into the directory ``dest`` (or as a tar
+    stream into a binary file object): every write acknowledged before the
+    call and no half batch; a second backup into the same ``dest`` copies
+    only what changed; a crash leaves ``dest`` the old backup or the new one.
+    Holds the compaction lock meanwhile (a compaction, and close(), wait for
+    it); reads and writes go on. Returns figures. See :mod:`norikv.backup`."""
+    from norikv.backup import backup
+    return backup(self, dest, incremental=incremental)
+
+
+def _kv__backup_point(KvStore self):
+    """{segment id: logical size} of the log at one instant between two
+    appends (under the log's I/O lock, so never inside a rotation)."""
+    self._check_open()
+    self.wal._begin_exclusive()
+    try:
+        return self.wal._segment_sizes()
+    finally:
+        self.wal._end_exclusive()
+
+
 cdef int _add_methods(type cls, list funcs) except -1:
     """Writes each ``_kv_<name>`` function into cls's type dict as ``name``."""
     cdef dict d = <dict>(<PyTypeObject *>cls).tp_dict
@@ -105,4 +127,5 @@ cdef int _add_methods(type cls, list funcs) except -1:
     return 0
 
 
-_add_methods(KvStore, [_kv_pop, _kv_popitem, _kv_setdefault, _kv_update, _kv_clear, _kv_ttl])
+_add_methods(KvStore, [_kv_pop, _kv_popitem, _kv_setdefault, _kv_update, _kv_clear, _kv_ttl, _kv_backup,
+                       _kv__backup_point])

@@ -50,6 +50,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dump": read.dump,
     "verify": verify.verify,
     "export": read.export,
+    "backup": read.backup,
     "put": write.put,
     "delete": write.delete,
     "compact": write.compact,

@@ -170,5 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", metavar="PATH", help="read PATH (default: stdin)")
     p.add_argument("--create", action="store_true", help="create the store if it does not exist")
 
+    p = sub.add_parser(
+        "backup",
+        parents=[store_arg],
+        help="a consistent copy of the store, also while another process writes it (no lock taken)",
+    )
+    p.add_argument("dest", metavar="DEST", help="the backup directory, or - for a tar stream on stdout")
+    p.add_argument("--full", action="store_true", help="copy every segment (default: reuse unchanged ones in DEST)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     sub.add_parser("bench", help="the benchmark runner (arguments are passed to norikv.bench)", add_help=False)
     return parser
