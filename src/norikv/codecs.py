@@ -25,7 +25,7 @@ import json
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import IO, Any
 
 from norikv import _options
 from norikv.store import KvStore, WriteBatch
@@ -294,6 +294,10 @@ class CodecStore(MutableMapping[Any, Any]):
 
     def stats(self) -> dict[str, object]:
         return self.store.stats()
+
+    def backup(self, dest: str | os.PathLike[str] | IO[bytes], *, incremental: bool = True) -> dict[str, Any]:
+        """KvStore.backup: the copy holds the encoded bytes, as the store does."""
+        return self.store.backup(dest, incremental=incremental)
 
     @property
     def path(self) -> str:
