@@ -14,14 +14,15 @@ What is copied (the set is chosen at one instant, the *backup point*):
   reservation made and published with the GIL held, so that size is never
   inside a record or a batch. The copy holds every write acknowledged before
   the call, and no half batch; writes after the point are not in it.
-* From a directory another process holds (:func:`backup_directory`, what the
-  CLI does when the store is locked): the segments are listed, the sealed
-  ones copied whole, the last one up to its last complete record outside an
-  atomic batch left open (read as recovery reads it). A compaction by the
-  holder may delete a segment meanwhile: the copy then starts again (a few
-  times). Every listing is a state the holder's crash-safe compaction could
-  leave, so the copy replays to a state the holder had at some instant
-  after the call began.
+* From a directory another process may hold (:func:`backup_directory`, what
+  ``norikv backup`` does): the segments are listed and each is opened at once,
+  so that a compaction by the holder deleting it afterwards changes nothing
+  that is read; the sealed ones are copied whole, the last one up to its last
+  complete record outside an atomic batch left open (read as recovery reads
+  it). When a segment disappears before it is opened, or a compaction installs
+  one while the directory is read, it lists again. Every such listing is a
+  state the holder's crash-safe compaction could leave, so the copy replays to
+  a state the holder had at some instant after the call began.
 
 Incremental: ``DEST/BACKUP.json`` lists what the last backup copied, with
 each sealed segment's size and the identity of its source file (device,
@@ -64,7 +65,7 @@ __all__ = ["backup", "backup_directory", "recover_leftovers", "MANIFEST"]
 
 MANIFEST = "BACKUP.json"
 _TAIL = 64 << 10
-_RETRIES = 5
+_RETRIES = 50
 _CHUNK = 8 << 20
 # copy_file_range refused (another file system, an old kernel): read and write instead
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
@@ -72,9 +73,9 @@ _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 class _Seg(NamedTuple):
     name: str
-    path: str
-    size: int
+    size: int  # bytes to back up
     sealed: bool
+    file: IO[bytes]  # opened when chosen: a deletion afterwards changes nothing we read
 
 
 def _step(name: str) -> None:
@@ -90,18 +91,20 @@ def backup(store: Any, dest: str | os.PathLike[str] | IO[bytes], *, incremental:
     ``reused_segments`` (hard-linked from the previous backup), ``seconds``."""
     t0 = time.perf_counter()
     _check_dest(dest, store.path)
-    with store._compact_lock:  # no compaction (and no close) until the copy is done
-        if store.closed:
-            raise ClosedError("the KvStore is closed")
-        point = store._backup_point()  # {id: logical size}, under the log's I/O lock
-        waldir = store.wal.dir
-        last = max(point)
-        segs = [
-            _Seg(name, os.path.join(waldir, name), size, seg != last)
-            for seg, size in sorted(point.items())
-            for name in [segment_name(seg)]
-        ]
-        figures = _write(segs, dest, incremental, os.path.abspath(store.path))
+    segs: list[_Seg] = []
+    try:
+        with store._compact_lock:  # no compaction (and no close) until the copy is done
+            if store.closed:
+                raise ClosedError("the KvStore is closed")
+            point = store._backup_point()  # {id: logical size}, under the log's I/O lock
+            last = max(point)
+            for seg, size in sorted(point.items()):
+                name = segment_name(seg)
+                segs.append(_Seg(name, size, seg != last, open(os.path.join(store.wal.dir, name), "rb")))
+            figures = _write(segs, dest, incremental, os.path.abspath(store.path))
+    finally:
+        for s in segs:
+            s.file.close()
     figures["seconds"] = time.perf_counter() - t0
     return figures
 
@@ -114,31 +117,53 @@ def backup_directory(
     t0 = time.perf_counter()
     root = os.fsdecode(path)
     _check_dest(dest, root)
-    for attempt in range(_RETRIES):
-        files = segment_files(root)
-        if not files:
-            raise NoriError(f"{root}: no log segments to back up")
-        segs = [_Seg(os.path.basename(p), p, os.path.getsize(p), True) for _, p in files[:-1]]
-        last_id, last = files[-1]
-        try:
-            info = scan_segment(last, last_id, None, final=True)
-        except FileNotFoundError:
-            continue  # compacted away meanwhile: list again
-        end = info["batch_open"] if info["batch_open"] is not None else info["end"]
-        segs.append(_Seg(os.path.basename(last), last, end, False))
+    for _ in range(_RETRIES):
+        segs = _pin_segments(root)
+        if segs is None:
+            continue  # a compaction deleted or installed a segment meanwhile: again
         try:
             figures = _write(segs, dest, incremental, os.path.abspath(root))
-        except _Vanished:
-            if attempt + 1 == _RETRIES or not isinstance(dest, (str, bytes, os.PathLike)):
-                raise NoriError(f"{root}: segments kept disappearing (compactions) during the backup") from None
-            continue
+        finally:
+            for s in segs:
+                s.file.close()
         figures["seconds"] = time.perf_counter() - t0
         return figures
-    raise NoriError(f"{root}: segments kept disappearing (compactions) during the backup")
+    raise NoriError(f"{root}: segments kept disappearing (compactions) while they were listed; try again")
 
 
-class _Vanished(Exception):
-    """A source segment was deleted before it was opened (backup_directory)."""
+def _pin_segments(root: str) -> list[_Seg] | None:
+    """The segments of the store at ``root``, each opened (so the holder's
+    compaction can delete it without changing what is read), the last one up
+    to its last complete record outside an open atomic batch; None when a
+    compaction changed the directory while it was listed."""
+    segs: list[_Seg] = []
+    ok = False
+    try:
+        listing = segment_files(root)
+        if not listing:
+            raise NoriError(f"{root}: no log segments to back up")
+        for _, p in listing:
+            f = open(p, "rb")
+            segs.append(_Seg(os.path.basename(p), os.fstat(f.fileno()).st_size, True, f))
+        last_id, last = listing[-1]
+        # A segment a compaction installed while the directory was read may be
+        # missing from the listing (readdir is not atomic): list again.
+        have = {seg for seg, _ in listing}
+        if any(seg <= last_id and seg not in have for seg, _ in segment_files(root)):
+            return None
+        info = scan_segment(last, last_id, None, final=True)
+        end = info["batch_open"] if info["batch_open"] is not None else info["end"]
+        segs[-1] = segs[-1]._replace(size=end, sealed=False)
+        ok = True
+        return segs
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return None
+    finally:
+        if not ok:
+            for s in segs:
+                s.file.close()
 
 
 def _check_dest(dest: object, source: str) -> None:
@@ -173,20 +198,12 @@ def _write_tar(segs: list[_Seg], out: IO[bytes]) -> dict[str, Any]:
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
             tar.addfile(info)
         for s in segs:
-            f = _open_source(s)
-            with f:
-                info = tarfile.TarInfo(f"wal/{s.name}")
-                info.size, info.mode, info.mtime = s.size, 0o644, int(os.fstat(f.fileno()).st_mtime)
-                tar.addfile(info, f)  # reads exactly s.size bytes (OSError if the file is shorter)
+            s.file.seek(0)
+            info = tarfile.TarInfo(f"wal/{s.name}")
+            info.size, info.mode, info.mtime = s.size, 0o644, int(os.fstat(s.file.fileno()).st_mtime)
+            tar.addfile(info, s.file)  # reads exactly s.size bytes (OSError if the file is shorter)
             total += s.size
     return {"segments": len(segs), "bytes": total, "copied_bytes": total, "reused_segments": 0}
-
-
-def _open_source(s: _Seg) -> IO[bytes]:
-    try:
-        return open(s.path, "rb")
-    except FileNotFoundError:
-        raise _Vanished(s.path) from None
 
 
 def _identity(f: IO[bytes]) -> list[int]:
@@ -233,18 +250,17 @@ def _write_dir(segs: list[_Seg], dest: str, incremental: bool, source: str) -> d
         for s in segs:
             _step("segment")
             target = os.path.join(staging, "wal", s.name)
-            with _open_source(s) as f:
-                ident = _identity(f)
-                if s.sealed and _reusable(old, s, ident, dest):
-                    try:
-                        os.link(os.path.join(dest, "wal", s.name), target)
-                        reused += 1
-                    except OSError:
-                        _copy(f, target, s)
-                        copied += s.size
-                else:
-                    _copy(f, target, s)
+            ident = _identity(s.file)
+            if s.sealed and _reusable(old, s, ident, dest):
+                try:
+                    os.link(os.path.join(dest, "wal", s.name), target)
+                    reused += 1
+                except OSError:
+                    _copy(s.file, target, s)
                     copied += s.size
+            else:
+                _copy(s.file, target, s)
+                copied += s.size
             entry = {"name": s.name, "size": s.size, "sealed": s.sealed}
             if s.sealed:
                 entry["source"] = ident
@@ -294,7 +310,7 @@ def _copy(src: IO[bytes], target: str, s: _Seg) -> None:
                 if k:
                     os.pwrite(fd, data, done)
             if k == 0:
-                raise NoriError(f"{s.path}: shorter ({done} bytes) than the {s.size} bytes to back up")
+                raise NoriError(f"{s.name}: shorter ({done} bytes) than the {s.size} bytes to back up")
             done += k
         os.fsync(fd)
     finally:

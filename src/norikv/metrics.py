@@ -69,6 +69,7 @@ class StoreCollector:
 
     def _family(self, name: str, kind: str, doc: str, value: float) -> Any:
         full = f"{self.namespace}_{name}"
+        fam: Any
         if kind == "counter":
             # prometheus_client adds the _total suffix of a counter itself
             fam = self._counter(full.removesuffix("_total"), doc, labels=list(self.labels))
