@@ -340,7 +340,7 @@ class KvStore:
     def setdefault(self, key: _BytesLike, default: _BytesLike | None = None) -> bytes: ...
     def update(
         self,
-        other: Mapping[_BytesLike, _BytesLike] | Iterable[tuple[_BytesLike, _BytesLike]] = (),
+        other: Mapping[Any, _BytesLike] | Iterable[tuple[_BytesLike, _BytesLike]] = (),
         /,
         **kwargs: _BytesLike,
     ) -> None: ...
