@@ -134,8 +134,12 @@ def test_open_errors_come_from_the_await(tmp_path):
             await AsyncKvStore.open(tmp_path / "x", max_keys=0)
         with pytest.raises(ConfigError):
             await AsyncKvStore.open(tmp_path / "x", value_codec="yaml")
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match="threads"):
             AsyncKvStore.open(tmp_path / "x", threads=0.5)
+        with pytest.raises(ConfigError, match="threads"):
+            AsyncKvStore.open(tmp_path / "x", threads=0)
+        with pytest.raises(TypeError, match="executor"):
+            AsyncKvStore.open(tmp_path / "x", executor="pool")
 
     asyncio.run(main())
     assert not (tmp_path / "x").exists()

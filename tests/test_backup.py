@@ -126,6 +126,9 @@ def test_bad_destinations_and_closed_store(tmp_path):
             s.backup(tmp_path / "file")
         with pytest.raises(TypeError):
             s.backup(42)
+        with pytest.raises(TypeError, match="incremental"):
+            s.backup(tmp_path / "never", incremental=1)
+        assert not (tmp_path / "never").exists()
         (tmp_path / "empty").mkdir()
         s.backup(tmp_path / "empty")  # an empty directory is fine
         assert contents(tmp_path / "empty") == {b"k": b"v"}

@@ -38,10 +38,18 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
+from norikv import _options
 from norikv.codecs import CodecStore, CodecWriteBatch
 from norikv.store import KvStore, WriteBatch
 
 __all__ = ["AsyncKvStore", "AsyncWriteBatch"]
+
+# The options AsyncKvStore.open adds to KvStore.open's (norikv._options);
+# those are checked by KvStore.open in the pool's thread.
+_AIO_OPTIONS: dict[str, _options.Spec] = {
+    "threads": _options.Int(1, 1024),
+    "executor": _options.Instance(Executor, optional=True),
+}
 
 _T = TypeVar("_T")
 
@@ -75,10 +83,7 @@ class AsyncKvStore:
         KvStore.open's; with ``key_codec``/``value_codec`` the store is a
         CodecStore. The options are checked in the pool's thread: a bad one
         raises from the await, before anything on disk changes."""
-        if isinstance(threads, bool) or not isinstance(threads, int):
-            raise TypeError(f"threads must be an int, not {type(threads).__name__}")
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads!r}")
+        _options.check_options(_AIO_OPTIONS, {"threads": threads, "executor": executor})
         if key_codec is None and value_codec is None:
             opener: Callable[[], KvStore | CodecStore] = functools.partial(KvStore.open, path, **options)
         else:

@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, NamedTuple
 
+from norikv import _options
 from norikv._engine import crc32c, scan_segment, segment_name
 from norikv.errors import ClosedError, NoriError
 from norikv.inspect import segment_files
@@ -90,7 +91,7 @@ def backup(store: Any, dest: str | os.PathLike[str] | IO[bytes], *, incremental:
     ``segments``, ``bytes`` (of the backup), ``copied_bytes``,
     ``reused_segments`` (hard-linked from the previous backup), ``seconds``."""
     t0 = time.perf_counter()
-    _check_dest(dest, store.path)
+    _check_dest(dest, store.path, incremental)
     segs: list[_Seg] = []
     try:
         with store._compact_lock:  # no compaction (and no close) until the copy is done
@@ -116,7 +117,7 @@ def backup_directory(
     process may hold it and write): see the module docstring."""
     t0 = time.perf_counter()
     root = os.fsdecode(path)
-    _check_dest(dest, root)
+    _check_dest(dest, root, incremental)
     for _ in range(_RETRIES):
         segs = _pin_segments(root)
         if segs is None:
@@ -166,7 +167,12 @@ def _pin_segments(root: str) -> list[_Seg] | None:
                 s.file.close()
 
 
-def _check_dest(dest: object, source: str) -> None:
+_BACKUP_OPTIONS: dict[str, _options.Spec] = {"incremental": _options.Bool()}
+
+
+def _check_dest(dest: object, source: str, incremental: object) -> None:
+    """The checks of a backup's arguments, before anything is written."""
+    _options.check_options(_BACKUP_OPTIONS, {"incremental": incremental})
     if hasattr(dest, "write"):
         return
     if not isinstance(dest, (str, bytes, os.PathLike)):
