@@ -159,9 +159,14 @@ def test_backup_under_concurrent_writer_threads_and_compactions(tmp_path):
                 started.set()
             i += 1
 
+    errors: list[BaseException] = []
+
     def compactor():
-        while not stop.is_set():
-            s.compact()
+        try:
+            while not stop.is_set():
+                s.compact()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)]
     threads.append(threading.Thread(target=compactor))
@@ -190,6 +195,7 @@ def test_backup_under_concurrent_writer_threads_and_compactions(tmp_path):
         for t in threads:
             t.join(TIMEOUT)
         s.close()
+    assert not errors, errors
 
 
 WRITER = textwrap.dedent("""
