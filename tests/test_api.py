@@ -27,6 +27,7 @@ EXPECTED_ALL = [
     "__version__",
     "KvStore",
     "WriteBatch",
+    "CodecStore",
     "Wal",
     "WalConfig",
     "WalIterator",

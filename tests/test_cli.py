@@ -48,10 +48,14 @@ def one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> 
 
 
 def fingerprint(store: Path) -> dict[str, tuple[int, str]]:
-    """Every file under the store with its size and content hash."""
+    """Every file under the store with its size and content hash; LOCK's
+    content (the pid of the last process that took the lock, written even by
+    an open that recovery then refuses) is not data: only its presence counts."""
     out = {}
     for p in sorted(store.rglob("*")):
-        if p.is_file():
+        if p.name == "LOCK":
+            out[str(p.relative_to(store))] = (0, "")
+        elif p.is_file():
             out[str(p.relative_to(store))] = (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
@@ -683,3 +687,48 @@ def test_a_torn_atomic_batch_is_reported_and_only_repair_removes_it(tmp_path: Pa
     assert seg.stat().st_size == second_at
     ok("put", d, "x", "y")
     assert ok("scan", d) == b"before\t1\nx\ty\n"
+
+
+def test_put_value_from_stdin_and_from_a_file(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    blob = bytes(range(256)) * 40 + b"\n"
+    ok("put", d, "from-stdin", "-", "--create", input=blob)
+    f = tmp_path / "value.bin"
+    f.write_bytes(b"\x00file\xff")
+    ok("put", d, "--hex", b"fk".hex(), "--value-file", f)  # the file's bytes are raw, never hex-decoded
+    ok("put", d, "empty", "-", input=b"")
+    with KvStore.open(d) as s:
+        assert s[b"from-stdin"] == blob
+        assert s[b"fk"] == b"\x00file\xff"
+        assert s[b"empty"] == b""
+    one_line_error(run("put", d, "k"), 2, "VALUE")
+    one_line_error(run("put", d, "k", "v", "--value-file", f), 2, "not both")
+    one_line_error(run("put", d, "k", "--value-file", tmp_path / "missing"), 2, "--value-file", "No such file")
+    one_line_error(run("put", d, "k", "-", "--max-value-size", "10", input=b"x" * 11), 2, "larger than")
+    ok("put", d, "k10", "-", "--max-value-size", "10", input=b"x" * 10)
+    with KvStore.open(d) as s:
+        assert b"k" not in s and s[b"k10"] == b"x" * 10
+
+
+def test_an_unexpected_exception_is_exit_70(monkeypatch, capsys, tmp_path: Path) -> None:
+    # 70 (EX_SOFTWARE) is documented in docs/cli.md's exit code table.
+    from norikv import cli
+
+    def boom(args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", boom)
+    monkeypatch.delenv("NORIKV_DEBUG", raising=False)
+    assert cli.main(["info", str(tmp_path)]) == 70
+    assert "internal error: RuntimeError: a bug" in capsys.readouterr().err
+
+
+def test_every_exit_code_in_the_source_is_documented() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    from norikv import cli
+    from norikv.cli import output
+
+    codes = {v for k, v in vars(output).items() if k.startswith("EXIT_")}
+    codes |= {v for k, v in vars(cli).items() if k.startswith("_EXIT_")}
+    for code in codes:
+        assert f"\n| {code} |" in doc, code

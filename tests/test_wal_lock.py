@@ -169,3 +169,39 @@ def test_forked_child_cannot_write(tmp_path):
         assert wal.append(Record.put(b"parent5", b"v")) == before
         got = [rec.key for rec, _ in wal.read_from(Position(0, 0))]
     assert got == [b"parent%d" % i for i in range(6)]
+
+
+def test_lock_error_names_the_holders_pid(tmp_path):
+    # The holder writes its pid into LOCK (the flock stays the lock); another
+    # process's LockError names it, without /proc/locks (so on macOS too).
+    from norikv import KvStore
+
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "wal")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        assert (tmp_path / "wal" / "LOCK").read_bytes() == b"%d\n" % p.pid
+        with pytest.raises(LockError) as ei:
+            KvStore.open(tmp_path)
+        assert ei.value.pid == p.pid
+        assert f"(pid {p.pid})" in str(ei.value)
+        with pytest.raises(LockError) as ei:
+            Wal.open(cfg(tmp_path / "wal"))
+        assert ei.value.pid == p.pid
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(TIMEOUT)
+        p.stdout.close()
+        p.stdin.close()
+    # the dead holder's pid stays in the file, but the flock went with it
+    with KvStore.open(tmp_path):
+        assert (tmp_path / "wal" / "LOCK").read_bytes() == b"%d\n" % os.getpid()
+
+
+def test_lock_error_in_the_same_process_has_no_pid(tmp_path):
+    wal, _ = Wal.open(cfg(tmp_path))
+    with wal:
+        with pytest.raises(LockError) as ei:
+            Wal.open(cfg(tmp_path))
+        assert ei.value.pid is None

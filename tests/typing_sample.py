@@ -7,12 +7,15 @@ stub or annotation in norikv changes a public type, mypy reports it here.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import norikv
 from norikv import (
     ClosedError,
+    CodecStore,
     Compression,
     CorruptionError,
     FsyncPolicy,
@@ -27,6 +30,7 @@ from norikv import (
     WalIterator,
     crc32c,
 )
+from norikv.aio import AsyncKvStore
 
 
 def use_store(path: str) -> list[tuple[bytes, bytes]]:
@@ -60,6 +64,19 @@ def use_store(path: str) -> list[tuple[bytes, bytes]]:
         assert "keys" in stats
         ratio: float = store.dead_ratio()
         assert 0.0 <= ratio <= 1.0
+        store.update({b"m1": b"1"})
+        store.update([(b"m2", b"2")])
+        popped: bytes = store.pop(b"m1")
+        maybe: bytes | None = store.pop(b"absent", None)
+        assert popped == b"1" and maybe is None
+        pair: tuple[bytes, bytes] = store.popitem()
+        assert pair == (b"m2", b"2")
+        kept: bytes = store.setdefault(b"user:1", b"other")
+        assert kept == b"Alice"
+        remaining: float | None = store.ttl(b"user:1")
+        assert remaining is None
+        figures: dict[str, Any] = store.backup(path + "-backup")
+        assert figures["segments"] >= 1
         result = list(ranged) + prefixed
     try:
         store.get(b"user:1")
@@ -106,9 +123,34 @@ def use_wal(path: str) -> int:
     return n
 
 
+def use_codecs(path: str) -> list[tuple[Any, Any]]:
+    with CodecStore.open(path, key_codec="str", value_codec="json") as users:
+        users["ada"] = {"admin": True}
+        users.update({"bob": [1, 2]})
+        with users.batch() as b:
+            b.put("eve", None)
+        return users.items()
+
+
+async def use_aio(path: str) -> bytes | None:
+    async with AsyncKvStore.open(path, fsync_policy=FsyncPolicy.ALWAYS) as store:
+        await store.put(b"k", b"v")
+        async with store.batch() as b:
+            b.put(b"k2", b"v2")
+        await store.sync()
+        value: bytes | None = store.get(b"k")
+        return value
+
+
 def main(argv: list[str]) -> None:
     version: str = norikv.__version__
-    print(version, use_store(argv[1] + "/store"), use_wal(argv[1] + "/wal"))
+    print(
+        version,
+        use_store(argv[1] + "/store"),
+        use_wal(argv[1] + "/wal"),
+        use_codecs(argv[1] + "/codecs"),
+        asyncio.run(use_aio(argv[1] + "/aio")),
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ each fsync policy.
 
 from norikv._engine import Position, Record, WalIterator, crc32c
 from norikv._version import __version__
+from norikv.codecs import CodecStore
 from norikv.compression import Compression
 from norikv.errors import (
     ClosedError,
@@ -26,6 +27,7 @@ __all__ = [
     "__version__",
     "KvStore",
     "WriteBatch",
+    "CodecStore",
     "Wal",
     "WalConfig",
     "WalIterator",

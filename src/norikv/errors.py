@@ -62,7 +62,14 @@ class CorruptionError(NoriError, ValueError):
 
 
 class LockError(NoriError, OSError):
-    """The directory is locked by another open Wal (this process or another)."""
+    """The directory is locked by another open Wal (this process or another).
+
+    ``pid`` is the holder's process id as it wrote it into the ``LOCK`` file
+    when it took the lock (the message names it too), or None when unknown:
+    the directory is already open in this process, or the holder has not
+    written it yet (or is a norikv from before pids were written)."""
+
+    pid: int | None = None
 
 
 class StoreFullError(NoriError):

@@ -10,6 +10,13 @@ and the parts it names; docs/DESIGN.md says why); this module is its public
 home.
 """
 
+from collections.abc import MutableMapping
+
 from norikv._engine import KvStore, WriteBatch, dead_ratio
+
+# KvStore has every method of a MutableMapping (pop, popitem, setdefault,
+# update and clear live in _engine/api.pyx); equality stays identity (README,
+# "KvStore as a mapping").
+MutableMapping.register(KvStore)
 
 __all__ = ["KvStore", "WriteBatch", "dead_ratio"]

@@ -20,3 +20,5 @@ include "hints.pxd"       # hint files (values="disk")
 include "batch.pxd"
 include "compact.pxd"
 include "fastcall.pxd"
+include "opening.pxd"
+include "mapping.pxd"

@@ -18,6 +18,7 @@ include "loader.pyx"      # replaying a log into a store's map
 include "keydir.pyx"      # _KeyDir, the key directory of values="disk"
 include "hints.pyx"       # hint files: a sealed segment's key directory
 include "store.pyx"       # KvStore
+include "opening.pyx"     # KvStore.open
 include "ondisk.pyx"      # what values="disk" adds to it
 include "ttl.pyx"         # deadlines, relative TTLs, purging expired keys
 include "stats.pyx"       # KvStore.stats()
@@ -25,3 +26,4 @@ include "batch.pyx"       # WriteBatch, atomic batches
 include "index.pyx"       # the range index
 include "compact.pyx"     # compaction, the dead ratio
 include "fastcall.pyx"    # the METH_FASTCALL entries of get and put
+include "mapping.pyx"     # pop, popitem, setdefault, update, clear, ttl, backup

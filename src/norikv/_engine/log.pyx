@@ -229,8 +229,13 @@ cdef class _WalCore:
         if err:
             self._release(False)
             if err == EWOULDBLOCK:
-                raise LockError(err, "the directory is locked by another process", self.dir)
+                pid = _lock_file_pid(lock_path)
+                exc = LockError(err, "the directory is locked by another process"
+                                + (f" (pid {pid})" if pid is not None else ""), self.dir)
+                exc.pid = pid
+                raise exc
             raise io_error(err, lock_path, "flock")
+        _write_lock_file_pid(self.lock_fd)
         _open_dirs[key] = weakref.ref(self)
         self.dir_key = key
         self.fork_gen = _fork_generation

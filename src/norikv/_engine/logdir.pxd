@@ -4,3 +4,7 @@
 # (st_dev, st_ino) of each log directory open in this process -> weak
 # reference to its Wal: a second open of it in this process is a LockError.
 cdef dict _open_dirs
+
+
+# LOCK's content: the holder's pid (information for LockError; the flock is the lock)
+cdef void _write_lock_file_pid(int fd) noexcept

@@ -1,5 +1,6 @@
 # A log directory: the names of its segments, which of its entries are
-# segments, and the registry of the directories open in this process.
+# segments, the registry of the directories open in this process, and the
+# pid its lock holder writes into LOCK.
 
 import os
 
@@ -83,3 +84,31 @@ def _detach_inherited_wals():
             hook = getattr(w, "_after_fork_in_child", None)
             if hook is not None:
                 hook()
+
+
+# The pid of the process holding the lock, written into LOCK after the flock
+# is taken (as LevelDB-style stores do): what LockError names, on every
+# platform. LOCK is norikv's own file (nori-wal has no lock and ignores it);
+# the flock stays the lock, the pid is information only.
+
+cdef void _write_lock_file_pid(int fd) noexcept:
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+    except OSError:
+        pass                        # best effort: never fails an open (a full disk, say)
+
+
+def _lock_file_pid(path):
+    """The pid written in the lock file ``path``, or None (absent, empty,
+    being written, not a pid)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(32)
+    except OSError:
+        return None
+    try:
+        pid = int(text.strip() or b"x")
+    except ValueError:
+        return None
+    return pid if pid > 0 else None

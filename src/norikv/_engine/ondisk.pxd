@@ -6,5 +6,6 @@
 cdef object _disk_value(KvStore store, bytes key)
 cdef object _disk_live(KvStore store, bytes key)
 cdef list _kd_keys(_KeyDir kd)
+cdef bytes _kd_last(_KeyDir kd)
 cdef _StoreLoader _new_loader(bint disk, object config)
 cdef _StoreLoader _reload_disk(object wal, object config, _StoreLoader old)

@@ -50,18 +50,19 @@ cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const uint8_t *k, Py_s
     cdef uint32_t stored_crc, crc
     cdef size_t body
     cdef char *dst
+    cdef uint64_t slot = loc >> _LOC_SHIFT
     views.record_at(loc, k, klen, r, False)
     out = PyBytes_FromStringAndSize(NULL, r.vlen)
     dst = PyBytes_AS_STRING(out)
     rec = views.start(loc)
     body = <size_t>r.size - 4
-    views.pins += 1
+    views.v[slot].pins += 1       # (by index: the table may grow meanwhile)
     try:
         with nogil:
             crc = nk_crc32c(0, rec, body)
             memcpy(dst, r.value, r.vlen)
     finally:
-        views.pins -= 1
+        views.v[slot].pins -= 1
     memcpy(&stored_crc, rec + body, 4)
     if crc != stored_crc:
         views.damaged(loc, NK_BAD_CRC)
@@ -88,6 +89,21 @@ cdef list _kd_keys(_KeyDir kd):
     while kd.next(&cursor, &k, &klen, &loc, &vsize):
         out.append(PyBytes_FromStringAndSize(<const char *>k, klen))
     return out
+
+
+cdef bytes _kd_last(_KeyDir kd):
+    """The last key of the directory in insertion order (a walk: O(keys))."""
+    cdef size_t cursor = 0
+    cdef const uint8_t *k
+    cdef const uint8_t *last = NULL
+    cdef size_t klen, last_len = 0
+    cdef uint64_t loc, vsize
+    while kd.next(&cursor, &k, &klen, &loc, &vsize):
+        last = k
+        last_len = klen
+    if last == NULL:
+        raise KeyError("popitem(): the store is empty")
+    return PyBytes_FromStringAndSize(<const char *>last, last_len)
 
 
 cdef _StoreLoader _new_loader(bint disk, object config):

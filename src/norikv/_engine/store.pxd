@@ -57,6 +57,8 @@ cdef class KvStore:
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)
     cdef inline uint64_t _locate(self, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
+    # delete's body: the old value (want) or True, None when it was absent
+    cdef object _take(self, bytes k, bint want)
 
     # the one limit rule: put (_room_for_put) and batches (batch.pyx) check through it
     cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1
@@ -65,6 +67,7 @@ cdef class KvStore:
 
     # the map in either mode
     cdef inline Py_ssize_t _count(self) noexcept
+    cdef uint64_t _loc_of(self, bytes key) except? 0
     cdef int64_t _old_size(self, bytes key) except -2
     # changes of the map once their record is committed (live bytes, TTL, range index)
     cdef inline int _account(self, bytes key, Py_ssize_t vsize, Py_ssize_t old_size, int64_t deadline) except -1

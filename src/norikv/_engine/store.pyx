@@ -11,29 +11,19 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.dict cimport PyDict_SetItem, PyDict_DelItem
 
-import gc
 import os
 import threading
-import time
 import weakref
-from heapq import heapify, heappush
+from heapq import heappush
 
 from norikv._options import check_options
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.config import STORE_OPTIONS as _STORE_OPTIONS
-from norikv.config import FsyncPolicy, RecoveryMode, WalConfig
-from norikv.errors import ClosedError, ConfigError, StoreFullError
+from norikv.config import RecoveryMode
+from norikv.errors import ClosedError, StoreFullError
 
 
-# Every store opened in this process, for the child of a fork() (_stores_after_fork).
-_open_stores = weakref.WeakSet()
-
-
-def _stores_after_fork():
-    """In a child created by fork() (runtime.pyx's hook), for each store of
-    the parent: see KvStore._after_fork_in_child."""
-    for store in list(_open_stores):
-        (<KvStore>store)._after_fork_in_child()
+_MISSING = object()    # pop's "no default"
 
 
 @cython.auto_pickle(False)
@@ -74,88 +64,11 @@ cdef class KvStore:
         ``"disk"`` keeps only the keys (a key directory of record locations)
         and reads each value from the log's mapped segments on ``get``
         (README, "Values in memory or on disk"). None: ``"memory"``."""
-        cdef KvStore store
-        cdef _StoreLoader loader
-        cdef bint disk = False
         if values is None:
             # The test suite runs a second time with every store on disk.
             values = os.environ.get("NORIKV_TEST_VALUES") or "memory"
         check_options(_STORE_OPTIONS, locals())
-        disk = values == "disk"
-        # norikv.wal (recovery, the background thread) is the layer above
-        # this module's log: imported when first used, not at import time.
-        from norikv.wal import Wal
-        if fsync_policy is None:
-            fsync_policy = FsyncPolicy.batch(0.005)
-        kind = _compression_enum().parse(compression)
-        config = WalConfig(dir=os.path.join(os.fsdecode(path), "wal"), max_segment_size=max_segment_size,
-                           fsync_policy=fsync_policy, preallocate=preallocate,
-                           recovery_mode=recovery_mode, max_value_size=max_value_size)
-        config.validate()   # the Wal creates <path>/wal and <path> durably
-        if disk and max_value_size >= NK_KD_VSIZE_SAT:
-            raise ConfigError(f"max_value_size must be below 4 GiB - 1 with values='disk', got {max_value_size}")
-        loader = _new_loader(disk, config)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()  # the rebuild allocates millions of objects the GC need not visit
-        t0 = time.perf_counter()
-        try:
-            wal, info = Wal._open_config(config, loader)
-            if disk and info.spans_skipped:
-                # SKIP_ANY_CORRUPTED_RECORDS rewrote segments without the
-                # damaged records: the locations found by the scan moved.
-                loader = _reload_disk(wal, config, loader)
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-        store = cls.__new__(cls)
-        try:
-            store.wal = wal
-            store.path = os.fspath(path)
-            store.recovery_info = info
-            store._recovery_seconds = time.perf_counter() - t0
-            store._recovered_records = loader.records
-            store._relative_ttl_records = loader.relative_ttls
-            if disk:
-                store._hinted_segments = (<_DiskLoader>loader).hinted_segments
-            store._disk = disk
-            store.value_storage = values
-            if disk:
-                store._kd = (<_DiskLoader>loader).kd
-                store._views = (<_DiskLoader>loader).views
-            else:
-                store._data = loader.data
-            store._expiry = loader.expiry
-            store._heap = [(d, k) for k, d in loader.expiry.items()]
-            heapify(store._heap)
-            store.live_bytes = loader.live_bytes
-            store.max_keys = max_keys or 0
-            store.max_bytes = max_bytes or 0
-            store.max_value_size = max_value_size
-            store._compression = int(kind)
-            store.compress_min_size = compress_min_size
-            store._index = _RangeIndex(store._data, store._kd)
-            store._index_lock = threading.Lock()
-            store.compact_dead_ratio = compact_dead_ratio
-            store.compact_min_bytes = compact_min_bytes
-            store._auto_compact = auto_compact
-            store._compact_lock = threading.Lock()
-            store._closed = False
-            _open_stores.add(store)
-            if disk:
-                store._hint_seen_seg = wal.seg_id
-                _start_hint_writer(store)
-            _pin_relative_ttls(store, loader.relative)
-        except BaseException:
-            # A failed open releases the lock at once: the exception (its
-            # traceback holds this frame) may live on in the caller.
-            store._closed = True
-            if store._compactor is not None:
-                store._compactor.join()
-            wal._abandon()
-            if store._views is not None:
-                store._views.unmap_all()
-            raise
-        return store
+        return _open_store(cls, locals())
 
     cdef inline int _check_open(self) except -1:
         if self._closed:
@@ -323,25 +236,36 @@ cdef class KvStore:
     def delete(self, key):
         """Deletes ``key``; returns whether it was present. Deleting an absent
         key writes nothing."""
-        cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef uint64_t n
+        return self._take(<bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key"), False) is not None
+
+    cdef object _take(self, bytes k, bint want):
+        """Deletes k; returns the value it had (``want``: pop, popitem) or
+        True, or None when it was absent."""
+        cdef uint64_t n, loc
         cdef uint8_t *p
+        cdef object value = True
         self._check_open()
-        if self._old_size(k) < 0:
-            return False
-        if self._expired(k):
-            self._remove_key(k)        # expired: its record already says so
-            return False
-        n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
-        p = self.wal._reserve(n)
-        if self._old_size(k) < 0:      # other threads may have run in _reserve
-            return False
+        while True:
+            loc = self._loc_of(k)
+            if loc == UINT64_MAX:
+                return None
+            if self._expired(k):
+                self._remove_key(k)        # expired: its record already says so
+                return None
+            if want:
+                value = _disk_value(self, k) if self._disk else self._data[k]
+            n = nk_encoded_len(PyBytes_GET_SIZE(k), 0, NK_FLAG_TOMBSTONE, 0, 0, 0)
+            p = self.wal._reserve(n)
+            # Other threads may have run in _reserve: when the key changed,
+            # write nothing at p and look again.
+            if self._loc_of(k) == loc and (not want or self._disk or self._data.get(k) is value):
+                break
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k), NULL, 0,
                   NK_FLAG_TOMBSTONE, 0, 0, 0)
         self.wal._commit(n)
         self._remove_key(k)
         self._after_write()
-        return True
+        return value
 
     def __delitem__(self, key):
         if not self.delete(key):
@@ -351,6 +275,59 @@ cdef class KvStore:
         """A :class:`WriteBatch`: its puts and deletes apply all or none."""
         self._check_open()
         return WriteBatch(self)
+
+    # ------------------------------------------------------------ the rest of MutableMapping (mapping.pyx)
+
+    def pop(self, key, default=_MISSING):
+        """pop(key[, default]): deletes ``key`` and returns the value it had;
+        ``default`` when it is absent (KeyError without one). Atomic: the value
+        returned is the one the tombstone replaced."""
+        return _pop(self, key, default)
+
+    def popitem(self):
+        """Deletes the most recently inserted live key and returns ``(key,
+        value)`` (LIFO, like dict); KeyError when the store is empty. (With
+        values="disk" it walks the key directory: O(keys).)"""
+        return _popitem(self)
+
+    def setdefault(self, key, default=None):
+        """The value of ``key``; when it is absent, stores ``default`` (bytes-like;
+        None is a TypeError, values cannot be None) and returns it. Not atomic
+        against a put of the same key in another thread: the later write wins."""
+        return _setdefault(self, key, default)
+
+    def update(self, other=(), /, **kwargs):
+        """update([other], **kw) as dict.update, written as one atomic batch:
+        every pair or none (a bad key or value raises TypeError/ValueError, a
+        limit StoreFullError, before anything is written). Keyword names are
+        str, so ``**kw`` is a TypeError for a bytes store (see norikv.codecs)."""
+        return _update(self, other, kwargs)
+
+    def clear(self):
+        """Deletes every live key, as one atomic batch of tombstones (the log
+        shrinks at the next compaction). Keys written by other threads while it
+        runs may survive it."""
+        return _clear(self)
+
+    def ttl(self, key):
+        """The remaining time to live of ``key`` in seconds (a float, 0.0 at
+        the last instant), None when it has no TTL; KeyError when it is absent
+        or expired."""
+        return _ttl(self, key)
+
+    def backup(self, dest, *, incremental=True):
+        """Copies the store, live, into the directory ``dest`` (or as a tar
+        stream into a binary file object): every write acknowledged before the
+        call and no half batch; a second backup into the same ``dest`` copies
+        only what changed; a crash leaves ``dest`` the old backup or the new one.
+        Holds the compaction lock meanwhile (a compaction, and close(), wait for
+        it); reads and writes go on. Returns figures. See :mod:`norikv.backup`."""
+        return _backup(self, dest, incremental)
+
+    def _backup_point(self):
+        """{segment id: logical size} of the log at one instant between two
+        appends (under the log's I/O lock, so never inside a rotation)."""
+        return _backup_point(self)
 
     def _apply_batch(self, list ops):
         """Writes ops [(key, value or None, deadline, compression)] as one
@@ -410,6 +387,17 @@ cdef class KvStore:
     cdef inline Py_ssize_t _count(self) noexcept:
         """The keys in the map (expired ones included until purged)."""
         return self._kd.count if self._disk else PyDict_GET_SIZE(<PyObject *>self._data)
+
+    cdef uint64_t _loc_of(self, bytes key) except? 0:
+        """values="disk": where key's record is; "memory": 0. UINT64_MAX when
+        the key is absent (expired or not)."""
+        cdef uint64_t loc, vsize
+        if self._disk:
+            if self._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                             _kd_hash_obj(key), &loc, &vsize):
+                return loc
+            return UINT64_MAX
+        return 0 if PyDict_GetItem(self._data, key) != NULL else UINT64_MAX
 
     cdef int64_t _old_size(self, bytes key) except -2:
         """The size of key's value in the map (expired or not), -1 when absent.
@@ -593,6 +581,8 @@ cdef class KvStore:
         self._index_lock = threading.Lock()
         self._compactor = None
         self._hinter = None
+        if self._views is not None:
+            self._views.forget_pins()
         self._index.drop()
 
     def __enter__(self):

@@ -7,6 +7,9 @@ cdef struct _View:
     uint64_t seg_id
     uint8_t *base               # NULL: a free slot
     size_t len
+    # reads copying from it with the GIL released (changed with the GIL
+    # held): it is not unmapped while this is not 0
+    Py_ssize_t pins
 
 cdef class _SegmentViews:
     cdef _View *v
@@ -19,9 +22,6 @@ cdef class _SegmentViews:
     cdef _View *retired         # mappings replaced by larger ones, unmapped at close
     cdef uint32_t nretired
     cdef readonly uint64_t value_reads
-    # reads copying a value with the GIL released: no view is unmapped
-    # while this is not 0 (changed with the GIL held)
-    cdef Py_ssize_t pins
 
     # The slot of segment seg_id, mapped from fd (or the path when fd < 0)
     # over at least `need` bytes. Runs no Python code when the view exists
@@ -40,7 +40,8 @@ cdef class _SegmentViews:
                        bint check_crc=*) except -1
     cdef const uint8_t *start(self, uint64_t loc) noexcept
     cdef int damaged(self, uint64_t loc, int st) except -1       # raises CorruptionError
-    cdef void _wait_unpinned(self) noexcept
+    cdef void _wait_unpinned(self, uint32_t slot) noexcept
+    cdef void forget_pins(self) noexcept        # in a child made by fork()
     # The size of the value at loc, given the key directory's `vsize`.
     cdef uint64_t value_size(self, uint64_t loc, uint64_t vsize) except? 0xFFFFFFFFFFFFFFFF
     cdef int drop_segment(self, uint64_t seg_id) except -1

@@ -82,6 +82,7 @@ cdef class _SegmentViews:
                 self.v = nv
                 self.cap = self.cap * 2 + 8
             self.n += 1
+            self.v[free_slot].pins = 0
         elif self.v[free_slot].base != NULL:
             # The smaller view is kept until close (a C array: this may run
             # inside the append window). Only a segment grown past
@@ -140,12 +141,21 @@ cdef class _SegmentViews:
             raise CorruptionError(f"{path}: {what} at offset {off} (read by get)", path, off, seg_id)
         raise CorruptionError(f"no mapped segment holds location {loc:#x}", None, off, None)
 
-    cdef void _wait_unpinned(self) noexcept:
-        """Waits, letting go of the GIL, for the reads copying with the GIL
-        released to end (they unpin once they have it back)."""
-        while self.pins:
+    cdef void _wait_unpinned(self, uint32_t slot) noexcept:
+        """Waits, letting go of the GIL, for the reads copying from view
+        `slot` with the GIL released to end (they unpin once they have it
+        back). No new read pins a view being dropped: no key points into it
+        any more (compaction), or the store is closed."""
+        while self.v[slot].pins:
             with nogil:
                 sched_yield()
+
+    cdef void forget_pins(self) noexcept:
+        """In a child made by fork(): the threads that pinned views are the
+        parent's."""
+        cdef uint32_t i
+        for i in range(self.n):
+            self.v[i].pins = 0
 
     cdef uint64_t value_size(self, uint64_t loc, uint64_t vsize) except? 0xFFFFFFFFFFFFFFFF:
         """A value size the key directory gave: a saturated one (4 GiB and
@@ -159,9 +169,9 @@ cdef class _SegmentViews:
 
     cdef int drop_segment(self, uint64_t seg_id) except -1:
         cdef uint32_t i
-        self._wait_unpinned()
         for i in range(self.n):
             if self.v[i].base != NULL and self.v[i].seg_id == seg_id:
+                self._wait_unpinned(i)
                 munmap(self.v[i].base, self.v[i].len)
                 memset(&self.v[i], 0, sizeof(_View))
                 if seg_id == self.active_id:
@@ -170,7 +180,8 @@ cdef class _SegmentViews:
 
     cdef void unmap_all(self) noexcept:
         cdef uint32_t i
-        self._wait_unpinned()
+        for i in range(self.n):
+            self._wait_unpinned(i)
         for i in range(self.n):
             if self.v[i].base != NULL:
                 munmap(self.v[i].base, self.v[i].len)

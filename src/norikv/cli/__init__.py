@@ -13,8 +13,9 @@ Every subcommand but ``bench`` takes the store directory (the one holding
 
 Exit codes: 0 success; 1 key not found (get, delete) or damage found (verify,
 dump); 2 bad usage or input (arguments, hex/base64, --from, import lines);
-3 the store cannot be used (missing, locked, corrupt, I/O error); 130
-interrupted; 141 stdout closed early; 70 an internal error.
+3 the store cannot be used (missing, locked, corrupt, I/O error); 70 an
+internal error (a bug: report it); 130 interrupted; 141 stdout closed early
+(docs/cli.md has the table).
 
 The modules: ``args`` (the parser), ``output`` (stdout, one-line errors, exit
 codes), ``store`` (finding, opening and reading the store), ``read`` and
@@ -49,6 +50,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dump": read.dump,
     "verify": verify.verify,
     "export": read.export,
+    "backup": read.backup,
     "put": write.put,
     "delete": write.delete,
     "compact": write.compact,

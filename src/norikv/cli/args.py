@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="norikv",
         description="Inspect, verify and operate a norikv store.",
         epilog="Exit codes: 0 ok; 1 key not found or damage found; 2 bad usage or input; "
-        "3 store missing, locked, corrupt or I/O error. See docs/cli.md.",
+        "3 store missing, locked, corrupt or I/O error; 70 internal error (a bug); "
+        "130 interrupted; 141 stdout closed early. See docs/cli.md.",
     )
     parser.add_argument("--version", action="version", version=f"norikv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -101,7 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("put", parents=[store_arg, enc], help="set a key")
     p.add_argument("key", metavar="KEY")
-    p.add_argument("value", metavar="VALUE")
+    p.add_argument(
+        "value",
+        metavar="VALUE",
+        nargs="?",
+        help="the value; - reads it from stdin (raw bytes, never hex/base64-decoded)",
+    )
+    p.add_argument(
+        "--value-file", metavar="FILE", help="read the value from FILE (raw bytes) instead of a VALUE argument"
+    )
     p.add_argument("--ttl", type=float, metavar="SECONDS", help="expire the key after SECONDS")
     p.add_argument("--create", action="store_true", help="create the store if it does not exist")
 
@@ -160,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[store_arg], help="put the keys of an export (JSON lines)")
     p.add_argument("--file", metavar="PATH", help="read PATH (default: stdin)")
     p.add_argument("--create", action="store_true", help="create the store if it does not exist")
+
+    p = sub.add_parser(
+        "backup",
+        parents=[store_arg],
+        help="a consistent copy of the store, also while another process writes it (no lock taken)",
+    )
+    p.add_argument("dest", metavar="DEST", help="the backup directory, or - for a tar stream on stdout")
+    p.add_argument("--full", action="store_true", help="copy every segment (default: reuse unchanged ones in DEST)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     sub.add_parser("bench", help="the benchmark runner (arguments are passed to norikv.bench)", add_help=False)
     return parser

@@ -1,4 +1,4 @@
-"""The read-only commands: info, get, scan, dump, verify, export. They read
+"""The read-only commands: info, get, scan, dump, verify, export, backup. They read
 the segment files through norikv.inspect, never take the store's lock and
 never change a byte (docs/cli.md, "Read-only commands and the lock")."""
 
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from norikv.backup import backup_directory
 from norikv.cli.args import decode_arg, parse_from
 from norikv.cli.output import (
     EXIT_DAMAGE,
@@ -261,4 +262,28 @@ def export(args: argparse.Namespace) -> int:
                 os.unlink(args.file + ".tmp")
             except OSError:
                 pass
+    return EXIT_OK
+
+
+def backup(args: argparse.Namespace) -> int:
+    """norikv.backup.backup_directory: lock-free, so it works on a store a
+    service has open; DEST ``-`` is a tar stream on stdout."""
+    root, _ = locate(args.dir)
+    to_stdout = args.dest == "-"
+    dest = sys.stdout.buffer if to_stdout else args.dest
+    try:
+        res = backup_directory(root, dest, incremental=not args.full)
+    except (FileExistsError, ValueError) as exc:
+        raise CliError(f"{args.dest}: {exc.strerror if isinstance(exc, OSError) else exc}", EXIT_USAGE) from None
+    if to_stdout:
+        sys.stdout.buffer.flush()
+    elif args.json:
+        out(json.dumps(res, indent=2) + "\n")
+    else:
+        note(
+            args,
+            f"backed up {root} to {args.dest}: {res['segments']} segment(s), {res['bytes']:,} bytes "
+            f"({res['copied_bytes']:,} copied, {res['reused_segments']} segment(s) reused) "
+            f"in {res['seconds']:.2f} s",
+        )
     return EXIT_OK

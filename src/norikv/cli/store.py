@@ -32,8 +32,10 @@ def locate(path: str, create: bool = False) -> tuple[str, str]:
     return path, wal
 
 
-def locked_message(root: str, waldir: str) -> str:
-    pids = lock_holders(waldir)
+def locked_message(root: str, waldir: str, pid: int | None = None) -> str:
+    """``pid``: what the LockError says (the pid the holder wrote into LOCK),
+    used where /proc/locks cannot tell (macOS)."""
+    pids = lock_holders(waldir) or ([pid] if pid is not None else [])
     who = f" (pid {', '.join(map(str, pids))})" if pids else ""
     return (
         f"{root}: the store is locked by another process{who}; read-only commands "
@@ -62,8 +64,8 @@ def open_store(args: argparse.Namespace, create: bool = False) -> KvStore:
             auto_compact=False,
             max_value_size=args.max_value_size,
         )
-    except LockError:
-        raise CliError(locked_message(root, os.path.join(root, "wal"))) from None
+    except LockError as exc:
+        raise CliError(locked_message(root, os.path.join(root, "wal"), exc.pid)) from None
     except CorruptionError as exc:
         raise CliError(corrupt_message(root, exc)) from None
 

@@ -30,7 +30,7 @@ _IMPORT_BATCH_BYTES = 4 << 20
 
 def put(args: argparse.Namespace) -> int:
     key = decode_arg(args.key, args.encoding, "key")
-    value = decode_arg(args.value, args.encoding, "value")
+    value = _put_value(args)
     if args.ttl is not None and not args.ttl > 0:
         raise CliError("--ttl must be > 0 seconds", EXIT_USAGE)
     store = open_store(args, create=args.create)
@@ -39,6 +39,29 @@ def put(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _put_value(args: argparse.Namespace) -> bytes:
+    """VALUE (decoded as --hex/--base64 say), or the raw bytes of stdin (``-``)
+    or of --value-file, read up to --max-value-size (exit 2 beyond)."""
+    if (args.value is None) == (args.value_file is None):
+        raise CliError("give a VALUE (- for stdin) or --value-file FILE, not both and not neither", EXIT_USAGE)
+    if args.value_file is None and args.value != "-":
+        return decode_arg(args.value, args.encoding, "value")
+    limit = args.max_value_size
+    if args.value_file is None:
+        value = sys.stdin.buffer.read(limit + 1)
+        where = "stdin"
+    else:
+        where = args.value_file
+        try:
+            with open(args.value_file, "rb") as f:
+                value = f.read(limit + 1)
+        except OSError as exc:
+            raise CliError(f"--value-file {where}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if len(value) > limit:
+        raise CliError(f"the value from {where} is larger than --max-value-size ({limit} bytes)", EXIT_USAGE)
+    return value
 
 
 def delete(args: argparse.Namespace) -> int:
@@ -248,8 +271,8 @@ def repair(args: argparse.Namespace) -> int:
             auto_compact=False,
             max_value_size=args.max_value_size,
         )
-    except LockError:
-        raise CliError(locked_message(root, waldir) + f"; the backup in {backup} is kept") from None
+    except LockError as exc:
+        raise CliError(locked_message(root, waldir, exc.pid) + f"; the backup in {backup} is kept") from None
     except CorruptionError as exc:
         raise CliError(f"{root}: recovery in mode {mode.value} failed: {exc}; nothing was changed") from None
     try:
