@@ -16,6 +16,16 @@ CLOCK = os.environ.get("NORIKV_BENCH_CLOCK", "wall")
 KEY_SIZE = 16
 VALUE_SIZE = 100
 
+# The peers a user would pick instead (the bench extra installs them).
+try:
+    import lmdb
+except ImportError:  # pragma: no cover
+    lmdb = None
+try:
+    import semidbm
+except ImportError:  # pragma: no cover
+    semidbm = None
+
 # name -> best (minimum) seconds of a round, filled as benchmarks finish
 _BEST: dict[str, float] = {}
 # target rows, in the order they are declared

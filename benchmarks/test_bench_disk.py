@@ -21,17 +21,8 @@ import textwrap
 
 import pytest
 
-from benchlib import _BEST, ROUNDS, Closer, N, cpu_bound, interleaved, remember, target
+from benchlib import _BEST, ROUNDS, Closer, N, cpu_bound, interleaved, lmdb, remember, semidbm, target
 from norikv import KvStore
-
-try:
-    import lmdb
-except ImportError:  # pragma: no cover - the bench extra installs it
-    lmdb = None
-try:
-    import semidbm
-except ImportError:  # pragma: no cover
-    semidbm = None
 
 DISK_N = int(os.environ.get("NORIKV_BENCH_DISK_N", "2000000"))
 SIZES = [100, 1024]

@@ -17,17 +17,22 @@ import threading
 
 import pytest
 
-from benchlib import _BEST, ROUNDS, SYNC_N, Closer, N, Scratch, cpu_bound, interleaved, open_store, remember, target
+from benchlib import (
+    _BEST,
+    ROUNDS,
+    SYNC_N,
+    Closer,
+    N,
+    Scratch,
+    cpu_bound,
+    interleaved,
+    lmdb,
+    open_store,
+    remember,
+    semidbm,
+    target,
+)
 from norikv import FsyncPolicy, KvStore
-
-try:
-    import lmdb
-except ImportError:  # pragma: no cover - the bench extra installs it
-    lmdb = None
-try:
-    import semidbm
-except ImportError:  # pragma: no cover
-    semidbm = None
 
 BATCH = 1000  # puts per durable commit
 BATCHES = max(1, SYNC_N // 4)  # durable commits of 1,000 puts: SYNC_N/4 (500 by default)

@@ -148,7 +148,7 @@ def test_backup_under_concurrent_writer_threads_and_compactions(tmp_path):
 
     def writer(t):
         i = 0
-        while not stop.is_set():
+        while not stop.is_set() and i < 3000:  # (bounded: each compaction rewrites it all)
             with s.batch() as b:
                 for j in range(5):
                     b.put(b"t%d-%07d-%d" % (t, i, j), b"%d" % i + b"x" * 100)

@@ -228,16 +228,20 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
 # A values="disk" store writes the hints of its sealed segments in a thread
 # of its own: after a rotation seals one (KvStore._after_write notices), after
 # a compaction installs its snapshot, and after the open for those that have
-# none. It holds the store's compaction lock, so that no compaction deletes
-# a segment it reads and close() waits for it. A failure (a full disk...)
-# costs only the hint: it is kept for stats() and the next open scans.
+# none. It holds the store's _hint_lock (one writer at a time), not the
+# compaction lock: a compaction may delete a segment it reads (the open file
+# still reads; the hint left for a deleted segment is removed by the next
+# run, and no open uses it: ids are never reused). close() waits for it; it
+# stops before its next segment once the store is closed. A failure (a full
+# disk...) costs only the hint: it is kept for stats() and the next open
+# scans.
 
 cdef int _start_hint_writer(KvStore store) except -1:
     t = store._hinter
     store._hints_pending = True
     if t is not None and t.is_alive():
         return 0
-    t = threading.Thread(target=_hint_writer, args=(weakref.ref(store), store._compact_lock),
+    t = threading.Thread(target=_hint_writer, args=(weakref.ref(store), store._hint_lock),
                          name="norikv-hints", daemon=True)
     store._hinter = t
     t.start()

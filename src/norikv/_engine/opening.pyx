@@ -88,6 +88,7 @@ cdef KvStore _open_store(type cls, dict o):
         store.compact_min_bytes = o["compact_min_bytes"]
         store._auto_compact = o["auto_compact"]
         store._compact_lock = threading.Lock()
+        store._hint_lock = threading.Lock()
         store._closed = False
         _open_stores.add(store)
         if disk:

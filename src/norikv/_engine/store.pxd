@@ -22,6 +22,7 @@ cdef class KvStore:
     cdef _SegmentViews _views
     # hint files (hints.pyx): written by a thread of the store's own
     cdef readonly object _hinter
+    cdef readonly object _hint_lock          # held by the hint writer
     cdef public bint _hints_pending
     cdef readonly object _hint_error
     cdef public uint64_t _hints_written

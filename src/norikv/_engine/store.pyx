@@ -506,7 +506,7 @@ cdef class KvStore:
         background writer would (tests, tools)."""
         self._check_open()
         self._hints_pending = True
-        _hint_writer(weakref.ref(self), self._compact_lock)
+        _hint_writer(weakref.ref(self), self._hint_lock)
 
     def _deadline_of(self, bytes key):
         return self._expiry.get(key)
@@ -560,11 +560,14 @@ cdef class KvStore:
         lock = self._compact_lock
         if lock is None:
             return                  # never opened (KvStore.__new__): nothing to release
+        t = self._hinter
+        if t is not None and t is not threading.current_thread():
+            t.join()                # the hint writer stops before its next segment
         with lock:                  # held by compact() from start to end
             self.wal.close()
-        for t in (self._compactor, self._hinter):
-            if t is not None and t is not threading.current_thread():
-                t.join()            # a background compaction or hint writer that found the store closed
+        t = self._compactor
+        if t is not None and t is not threading.current_thread():
+            t.join()                # a background compaction that found the store closed
         if self._views is not None:
             self._views.unmap_all()     # every read checks _closed first
 
@@ -578,6 +581,7 @@ cdef class KvStore:
         if self._compact_lock is None:
             return
         self._compact_lock = threading.Lock()
+        self._hint_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._compactor = None
         self._hinter = None
