@@ -1,11 +1,9 @@
-# KvStore: an in-memory map made durable by a nori-wal compatible log.
-#
-# Reads are served from memory and never touch the disk. Every write goes to
-# the log first and then to memory (the append contract, log.pxd), so after
-# a crash, replaying the log rebuilds exactly the acknowledged state. The jobs
-# with a part of their own: atomic batches (batch.pyx), the range index
-# (index.pyx), compaction (compact.pyx), the entries of get and put
-# (fastcall.pyx); the replay is loader.pyx.
+# KvStore: a map made durable by a nori-wal compatible log. The map holds the
+# values (values="memory") or each key's record location (values="disk":
+# ondisk.pyx). Every write goes to the log first and then to the map (the
+# append contract, log.pxd), so replaying the log after a crash rebuilds
+# exactly the acknowledged state. Jobs with a part of their own: opening,
+# batch, index, compact, ttl, stats, mapping, fastcall; replay: loader.pyx.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
