@@ -43,6 +43,7 @@ cdef extern from "record.h" nogil:
         const uint8_t *value
         uint64_t klen, vlen, ttl_ms, term, index, size
         uint32_t flags
+    int nk_crc_ok(const uint8_t *buf, size_t body)
     int nk_decode(const uint8_t *buf, size_t avail, int check_crc, nk_rec *r)
     int nk_get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out)
     size_t nk_varint_len(uint64_t v)

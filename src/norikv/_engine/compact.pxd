@@ -7,7 +7,6 @@ cdef int _maybe_compact(KvStore store) except -1
 cdef int _start_background_compaction(KvStore store) except -1
 cdef tuple _freeze(KvStore store)
 cdef dict _compact(KvStore store)
-cdef dict _compact_disk(KvStore store)
 cdef int _snapshot_failed(object wal, uint64_t first, uint64_t gap, exc) except -1
 cdef dict _compacted(KvStore store, double t0, uint64_t before, Py_ssize_t written,
                      Py_ssize_t deleted)
@@ -33,3 +32,6 @@ cdef class _DiskSnapshot:
     cdef uint64_t *moved
     cdef Py_ssize_t n
     cdef int write(self, _SnapshotWriter w, dict expiry, int64_t now) except -1
+
+
+cdef int _relocate(KvStore store, _DiskSnapshot snap, list parts) except -1

@@ -66,21 +66,34 @@ def _background_compaction(KvStore store):
 
 
 cdef tuple _freeze(KvStore store):
-    """Compaction step 1, atomic with respect to every write: copies the live
-    map and seals the log so that later writes land in segments numbered
-    after room reserved for the snapshot. Returns (data, expiry, first id,
-    reserved ids)."""
+    """Compaction step 1, atomic with respect to every write: takes the live
+    state (values="memory": a copy of the map and its deadlines;
+    values="disk": the locations of the live records, a _DiskSnapshot, and
+    the store's own deadlines, read as the snapshot is written) and seals
+    the log so that later writes land in segments numbered after room
+    reserved for the snapshot. Returns (data, expiry, first id, reserved ids)."""
     cdef uint64_t bound = 0
-    cdef uint64_t gap
+    cdef uint64_t gap, loc, vsize
+    cdef size_t cursor = 0, klen
+    cdef const uint8_t *k
+    cdef _DiskSnapshot snap
     store._check_open()
     store.wal._begin_exclusive()
     try:
         store._purge_expired()
-        data = store._data.copy()
-        expiry = store._expiry.copy()
-        for k, v in data.items():
-            bound += nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(v), NK_FLAG_TTL,
-                                    UINT64_MAX, 0, 0)
+        if store._disk:
+            data = snap = _DiskSnapshot(store._views, store._kd.count)
+            expiry = store._expiry
+            while store._kd.next(&cursor, &k, &klen, &loc, &vsize):
+                snap.locs[snap.n] = loc
+                snap.n += 1
+                bound += nk_encoded_len(klen, vsize, NK_FLAG_TTL, UINT64_MAX, 0, 0)
+        else:
+            data = store._data.copy()
+            expiry = store._expiry.copy()
+            for k_, v in data.items():
+                bound += nk_encoded_len(PyBytes_GET_SIZE(k_), PyBytes_GET_SIZE(v), NK_FLAG_TTL,
+                                        UINT64_MAX, 0, 0)
         gap = bound // store.wal.max_segment_size + 2
         first, _ = store.wal._seal_and_skip_locked(gap)
     finally:
@@ -89,11 +102,13 @@ cdef tuple _freeze(KvStore store):
 
 
 cdef dict _compact(KvStore store):
-    """KvStore.compact (its docstring says what it guarantees)."""
+    """KvStore.compact (its docstring says what it guarantees). With
+    values="disk" the snapshot is the live records copied as they are stored
+    (compressed values stay compressed); once it is installed each key moves
+    to its copy (_relocate), and the old segments are unmapped before they
+    are deleted."""
     cdef object wal = store.wal     # through Python attributes: tests and tools wrap its steps
     store._check_open()
-    if store._disk:
-        return _compact_disk(store)
     with store._compact_lock:
         t0 = time.perf_counter()
         before = _log_bytes(store)
@@ -101,15 +116,40 @@ cdef dict _compact(KvStore store):
         try:
             parts = write_snapshot(data, expiry, wal.dir, first, gap, wal.max_segment_size,
                                    store._compression, store.compress_min_size, store.max_value_size)
-            del data, expiry
             for tmp, seg, size in parts:
                 wal._install_segment(tmp, seg, size)
         except BaseException as exc:
             _snapshot_failed(wal, first, gap, exc)
             raise
+        if store._disk:
+            _relocate(store, <_DiskSnapshot>data, parts)
+            store._purge_expired()      # the keys the snapshot left out as expired
+        del data, expiry
         old = [s for s in wal._segment_ids() if s < first]
+        if store._disk:
+            for seg in old:
+                store._views.drop_segment(seg)
         wal._delete_segments(old)
+        if store._disk:
+            _start_hint_writer(store)
         return _compacted(store, t0, before, len(parts), len(old))
+
+
+cdef int _relocate(KvStore store, _DiskSnapshot snap, list parts) except -1:
+    """values="disk": each key still at the location the snapshot copied
+    moves to the copy (a key written since keeps its newer location)."""
+    cdef _SegmentViews views = store._views
+    cdef Py_ssize_t i
+    cdef uint64_t loc
+    cdef nk_rec r
+    slots = [views.slot_for(seg, -1, 0) for _, seg, _ in parts]
+    for i in range(snap.n):
+        if snap.moved[i] != UINT64_MAX:
+            views.record_at(snap.locs[i], NULL, 0, &r)
+            loc = snap.moved[i]
+            loc = (<uint64_t>slots[loc >> _LOC_SHIFT] << _LOC_SHIFT) | (loc & _LOC_OFFSET_MASK)
+            store._kd.relocate(r.key, r.klen, _kd_hash(r.key, r.klen), snap.locs[i], loc)
+    return 0
 
 
 cdef int _snapshot_failed(object wal, uint64_t first, uint64_t gap, exc) except -1:
@@ -275,61 +315,6 @@ cdef class _DiskSnapshot:
                 flags |= NK_FLAG_TTL_ABS
             self.moved[i] = w.add(r.key, r.klen, r.value, r.vlen, flags, deadline)
         return 0
-
-
-cdef dict _compact_disk(KvStore store):
-    """_compact for values="disk": the snapshot is the live records copied
-    from the log as they are stored (compressed values stay compressed),
-    then each key's location moves to its copy, unless a write moved it
-    meanwhile; the old segments are unmapped and deleted last."""
-    cdef object wal = store.wal     # through Python attributes: tests and tools wrap its steps
-    cdef _KeyDir kd = store._kd
-    cdef _SegmentViews views = store._views
-    cdef _DiskSnapshot snap
-    cdef Py_ssize_t i
-    cdef size_t cursor = 0, klen
-    cdef const uint8_t *k
-    cdef uint64_t loc, vsize, bound = 0, first, gap
-    cdef nk_rec r
-    with store._compact_lock:
-        t0 = time.perf_counter()
-        before = _log_bytes(store)
-        store._check_open()
-        store.wal._begin_exclusive()
-        try:
-            store._purge_expired()
-            snap = _DiskSnapshot(views, kd.count)
-            while kd.next(&cursor, &k, &klen, &loc, &vsize):
-                snap.locs[snap.n] = loc
-                snap.n += 1
-                bound += nk_encoded_len(klen, vsize, NK_FLAG_TTL, UINT64_MAX, 0, 0)
-            gap = bound // store.wal.max_segment_size + 2
-            first, _ = store.wal._seal_and_skip_locked(gap)
-        finally:
-            store.wal._end_exclusive()
-        try:
-            parts = write_snapshot(snap, store._expiry, wal.dir, first, gap, wal.max_segment_size,
-                                   store._compression, store.compress_min_size, store.max_value_size)
-            for tmp, seg, size in parts:
-                wal._install_segment(tmp, seg, size)
-        except BaseException as exc:
-            _snapshot_failed(wal, first, gap, exc)
-            raise
-        slots = [views.slot_for(seg, -1, 0) for _, seg, _ in parts]
-        for i in range(snap.n):
-            if snap.moved[i] != UINT64_MAX:
-                views.record_at(snap.locs[i], NULL, 0, &r)
-                loc = snap.moved[i]
-                loc = (<uint64_t>slots[loc >> _LOC_SHIFT] << _LOC_SHIFT) | (loc & _LOC_OFFSET_MASK)
-                kd.relocate(r.key, r.klen, _kd_hash(r.key, r.klen), snap.locs[i], loc)
-        del snap
-        store._purge_expired()
-        old = [s for s in wal._segment_ids() if s < first]
-        for seg in old:
-            views.drop_segment(seg)
-        wal._delete_segments(old)
-        _start_hint_writer(store)
-        return _compacted(store, t0, before, len(parts), len(old))
 
 
 cdef int _write_all(object f, const uint8_t *buf, size_t n) except -1:

@@ -47,24 +47,21 @@ cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const uint8_t *k, Py_s
     """The stored value at loc, its record's CRC checked and the bytes
     copied with the GIL released (the view pinned meanwhile)."""
     cdef const uint8_t *rec
-    cdef uint32_t stored_crc, crc
-    cdef size_t body
+    cdef bint ok
     cdef char *dst
     cdef uint64_t slot = loc >> _LOC_SHIFT
     views.record_at(loc, k, klen, r, False)
     out = PyBytes_FromStringAndSize(NULL, r.vlen)
     dst = PyBytes_AS_STRING(out)
     rec = views.start(loc)
-    body = <size_t>r.size - 4
     views.v[slot].pins += 1       # (by index: the table may grow meanwhile)
     try:
         with nogil:
-            crc = nk_crc32c(0, rec, body)
+            ok = nk_crc_ok(rec, <size_t>r.size - 4)
             memcpy(dst, r.value, r.vlen)
     finally:
         views.v[slot].pins -= 1
-    memcpy(&stored_crc, rec + body, 4)
-    if crc != stored_crc:
+    if not ok:
         views.damaged(loc, NK_BAD_CRC)
     return out
 

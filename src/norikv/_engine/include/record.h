@@ -78,6 +78,14 @@ static inline uint64_t nk_sat_add(uint64_t a, uint64_t b) {
    r->size is the number of bytes the record claims to need (UINT64_MAX when
    even the header is cut short), so a caller can tell a short buffer from a
    claim larger than the file.  The CRC is checked when check_crc is true. */
+/* Whether the CRC32C stored after the first `body` bytes of a record at buf
+   is theirs (nk_decode with check_crc, and readers that check it later). */
+static inline int nk_crc_ok(const uint8_t *buf, size_t body) {
+    uint32_t stored = (uint32_t)buf[body] | ((uint32_t)buf[body + 1] << 8) |
+                      ((uint32_t)buf[body + 2] << 16) | ((uint32_t)buf[body + 3] << 24);
+    return nk_crc32c(0, buf, body) == stored;
+}
+
 static inline int nk_decode(const uint8_t *buf, size_t avail, int check_crc, nk_rec *r) {
     const uint8_t *p = buf, *end = buf + avail;
     int st;
@@ -99,12 +107,7 @@ static inline int nk_decode(const uint8_t *buf, size_t avail, int check_crc, nk_
     if (r->size > avail) return NK_INCOMPLETE;
     r->key = p;
     r->value = p + r->klen;
-    size_t body = (size_t)r->size - 4;
-    if (check_crc) {
-        uint32_t stored = (uint32_t)buf[body] | ((uint32_t)buf[body + 1] << 8) |
-                          ((uint32_t)buf[body + 2] << 16) | ((uint32_t)buf[body + 3] << 24);
-        if (nk_crc32c(0, buf, body) != stored) return NK_BAD_CRC;
-    }
+    if (check_crc && !nk_crc_ok(buf, (size_t)r->size - 4)) return NK_BAD_CRC;
     return NK_OK;
 }
 
