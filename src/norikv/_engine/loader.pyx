@@ -179,9 +179,7 @@ cdef class _DiskLoader(_StoreLoader):
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         if r.flags & _LOADER_SLOW_FLAGS:
-            self.records += 1
-            k, _, n, d, rel = self._decode(r)
-            return self._apply(k, None, n, d, rel, self._location(seg_id, offset))
+            return _StoreLoader.on_record(self, r, seg_id, offset)     # (its general path)
         return self.put_entry(r.key, r.klen, r.vlen, self._location(seg_id, offset))
 
     def _from_hint(self, seg_path, uint64_t seg_id, uint64_t file_size):
