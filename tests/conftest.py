@@ -57,6 +57,7 @@ BOTH_VALUE_MODES = {
     "test_io_errors",
     "test_torture",
     "test_skip_rewrite_errors",
+    "test_processes",
 }
 
 

@@ -46,6 +46,7 @@ EXPECTED_ALL = [
     "StoreFullError",
     "NoriIOError",
     "WalFailedError",
+    "ReadOnlyError",
 ]
 
 
@@ -65,11 +66,12 @@ def test_every_public_name_exists_and_star_import_matches():
 
 def test_exception_hierarchy():
     errors = EXPECTED_ALL[EXPECTED_ALL.index("NoriError") + 1 :]
-    assert len(errors) == 7
+    assert len(errors) == 8
     for name in errors:
         assert issubclass(getattr(norikv, name), norikv.NoriError), name
     assert issubclass(norikv.NoriIOError, OSError)
     assert issubclass(norikv.WalFailedError, norikv.NoriIOError)
+    assert issubclass(norikv.ReadOnlyError, norikv.NoriIOError)
 
 
 def test_version_is_single_sourced():

@@ -46,11 +46,12 @@ def put(key: bytes, value: bytes = b"v", flags: int = 0) -> bytes:
 
 
 def fingerprint(root: Path) -> dict[str, str]:
-    """Every file but the (empty) LOCK file an open creates, with its hash."""
+    """Every file but the LOCK and SHM files an open creates (the processes'
+    lock and shared state, not data), with its hash."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != "LOCK"
+        if p.is_file() and p.name not in ("LOCK", "SHM")
     }
 
 

@@ -17,6 +17,7 @@ from norikv.errors import (
     LockError,
     NoriError,
     NoriIOError,
+    ReadOnlyError,
     StoreFullError,
     WalFailedError,
 )
@@ -46,4 +47,5 @@ __all__ = [
     "StoreFullError",
     "NoriIOError",
     "WalFailedError",
+    "ReadOnlyError",
 ]

@@ -58,8 +58,18 @@ class Real(Spec):
     """An int or float (not a bool, not NaN) between lo and hi; ``open_lo`` /
     ``open_hi`` exclude the bound itself."""
 
-    def __init__(self, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False, unit: str = "") -> None:
+    def __init__(
+        self,
+        lo: float,
+        hi: float,
+        *,
+        open_lo: bool = False,
+        open_hi: bool = False,
+        optional: bool = False,
+        unit: str = "",
+    ) -> None:
         self.lo, self.hi, self.open_lo, self.open_hi, self.unit = lo, hi, open_lo, open_hi, unit
+        self.optional = optional
 
     def _check(self, name: str, value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

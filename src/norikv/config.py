@@ -144,4 +144,6 @@ STORE_OPTIONS: dict[str, _options.Spec] = {
     "compact_dead_ratio": _options.Real(0, 1, open_lo=True, open_hi=True),
     "compact_min_bytes": _options.Int(0, _options.INT64_MAX, unit=" bytes"),
     "values": _options.Choice("memory", "disk"),
+    "readonly": _options.Bool(),
+    "lock_timeout": _options.Real(0, float("inf"), optional=True),
 }

@@ -90,6 +90,11 @@ class WalFailedError(NoriIOError):
     """
 
 
+class ReadOnlyError(NoriIOError):
+    """A write (put, delete, batch, compact, sync...) on a store opened with
+    ``readonly=True``; errno is EROFS. Nothing was written."""
+
+
 def io_error(
     err: int,
     path: str | bytes | _os.PathLike[str] | _os.PathLike[bytes] | None,

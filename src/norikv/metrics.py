@@ -55,6 +55,14 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "hint_files_written": ("hint_files_written_total", "counter", "Hint files written since open."),
     "hint_error": ("hint_failed", "gauge", "1 when writing the last hint file failed."),
     "recovery_hint_segments": ("recovery_hint_segments", "gauge", "Segments the last open loaded from hint files."),
+    "readonly": ("readonly", "gauge", "1 for a store opened with readonly=True."),
+    "following": ("following", "gauge", "1 while the store follows the writes of other processes."),
+    "writer_deaths": (
+        "writer_deaths_total",
+        "counter",
+        "Writers of any process found dead holding the writers' mutex (since the store's session began).",
+    ),
+    "reloads": ("reloads_total", "counter", "Maps reloaded since open after another process's compaction."),
 }
 _LAST_COMPACTION = ("seconds", "bytes_before", "bytes_after", "segments_written", "segments_deleted")
 

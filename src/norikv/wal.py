@@ -402,6 +402,86 @@ def recover(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | No
     return info
 
 
+def load_published(path: str, sink: _engine._Sink, seg_id: int, size: int) -> tuple[int, dict[int, int]]:
+    """Replays the log of directory ``path`` up to the published end
+    ``(seg_id, size)`` into ``sink``, where another process recovered it
+    and processes write it (KvStore with many processes; docs/DESIGN.md).
+    Nothing past that end is read: bytes a writer is still writing are not
+    records yet. Returns (records, {sealed segment id: size}). Raises
+    FileNotFoundError when a segment vanished (a compaction deleted it after
+    installing its snapshot; or an OSError with that errno): the caller
+    starts over, from a fresh sink;
+    CorruptionError when a published record is damaged."""
+    from_hint = getattr(sink, "_from_hint", None)
+    ids = [s for s in _engine.list_segments(path) if s <= seg_id]
+    if not ids or ids[-1] != seg_id:
+        raise FileNotFoundError(
+            errno.ENOENT, "the active segment is gone", os.path.join(path, _engine.segment_name(seg_id))
+        )
+    records = 0
+    sealed: dict[int, int] = {}
+    for seg in ids:
+        seg_path = os.path.join(path, _engine.segment_name(seg))
+        last = seg == seg_id
+        if from_hint is not None and not last:
+            file_size = os.path.getsize(seg_path)
+            n = from_hint(seg_path, seg, file_size)
+            if n >= 0:
+                sealed[seg] = file_size
+                records += n
+                continue
+        if not os.path.exists(seg_path):
+            raise FileNotFoundError(errno.ENOENT, "a segment is gone", seg_path)
+        res = _engine.scan_segment(seg_path, seg, sink, limit=size if last else -1, final=last)
+        if res["status"] is not None or (last and res["end"] != size):
+            where = res["end"]
+            raise CorruptionError(
+                f"corrupt segment {seg_path}: {res['status'] or 'ends early'} at offset {where}", seg_path, where, seg
+            )
+        if not last:
+            sealed[seg] = res["end"]
+        records += res["records"] - res["batch_dropped"]
+    return records, sealed
+
+
+def join(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | None) -> RecoveryInfo:
+    """Opens a Wal whose log other processes have open (or, read-only, a log
+    as it is): loads what they published into ``sink`` and starts the Wal
+    after it. Modifies nothing."""
+    t0 = time.perf_counter()
+    if sink is None:
+        sink = _engine._Sink(core.max_value_size)
+    if not core.shared:
+        # read-only, no process has the store open: the log as recovery
+        # would leave it, without changing a byte (a torn tail is not read)
+        plan = plan_recovery(core.dir, mode, sink, max_value_size=core.max_value_size)
+        records, scanned, last = plan.valid_records, len(plan.segments), plan.last_valid_position
+    else:
+        restart = getattr(sink, "_restart", None)
+        for _attempt in range(1000):
+            seg_id, size, _total, _gen = _engine._published(core)
+            try:
+                records, sealed = load_published(core.dir, sink, seg_id, size)
+                break
+            except OSError as exc:  # (NoriIOError too: a view of a deleted segment)
+                if exc.errno != errno.ENOENT or restart is None:
+                    raise
+                restart()
+        else:  # pragma: no cover - a compaction per attempt, a thousand times
+            raise NoriError("the log kept changing under the open")
+        scanned, last = len(sealed) + 1, Position(seg_id, size)
+        core._shared_start(sealed)
+    return RecoveryInfo(
+        valid_records=records,
+        segments_scanned=scanned,
+        bytes_truncated=0,
+        last_valid_position=last,
+        corruption_detected=False,
+        mode=mode,
+        seconds=time.perf_counter() - t0,
+    )
+
+
 class Wal(_engine._WalCore):
     """A write-ahead log directory. Open with :meth:`Wal.open`.
 
@@ -428,19 +508,39 @@ class Wal(_engine._WalCore):
         return cls._open_config(config, None)
 
     @classmethod
-    def _open_config(cls, config: WalConfig, sink: _engine._Sink | None) -> tuple[Wal, RecoveryInfo]:
+    def _open_config(
+        cls,
+        config: WalConfig,
+        sink: _engine._Sink | None,
+        *,
+        shared: bool = False,
+        readonly: bool = False,
+        lock_timeout: float | None = None,
+    ) -> tuple[Wal, RecoveryInfo]:
         """The one way a Wal comes to be open (Wal.open, and KvStore.open with
         its loader as ``sink``): takes the directory's lock, recovers it,
         handing the records it keeps to ``sink``, and starts the background
-        thread. ``config`` is validated."""
+        thread. ``config`` is validated. ``shared`` (KvStore): other
+        processes may have it open; only the first recovers, the others
+        join (load what is published). ``readonly``: join without a lock."""
         path = os.fsdecode(config.dir)
         _await_dropped_owner(path)
-        makedirs_durable(path)
+        if readonly:
+            if not os.path.isdir(path):
+                raise io_error(errno.ENOENT, path, "open a store read-only (it does not exist)")
+        else:
+            makedirs_durable(path)
         wal = cls()
-        wal._open(config)
+        wal._open(config, shared=shared, readonly=readonly, lock_timeout=lock_timeout)
         try:
-            info = recover(wal, config.recovery_mode, sink)
-            wal._start_background()
+            if readonly or (shared and not wal.first_opener):
+                info = join(wal, config.recovery_mode, sink)
+            else:
+                info = recover(wal, config.recovery_mode, sink)
+                if shared:
+                    wal._shared_init()
+            if not readonly:
+                wal._start_background()
         except BaseException:
             wal._abandon()  # the lock goes now, not when the traceback dies
             raise

@@ -55,7 +55,7 @@ def test_failed_rewrite_of_a_damaged_segment(shim_path, tmp_path, err):
     assert out["filename"] == str(seg), out
     assert "000000.wal" in out["msg"], out
     assert out["intact"], out
-    assert out["files"] == ["000000.wal", "LOCK"], out
+    assert out["files"] == ["000000.wal", "LOCK", "SHM"], out
     # Without the fault the same open skips the damaged record.
     from norikv import RecoveryMode
 

@@ -7,12 +7,15 @@ include "codec.pxd"
 include "log.pxd"         # the append contract between the log and its writers
 include "logdir.pxd"
 include "segment.pxd"
+include "shared.pxd"        # many processes on one log
+include "lockdir.pxd"       # taking a log directory
 include "views.pxd"       # read-only mappings of segments (values="disk")
 include "scan.pxd"
 include "keydir.pxd"      # the key directory (values="disk")
 include "loader.pxd"
 include "index.pxd"
 include "store.pxd"
+include "limits.pxd"        # max_keys, max_bytes
 include "ondisk.pxd"
 include "ttl.pxd"
 include "stats.pxd"
@@ -21,4 +24,5 @@ include "batch.pxd"
 include "compact.pxd"
 include "fastcall.pxd"
 include "opening.pxd"
+include "follow.pxd"        # other processes' writes applied to the map
 include "mapping.pxd"

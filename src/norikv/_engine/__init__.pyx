@@ -13,12 +13,16 @@ include "scan.pyx"        # reading segments, the recovery scan, WalIterator
 include "logdir.pyx"      # segment names, listing, open directories
 include "log.pyx"         # _WalCore: the append path, group commit
 include "segment.pyx"     # the active segment's file and mapping
+include "shared.pyx"      # many processes on one log: SHM, the writers' mutex
+include "lockdir.pyx"     # taking a log directory: exclusive, shared, read-only
 include "views.pyx"       # read-only mappings of segments (values="disk")
 include "loader.pyx"      # replaying a log into a store's map
 include "keydir.pyx"      # _KeyDir, the key directory of values="disk"
 include "hints.pyx"       # hint files: a sealed segment's key directory
 include "store.pyx"       # KvStore
+include "limits.pyx"      # its limits: max_keys, max_bytes
 include "opening.pyx"     # KvStore.open
+include "follow.pyx"      # other processes' writes applied to the map
 include "ondisk.pyx"      # what values="disk" adds to it
 include "ttl.pyx"         # deadlines, relative TTLs, purging expired keys
 include "stats.pyx"       # KvStore.stats()

@@ -118,10 +118,14 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
             final[k] = v
         _check_batch_room(store, final)
     p = store.wal._reserve(total)
-    if final is not None:
-        _check_batch_room(store, final)     # other threads may have run in _reserve
-    if store._disk:
-        loc = store._locate(total)
+    try:
+        if final is not None:
+            _check_batch_room(store, final)     # other threads (processes) may have run in _reserve
+        if store._disk:
+            loc = store._locate(total)
+    except BaseException:
+        store.wal._unreserve()
+        raise
     run.encode(p)
     store.wal._commit(total)
     for k, v, deadline, _ in ops:
@@ -159,4 +163,4 @@ cdef int _check_batch_room(KvStore store, dict final) except -1:
             delta += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v)
         else:
             delta += PyBytes_GET_SIZE(v) - cur
-    return store._check_room(new_keys, delta, "batch")
+    return _check_room(store, new_keys, delta, "batch")

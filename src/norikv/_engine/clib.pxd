@@ -3,8 +3,8 @@
 # mutex and condition (the Wal's group commit) and the few CPython macros
 # the hot paths call on borrowed pointers.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t, UINT64_MAX
-from libc.errno cimport (errno, EFBIG, EINTR, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOSYS,
-                         EOPNOTSUPP, EPERM)
+from libc.errno cimport (errno, EBUSY, EEXIST, EFBIG, EINTR, EINVAL, EIO, EISDIR, ENOENT, ENOSPC,
+                         ENOSYS, EOPNOTSUPP, EPERM, EROFS, ETIMEDOUT)
 from cpython.object cimport PyObject
 from cpython.pythread cimport PyThread_type_lock
 
@@ -89,6 +89,32 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_broadcast(pthread_cond_t *c)
+
+cdef extern from "shared.h" nogil:
+    enum:
+        NK_SHM_SIZE
+    ctypedef struct nk_pub:
+        uint64_t seg_id, seg_size, total, gen, gen_seal
+    ctypedef struct nk_shm:
+        uint64_t session, ver, alloc, intent_seg, intent_end, synced_total, owner_deaths
+        int poisoned, writer_pid, compact_pid, init_pid
+        pthread_mutex_t wmutex, smutex, cmutex
+    int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
+                    uint64_t alloc, int pid)
+    int nk_shm_valid(const nk_shm *s)
+    uint64_t nk_shm_ver(const nk_shm *s)
+    uint64_t nk_shm_read(const nk_shm *s, nk_pub *out)
+    uint64_t nk_shm_publish(nk_shm *s, const nk_pub *p)
+    void nk_shm_synced(nk_shm *s, uint64_t t)
+    int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)
+    int nk_shm_trylock(pthread_mutex_t *m, int *dead)
+    int nk_flock_wait(int fd, int op, double timeout)
+    enum:
+        LOCK_SH
+        LOCK_EX
+        LOCK_NB
+        LOCK_UN
+    int flock(int fd, int op)
 
 cdef extern from "Python.h":
     PyObject *PyDict_GetItem(object d, object k)

@@ -6,7 +6,7 @@ cdef uint64_t _log_bytes(KvStore store) except? 0
 cdef int _maybe_compact(KvStore store) except -1
 cdef int _start_background_compaction(KvStore store) except -1
 cdef tuple _freeze(KvStore store)
-cdef dict _compact(KvStore store)
+cdef dict _compact(KvStore store, bint background=*)
 cdef int _snapshot_failed(object wal, uint64_t first, uint64_t gap, exc) except -1
 cdef dict _compacted(KvStore store, double t0, uint64_t before, Py_ssize_t written,
                      Py_ssize_t deleted)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 
-from norikv.errors import ClosedError, NoriError, io_error
+from norikv.errors import ClosedError, LockError, NoriError, io_error
 
 
 cpdef double dead_ratio(uint64_t live_bytes, uint64_t keys, uint64_t log_bytes) noexcept:
@@ -58,9 +58,9 @@ def _background_compaction(KvStore store):
     """The background compaction's thread. A failure is kept for stats()
     (ClosedError only says the store closed meanwhile)."""
     try:
-        _compact(store)
-    except ClosedError:
-        pass
+        _compact(store, True)
+    except (ClosedError, LockError):
+        pass        # closed meanwhile; another process compacts
     except BaseException as exc:
         store._compact_error = exc
 
@@ -101,7 +101,7 @@ cdef tuple _freeze(KvStore store):
     return data, expiry, first, gap
 
 
-cdef dict _compact(KvStore store):
+cdef dict _compact(KvStore store, bint background=False):
     """KvStore.compact (its docstring says what it guarantees). With
     values="disk" the snapshot is the live records copied as they are stored
     (compressed values stay compressed); once it is installed each key moves
@@ -109,7 +109,7 @@ cdef dict _compact(KvStore store):
     are deleted."""
     cdef object wal = store.wal     # through Python attributes: tests and tools wrap its steps
     store._check_open()
-    with store._compact_lock:
+    with store._compact_lock, _SharedCompaction(store, background):
         t0 = time.perf_counter()
         before = _log_bytes(store)
         data, expiry, first, gap = _freeze(store)
@@ -121,6 +121,8 @@ cdef dict _compact(KvStore store):
         except BaseException as exc:
             _snapshot_failed(wal, first, gap, exc)
             raise
+        if store.wal.shm != NULL:
+            _publish_gen(store.wal, first + gap)     # the others reload before the deletes
         if store._disk:
             _relocate(store, <_DiskSnapshot>data, parts)
             store._purge_expired()      # the keys the snapshot left out as expired
@@ -133,6 +135,31 @@ cdef dict _compact(KvStore store):
         if store._disk:
             _start_hint_writer(store)
         return _compacted(store, t0, before, len(parts), len(old))
+
+
+cdef class _SharedCompaction:
+    """The compaction lock of all processes (shared.pyx) around a compaction:
+    a background one skips when another process compacts (LockError, as
+    "nothing to do"); compact() waits as the store's lock_timeout says."""
+    cdef KvStore store
+    cdef double timeout
+    cdef bint held
+
+    def __cinit__(self, KvStore store, bint background):
+        self.store = store
+        self.timeout = 0.0 if background else (
+            -1.0 if store.lock_timeout is None else float(store.lock_timeout))
+
+    def __enter__(self):
+        self.store.wal._check_usable()      # (before SHM's mutex: a read-only store maps it read-only)
+        if self.store.wal.shm != NULL:
+            _compaction_lock(self.store.wal, self.timeout)
+            self.held = True
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.held = False
+            _compaction_unlock(self.store.wal)
 
 
 cdef int _relocate(KvStore store, _DiskSnapshot snap, list parts) except -1:

@@ -128,7 +128,9 @@ def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
     data = _HINT_MAGIC + struct.pack("<QQQ", seg_id, res["end"], sink.count) + tail + sink.entries()
     data += struct.pack("<I", crc32c(data))
     path = os.path.join(dirpath, hint_name(seg_id))
-    tmp = path + "-tmp"                 # (the next hint writer removes a leftover)
+    # Per process: several processes' hint writers may write the same hint
+    # (a leftover of a dead one is removed by the next writer, _remove_stale_hints).
+    tmp = f"{path}-tmp.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -302,11 +304,27 @@ cdef bint _hint_current(object d, uint64_t seg, set names) except -1:
             and struct.unpack_from("<QQ", head, 8) == (seg, size))
 
 
+cdef bint _dead_writer(str name):
+    """Whether a hint's temporary file ``NNNNNN.hint-tmp.PID`` is a leftover:
+    its process is gone (or it is not named by a pid)."""
+    pid = name.rpartition(".")[2]
+    if not pid.isdigit():
+        return name.endswith(".hint-tmp")
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
+
+
 cdef int _remove_stale_hints(object d, set names) except -1:
     """Away with hints whose segment is gone (deleted by a compaction or a
-    recovery) and with leftover temporary files."""
+    recovery) and with the temporary files of hint writers that died."""
     for name in names:
-        if (name.endswith(".hint") and name[:len(name) - 5] + ".wal" not in names) or name.endswith(".hint-tmp"):
+        if ((name.endswith(".hint") and name[:len(name) - 5] + ".wal" not in names)
+                or (".hint-tmp" in name and _dead_writer(name))):
             try:
                 os.unlink(os.path.join(d, name))
             except FileNotFoundError:

@@ -27,6 +27,15 @@ cdef class _StoreLoader(_Sink):
         self.open_ms = open_ms
         self.now_ms = _now_ms()
 
+    def _restart(self):
+        """Forgets everything replayed so far (norikv.wal.join starts over
+        when a compaction deleted a segment under it)."""
+        self.data = {}
+        self.expiry = {}
+        self.relative = {}
+        self.staged = []
+        self.records = self.live_bytes = self.relative_ttls = 0
+
     cdef int64_t _set_value(self, bytes key, object value, int64_t vsize, uint64_t loc) except -2:
         """Sets key's value in the map; the old value's size, or -1 for a new key."""
         cdef PyObject *old = PyDict_GetItem(self.data, key)
@@ -156,6 +165,15 @@ cdef class _DiskLoader(_StoreLoader):
         self.kd = kd
         self.views = views
         self.last_seg = UINT64_MAX
+
+    def _restart(self):
+        _StoreLoader._restart(self)
+        self.data = None
+        self.views.unmap_all()
+        self.kd = _KeyDir()
+        self.views = _SegmentViews(self.views.dir, self.views.min_len)
+        self.last_seg = UINT64_MAX
+        self.hinted_segments = 0
 
     cdef uint64_t _location(self, uint64_t seg_id, uint64_t offset) except? 0xFFFFFFFFFFFFFFFF:
         if seg_id != self.last_seg:

@@ -65,6 +65,24 @@ cdef class _WalCore:
     cdef public object _waker            # wakes it (set by norikv.wal.Wal)
     cdef bint wake_pending
 
+    # Many processes on one log (shared.pyx). shm is NULL for a Wal that is
+    # the directory's only writer (norikv.wal.Wal); a KvStore's Wal shares
+    # the page of SHM with every other process that has the store open.
+    cdef nk_shm *shm
+    cdef int shm_fd
+    cdef int pid                         # this process's (SHM names the holders of its mutexes)
+    cdef readonly bint readonly          # never writes (KvStore.open(readonly=True))
+    cdef readonly bint first_opener      # it recovered the log and set up SHM
+    cdef double lock_timeout             # seconds an exclusive wait may take (< 0: no limit)
+    cdef unsigned long x_owner           # the thread holding shm.wmutex (0: none)
+    # what this process's map reflects: publication follow_ver (of SHM's
+    # session `session`), which said pub
+    cdef uint64_t follow_ver
+    cdef nk_pub pub
+    cdef uint64_t wal_ver                # the publication the Wal's end (seg_id, seg_size) is of
+    cdef uint64_t session
+    cdef public object _follow_hook      # KvStore's catch-up, run with wmutex held
+
     # ---------------------------------------------------------- the append contract
     # Every append (append, append_batch, KvStore's put, delete and batches)
     # is these three steps, with the GIL held from the first to the second:
@@ -91,6 +109,9 @@ cdef class _WalCore:
     cdef inline int _commit(self, uint64_t n) except -1
     cdef inline int _after_append(self) except -1
     cdef int _after_append_work(self) except -1
+    # A caller that gives up after _reserve (StoreFullError, the key changed)
+    # calls _unreserve: with many processes it releases the writers' mutex.
+    cdef inline void _unreserve(self) noexcept
 
     # locking
     cdef inline void _lock_io(self)

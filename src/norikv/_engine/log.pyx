@@ -12,15 +12,13 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
-                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
+                               PyThread_get_thread_ident)
 from posix.unistd cimport close as c_close, unlink
-from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
-from posix.stat cimport struct_stat, fstat
 
 import os
-import weakref
 
-from norikv.errors import ClosedError, LockError, NoriIOError, WalFailedError, io_error
+from norikv.errors import ClosedError, NoriIOError, ReadOnlyError, WalFailedError, io_error
 
 
 cdef enum:
@@ -39,6 +37,8 @@ cdef class _WalCore:
         self.dir_fd = -1
         self.lock_fd = -1
         self.seg_fd = -1
+        self.shm_fd = -1
+        self.lock_timeout = -1.0
         self.map = NULL
         self.closed = True
         self.fork_gen = _fork_generation
@@ -59,6 +59,7 @@ cdef class _WalCore:
         # Dropped without close(): release resources, leave the files as a
         # crash would (the zero tail is a clean end for recovery).
         self._release(False)
+        _shm_unmap(self)        # (kept until now: a thread may still wait on its mutexes)
         if self.fork_gen != _fork_generation:
             # Inherited through fork(): a thread of the parent may have held
             # these locks, or waited on sync_cond, at the fork. Freeing them
@@ -163,6 +164,8 @@ cdef class _WalCore:
 
     cdef int _check_usable(self) except -1:
         self._check_owner()
+        if self.readonly:
+            raise ReadOnlyError(EROFS, "the store was opened with readonly=True", self.dir)
         if self.failed is not None:
             raise WalFailedError(self.failed.errno, "the Wal failed earlier and refuses writes "
                                  f"until reopened ({self.failed.strerror})", self.failed.filename)
@@ -196,52 +199,24 @@ cdef class _WalCore:
 
     # ------------------------------------------------------------ open
 
-    def _open(self, config):
-        """Takes the lock of the directory ``config.dir`` (which norikv.wal
-        has created durably) with the settings of the validated WalConfig
-        ``config``. Recovery follows, driven by norikv.wal, which then calls
-        _start."""
-        cdef struct_stat st
-        policy = config.fsync_policy
-        self.config = config
-        self.dir = os.fsdecode(config.dir)
-        self.max_segment_size = config.max_segment_size
-        self.max_value_size = config.max_value_size
-        self.policy = policy.code
-        self.small_folios = self.policy == POLICY_ALWAYS
-        self.window = float(policy.window)
-        self.preallocate = bool(config.preallocate)
-        self.dir_fd = c_open(os.fsencode(self.dir), O_RDONLY | O_CLOEXEC)
-        if self.dir_fd < 0:
-            raise io_error(errno, self.dir, "open directory")
-        fstat(self.dir_fd, &st)
-        key = (st.st_dev, st.st_ino)
-        if _dir_owner(key) is not None:
-            self._release(False)
-            raise LockError(EWOULDBLOCK, "the directory is already open in this process", self.dir)
-        lock_path = os.path.join(self.dir, "LOCK")
-        self.lock_fd = c_open(os.fsencode(lock_path), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        if self.lock_fd < 0:
-            err = errno
-            self._release(False)
-            raise io_error(err, lock_path, "open lock file")
-        err = nk_lock_file(self.lock_fd)
-        if err:
-            self._release(False)
-            if err == EWOULDBLOCK:
-                pid = _lock_file_pid(lock_path)
-                exc = LockError(err, "the directory is locked by another process"
-                                + (f" (pid {pid})" if pid is not None else ""), self.dir)
-                exc.pid = pid
-                raise exc
-            raise io_error(err, lock_path, "flock")
-        _write_lock_file_pid(self.lock_fd)
-        _open_dirs[key] = weakref.ref(self)
-        self.dir_key = key
-        self.fork_gen = _fork_generation
-        self.closed = False
-        self.busy = 0
-        return None
+    def _open(self, config, *, bint shared=False, bint readonly=False, lock_timeout=None):
+        """Takes the directory ``config.dir`` (which norikv.wal has created
+        durably) with the settings of the validated WalConfig ``config``:
+        exclusive, shared with other processes (``shared``: a KvStore's; only
+        the first opener recovers), or without a lock (``readonly``). Recovery
+        follows, driven by norikv.wal, which then calls _start (lockdir.pyx)."""
+        _open_directory(self, config, shared, readonly, lock_timeout)
+
+    def _shared_init(self):         # the first opener of a shared directory, after recovery
+        _shared_init(self)
+
+    def _shared_start(self, dict finalized):    # a joiner, once its map reflects _published()
+        _shared_start(self, finalized)
+
+    @property
+    def shared(self):
+        """Whether other processes may write this log too (a KvStore's Wal)."""
+        return self.shm != NULL
 
     def _segment_path(self, uint64_t seg_id):
         return os.path.join(self.dir, segment_name(seg_id))
@@ -289,13 +264,15 @@ cdef class _WalCore:
 
     cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:
         """Room for n bytes at the end of the log (the contract: log.pxd)."""
-        if (self.busy == 0 and self.fork_gen == _fork_generation and self.failed is None
+        if (self.busy == 0 and self.shm == NULL and self.fork_gen == _fork_generation and self.failed is None
                 and not self.closed and self.seg_size + n <= self.populated
                 and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
             return self.map + self.seg_size
         return self._reserve_slow(n)
 
     cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
+        if self.shm != NULL and not self.readonly:
+            return _reserve_shared(self, n)     # (its own fast path: _reserve sends every append here)
         self._check_usable()
         self._lock_io()
         try:
@@ -317,6 +294,9 @@ cdef class _WalCore:
         code, so a caller can keep its in-memory update atomic with the append."""
         self.seg_size += n
         nk_store_release_u64(&self.written_total, self.written_total + n)
+        if self.shm != NULL:
+            _publish_position(self)
+            _writer_unlock(self)
         if self.policy == POLICY_BATCH and not self.dirty:
             self.dirty = True
             self.dirty_since = _now_monotonic()
@@ -326,6 +306,10 @@ cdef class _WalCore:
             self.prefault_pending = True
             self.wake_pending = True
         return 0
+
+    cdef inline void _unreserve(self) noexcept:
+        if self.shm != NULL and self.x_owner == PyThread_get_thread_ident():
+            _writer_unlock(self)
 
     cdef inline int _after_append(self) except -1:
         """Work that may run Python code or release the GIL: waking the
@@ -415,6 +399,9 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
+        if self.shm != NULL:
+            _sync_shared(self)
+            return
         if self.synced_total >= target:
             return
         if not self.small_folios and target - self.synced_total < _SMALL_SYNC:
@@ -482,6 +469,8 @@ cdef class _WalCore:
         """Takes io_lock and stops appends (they wait in the slow path) until
         _end_exclusive. Between the two, with the GIL held, no append is half done."""
         self._check_usable()
+        if self.shm != NULL:
+            _writer_lock_caught_up(self)
         self._lock_io()
         self.busy = 1
         try:
@@ -494,6 +483,8 @@ cdef class _WalCore:
     cdef void _end_exclusive(self) noexcept:
         self.busy = 0
         self._unlock_io()
+        if self.shm != NULL and self.x_owner == PyThread_get_thread_ident():
+            _writer_unlock(self)
 
     cdef tuple _seal_and_skip_locked(self, uint64_t gap):
         """Compaction support, inside _begin_exclusive: finalizes the active
@@ -505,6 +496,10 @@ cdef class _WalCore:
         _finalize_active(self)
         self.next_seg_id = first + gap
         _create_segment(self, 0)
+        if self.shm != NULL:
+            nk_shm_synced(self.shm, self.written_total)
+            self.shm.alloc = self.alloc
+            _publish_position(self)
         return first, self.seg_id
 
     def _install_segment(self, tmp_path, uint64_t seg_id, uint64_t size):
@@ -520,8 +515,8 @@ cdef class _WalCore:
         self._sync_dir(False)
 
     def _lock_state(self):
-        """(written_total, synced_total, failed) for monitoring and tests."""
-        return self.written_total, self.synced_total, self.failed
+        """(written_total, synced_total (SHM's: of the whole log), failed) for monitoring and tests."""
+        return self.written_total, self.shm.synced_total if self.shm != NULL else self.synced_total, self.failed
 
     # ------------------------------------------------------------ close
 
@@ -535,6 +530,9 @@ cdef class _WalCore:
             # this process's mapping and descriptors only, without io_lock (a
             # thread of the parent may have held it at the fork).
             self._release(False)
+            return
+        if self.shm != NULL and not self.readonly:
+            _close_shared(self)
             return
         self._lock_io()
         try:
@@ -565,6 +563,9 @@ cdef class _WalCore:
         if self.lock_fd >= 0:
             c_close(self.lock_fd)
             self.lock_fd = -1
+        if self.shm_fd >= 0:
+            c_close(self.shm_fd)
+            self.shm_fd = -1
         if self.dir_fd >= 0:
             c_close(self.dir_fd)
             self.dir_fd = -1
@@ -585,4 +586,7 @@ cdef class _WalCore:
         if self.lock_fd >= 0:
             c_close(self.lock_fd)
             self.lock_fd = -1
+        if self.shm_fd >= 0:
+            c_close(self.shm_fd)       # (SHM's flock, if the parent holds it, stays the parent's)
+            self.shm_fd = -1
         self.dir_key = None

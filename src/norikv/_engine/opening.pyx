@@ -6,6 +6,7 @@ import os
 import threading
 import time
 import weakref
+from functools import partial
 from heapq import heapify
 
 from norikv.config import FsyncPolicy, WalConfig
@@ -21,6 +22,30 @@ def _stores_after_fork():
     the parent: see KvStore._after_fork_in_child."""
     for store in list(_open_stores):
         (<KvStore>store)._after_fork_in_child()
+
+
+def _catch_up_of(ref):
+    """The Wal's follow hook: the store's _catch_up, if it still exists."""
+    store = ref()
+    if store is not None:
+        _catch_up(<KvStore>store)
+
+
+cdef int _adopt(KvStore store, _StoreLoader loader) except -1:
+    """Makes the map the loader built the store's (open, and a reload of a
+    store other processes write: follow.pyx)."""
+    if store._disk:
+        store._kd = (<_DiskLoader>loader).kd
+        store._views = (<_DiskLoader>loader).views
+    else:
+        store._data = loader.data
+    store._expiry = loader.expiry
+    store._heap = [(d, k) for k, d in loader.expiry.items()]
+    heapify(store._heap)
+    store.live_bytes = loader.live_bytes
+    with store._index_lock:
+        store._index = _RangeIndex(store._data, store._kd)
+    return 0
 
 
 cdef KvStore _open_store(type cls, dict o):
@@ -48,7 +73,8 @@ cdef KvStore _open_store(type cls, dict o):
     gc.disable()  # the rebuild allocates millions of objects the GC need not visit
     t0 = time.perf_counter()
     try:
-        wal, info = Wal._open_config(config, loader)
+        wal, info = Wal._open_config(config, loader, shared=True, readonly=o["readonly"],
+                                     lock_timeout=o["lock_timeout"])
         if disk and info.spans_skipped:
             # SKIP_ANY_CORRUPTED_RECORDS rewrote segments without the
             # damaged records: the locations found by the scan moved.
@@ -68,33 +94,34 @@ cdef KvStore _open_store(type cls, dict o):
             store._hinted_segments = (<_DiskLoader>loader).hinted_segments
         store._disk = disk
         store.value_storage = o["values"]
-        if disk:
-            store._kd = (<_DiskLoader>loader).kd
-            store._views = (<_DiskLoader>loader).views
-        else:
-            store._data = loader.data
-        store._expiry = loader.expiry
-        store._heap = [(d, k) for k, d in loader.expiry.items()]
-        heapify(store._heap)
-        store.live_bytes = loader.live_bytes
+        store._index_lock = threading.Lock()
+        _adopt(store, loader)
         store.max_keys = o["max_keys"] or 0
         store.max_bytes = o["max_bytes"] or 0
         store.max_value_size = max_value_size
         store._compression = int(kind)
         store.compress_min_size = o["compress_min_size"]
-        store._index = _RangeIndex(store._data, store._kd)
-        store._index_lock = threading.Lock()
         store.compact_dead_ratio = o["compact_dead_ratio"]
         store.compact_min_bytes = o["compact_min_bytes"]
         store._auto_compact = o["auto_compact"]
         store._compact_lock = threading.Lock()
         store._hint_lock = threading.Lock()
+        store._follow_lock = threading.Lock()
+        store.lock_timeout = o["lock_timeout"]
+        if (<_WalCore>wal).shm != NULL:
+            store._follower = _Follower(store)
+            store._pub_ver = &(<_WalCore>wal).shm.ver
+            store._seen_ver = &(<_WalCore>wal).follow_ver
+            # (through a weak reference: the store holds the Wal, and a store
+            # dropped without close() must still be freed at once)
+            wal._follow_hook = partial(_catch_up_of, weakref.ref(store))
         store._closed = False
         _open_stores.add(store)
-        if disk:
+        if disk and not wal.readonly:
             store._hint_seen_seg = wal.seg_id
             _start_hint_writer(store)
-        _pin_relative_ttls(store, loader.relative)
+        if not wal.readonly:
+            _pin_relative_ttls(store, loader.relative)
     except BaseException:
         # A failed open releases the lock at once: the exception (its
         # traceback holds this frame) may live on in the caller.

@@ -140,6 +140,8 @@ cdef int _finalize_active(_WalCore self) except -1:
     _unmap(self)
     c_close(fd)
     self.seg_fd = -1
+    if self.shm != NULL:
+        self.shm.alloc = size       # (the next writer appends here if no segment follows)
     self.seg_sizes[self.seg_id] = size
     self.synced_total = self.written_total
     return 0

@@ -9,6 +9,7 @@ cdef dict _stats(KvStore store):
     wal_bytes = sum(sizes.values())
     written, synced, failed = store.wal._lock_state()
     n = store.wal.fsync_count
+    shared = _shared_state(store.wal) or {}
     return {
         "keys": store._count(),
         "values": store.value_storage,
@@ -35,4 +36,8 @@ cdef dict _stats(KvStore store):
         "ttl_keys": len(store._expiry),
         "relative_ttl_records": store._relative_ttl_records,
         "failed": repr(failed) if failed is not None else None,
+        "readonly": store.wal.readonly,
+        "following": bool(shared),
+        "writer_deaths": shared.get("writer_deaths", 0),
+        "reloads": store._reloads,
     }

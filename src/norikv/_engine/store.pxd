@@ -12,6 +12,16 @@ cdef class KvStore:
     cdef uint64_t _relative_ttl_records
     cdef uint64_t _hinted_segments
     cdef bint _closed                        # True until open() and from close() on
+    cdef readonly object lock_timeout        # seconds an exclusive wait may take (None: no limit)
+
+    # other processes' writes (follow.pyx): a read whose SHM count
+    # (*_pub_ver) differs from the one the map reflects (*_seen_ver) first
+    # applies what was published in between; NULL without SHM
+    cdef const uint64_t *_pub_ver
+    cdef const uint64_t *_seen_ver
+    cdef object _follower
+    cdef readonly object _follow_lock
+    cdef readonly uint64_t _reloads
 
     # the map: values="memory" holds the values (_data), values="disk" the
     # location of each key's record (_kd) in the mapped segments (_views)
@@ -60,11 +70,6 @@ cdef class KvStore:
     cdef inline uint64_t _locate(self, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
     # delete's body: the old value (want) or True, None when it was absent
     cdef object _take(self, bytes k, bint want)
-
-    # the one limit rule: put (_room_for_put) and batches (batch.pyx) check through it
-    cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1
-    cdef int _check_room(self, Py_ssize_t new_keys, int64_t delta, str what) except -1
-    cdef int _room_for_put(self, bytes key, Py_ssize_t vlen, bint may_purge) except -1
 
     # the map in either mode
     cdef inline Py_ssize_t _count(self) noexcept

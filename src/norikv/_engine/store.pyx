@@ -18,7 +18,7 @@ from norikv._options import check_options
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.config import STORE_OPTIONS as _STORE_OPTIONS
 from norikv.config import RecoveryMode
-from norikv.errors import ClosedError, StoreFullError
+from norikv.errors import ClosedError
 
 
 _MISSING = object()    # pop's "no default"
@@ -46,7 +46,7 @@ cdef class KvStore:
              recovery_mode=RecoveryMode.TOLERATE_CORRUPTED_TAIL, compression=None,
              compress_min_size=256, max_keys=None, max_bytes=None, auto_compact=True,
              compact_dead_ratio=0.5, compact_min_bytes=64 << 20,
-             max_value_size=DEFAULT_MAX_VALUE_SIZE, values=None):
+             max_value_size=DEFAULT_MAX_VALUE_SIZE, values=None, readonly=False, lock_timeout=None):
         """Opens (creating if needed) the store at ``path``; the WAL lives in
         ``<path>/wal``. Recovery replays it and rebuilds the map.
 
@@ -61,7 +61,14 @@ cdef class KvStore:
         ``values``: ``"memory"`` keeps every value in the process's memory;
         ``"disk"`` keeps only the keys (a key directory of record locations)
         and reads each value from the log's mapped segments on ``get``
-        (README, "Values in memory or on disk"). None: ``"memory"``."""
+        (README, "Values in memory or on disk"). None: ``"memory"``.
+
+        Any number of processes may open the same store and write it (README,
+        "Many processes"). ``readonly``: never writes (ReadOnlyError) and
+        takes no lock, so it also opens a directory it cannot write.
+        ``lock_timeout``: seconds to wait for another process's exclusive
+        work (its recovery at open, its compaction) before LockError; None
+        waits as long as that process lives."""
         if values is None:
             # The test suite runs a second time with every store on disk.
             values = os.environ.get("NORIKV_TEST_VALUES") or "memory"
@@ -71,6 +78,8 @@ cdef class KvStore:
     cdef inline int _check_open(self) except -1:
         if self._closed:
             raise ClosedError("the KvStore is closed")
+        if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0]:
+            _catch_up(self)         # another process wrote
         return 0
 
     # ------------------------------------------------------------ reads
@@ -87,8 +96,7 @@ cdef class KvStore:
         expired: every read of a values="memory" store (get's entry aside,
         fastcall.pyx) asks here; _disk_live is its values="disk" twin."""
         cdef PyObject *v
-        if self._closed:
-            raise ClosedError("the KvStore is closed")
+        self._check_open()
         v = PyDict_GetItemWithError(self._data, key)
         if v != NULL and self._expired(key):
             return NULL
@@ -204,13 +212,18 @@ cdef class KvStore:
         if self._compression or compression is not None:
             stored = self._encode_value(v, compression, &flags)
         if limited:
-            self._room_for_put(k, PyBytes_GET_SIZE(v), True)
+            _room_for_put(self, k, PyBytes_GET_SIZE(v), True)
         n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, <uint64_t>deadline, 0, 0)
         p = self.wal._reserve(n)
-        if limited:     # other threads may have run in _reserve
-            self._room_for_put(k, PyBytes_GET_SIZE(v), False)
-        if self._disk:
-            loc = self._locate(n)
+        if limited or self._disk:
+            try:
+                if limited:     # other threads (processes: the catch-up) may have run in _reserve
+                    _room_for_put(self, k, PyBytes_GET_SIZE(v), False)
+                if self._disk:
+                    loc = self._locate(n)
+            except BaseException:
+                self.wal._unreserve()
+                raise
         nk_encode(p, <const uint8_t *>PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k),
                   <const uint8_t *>PyBytes_AS_STRING(stored), PyBytes_GET_SIZE(stored),
                   flags, <uint64_t>deadline, 0, 0)
@@ -245,10 +258,10 @@ cdef class KvStore:
         self._check_open()
         while True:
             loc = self._loc_of(k)
-            if loc == UINT64_MAX:
-                return None
-            if self._expired(k):
-                self._remove_key(k)        # expired: its record already says so
+            if loc == UINT64_MAX or self._expired(k):
+                self.wal._unreserve()       # (after a second look: the key went meanwhile)
+                if loc != UINT64_MAX:
+                    self._remove_key(k)     # expired: its record already says so
                 return None
             if want:
                 value = _disk_value(self, k) if self._disk else self._data[k]
@@ -345,40 +358,6 @@ cdef class KvStore:
         if compression is not None:
             kind = int(_compression_enum().parse(compression))
         return _stored_form(value, kind, self.compress_min_size, self.max_value_size, flags)
-
-    # ------------------------------------------------------------ limits
-
-    cdef int _over_limits(self, Py_ssize_t new_keys, int64_t delta) except -1:
-        """Which limit a change of the map by ``new_keys`` keys and ``delta``
-        bytes would pass: 1 max_keys, 2 max_bytes, 0 none. Only growth is
-        refused: a change that shrinks the store passes, also when it is over
-        its limits already (reopened with lower ones)."""
-        if new_keys > 0 and self.max_keys and self._count() + new_keys > self.max_keys:
-            return 1
-        if delta > 0 and self.max_bytes and <int64_t>self.live_bytes + delta > <int64_t>self.max_bytes:
-            return 2
-        return 0
-
-    cdef int _check_room(self, Py_ssize_t new_keys, int64_t delta, str what) except -1:
-        """StoreFullError when ``what`` (a put, a batch) passes a limit (_over_limits)."""
-        cdef int over = self._over_limits(new_keys, delta)
-        if over == 1:
-            raise StoreFullError(f"the {what} would exceed max_keys={self.max_keys}")
-        if over == 2:
-            raise StoreFullError(f"the {what} would exceed max_bytes={self.max_bytes}")
-        return 0
-
-    cdef int _room_for_put(self, bytes key, Py_ssize_t vlen, bint may_purge) except -1:
-        """_check_room for a put of ``key`` with a value of vlen bytes. With
-        may_purge, keys whose TTL has passed (they count until purged) are
-        dropped first when it would not fit."""
-        cdef int64_t old = self._old_size(key)
-        cdef bint new = old < 0
-        cdef int64_t delta = vlen + (PyBytes_GET_SIZE(key) if new else -old)
-        if may_purge and self._heap and self._over_limits(new, delta):
-            self._purge_expired()
-            return self._room_for_put(key, vlen, False)
-        return self._check_room(new, delta, "put")
 
     # ------------------------------------------------------------ the map
 
@@ -583,6 +562,7 @@ cdef class KvStore:
         self._index_lock = threading.Lock()
         self._compactor = None
         self._hinter = None
+        self._pub_ver = NULL        # the inherited map stays as it was at the fork
         if self._views is not None:
             self._views.forget_pins()
         self._index.drop()

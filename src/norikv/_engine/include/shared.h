@@ -1,0 +1,210 @@
+/* The state several processes share to write one log (docs/DESIGN.md,
+ * "Many processes"): one page of the file SHM in the log directory, mapped
+ * MAP_SHARED by every process that has the store open.
+ *
+ * - wmutex serializes writers across processes; smutex elects the fsync
+ *   leader; cmutex admits one compaction. All three are robust and
+ *   process-shared: when a holder dies, the next locker gets EOWNERDEAD
+ *   and repairs what the holder may have left half done (nk_shm_lock).
+ * - What is published (the end of the log) is a double-buffered slot
+ *   selected by `ver`: a writer fills the slot readers are not reading,
+ *   then bumps `ver` with a release store. A reader's check on each get is
+ *   one load of `ver`; a reader never waits for a writer, and a writer that
+ *   dies mid-publish leaves the previous slot intact. */
+#ifndef NORIKV_SHARED_H
+#define NORIKV_SHARED_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define NK_SHM_MAGIC 0x314d48535653524eULL    /* "NRSVSHM1" little-endian */
+#define NK_SHM_VERSION 1
+#define NK_SHM_SIZE 4096
+
+typedef struct {
+    uint64_t seg_id;        /* the active segment */
+    uint64_t seg_size;      /* its published logical size */
+    uint64_t total;         /* bytes published since the session began (monotonic) */
+    uint64_t gen;           /* bumped when a compaction replaced segments */
+    uint64_t gen_seal;      /* the first segment written after that compaction's seal */
+} nk_pub;
+
+typedef struct {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t size;
+    uint64_t session;       /* changes whenever a first opener initializes the page */
+    uint64_t ver;           /* publish count: slot[ver & 1] is current */
+    nk_pub slot[2];
+    uint64_t alloc;         /* bytes of the active segment's file reserved (fallocate) */
+    uint64_t intent_seg;    /* the wmutex holder's reservation: [published end, */
+    uint64_t intent_end;    /* intent_end) of intent_seg may hold its bytes */
+    uint64_t synced_total;  /* published bytes known durable */
+    int32_t poisoned;       /* an errno: an fsync of the log failed (WalFailedError) */
+    int32_t writer_pid;
+    int32_t compact_pid;
+    int32_t init_pid;       /* the process that initialized the page (recovered the log) */
+    uint64_t owner_deaths;  /* writers found dead holding wmutex (stats) */
+    char pad[64];
+    pthread_mutex_t wmutex __attribute__((aligned(64)));
+    pthread_mutex_t smutex __attribute__((aligned(64)));
+    pthread_mutex_t cmutex __attribute__((aligned(64)));
+} nk_shm;
+
+_Static_assert(sizeof(nk_shm) <= NK_SHM_SIZE, "nk_shm fits its page");
+
+static int nk_shm_mutex_init(pthread_mutex_t *m) {
+    pthread_mutexattr_t a;
+    int err = pthread_mutexattr_init(&a);
+    if (err) return err;
+    err = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+#if defined(PTHREAD_MUTEX_ROBUST) || defined(__linux__)
+    if (!err) err = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+#endif
+    if (!err) err = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    return err;
+}
+
+/* A fresh page for a first opener (every other process is gone): the
+   publish count and session go on from the old page's when it was valid, so
+   a read-only follower of the old session sees both change. */
+static int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
+                       uint64_t alloc, int32_t pid) {
+    uint64_t ver = 0, session = 0, gen = 0;
+    int err;
+    if (s->magic == NK_SHM_MAGIC && s->version == NK_SHM_VERSION) {
+        ver = s->ver + 2;
+        session = s->session;
+        gen = s->slot[s->ver & 1].gen;
+    }
+    memset(s, 0, sizeof(*s));
+    s->version = NK_SHM_VERSION;
+    s->size = sizeof(*s);
+    s->session = session + 1;
+    s->slot[ver & 1].seg_id = seg_id;
+    s->slot[ver & 1].seg_size = seg_size;
+    s->slot[ver & 1].total = total;
+    s->slot[ver & 1].gen = gen + 1;     /* a new session: followers reload */
+    s->ver = ver;
+    s->alloc = alloc;
+    s->synced_total = total;
+    s->init_pid = pid;
+    if ((err = nk_shm_mutex_init(&s->wmutex)) || (err = nk_shm_mutex_init(&s->smutex))
+            || (err = nk_shm_mutex_init(&s->cmutex)))
+        return err;
+    __atomic_store_n(&s->magic, NK_SHM_MAGIC, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static inline int nk_shm_valid(const nk_shm *s) {
+    return __atomic_load_n(&s->magic, __ATOMIC_ACQUIRE) == NK_SHM_MAGIC
+        && s->version == NK_SHM_VERSION && s->size == sizeof(*s);
+}
+
+static inline uint64_t nk_shm_ver(const nk_shm *s) {
+    return __atomic_load_n(&s->ver, __ATOMIC_ACQUIRE);
+}
+
+/* A consistent copy of the published slot and its ver. */
+static inline uint64_t nk_shm_read(const nk_shm *s, nk_pub *out) {
+    uint64_t v1, v2;
+    for (;;) {
+        v1 = __atomic_load_n(&s->ver, __ATOMIC_ACQUIRE);
+        memcpy(out, (const void *)&s->slot[v1 & 1], sizeof(*out));
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        v2 = __atomic_load_n(&s->ver, __ATOMIC_RELAXED);
+        if (v1 == v2) return v1;
+    }
+}
+
+/* Publishes p (the wmutex holder only): every byte written before this call
+   is visible to a process that reads the new ver. Returns the new ver. */
+static inline uint64_t nk_shm_publish(nk_shm *s, const nk_pub *p) {
+    uint64_t v = s->ver + 1;
+    memcpy(&s->slot[v & 1], p, sizeof(*p));
+    __atomic_store_n(&s->ver, v, __ATOMIC_RELEASE);
+    return v;
+}
+
+/* Raises synced_total to at least t. */
+static inline void nk_shm_synced(nk_shm *s, uint64_t t) {
+    uint64_t cur = __atomic_load_n(&s->synced_total, __ATOMIC_ACQUIRE);
+    while (cur < t && !__atomic_compare_exchange_n(&s->synced_total, &cur, t, 0,
+                                                   __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
+        ;
+}
+
+/* Locks a robust mutex, waiting at most `timeout` seconds (< 0: no limit).
+   Returns 0 (*dead set when the previous holder died holding it: the caller
+   repairs, the mutex is already marked consistent), ETIMEDOUT, or an errno. */
+static int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead) {
+    int err;
+    *dead = 0;
+    if (timeout < 0) {
+        err = pthread_mutex_lock(m);
+    } else if (timeout == 0) {
+        err = pthread_mutex_trylock(m);
+        if (err == EBUSY) err = ETIMEDOUT;
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)timeout;
+        ts.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+        err = pthread_mutex_timedlock(m, &ts);
+    }
+#if defined(__linux__)
+    if (err == EOWNERDEAD) {
+        *dead = 1;
+        pthread_mutex_consistent(m);
+        err = 0;
+    }
+#endif
+    return err;
+}
+
+static inline int nk_shm_trylock(pthread_mutex_t *m, int *dead) {
+    int err = pthread_mutex_trylock(m);
+    *dead = 0;
+#if defined(__linux__)
+    if (err == EOWNERDEAD) {
+        *dead = 1;
+        pthread_mutex_consistent(m);
+        err = 0;
+    }
+#endif
+    return err;
+}
+
+/* flock with a timeout: LOCK_NB attempts with a growing pause (flock has no
+   timed form; SQLite's busy handler waits the same way). timeout < 0: block. */
+#include <sys/file.h>
+static int nk_flock_wait(int fd, int op, double timeout) {
+    struct timespec pause = {0, 1000000};      /* 1 ms, doubling to 50 ms */
+    struct timespec now, end;
+    if (timeout < 0) {
+        while (flock(fd, op) != 0) {
+            if (errno != EINTR) return errno;
+        }
+        return 0;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += (time_t)timeout;
+    end.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
+    if (end.tv_nsec >= 1000000000L) { end.tv_sec += 1; end.tv_nsec -= 1000000000L; }
+    for (;;) {
+        if (flock(fd, op | LOCK_NB) == 0) return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR) return errno;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > end.tv_sec || (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec))
+            return EWOULDBLOCK;
+        nanosleep(&pause, NULL);
+        if (pause.tv_nsec < 50000000L) pause.tv_nsec *= 2;
+    }
+}
+
+#endif /* NORIKV_SHARED_H */

@@ -1,0 +1,27 @@
+# shared.pyx: many processes on one log, as functions of each one's _WalCore.
+
+cdef int _shm_map(_WalCore self, bint writable) except -1
+cdef void _shm_unmap(_WalCore self) noexcept
+# open: decide first opener or joiner (SHM's flock held), set up SHM, or read only
+cdef int _shared_open(_WalCore self, object lock_path) except -1
+cdef int _shared_init(_WalCore self) except -1
+cdef int _readonly_open(_WalCore self) except -1
+cdef int _shared_start(_WalCore self, dict finalized) except -1
+# the writers' mutex: _reserve takes it (_reserve_shared), _commit publishes and releases it
+cdef int _writer_lock(_WalCore self) except -1
+cdef void _writer_unlock(_WalCore self) noexcept
+cdef int _writer_lock_caught_up(_WalCore self) except -1
+cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL
+cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n) except NULL
+cdef int _check_shared_usable(_WalCore self) except -1
+cdef void _publish_position(_WalCore self) noexcept
+cdef int _refresh(_WalCore self) except -1
+cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
+cdef int _repair(_WalCore self) except -1
+# the group commit of all processes; one compaction at a time; the last one out
+cdef int _sync_shared(_WalCore self) except -1
+cdef void _note_synced(_WalCore self) noexcept
+cdef int _compaction_lock(_WalCore self, double timeout) except -1
+cdef void _compaction_unlock(_WalCore self) noexcept
+cdef int _publish_gen(_WalCore self, uint64_t seal) except -1
+cdef bint _last_user(_WalCore self) except -1

@@ -1,0 +1,520 @@
+# Many processes on one log: the page of SHM they share (include/shared.h),
+# used through functions of the _WalCore each process holds (docs/DESIGN.md,
+# "Many processes").
+#
+# Who may do what:
+# - LOCK's flock: every process with the store open holds it shared; the
+#   one that gets it exclusive is alone, so it recovers the log and sets up
+#   SHM. SHM's own flock, held exclusive around that, makes the decision
+#   atomic for concurrent openers. A plain Wal (norikv.wal) takes LOCK
+#   exclusive and so still excludes everyone.
+# - wmutex (robust, in SHM): held by a writer from _reserve to _commit (the
+#   append contract, log.pxd). Taking it brings the process's Wal to the
+#   published end of the log and its map up to date (_follow_hook), so a
+#   record is always written after everything published before it.
+# - A holder that dies leaves EOWNERDEAD to the next one, which repairs:
+#   segments created but never published are deleted, and the bytes the
+#   dead holder may have written past the published end are zeroed, so
+#   recovery can never take them for records.
+
+from cpython.pythread cimport PyThread_get_thread_ident
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.unistd cimport close as c_close, getpid, unlink
+from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
+from posix.stat cimport struct_stat, fstat
+
+import os
+
+from norikv.errors import LockError, WalFailedError, io_error
+
+
+cdef str _SHM_NAME = "SHM"
+
+
+cdef object _shm_path(_WalCore self):
+    return os.path.join(self.dir, _SHM_NAME)
+
+
+cdef int _shm_map(_WalCore self, bint writable) except -1:
+    """Opens and maps <dir>/SHM: created (its page allocated, so a full disk
+    is an ENOSPC here, never a SIGBUS later) when writable; returns 0 with
+    shm NULL when read-only and there is no page."""
+    cdef struct_stat st
+    cdef void *m
+    cdef int err
+    path = _shm_path(self)
+    fd = c_open(os.fsencode(path), (O_RDWR | O_CREAT if writable else O_RDONLY) | O_CLOEXEC, 0o644)
+    if fd < 0:
+        if not writable and errno == ENOENT:
+            return 0
+        raise io_error(errno, path, "open")
+    self.shm_fd = fd
+    if writable:
+        err = nk_allocate(fd, 0, NK_SHM_SIZE)
+        if err:
+            raise io_error(err, path, "allocate")
+    elif fstat(fd, &st) != 0 or st.st_size < NK_SHM_SIZE:
+        return 0
+    m = mmap(NULL, NK_SHM_SIZE, PROT_READ | (PROT_WRITE if writable else 0), MAP_SHARED, fd, 0)
+    if m == MAP_FAILED:
+        raise io_error(errno, path, "mmap")
+    self.shm = <nk_shm *>m
+    # The flocks go on a descriptor of their own: a mapping keeps its open
+    # file description alive, and with it any flock taken through it, after
+    # the descriptor is closed.
+    self.shm_fd = c_open(os.fsencode(path), O_RDONLY | O_CLOEXEC)
+    c_close(fd)
+    if self.shm_fd < 0:
+        raise io_error(errno, path, "open")
+    return 0
+
+
+cdef void _shm_unmap(_WalCore self) noexcept:
+    if self.shm != NULL:
+        munmap(self.shm, NK_SHM_SIZE)
+        self.shm = NULL
+    if self.shm_fd >= 0:
+        c_close(self.shm_fd)
+        self.shm_fd = -1
+
+
+cdef int _lock_error(_WalCore self, int err, str what, object pid) except -1:
+    if err == EWOULDBLOCK or err == ETIMEDOUT:
+        exc = LockError(EWOULDBLOCK, what + (f" (pid {pid})" if pid else ""), self.dir)
+        exc.pid = pid or None
+        raise exc
+    raise io_error(err, self.dir, what)
+
+
+cdef int _shared_open(_WalCore self, object lock_path) except -1:
+    """KvStore's open of the directory (lock_fd is open): decides, with
+    SHM's flock held, whether this process is alone (first_opener: it
+    recovers and then calls _shared_init) or joins the processes that have
+    the store open (then SHM's flock is released at once)."""
+    cdef int err
+    cdef double timeout = self.lock_timeout
+    _shm_map(self, True)
+    with nogil:
+        err = nk_flock_wait(self.shm_fd, LOCK_EX, timeout)
+    if err:
+        _lock_error(self, err, "another process is recovering the log",
+                    self.shm.init_pid if nk_shm_valid(self.shm) else None)
+    if flock(self.lock_fd, LOCK_EX | LOCK_NB) == 0:
+        self.first_opener = True
+        return 0
+    err = errno
+    if err == EWOULDBLOCK and flock(self.lock_fd, LOCK_SH | LOCK_NB) == 0 and nk_shm_valid(self.shm):
+        flock(self.shm_fd, LOCK_UN)
+        return 0
+    if err == EWOULDBLOCK:
+        # Held exclusive (a norikv.wal.Wal), or by a norikv without SHM.
+        _lock_error(self, EWOULDBLOCK, "the directory is locked by another process",
+                    _lock_file_pid(lock_path))
+    raise io_error(err, lock_path, "flock")
+
+
+cdef int _shared_init(_WalCore self) except -1:
+    """The first opener, once recovery has started its Wal: a fresh SHM page
+    describing the log, then LOCK shared like every other process, then
+    SHM's flock released: joiners may come."""
+    cdef int err = nk_shm_init(self.shm, self.seg_id, self.seg_size, self.written_total,
+                               self.alloc, getpid())
+    if err:
+        raise io_error(err, _shm_path(self), "pthread_mutex_init")
+    self.follow_ver = self.wal_ver = nk_shm_read(self.shm, &self.pub)
+    self.session = self.shm.session
+    if flock(self.lock_fd, LOCK_SH | LOCK_NB) != 0:
+        _lock_error(self, errno, "the directory is locked by another process", None)
+    flock(self.shm_fd, LOCK_UN)
+    return 0
+
+
+cdef int _readonly_open(_WalCore self) except -1:
+    """readonly=True: takes no lock and writes nothing. When processes have
+    the store open (LOCK is held) and SHM describes them, this process
+    follows what they publish; otherwise it reads the log as it is."""
+    cdef int err, fd
+    cdef bint live = False
+    _shm_map(self, False)
+    if self.shm_fd >= 0:
+        with nogil:
+            err = nk_flock_wait(self.shm_fd, LOCK_SH, self.lock_timeout)   # a recovery under way
+        if err:
+            _lock_error(self, err, "another process is recovering the log", None)
+    try:
+        fd = c_open(os.fsencode(os.path.join(self.dir, "LOCK")), O_RDONLY | O_CLOEXEC)
+        if fd >= 0:
+            if flock(fd, LOCK_EX | LOCK_NB) == 0:
+                flock(fd, LOCK_UN)
+            else:
+                live = errno == EWOULDBLOCK
+            c_close(fd)
+        if not (live and self.shm != NULL and nk_shm_valid(self.shm)):
+            _shm_unmap(self)
+        else:
+            self.follow_ver = nk_shm_read(self.shm, &self.pub)
+            self.session = self.shm.session
+    finally:
+        if self.shm_fd >= 0:
+            flock(self.shm_fd, LOCK_UN)
+    return 0
+
+
+def _published(_WalCore self):
+    """(segment id, size, total, gen) of the published end of the log as
+    this process's map will reflect it once loaded (the joiner's load)."""
+    self.follow_ver = nk_shm_read(self.shm, &self.pub)
+    self.session = self.shm.session
+    return self.pub.seg_id, self.pub.seg_size, self.pub.total, self.pub.gen
+
+
+cdef int _shared_start(_WalCore self, dict finalized) except -1:
+    """A joiner, once its map reflects self.pub: the Wal writes after it."""
+    self.seg_sizes = dict(finalized)
+    self.written_total = self.pub.total
+    self.synced_total = self.pub.total
+    self.wal_ver = self.follow_ver
+    if not self.readonly:
+        _open_active(self, self.pub.seg_id, self.pub.seg_size)
+    return 0
+
+
+# ---------------------------------------------------------------- the writers' mutex
+
+cdef int _writer_lock(_WalCore self) except -1:
+    """Takes wmutex (waiting without the GIL), repairs after a holder that
+    died, and brings the Wal to the published end (when another process
+    published since this one did, or changed the allocation)."""
+    cdef int dead = 0
+    cdef int err = nk_shm_trylock(&self.shm.wmutex, &dead)
+    if err == EBUSY:
+        with nogil:
+            err = nk_shm_lock(&self.shm.wmutex, -1.0, &dead)
+    if err:
+        raise io_error(err, _shm_path(self), "lock the writers' mutex")
+    self.x_owner = PyThread_get_thread_ident()
+    self.shm.writer_pid = self.pid
+    if (dead or self.closed or self.seg_fd < 0 or nk_shm_ver(self.shm) != self.wal_ver
+            or self.shm.alloc != self.alloc):
+        try:
+            self._check_owner()         # (close() may have run while this thread waited)
+            if dead:
+                _repair(self)
+            _refresh(self)
+        except BaseException:
+            _writer_unlock(self)
+            raise
+    return 0
+
+
+cdef void _writer_unlock(_WalCore self) noexcept:
+    self.x_owner = 0
+    self.shm.intent_end = 0
+    pthread_mutex_unlock(&self.shm.wmutex)
+
+
+cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL:
+    """_reserve with many processes: the writers' mutex is held from here to
+    _commit (or _unreserve), and the map is brought up to date first."""
+    if self.fork_gen != _fork_generation or self.closed:
+        self._check_usable()        # (an inherited Wal: the mutex may be held by a parent's thread)
+    if self.x_owner != PyThread_get_thread_ident():
+        _writer_lock(self)
+    if (nk_shm_ver(self.shm) == self.follow_ver and self.busy == 0 and self.failed is None
+            and self.fork_gen == _fork_generation and not self.closed and not self.shm.poisoned
+            and self.seg_size + n <= self.populated
+            and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
+        self.shm.intent_seg = self.seg_id         # (the common case, as _reserve's)
+        self.shm.intent_end = self.seg_size + n
+        return self.map + self.seg_size
+    return _reserve_shared_slow(self, n)
+
+
+cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n) except NULL:
+    try:
+        if nk_shm_ver(self.shm) != self.follow_ver and self._follow_hook is not None:
+            self._follow_hook()
+        _check_shared_usable(self)
+        if (self.busy or self.seg_fd < 0 or self.seg_size + n > self.populated
+                or (self.seg_size + n > self.max_segment_size and self.seg_size > 0)):
+            self._lock_io()
+            try:
+                self._check_usable()
+                if self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
+                    _rotate(self, n)
+                    nk_shm_synced(self.shm, self.written_total)     # (the seal fsynced it)
+                    self.shm.alloc = self.alloc
+                    _publish_position(self)
+                if self.seg_size + n > self.alloc:
+                    _grow(self, self.seg_size + n)
+                    self.shm.alloc = self.alloc
+                if self.seg_size + n > self.populated:
+                    _prefault(self, self.seg_size + n)
+            finally:
+                self._unlock_io()
+        self.shm.intent_seg = self.seg_id
+        self.shm.intent_end = self.seg_size + n
+    except BaseException:
+        _writer_unlock(self)
+        raise
+    return self.map + self.seg_size
+
+
+cdef int _check_shared_usable(_WalCore self) except -1:
+    self._check_usable()
+    if self.shm.poisoned and self.failed is None:
+        self.failed = WalFailedError(self.shm.poisoned, "an fsync of the log failed in another "
+                                     "process: writes are refused until every process reopens",
+                                     self.dir)
+        self.broken = True
+        raise self.failed
+    return 0
+
+
+cdef void _publish_position(_WalCore self) noexcept:
+    """Publishes the Wal's end of the log (the wmutex holder, whose map is
+    up to date): what follows is this process's own."""
+    self.pub.seg_id = self.seg_id
+    self.pub.seg_size = self.seg_size
+    self.pub.total = self.written_total
+    self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
+
+
+cdef int _refresh(_WalCore self) except -1:
+    """With wmutex held: the Wal's active segment, size and allocation
+    become the published ones (another process may have rotated or grown
+    the segment)."""
+    cdef nk_pub p
+    self.wal_ver = nk_shm_read(self.shm, &p)
+    if self.seg_fd < 0 or p.seg_id != self.seg_id:
+        self._lock_io()
+        try:
+            _switch_active(self, p.seg_id, p.seg_size)
+        finally:
+            self._unlock_io()
+    else:
+        self.seg_size = p.seg_size
+    if p.total > self.written_total:
+        nk_store_release_u64(&self.written_total, p.total)
+    if self.shm.alloc != self.alloc:
+        self.alloc = self.shm.alloc
+        if self.populated > self.alloc:
+            self.populated = self.alloc
+        if self.alloc > self.map_len:
+            self._lock_io()
+            try:
+                _unmap(self)
+                _map_active(self, self.alloc)
+            finally:
+                self._unlock_io()
+    self.next_seg_id = p.seg_id + 1
+    return 0
+
+
+cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1:
+    """Another process sealed the segment this Wal had mapped: map seg_id."""
+    if self.seg_fd >= 0:
+        _unmap(self)
+        c_close(self.seg_fd)
+        self.seg_fd = -1
+    _rescan_sizes(self, seg_id)
+    _open_active(self, seg_id, size)
+    self.shm.alloc = self.alloc         # (from fstat: the file's own size is the truth)
+    return 0
+
+
+def _rescan_sizes(_WalCore self, uint64_t active):
+    """seg_sizes from the directory: every segment below `active`."""
+    sizes = {}
+    for seg in list_segments(self.dir):
+        if seg < active:
+            try:
+                sizes[seg] = os.path.getsize(self._segment_path(seg))
+            except FileNotFoundError:
+                pass                # deleted by a compaction meanwhile
+    self.seg_sizes = sizes
+
+
+cdef int _repair(_WalCore self) except -1:
+    """The previous wmutex holder died holding it (its process is gone).
+    Segments it created but never published are deleted; bytes it may have
+    written past the published end of the active segment are zeroed; the
+    allocation is read from the file (it may have sealed it)."""
+    cdef nk_pub p
+    cdef struct_stat st
+    cdef uint64_t end
+    nk_shm_read(self.shm, &p)
+    self.shm.owner_deaths += 1
+    removed = False
+    for seg in list_segments(self.dir):
+        if seg > p.seg_id:
+            path = self._segment_path(seg)
+            if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
+                raise io_error(errno, path, "unlink")
+            removed = True
+    if removed:
+        self._sync_dir(True)
+    path = self._segment_path(p.seg_id)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fstat(fd, &st)
+        self.shm.alloc = <uint64_t>st.st_size
+        end = self.shm.intent_end
+        if self.shm.intent_seg == p.seg_id and end > p.seg_size:
+            if end > <uint64_t>st.st_size:
+                end = <uint64_t>st.st_size
+            off = p.seg_size
+            while off < end:
+                off += os.pwrite(fd, bytes(min(end - off, 1 << 20)), off)
+    finally:
+        os.close(fd)
+    self.shm.intent_end = 0
+    return 0
+
+
+# ---------------------------------------------------------------- sync, compaction
+
+cdef int _sync_shared(_WalCore self) except -1:
+    """sync() with many processes: every byte published before the call is
+    durable when it returns. The processes' fsyncs are shared: the first to
+    take smutex fsyncs the active segment (sealed ones were fsynced when
+    sealed) and publishes how far it got; the others find themselves covered."""
+    cdef uint64_t target = nk_load_acquire_u64(&self.written_total)
+    cdef nk_pub p
+    cdef int dead, err = 0, fd
+    cdef double t0, dt = 0
+    _check_shared_usable(self)
+    if self.pub.total > target:
+        target = self.pub.total
+    if nk_load_acquire_u64(&self.shm.synced_total) >= target:
+        _note_synced(self)
+        return 0
+    with nogil:
+        err = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
+    if err:
+        raise io_error(err, _shm_path(self), "lock the fsync mutex")
+    try:
+        if nk_load_acquire_u64(&self.shm.synced_total) < target:
+            _check_shared_usable(self)
+            nk_shm_read(self.shm, &p)
+            path = self._segment_path(p.seg_id)
+            fd = c_open(os.fsencode(path), O_RDONLY | O_CLOEXEC)
+            if fd < 0:
+                self._poison(errno, path, "open for fdatasync")
+            with nogil:
+                t0 = _now_monotonic()
+                err = nk_sync_data(fd, NULL, 0)
+                dt = _now_monotonic() - t0
+                c_close(fd)
+            if err:
+                self.shm.poisoned = err
+                self._poison(err, path, "fdatasync")
+            nk_shm_synced(self.shm, p.total)
+            self._count_fsync(dt)
+    finally:
+        pthread_mutex_unlock(&self.shm.smutex)
+    _note_synced(self)
+    return 0
+
+
+cdef void _note_synced(_WalCore self) noexcept:
+    """This Wal's view of what is durable (synced_total, the flusher's dirty flag)."""
+    cdef uint64_t synced = nk_load_acquire_u64(&self.shm.synced_total)
+    if synced > self.synced_total:
+        self.synced_total = synced
+    if synced >= self.written_total:
+        self.dirty = False
+
+
+cdef int _compaction_lock(_WalCore self, double timeout) except -1:
+    """Admits one compaction at a time across processes. timeout: seconds
+    (< 0: no limit); LockError naming the compacting process after it.
+    A compaction whose process died left temporary files: removed."""
+    cdef int dead = 0, err
+    with nogil:
+        err = nk_shm_lock(&self.shm.cmutex, timeout, &dead)
+    if err:
+        _lock_error(self, err, "another process is compacting the store", self.shm.compact_pid)
+    self.shm.compact_pid = self.pid
+    if dead:
+        for name in os.listdir(self.dir):
+            if name.endswith(".compact-tmp"):
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except (FileNotFoundError, IsADirectoryError):
+                    pass
+    return 0
+
+
+cdef void _compaction_unlock(_WalCore self) noexcept:
+    self.shm.compact_pid = 0
+    pthread_mutex_unlock(&self.shm.cmutex)
+
+
+cdef int _writer_lock_caught_up(_WalCore self) except -1:
+    """_writer_lock, then the map brought up to date (exclusive work:
+    compaction's seal, a backup's point)."""
+    _writer_lock(self)
+    try:
+        if nk_shm_ver(self.shm) != self.follow_ver and self._follow_hook is not None:
+            self._follow_hook()
+    except BaseException:
+        _writer_unlock(self)
+        raise
+    return 0
+
+
+cdef int _publish_gen(_WalCore self, uint64_t seal) except -1:
+    """A compaction installed its snapshot: segments are about to be
+    deleted. Processes whose map points into them (values="disk") or that
+    have not read past the seal reload (follow.pyx)."""
+    _writer_lock_caught_up(self)
+    try:
+        self.pub.gen += 1
+        self.pub.gen_seal = seal
+        _publish_position(self)
+    finally:
+        _writer_unlock(self)
+    return 0
+
+
+cdef bint _last_user(_WalCore self) except -1:
+    """close(): whether no other process has the store open (then this one
+    seals the active segment, as a lone Wal does). Takes SHM's flock, so
+    no process can join meanwhile; released by _release."""
+    cdef int err
+    with nogil:
+        err = nk_flock_wait(self.shm_fd, LOCK_EX, -1.0)
+    if err:
+        return False
+    return flock(self.lock_fd, LOCK_EX | LOCK_NB) == 0
+
+
+# ---------------------------------------------------------------- test hooks
+
+def _test_hold(_WalCore wal, str which):
+    """Tests: takes one of SHM's mutexes ("writers", "sync", "compaction") and
+    keeps it, as a process would that is killed while holding it."""
+    cdef int dead = 0
+    cdef pthread_mutex_t *m = (&wal.shm.wmutex if which == "writers" else
+                               &wal.shm.smutex if which == "sync" else &wal.shm.cmutex)
+    with nogil:
+        nk_shm_lock(m, -1.0, &dead)
+    if which == "compaction":
+        wal.shm.compact_pid = wal.pid
+    return dead
+
+
+def _test_release(_WalCore wal, str which):
+    pthread_mutex_unlock(&wal.shm.wmutex if which == "writers" else
+                         &wal.shm.smutex if which == "sync" else &wal.shm.cmutex)
+
+
+def _test_torn_write(_WalCore wal, bytes data):
+    """Tests: a writer that dies mid-append. Takes the writers' mutex and
+    writes ``data`` past the published end of the log without publishing
+    it; the caller is then killed."""
+    cdef uint8_t *p = _reserve_shared(wal, PyBytes_GET_SIZE(data))
+    memcpy(p, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))

@@ -1,0 +1,467 @@
+"""Many processes on one store (README, "Many processes"): real processes,
+each with the store open, reading and writing it; SIGKILL at any point,
+including while a process holds the writers' mutex; compaction under load;
+read-only openers; group commit across processes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import SLOW
+from norikv import KvStore, LockError, ReadOnlyError, Record
+from procutil import Worker, WorkerError
+
+
+@pytest.fixture
+def workers():
+    """Workers started by a test; whatever is left is killed at its end."""
+    started = []
+
+    def start(path, **opts):
+        w = Worker(path, **opts)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def test_every_process_reads_what_any_other_acknowledged(tmp_path, workers):
+    """Read-your-writes across processes: a get that starts after another
+    process's put returned sees it, for puts, deletes and batches."""
+    ws = [workers(tmp_path) for _ in range(3)]
+    assert [w.first for w in ws] == [True, False, False]
+    for i in range(60):
+        a, b = ws[i % 3], ws[(i + 1) % 3]
+        a("put", f"k{i % 7}", f"v{i}")
+        assert b("get", f"k{i % 7}") == f"v{i}"
+        if i % 5 == 0:
+            assert a("delete", f"k{i % 7}") is True
+            assert b("get", f"k{i % 7}") is None
+    ws[0]("batch", [["x", "1"], ["y", "1"]])
+    assert ws[2]("get", "y") == "1"
+    expected = ws[1]("items")
+    assert ws[0]("items") == expected == ws[2]("items")
+    for w in ws:
+        w.stop()
+    with KvStore.open(tmp_path) as s:
+        assert {k.decode(): v.decode() for k, v in s.items()} == expected
+
+
+def test_a_reader_never_sees_part_of_a_batch(tmp_path, workers):
+    """A batch another process writes is seen whole or not at all, while it
+    writes batch after batch and this process reads."""
+    keys = [f"b{i}".encode() for i in range(8)]
+    w = workers(tmp_path)
+    with KvStore.open(tmp_path) as s:
+        w.send(
+            "run",
+            "for n in range(1500):\n"
+            "    with s.batch() as b:\n"
+            f"        for k in {keys!r}:\n"
+            "            b.put(k, b'%d' % n)\n",
+        )
+        while True:
+            done = bool(select.select([w.proc.stdout], [], [], 0)[0])  # (or failed: its reply says)
+            snap = dict(s.items())
+            vals = {snap.get(k) for k in keys}
+            assert len(vals) == 1, vals  # all keys from one batch (or none yet)
+            if done:
+                break
+        assert w.reply() is None
+        assert vals == {b"1499"}
+
+
+def test_a_writer_killed_holding_the_writers_mutex_blocks_nobody(tmp_path, workers):
+    """SIGKILL while serializing: the next writer takes over at once (robust
+    mutex) and nothing acknowledged is lost."""
+    a, b = workers(tmp_path), workers(tmp_path)
+    a("put", "before", "1")
+    assert a("hold", "writers") == 0
+    a.kill()
+    b("put", "after", "2")  # would hang without the robust mutex
+    assert b("stats")["writer_deaths"] == 1
+    assert b("get", "before") == "1"
+    b.stop()
+    with KvStore.open(tmp_path) as s:
+        assert s.get(b"before") == b"1" and s.get(b"after") == b"2"
+
+
+def _rec(key, value):
+    return Record.put(key, value).encode().hex()
+
+
+@pytest.mark.parametrize("then", ["write_and_crash", "write_and_close", "close"])
+def test_bytes_of_a_writer_killed_mid_append_never_become_records(tmp_path, workers, then):
+    """A writer dies after copying two whole records past the published end
+    but before publishing them: they were never acknowledged, so no later
+    writer, reader or recovery may take them for records, even when a later
+    record of the same length overwrites only the first."""
+    a, b = workers(tmp_path), workers(tmp_path)
+    a("put", "a", "1")
+    a("torn", _rec(b"g1", b"ghost") + _rec(b"g2", b"ghost"))
+    a.kill()
+    if then != "close":
+        b("put", "b1", "12345")  # the length of g1's record: g2 would follow it intact
+        assert b("get", "g2") is None
+    if then == "write_and_crash":
+        b.kill()
+    else:
+        b.stop()
+    with KvStore.open(tmp_path) as s:
+        assert s.get(b"g1") is None and s.get(b"g2") is None
+        assert s.get(b"a") == b"1"
+        assert s.get(b"b1") == (None if then == "close" else b"12345")
+
+
+def test_compaction_while_other_processes_read_and_write(tmp_path, workers):
+    """One process compacts; the others keep writing through it and switch to
+    the new segments (values="disk" reloads its key directory)."""
+    a, b = workers(tmp_path, max_segment_size=1 << 20), workers(tmp_path, max_segment_size=1 << 20)
+    for i in range(300):
+        a("put", f"k{i % 50}", f"{i:04d}" * 2500)
+    b.send("run", "for i in range(2000):\n    s.put(b'b%d' % (i % 30), b'%d' % i)\n")
+    assert a("compact") >= 1
+    assert b.reply() is None
+    a("put", "late", "x")
+    assert b("get", "late") == "x"
+    assert b("get", "b19") == "1999" and a("get", "b19") == "1999"
+    assert a("get", "k49") == "0299" * 2500 and b("get", "k49") == "0299" * 2500
+    expected = a("items")
+    assert b("items") == expected
+    b.stop()
+    a.stop()
+    with KvStore.open(tmp_path) as s:
+        assert {k.decode(): v.decode() for k, v in s.items()} == expected
+
+
+def test_group_commit_is_shared_between_processes(tmp_path, workers):
+    """Two processes calling sync() while a third holds the fsync mutex: when
+    it is released, one fsync covers both."""
+    opts = dict(fsync_policy="os")
+    a, b, c = workers(tmp_path, **opts), workers(tmp_path, **opts), workers(tmp_path, **opts)
+    a("hold", "sync")
+    b.send("put_sync", "kb", "1")
+    c.send("put_sync", "kc", "1")
+    assert b._read() == {"put": True} and c._read() == {"put": True}
+    a("release", "sync")
+    assert b.reply() is None and c.reply() is None
+    assert b("stats")["fsyncs"] + c("stats")["fsyncs"] == 1
+
+
+def test_lock_timeout_and_the_holders_pid(tmp_path, workers):
+    """Exclusive work another process does (its compaction, its recovery at
+    open) makes a caller wait: LockError naming that process after
+    lock_timeout; a holder that dies is no obstacle."""
+    a = workers(tmp_path)
+    a("put", "k", "v")
+    a("hold", "compaction")
+    with KvStore.open(tmp_path, lock_timeout=0) as s:
+        with pytest.raises(LockError) as ei:
+            s.compact()
+        assert ei.value.pid == a.pid and str(a.pid) in str(ei.value)
+    with KvStore.open(tmp_path, lock_timeout=0.05) as s:
+        with pytest.raises(LockError):
+            s.compact()
+        a.kill()
+        s.compact()  # the holder died: its lock is free
+        assert s.get(b"k") == b"v"
+    fd = os.open(tmp_path / "wal" / "SHM", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a first opener holds it while it recovers
+        with pytest.raises(LockError):
+            KvStore.open(tmp_path, lock_timeout=0)
+        with pytest.raises(LockError):
+            KvStore.open(tmp_path, lock_timeout=0.05)
+    finally:
+        os.close(fd)
+    with KvStore.open(tmp_path, lock_timeout=0) as s:
+        assert s.get(b"k") == b"v"
+
+
+def test_readonly_beside_a_writer(tmp_path, workers):
+    a = workers(tmp_path)
+    a("put", "k", "1")
+    with KvStore.open(tmp_path, readonly=True) as s:
+        assert s.get(b"k") == b"1"
+        a("put", "k", "2")
+        assert s.get(b"k") == b"2"
+        for call in (lambda: s.put(b"x", b"y"), lambda: s.delete(b"k"), s.compact, s.sync):
+            with pytest.raises(ReadOnlyError):
+                call()
+        assert s.stats()["readonly"] is True
+    assert a("get", "k") == "2"
+
+
+def test_readonly_of_a_store_nobody_has_open(tmp_path):
+    with KvStore.open(tmp_path) as s:
+        s.put(b"k", b"v")
+    before = sorted(os.listdir(tmp_path / "wal"))
+    with KvStore.open(tmp_path, readonly=True) as s:
+        assert s.get(b"k") == b"v" and len(s) == 1
+    assert sorted(os.listdir(tmp_path / "wal")) == before
+    with pytest.raises(OSError):
+        KvStore.open(tmp_path / "missing", readonly=True)
+
+
+_READER = r"""
+import ctypes, os, sys
+import norikv.store, norikv.wal
+from norikv import KvStore, ReadOnlyError
+if len(sys.argv) > 2:
+    # From here on the file system sees this process as that user (the
+    # interpreter itself lives where only root may read).
+    ctypes.CDLL(None, use_errno=True).setfsuid(int(sys.argv[2]))
+    try:
+        open(os.path.join(sys.argv[1], "probe"), "w")
+        sys.exit("still allowed to write")
+    except PermissionError:
+        pass
+with KvStore.open(sys.argv[1], readonly=True) as s:
+    first = s.get(b"k")
+    sys.stdout.write(repr(first) + "\n"); sys.stdout.flush()
+    sys.stdin.readline()                      # the writer wrote again
+    second = s.get(b"k")
+    try:
+        s.put(b"x", b"y")
+        refused = False
+    except ReadOnlyError:
+        refused = True
+    print(repr((second, refused, len(s))))
+"""
+
+
+def _ro_reader(path, *as_user):
+    return subprocess.Popen(
+        [sys.executable, "-c", _READER, str(path), *map(str, as_user)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_readonly_on_a_directory_the_process_cannot_write(tmp_path, workers):
+    """A process that may not write the directory (mode 0555, another user)
+    opens it read-only beside a writer and follows its writes."""
+    base = tempfile.mkdtemp(prefix="norikv-ro-")  # (tmp_path's parents are root's only)
+    os.chmod(base, 0o755)
+    root = os.path.join(base, "s")
+    a = workers(root)
+    a("put", "k", "1")
+    for d, _, _ in os.walk(base):
+        os.chmod(d, 0o555)
+    try:
+        r = _ro_reader(root, 65534)
+        assert r.stdout.readline().strip() == "b'1'"
+        a("put", "k", "2")
+        r.stdin.write("\n")
+        r.stdin.flush()
+        assert r.stdout.readline().strip() == "(b'2', True, 1)"
+        assert r.wait() == 0
+    finally:
+        for d, _, _ in os.walk(base):
+            os.chmod(d, 0o755)
+        a.kill()
+        shutil.rmtree(base)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="needs root and mount")
+def test_readonly_on_a_read_only_bind_mount(tmp_path, workers):
+    root = tmp_path / "s"
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    a = workers(root)
+    a("put", "k", "1")
+    if subprocess.run(["mount", "--bind", str(root), str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        with pytest.raises(OSError):
+            (mnt / "probe").write_bytes(b"x")
+        r = _ro_reader(mnt)
+        assert r.stdout.readline().strip() == "b'1'"
+        a("put", "k", "2")
+        r.stdin.write("\n")
+        r.stdin.flush()
+        assert r.stdout.readline().strip() == "(b'2', True, 1)"
+        assert r.wait() == 0
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_forked_child_opens_the_store_its_parent_has_open(tmp_path):
+    """Pre-fork servers open in the master: a child opens the store itself
+    beside it, and dropping the inherited handle does not hang."""
+    with KvStore.open(tmp_path) as s:
+        s.put(b"parent", b"1")
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                inherited = s
+                with KvStore.open(tmp_path) as mine:
+                    ok = mine.get(b"parent") == b"1"
+                    mine.put(b"child", b"2")
+                inherited.close()
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert s.get(b"child") == b"2"
+    with KvStore.open(tmp_path) as s:
+        assert s.get(b"child") == b"2" and s.get(b"parent") == b"1"
+
+
+_WRITER = r"""
+import os, sys, random
+from norikv import KvStore
+path, wid, ackpath, seed, compact_every = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+rng = random.Random(seed)
+s = KvStore.open(path, max_segment_size=1 << 20, compact_min_bytes=1 << 20)
+ack = open(ackpath, "a", buffering=1)
+seq = int(sys.argv[6])
+while True:
+    seq += 1
+    r = rng.random()
+    if r < 0.7:
+        k = "w%d:%d" % (wid, rng.randrange(40))
+        s.put(k.encode(), b"%d:" % seq + b"x" * rng.choice([10, 200, 3000]))
+        ack.write("%s %d\n" % (k, seq))
+    elif r < 0.95:
+        with s.batch() as b:
+            for j in range(3):
+                b.put(b"g%d:%d" % (wid, j), b"%d" % seq)
+        ack.write("g%d:* %d\n" % (wid, seq))
+    else:
+        s.sync()
+    if compact_every and seq % compact_every == 0:
+        s.compact()
+"""
+
+_READER_LOOP = r"""
+import os, sys
+from norikv import KvStore
+path, nwriters, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = KvStore.open(path)
+bad, checks = [], 0
+while not os.path.exists(stop):
+    for wid in range(nwriters):
+        try:
+            with open(os.path.join(path, "..", "ack%d" % wid)) as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            continue
+        for line in lines[-5:]:
+            parts = line.split()
+            if len(parts) != 2:
+                continue            # being written
+            k, seq = parts[0], int(parts[1])
+            if k.endswith("*"):
+                vals = [s.get(("g%d:%d" % (wid, j)).encode()) for j in range(3)]
+                if any(v is None or int(v) < seq for v in vals):
+                    bad.append(("batch", k, seq, vals))
+            else:
+                v = s.get(k.encode())
+                if v is None or int(v.split(b":")[0]) < seq:
+                    bad.append((k, seq, v))
+            checks += 1
+        snap = {k: v for k, v in s.items() if k.startswith(b"g%d:" % wid)}
+        if len(set(snap.values())) > 1:
+            bad.append(("torn batch", sorted(snap.items())))
+print(repr((checks, bad[:5], len(bad))))
+"""
+
+
+@pytest.mark.parametrize("seconds,kills", [(25, 60)] if SLOW else [(4, 8)])
+def test_writers_killed_at_random_lose_nothing_acknowledged(tmp_path, seconds, kills):
+    """4 writer processes (one also compacting) and 2 reader processes; writers
+    are SIGKILLed at random and restarted. Readers check, all along, that
+    every write a writer acknowledged is visible to them and that no batch is
+    seen in part; at the end every acknowledged write is in the store."""
+    rng = random.Random(7)
+    root = tmp_path / "s"
+    stop = tmp_path / "stop"
+    KvStore.open(root).close()
+    seqs = [0] * 4
+
+    def start(wid):
+        seqs[wid] += 10_000_000
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WRITER,
+                str(root),
+                str(wid),
+                str(tmp_path / f"ack{wid}"),
+                str(rng.random())[2:9],
+                "97" if wid == 0 else "0",
+                str(seqs[wid]),
+            ]
+        )
+
+    writers = [start(i) for i in range(4)]
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER_LOOP, str(root), "4", str(stop)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + seconds
+        done = 0
+        while done < kills or time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.01, 2 * seconds / kills))  # the schedule of the kills, not a synchronization
+            wid = rng.randrange(4)
+            writers[wid].kill()
+            writers[wid].wait()
+            writers[wid] = start(wid)
+            done += 1
+    finally:
+        for w in writers:
+            w.kill()
+            w.wait()
+        stop.write_text("")
+        results = [r.communicate(timeout=120)[0] for r in readers]
+    for out in results:
+        checks, bad, nbad = eval(out)
+        assert nbad == 0, bad
+        assert checks > 0
+    acked = {}
+    for wid in range(4):
+        for line in (tmp_path / f"ack{wid}").read_text().splitlines():
+            if len(line.split()) != 2:
+                continue  # (a line cut by the SIGKILL: its write was not acknowledged)
+            k, seq = line.split()
+            acked[k] = max(acked.get(k, 0), int(seq))
+    with KvStore.open(root) as s:
+        for k, seq in acked.items():
+            if k.endswith("*"):
+                wid = k[1:-2]
+                vals = [s.get(f"g{wid}:{j}".encode()) for j in range(3)]
+                assert len(set(vals)) == 1 and int(vals[0]) >= seq, (k, seq, vals)
+            else:
+                v = s.get(k.encode())
+                assert v is not None and int(v.split(b":")[0]) >= seq, (k, seq, v)
+
+
+def test_worker_errors_cross_the_process_boundary(tmp_path, workers):
+    """(The harness itself: an exception in a worker is reported, not hung on.)"""
+    w = workers(tmp_path)
+    with pytest.raises(WorkerError) as ei:
+        w("nonsense")
+    assert ei.value.kind == "ValueError"
