@@ -101,6 +101,7 @@ cdef extern from "shared.h" nogil:
         pthread_mutex_t wmutex, smutex, cmutex
     int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
                     uint64_t alloc, int pid)
+    unsigned long nk_thread_id()
     int nk_shm_valid(const nk_shm *s)
     uint64_t nk_shm_ver(const nk_shm *s)
     uint64_t nk_shm_read(const nk_shm *s, nk_pub *out)

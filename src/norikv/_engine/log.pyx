@@ -12,8 +12,7 @@
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
-                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK,
-                               PyThread_get_thread_ident)
+                               PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
 from posix.unistd cimport close as c_close, unlink
 
 import os
@@ -268,11 +267,11 @@ cdef class _WalCore:
                 and not self.closed and self.seg_size + n <= self.populated
                 and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
             return self.map + self.seg_size
+        if self.shm != NULL and not self.readonly:
+            return _reserve_shared(self, n)     # (its own fast path)
         return self._reserve_slow(n)
 
     cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
-        if self.shm != NULL and not self.readonly:
-            return _reserve_shared(self, n)     # (its own fast path: _reserve sends every append here)
         self._check_usable()
         self._lock_io()
         try:
@@ -308,7 +307,7 @@ cdef class _WalCore:
         return 0
 
     cdef inline void _unreserve(self) noexcept:
-        if self.shm != NULL and self.x_owner == PyThread_get_thread_ident():
+        if self.shm != NULL and self.x_owner == nk_thread_id():
             _writer_unlock(self)
 
     cdef inline int _after_append(self) except -1:
@@ -483,7 +482,7 @@ cdef class _WalCore:
     cdef void _end_exclusive(self) noexcept:
         self.busy = 0
         self._unlock_io()
-        if self.shm != NULL and self.x_owner == PyThread_get_thread_ident():
+        if self.shm != NULL and self.x_owner == nk_thread_id():
             _writer_unlock(self)
 
     cdef tuple _seal_and_skip_locked(self, uint64_t gap):

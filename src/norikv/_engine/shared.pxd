@@ -9,6 +9,7 @@ cdef int _readonly_open(_WalCore self) except -1
 cdef int _shared_start(_WalCore self, dict finalized) except -1
 # the writers' mutex: _reserve takes it (_reserve_shared), _commit publishes and releases it
 cdef int _writer_lock(_WalCore self) except -1
+cdef int _writer_locked(_WalCore self, int err, int dead) except -1
 cdef void _writer_unlock(_WalCore self) noexcept
 cdef int _writer_lock_caught_up(_WalCore self) except -1
 cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL

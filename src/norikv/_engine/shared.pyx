@@ -17,7 +17,6 @@
 #   dead holder may have written past the published end are zeroed, so
 #   recovery can never take them for records.
 
-from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
@@ -189,12 +188,17 @@ cdef int _writer_lock(_WalCore self) except -1:
     published since this one did, or changed the allocation)."""
     cdef int dead = 0
     cdef int err = nk_shm_trylock(&self.shm.wmutex, &dead)
+    return _writer_locked(self, err, dead)
+
+
+cdef int _writer_locked(_WalCore self, int err, int dead) except -1:
+    """_writer_lock after its trylock returned err (EBUSY: wait) and dead."""
     if err == EBUSY:
         with nogil:
             err = nk_shm_lock(&self.shm.wmutex, -1.0, &dead)
     if err:
         raise io_error(err, _shm_path(self), "lock the writers' mutex")
-    self.x_owner = PyThread_get_thread_ident()
+    self.x_owner = nk_thread_id()
     self.shm.writer_pid = self.pid
     if (dead or self.closed or self.seg_fd < 0 or nk_shm_ver(self.shm) != self.wal_ver
             or self.shm.alloc != self.alloc):
@@ -220,8 +224,16 @@ cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL:
     _commit (or _unreserve), and the map is brought up to date first."""
     if self.fork_gen != _fork_generation or self.closed:
         self._check_usable()        # (an inherited Wal: the mutex may be held by a parent's thread)
-    if self.x_owner != PyThread_get_thread_ident():
-        _writer_lock(self)
+    cdef int dead = 0, err
+    cdef unsigned long me = nk_thread_id()
+    if self.x_owner != me:
+        err = nk_shm_trylock(&self.shm.wmutex, &dead)
+        if (err or dead or nk_shm_ver(self.shm) != self.wal_ver or self.shm.alloc != self.alloc
+                or self.seg_fd < 0):
+            _writer_locked(self, err, dead)
+        else:
+            self.x_owner = me             # (_writer_lock's common case, inline)
+            self.shm.writer_pid = self.pid
     if (nk_shm_ver(self.shm) == self.follow_ver and self.busy == 0 and self.failed is None
             and self.fork_gen == _fork_generation and not self.closed and not self.shm.poisoned
             and self.seg_size + n <= self.populated

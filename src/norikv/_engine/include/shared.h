@@ -100,6 +100,9 @@ static int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t t
     return 0;
 }
 
+/* The calling thread (what PyThread_get_thread_ident returns, without the call). */
+static inline unsigned long nk_thread_id(void) { return (unsigned long)pthread_self(); }
+
 static inline int nk_shm_valid(const nk_shm *s) {
     return __atomic_load_n(&s->magic, __ATOMIC_ACQUIRE) == NK_SHM_MAGIC
         && s->version == NK_SHM_VERSION && s->size == sizeof(*s);
