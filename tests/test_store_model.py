@@ -207,3 +207,66 @@ def test_kvstore_matches_dict_model_with_rotation():
     # a quarter of the profile's examples (15 under "ci"): each moves megabytes
     n = max(1, settings.default.max_examples // 4)
     run_state_machine_as_test(SmallSegmentsModel, settings=settings(max_examples=n, stateful_step_count=30))
+
+
+class ManyProcessesModel(KvStoreModel):
+    """The same model with a second process on the store: it puts, deletes,
+    writes batches, compacts and is SIGKILLed (then started again) between
+    this process's operations. Every read here must see what it acknowledged
+    (read-your-writes across processes), and every restart and crash of this
+    process rejoins a store the other still has open."""
+
+    other = None
+
+    def _other(self):
+        if self.other is None:
+            from procutil import Worker
+
+            opts = {k: v for k, v in self.opts.items() if k != "fsync_policy"}
+            self.other = Worker(self.dir, fsync_policy="os", **opts)
+        return self.other
+
+    def teardown(self):
+        if self.other is not None:
+            self.other.kill()
+        super().teardown()
+
+    @rule(k=KEYS, v=VALUES)
+    def other_put(self, k, v):
+        self._other()("run", f"s.put({k!r}, {v!r})")
+        self.model[k] = v
+
+    @rule(k=KEYS)
+    def other_delete(self, k):
+        assert self._other()("run", f"result = s.delete({k!r})") == (k in self.model)
+        self.model.pop(k, None)
+
+    @rule(ops=st.lists(st.tuples(KEYS, st.one_of(st.none(), VALUES)), min_size=1, max_size=6))
+    def other_batch(self, ops):
+        code = "with s.batch() as b:\n" + "".join(
+            f"    b.delete({k!r})\n" if v is None else f"    b.put({k!r}, {v!r})\n" for k, v in ops
+        )
+        self._other()("run", code)
+        for k, v in ops:
+            if v is None:
+                self.model.pop(k, None)
+            else:
+                self.model[k] = v
+
+    @rule()
+    def other_compact(self):
+        self._other()("compact")
+
+    @rule()
+    def other_killed(self):
+        if self.other is not None:
+            self.other.kill()
+            self.other = None
+
+
+def test_kvstore_matches_dict_model_with_another_process():
+    from hypothesis import settings
+
+    # a third of the profile's examples (20 under "ci"): each starts processes
+    n = max(1, settings.default.max_examples // 3)
+    run_state_machine_as_test(ManyProcessesModel, settings=settings(max_examples=n, stateful_step_count=30))
