@@ -118,8 +118,11 @@ def worker(path, listener, inherited):
     server = http.server.HTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
     server.socket = listener
     while not stopping:
-        if listener not in select.select([listener, wake], [], [])[0]:
-            continue  # a signal: the loop condition decides
+        ready = select.select([listener, wake], [], [])[0]
+        if wake in ready:
+            os.read(wake, 512)  # a signal: the loop condition decides
+        if listener not in ready:
+            continue
         try:
             conn, addr = listener.accept()
         except BlockingIOError:
