@@ -157,8 +157,8 @@ cdef class _WalCore:
             raise ClosedError("the Wal is closed")
         if self.fork_gen != _fork_generation:
             raise NoriIOError(EPERM, "this Wal was opened by the parent process; a forked child can "
-                              "only close it, and must open the directory itself once the parent "
-                              "has closed it", self.dir)
+                              "only close it, and opens the store itself (a KvStore beside the "
+                              "parent; a Wal once the parent has closed it)", self.dir)
         return 0
 
     cdef int _check_usable(self) except -1:
