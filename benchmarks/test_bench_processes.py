@@ -70,6 +70,12 @@ _WORKER = textwrap.dedent(
         say({"ready": True})
         assert sys.stdin.readline().strip() == "go"
 
+    def usage():
+        # CPU seconds, voluntary (waits: a mutex, an fsync) and involuntary context switches
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return [r.ru_utime + r.ru_stime, r.ru_nvcsw, r.ru_nivcsw]
+
     def stop_requested():
         return bool(select.select([sys.stdin], [], [], 0)[0])
 
@@ -80,12 +86,12 @@ _WORKER = textwrap.dedent(
         s = KvStore.open(a["path"], auto_compact=False)
         put = s.put
         wait_go()
-        t0 = now()
+        u0, t0 = usage(), now()
         for k, v in ps:
             put(k, v)
-        t1 = now()
+        t1, u1 = now(), usage()
         s.close()
-        out = dict(t0=t0, t1=t1, n=len(ps))
+        out = dict(t0=t0, t1=t1, n=len(ps), usage=[b - a for a, b in zip(u0, u1)])
     elif kind == "lmdb_put":
         import lmdb
         ps = pairs(a["seed"], a["n"])
@@ -171,7 +177,7 @@ _WORKER = textwrap.dedent(
         put, sync = s.put, s.sync
         f0 = s.stats()["fsyncs"]
         wait_go()
-        t0 = now()
+        u0, t0 = usage(), now()
         end = t0 + a["seconds"]
         n = 0
         for k, v in ps:
@@ -180,8 +186,8 @@ _WORKER = textwrap.dedent(
             n += 1
             if now() >= end:
                 break
-        t1 = now()
-        out = dict(t0=t0, t1=t1, n=n, fsyncs=s.stats()["fsyncs"] - f0)
+        t1, u1 = now(), usage()
+        out = dict(t0=t0, t1=t1, n=n, fsyncs=s.stats()["fsyncs"] - f0, usage=[b - a for a, b in zip(u0, u1)])
         s.close()
     elif kind == "memory":
         from norikv import KvStore
@@ -305,17 +311,33 @@ def test_put_4_processes_vs_lmdb_and_1_process(benchmark, scratch):
         if lmdb is not None:
             lmdb_round("lmdb_nosync", PROC_N, False)
             lmdb_round("lmdb_sync", PROC_SYNC_N, True)
-        spans["one"].append(_span(Procs([dict(kind="norikv_put", path=scratch.new(), seed=1, n=total)]).run()))
-        specs = [dict(kind="norikv_put", path=scratch.new(), seed=100 + i, n=PROC_N) for i in range(PROCS)]
+        ones.append(Procs([dict(kind="norikv_put", path=scratch.new(), seed=1, n=total)]).run())
+        spans["one"].append(_span(ones[-1]))
+        path = scratch.new()  # one store, all 4 processes
+        specs = [dict(kind="norikv_put", path=path, seed=100 + i, n=PROC_N) for i in range(PROCS)]
         return (Procs(specs),), {}
 
-    subject: list[float] = []
-    benchmark.pedantic(lambda procs: subject.append(_span(procs.run())), setup=setup, rounds=ROUNDS, iterations=1)
+    ones: list[list[dict]] = []
+    many: list[list[dict]] = []
+    benchmark.pedantic(lambda procs: many.append(procs.run()), setup=setup, rounds=ROUNDS, iterations=1)
     scratch.clean()
+    subject = [_span(rs) for rs in many]
     sec, one = min(subject), min(spans["one"])
     rate = total / sec
     benchmark.extra_info.update(
         puts=total, puts_per_second=rate, spans=subject, one_process_spans=spans["one"], lmdb_spans=spans
+    )
+    # Where the wall time went: CPU seconds of all writers (a writer applies
+    # the others' records to its own map too) and their waits.
+    cpu, waits, preempted = (sum(r["usage"][i] for r in many[subject.index(sec)]) for i in range(3))
+    cpu1 = ones[spans["one"].index(one)][0]["usage"][0]
+    print(
+        f"\n{PROCS} writers: {sec:.2f} s wall, {cpu:.2f} CPU s in all ({cpu / sec:.2f} cores busy),"
+        f" {waits:,} voluntary / {preempted:,} involuntary context switches; 1 process: {one:.2f} s wall,"
+        f" {cpu1:.2f} CPU s"
+    )
+    benchmark.extra_info.update(
+        writers_cpu_seconds=cpu, writers_waits=waits, one_process_cpu_seconds=cpu1, writers=many, one_process=ones
     )
     fig = f"{rate / 1e6:.2f} M puts/s ({PROCS} procs)"
     _report(
