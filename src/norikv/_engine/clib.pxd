@@ -109,6 +109,7 @@ cdef extern from "shared.h" nogil:
     void nk_shm_synced(nk_shm *s, uint64_t t)
     int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)
     int nk_shm_trylock(pthread_mutex_t *m, int *dead)
+    int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead)
     int nk_flock_wait(int fd, int op, double timeout)
     enum:
         LOCK_SH

@@ -51,9 +51,10 @@ cdef PyMethodDef _get_slot
 
 cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     cdef PyObject *v
+    if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0] and not self._closed:
+        _catch_up(self)         # another process wrote
     if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
-            and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0
-            and (self._pub_ver == NULL or self._pub_ver[0] == self._seen_ver[0])):
+            and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
         if self._disk:
             d = _disk_value(self, <bytes>args[0])
             if d is not None:

@@ -56,7 +56,14 @@ cdef class _Follower(_Sink):
         return 0
 
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        return self._apply(self._entry(r, seg_id, offset))
+        cdef bytes key
+        if r.flags & (NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK):
+            return self._apply(self._entry(r, seg_id, offset))
+        # a plain put (the common record): straight to the store's own rule
+        key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
+        if self.disk:
+            return self.store._disk_set(key, r.vlen, self.views.locate_active(seg_id, -1, offset, r.size), -1)
+        return self.store._set_lookup(key, PyBytes_FromStringAndSize(<const char *>r.value, r.vlen), -1)
 
     cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         self.staged.append(self._entry(r, seg_id, offset))
@@ -97,54 +104,64 @@ cdef class _Follower(_Sink):
 cdef int _catch_up(KvStore store) except -1:
     """Applies what other processes published since the map was last brought
     up to date (a read found SHM's count changed; a writer holding wmutex)."""
+    if not PyThread_acquire_lock(store._follow_mutex, NOWAIT_LOCK):
+        with nogil:
+            PyThread_acquire_lock(store._follow_mutex, WAIT_LOCK)
+    try:
+        return _catch_up_locked(store)
+    finally:
+        PyThread_release_lock(store._follow_mutex)
+
+
+cdef int _catch_up_locked(KvStore store) except -1:
     cdef _WalCore wal = store.wal
+    cdef _Follower follower
     cdef nk_pub p
     cdef uint64_t ver, seg, off, end
-    with store._follow_lock:
-        if wal.shm == NULL or wal.closed or not nk_shm_valid(wal.shm):
-            return 0                    # (a read-only follower: a first opener is setting SHM up)
-        ver = nk_shm_read(wal.shm, &p)
-        if ver == wal.follow_ver:
-            return 0
-        if wal.shm.session != wal.session or (p.gen != wal.pub.gen and store._disk):
-            return _reload(store)
-        follower = <_Follower>store._follower
-        follower.store = store
-        seg = wal.pub.seg_id
-        off = wal.pub.seg_size
-        try:
-            while True:
-                if seg == p.seg_id:
-                    end = p.seg_size
-                else:
-                    end = os.path.getsize(os.path.join(wal.dir, segment_name(seg)))
-                if end > off:
-                    follower.apply_range(seg, off, end)
-                if seg == p.seg_id:
-                    break
-                later = [s for s in list_segments(wal.dir) if seg < s <= p.seg_id]
-                if not later:
-                    raise FileNotFoundError(ENOENT, "the active segment is gone", wal.dir)
-                if not store._disk:
-                    follower.views.drop_segment(seg)
-                seg = later[0]
-                off = 0
-        except OSError as exc:
-            if exc.errno != ENOENT:
-                raise
-            return _reload(store)       # a compaction deleted a segment not read yet
-        finally:
-            follower.store = None
-        if p.gen != wal.pub.gen:
-            _rescan_sizes(wal, p.seg_id)
-        wal.pub = p
-        wal.follow_ver = ver
+    if wal.shm == NULL or wal.closed or not nk_shm_valid(wal.shm):
+        return 0                    # (a read-only follower: a first opener is setting SHM up)
+    ver = nk_shm_read(wal.shm, &p)
+    if ver == wal.follow_ver:
+        return 0
+    if wal.shm.session != wal.session or (p.gen != wal.pub.gen and store._disk):
+        return _reload(store)
+    follower = <_Follower>store._follower
+    follower.store = store
+    seg = wal.pub.seg_id
+    off = wal.pub.seg_size
+    try:
+        while True:
+            if seg == p.seg_id:
+                end = p.seg_size
+            else:
+                end = os.path.getsize(os.path.join(wal.dir, segment_name(seg)))
+            if end > off:
+                follower.apply_range(seg, off, end)
+            if seg == p.seg_id:
+                break
+            later = [s for s in list_segments(wal.dir) if seg < s <= p.seg_id]
+            if not later:
+                raise FileNotFoundError(ENOENT, "the active segment is gone", wal.dir)
+            if not store._disk:
+                follower.views.drop_segment(seg)
+            seg = later[0]
+            off = 0
+    except OSError as exc:
+        if exc.errno != ENOENT:
+            raise
+        return _reload(store)       # a compaction deleted a segment not read yet
+    finally:
+        follower.store = None
+    if p.gen != wal.pub.gen:
+        _rescan_sizes(wal, p.seg_id)
+    wal.pub = p
+    wal.follow_ver = ver
     return 0
 
 
 cdef int _reload(KvStore store) except -1:
     """The map loaded again from the log up to the newest publication (with
-    _follow_lock held), as a joining process loads it."""
+    _follow_mutex held), as a joining process loads it."""
     cdef _WalCore wal = store.wal
     cdef _StoreLoader loader
     from norikv.wal import load_published

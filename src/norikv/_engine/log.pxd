@@ -105,6 +105,10 @@ cdef class _WalCore:
     # writes nothing at p: bytes past the logical end that formed a valid
     # record would be replayed by recovery.
     cdef inline uint8_t *_reserve(self, uint64_t n) except NULL
+    # _reserve for a record that does not depend on the map (a put without
+    # limits): with many processes, the map is not brought up to date with
+    # the other processes' records first; its next read does that.
+    cdef inline uint8_t *_reserve_put(self, uint64_t n) except NULL
     cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL
     cdef inline int _commit(self, uint64_t n) except -1
     cdef inline int _after_append(self) except -1

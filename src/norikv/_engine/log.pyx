@@ -271,6 +271,11 @@ cdef class _WalCore:
             return _reserve_shared(self, n)     # (its own fast path)
         return self._reserve_slow(n)
 
+    cdef inline uint8_t *_reserve_put(self, uint64_t n) except NULL:
+        if self.shm != NULL and not self.readonly:
+            return _reserve_put(self, n)
+        return self._reserve(n)
+
     cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
         self._check_usable()
         self._lock_io()

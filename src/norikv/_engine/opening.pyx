@@ -106,7 +106,9 @@ cdef KvStore _open_store(type cls, dict o):
         store._auto_compact = o["auto_compact"]
         store._compact_lock = threading.Lock()
         store._hint_lock = threading.Lock()
-        store._follow_lock = threading.Lock()
+        store._follow_mutex = PyThread_allocate_lock()
+        if store._follow_mutex == NULL:
+            raise MemoryError()
         store.lock_timeout = o["lock_timeout"]
         if (<_WalCore>wal).shm != NULL:
             store._follower = _Follower(store)

@@ -195,6 +195,9 @@ cdef int _writer_locked(_WalCore self, int err, int dead) except -1:
     """_writer_lock after its trylock returned err (EBUSY: wait) and dead."""
     if err == EBUSY:
         with nogil:
+            err = nk_shm_spinlock(&self.shm.wmutex, 200, &dead)
+    if err == EBUSY:
+        with nogil:
             err = nk_shm_lock(&self.shm.wmutex, -1.0, &dead)
     if err:
         raise io_error(err, _shm_path(self), "lock the writers' mutex")
@@ -222,10 +225,26 @@ cdef void _writer_unlock(_WalCore self) noexcept:
 cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL:
     """_reserve with many processes: the writers' mutex is held from here to
     _commit (or _unreserve), and the map is brought up to date first."""
-    if self.fork_gen != _fork_generation or self.closed:
-        self._check_usable()        # (an inherited Wal: the mutex may be held by a parent's thread)
+    return _reserve_shared_as(self, n, True)
+
+
+cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL:
+    """_reserve_shared for a record that does not depend on the map (a put
+    without limits): the map is not brought up to date first, so writers of
+    several processes do not each apply the others' records while the mutex
+    is held; the next read does (log.pxd, the append contract). A backlog of
+    more than _LAZY_MAX publications is applied first, without the mutex."""
+    if (nk_shm_ver(self.shm) - self.follow_ver > _LAZY_MAX and self._follow_hook is not None
+            and self.x_owner != nk_thread_id()):
+        self._follow_hook()
+    return _reserve_shared_as(self, n, False)
+
+
+cdef inline uint8_t *_reserve_shared_as(_WalCore self, uint64_t n, bint catch_up) except NULL:
     cdef int dead = 0, err
     cdef unsigned long me = nk_thread_id()
+    if self.fork_gen != _fork_generation or self.closed:
+        self._check_usable()        # (an inherited Wal: the mutex may be held by a parent's thread)
     if self.x_owner != me:
         err = nk_shm_trylock(&self.shm.wmutex, &dead)
         if (err or dead or nk_shm_ver(self.shm) != self.wal_ver or self.shm.alloc != self.alloc
@@ -234,19 +253,19 @@ cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL:
         else:
             self.x_owner = me             # (_writer_lock's common case, inline)
             self.shm.writer_pid = self.pid
-    if (nk_shm_ver(self.shm) == self.follow_ver and self.busy == 0 and self.failed is None
-            and self.fork_gen == _fork_generation and not self.closed and not self.shm.poisoned
-            and self.seg_size + n <= self.populated
+    if ((not catch_up or nk_shm_ver(self.shm) == self.follow_ver) and self.busy == 0
+            and self.failed is None and self.fork_gen == _fork_generation and not self.closed
+            and not self.shm.poisoned and self.seg_size + n <= self.populated
             and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
         self.shm.intent_seg = self.seg_id         # (the common case, as _reserve's)
         self.shm.intent_end = self.seg_size + n
         return self.map + self.seg_size
-    return _reserve_shared_slow(self, n)
+    return _reserve_shared_slow(self, n, catch_up)
 
 
-cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n) except NULL:
+cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) except NULL:
     try:
-        if nk_shm_ver(self.shm) != self.follow_ver and self._follow_hook is not None:
+        if catch_up and nk_shm_ver(self.shm) != self.follow_ver and self._follow_hook is not None:
             self._follow_hook()
         _check_shared_usable(self)
         if (self.busy or self.seg_fd < 0 or self.seg_size + n > self.populated
@@ -286,12 +305,24 @@ cdef int _check_shared_usable(_WalCore self) except -1:
 
 
 cdef void _publish_position(_WalCore self) noexcept:
-    """Publishes the Wal's end of the log (the wmutex holder, whose map is
-    up to date): what follows is this process's own."""
-    self.pub.seg_id = self.seg_id
-    self.pub.seg_size = self.seg_size
-    self.pub.total = self.written_total
-    self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
+    """Publishes the Wal's end of the log (the wmutex holder). When the map
+    reflected everything published before, its position moves along (the
+    caller applies its own record to it); otherwise (a put that did not catch
+    up) the next read applies the records in between, this one included: a
+    record applied twice leaves the map as once."""
+    cdef nk_pub p
+    cdef bint caught_up = nk_shm_ver(self.shm) == self.follow_ver
+    if caught_up:
+        p = self.pub                # (the current slot: nothing was published since)
+    else:
+        nk_shm_read(self.shm, &p)
+    p.seg_id = self.seg_id
+    p.seg_size = self.seg_size
+    p.total = self.written_total
+    self.wal_ver = nk_shm_publish(self.shm, &p)
+    if caught_up:
+        self.pub = p
+        self.follow_ver = self.wal_ver
 
 
 cdef int _refresh(_WalCore self) except -1:
@@ -486,7 +517,10 @@ cdef int _publish_gen(_WalCore self, uint64_t seal) except -1:
     try:
         self.pub.gen += 1
         self.pub.gen_seal = seal
-        _publish_position(self)
+        self.pub.seg_id = self.seg_id
+        self.pub.seg_size = self.seg_size
+        self.pub.total = self.written_total
+        self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
     finally:
         _writer_unlock(self)
     return 0

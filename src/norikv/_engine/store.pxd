@@ -20,7 +20,7 @@ cdef class KvStore:
     cdef const uint64_t *_pub_ver
     cdef const uint64_t *_seen_ver
     cdef object _follower
-    cdef readonly object _follow_lock
+    cdef PyThread_type_lock _follow_mutex    # held by _catch_up (taken without the GIL when busy)
     cdef readonly uint64_t _reloads
 
     # the map: values="memory" holds the values (_data), values="disk" the

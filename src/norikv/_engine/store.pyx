@@ -214,7 +214,7 @@ cdef class KvStore:
         if limited:
             _room_for_put(self, k, PyBytes_GET_SIZE(v), True)
         n = nk_encoded_len(PyBytes_GET_SIZE(k), PyBytes_GET_SIZE(stored), flags, <uint64_t>deadline, 0, 0)
-        p = self.wal._reserve(n)
+        p = self.wal._reserve(n) if limited else self.wal._reserve_put(n)
         if limited or self._disk:
             try:
                 if limited:     # other threads (processes: the catch-up) may have run in _reserve

@@ -170,6 +170,24 @@ static int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead) {
     return err;
 }
 
+/* A contended writers' mutex is held for one append (well under a
+   microsecond): spinning a little, as glibc's adaptive mutexes do (its
+   robust ones do not), saves the futex sleep and wake-up when the holder
+   runs on another core. Returns as nk_shm_trylock; EBUSY after `spins`. */
+static inline int nk_shm_trylock(pthread_mutex_t *m, int *dead);
+static int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead) {
+    int err = EBUSY;
+    for (int i = 0; i < spins && err == EBUSY; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+        err = nk_shm_trylock(m, dead);
+    }
+    return err;
+}
+
 static inline int nk_shm_trylock(pthread_mutex_t *m, int *dead) {
     int err = pthread_mutex_trylock(m);
     *dead = 0;
