@@ -77,6 +77,8 @@ def test_a_reader_never_sees_part_of_a_batch(tmp_path, workers):
             snap = dict(s.items())
             vals = {snap.get(k) for k in keys}
             assert len(vals) == 1, vals  # all keys from one batch (or none yet)
+            ranged = [v for _, v in s.range(b"b", b"c")]  # (a range of up to 32 keys: one chunk)
+            assert len(set(ranged)) <= 1 and len(ranged) in (0, len(keys)), ranged
             if done:
                 break
         assert w.reply() is None

@@ -32,7 +32,10 @@ cdef int _maybe_compact(KvStore store) except -1:
     the log more is written): with auto_compact, a background compaction
     once the log holds compact_min_bytes and its dead_ratio reaches
     compact_dead_ratio."""
-    cdef uint64_t log_bytes = _log_bytes(store)
+    cdef uint64_t log_bytes
+    if store.wal.shm != NULL and nk_shm_ver(store.wal.shm) != store.wal.follow_ver:
+        return 0    # the map is behind the log (this process only wrote since): no dead ratio yet
+    log_bytes = _log_bytes(store)
     store._next_check = store.wal.written_total + max(<uint64_t>1 << 20, log_bytes // 16)
     if not store._auto_compact or log_bytes < store.compact_min_bytes:
         return 0

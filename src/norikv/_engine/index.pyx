@@ -80,12 +80,14 @@ cdef class _RangeIndex:
 
 def _scan(KvStore store, lo, hi, bint reverse):
     """The (key, value) pairs of KvStore.range: lo <= key < hi (None: no
-    bound). Chunks of keys are taken from the index under the lock, their
-    values read without it; a key deleted or expired since is skipped."""
-    get = store.get
+    bound). Chunks of keys are taken from the index under the lock, then
+    their values read from one state of the map (other processes' writes are
+    applied once per chunk, before: a batch is never seen in part within a
+    chunk), then yielded; a key deleted or expired since is skipped."""
     cursor = None
     want = 32  # chunks grow to _SCAN_CHUNK: a short scan does not fetch 1,024 keys
     while True:
+        store._check_open()
         with store._index_lock:
             idx = store._index.refresh()
             if reverse:
@@ -95,10 +97,12 @@ def _scan(KvStore store, lo, hi, bint reverse):
                 bottom = lo if cursor is None else cursor
                 it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
             chunk = [k for _, k in zip(range(want), it)]
+        pairs = []
         for k in chunk:
-            v = get(k)          # None: deleted or expired since the index saw it
-            if v is not None:
-                yield k, v
+            v = _disk_value(store, k) if store._disk else store._data.get(k)
+            if v is not None and not store._expired(k):   # (gone or expired since the index saw it)
+                pairs.append((k, v))
+        yield from pairs
         if len(chunk) < want:
             return
         cursor = chunk[len(chunk) - 1]    # (no wraparound: not [-1])

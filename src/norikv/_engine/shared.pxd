@@ -12,8 +12,6 @@ cdef int _writer_lock(_WalCore self) except -1
 cdef int _writer_locked(_WalCore self, int err, int dead) except -1
 cdef void _writer_unlock(_WalCore self) noexcept
 cdef int _writer_lock_caught_up(_WalCore self) except -1
-cdef enum:
-    _LAZY_MAX = 4096        # publications a put may leave unapplied (_reserve_put)
 cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) except NULL

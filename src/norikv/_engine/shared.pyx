@@ -232,11 +232,9 @@ cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL:
     """_reserve_shared for a record that does not depend on the map (a put
     without limits): the map is not brought up to date first, so writers of
     several processes do not each apply the others' records while the mutex
-    is held; the next read does (log.pxd, the append contract). A backlog of
-    more than _LAZY_MAX publications is applied first, without the mutex."""
-    if (nk_shm_ver(self.shm) - self.follow_ver > _LAZY_MAX and self._follow_hook is not None
-            and self.x_owner != nk_thread_id()):
-        self._follow_hook()
+    is held; the next read does (log.pxd, the append contract), so a process
+    that only writes does not pay for the others' writes (its first read
+    after a long run of writes applies them all: README, "Many processes")."""
     return _reserve_shared_as(self, n, False)
 
 
