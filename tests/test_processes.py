@@ -244,13 +244,21 @@ with KvStore.open(sys.argv[1], readonly=True) as s:
 """
 
 
-def _ro_reader(path, *as_user):
-    return subprocess.Popen(
+def _ro_reader_follows(path, writer, *as_user):
+    """A read-only opener in its own process reads k, then (after the writer
+    changed it) its new value, and is refused a write."""
+    r = subprocess.Popen(
         [sys.executable, "-c", _READER, str(path), *map(str, as_user)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert r.stdout.readline().strip() == "b'1'"
+    writer("put", "k", "2")
+    r.stdin.write("\n")
+    r.stdin.flush()
+    assert r.stdout.readline().strip() == "(b'2', True, 1)"
+    assert r.wait() == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
@@ -265,13 +273,7 @@ def test_readonly_on_a_directory_the_process_cannot_write(tmp_path, workers):
     for d, _, _ in os.walk(base):
         os.chmod(d, 0o555)
     try:
-        r = _ro_reader(root, 65534)
-        assert r.stdout.readline().strip() == "b'1'"
-        a("put", "k", "2")
-        r.stdin.write("\n")
-        r.stdin.flush()
-        assert r.stdout.readline().strip() == "(b'2', True, 1)"
-        assert r.wait() == 0
+        _ro_reader_follows(root, a, 65534)
     finally:
         for d, _, _ in os.walk(base):
             os.chmod(d, 0o755)
@@ -293,13 +295,7 @@ def test_readonly_on_a_read_only_bind_mount(tmp_path, workers):
             pytest.skip("cannot remount read-only here")
         with pytest.raises(OSError):
             (mnt / "probe").write_bytes(b"x")
-        r = _ro_reader(mnt)
-        assert r.stdout.readline().strip() == "b'1'"
-        a("put", "k", "2")
-        r.stdin.write("\n")
-        r.stdin.flush()
-        assert r.stdout.readline().strip() == "(b'2', True, 1)"
-        assert r.wait() == 0
+        _ro_reader_follows(mnt, a)
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 

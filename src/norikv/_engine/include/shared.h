@@ -141,6 +141,23 @@ static inline void nk_shm_synced(nk_shm *s, uint64_t t) {
         ;
 }
 
+/* What a lock call's result means: EOWNERDEAD is the lock taken from a
+   holder that died (*dead set; the mutex is marked consistent at once: the
+   caller's repair is idempotent, and a caller that dies while repairing
+   leaves EOWNERDEAD to the next). */
+static inline int nk_shm_locked(pthread_mutex_t *m, int err, int *dead) {
+#if defined(__linux__)
+    if (err == EOWNERDEAD) {
+        *dead = 1;
+        pthread_mutex_consistent(m);
+        return 0;
+    }
+#else
+    (void)m; (void)dead;
+#endif
+    return err;
+}
+
 /* Locks a robust mutex, waiting at most `timeout` seconds (< 0: no limit).
    Returns 0 (*dead set when the previous holder died holding it: the caller
    repairs, the mutex is already marked consistent), ETIMEDOUT, or an errno. */
@@ -160,14 +177,7 @@ static int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead) {
         if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
         err = pthread_mutex_timedlock(m, &ts);
     }
-#if defined(__linux__)
-    if (err == EOWNERDEAD) {
-        *dead = 1;
-        pthread_mutex_consistent(m);
-        err = 0;
-    }
-#endif
-    return err;
+    return nk_shm_locked(m, err, dead);
 }
 
 /* A contended writers' mutex is held for one append (well under a
@@ -189,16 +199,8 @@ static int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead) {
 }
 
 static inline int nk_shm_trylock(pthread_mutex_t *m, int *dead) {
-    int err = pthread_mutex_trylock(m);
     *dead = 0;
-#if defined(__linux__)
-    if (err == EOWNERDEAD) {
-        *dead = 1;
-        pthread_mutex_consistent(m);
-        err = 0;
-    }
-#endif
-    return err;
+    return nk_shm_locked(m, pthread_mutex_trylock(m), dead);
 }
 
 /* flock with a timeout: LOCK_NB attempts with a growing pause (flock has no
