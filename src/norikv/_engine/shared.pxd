@@ -10,13 +10,12 @@ cdef int _shared_start(_WalCore self, dict finalized) except -1
 # the writers' mutex: _reserve takes it (_reserve_shared), _commit publishes and releases it
 cdef int _writer_lock(_WalCore self) except -1
 cdef int _writer_locked(_WalCore self, int err, int dead) except -1
-cdef void _writer_unlock(_WalCore self) noexcept
 cdef int _writer_lock_caught_up(_WalCore self) except -1
 cdef uint8_t *_reserve_shared(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) except NULL
 cdef int _check_shared_usable(_WalCore self) except -1
-cdef void _publish_position(_WalCore self) noexcept
+cdef void _publish_behind(_WalCore self) noexcept
 cdef int _refresh(_WalCore self) except -1
 cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 cdef int _repair(_WalCore self) except -1

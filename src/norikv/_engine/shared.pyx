@@ -216,7 +216,7 @@ cdef int _writer_locked(_WalCore self, int err, int dead) except -1:
     return 0
 
 
-cdef void _writer_unlock(_WalCore self) noexcept:
+cdef inline void _writer_unlock(_WalCore self) noexcept:
     self.x_owner = 0
     self.shm.intent_end = 0
     pthread_mutex_unlock(&self.shm.wmutex)
@@ -302,25 +302,28 @@ cdef int _check_shared_usable(_WalCore self) except -1:
     return 0
 
 
-cdef void _publish_position(_WalCore self) noexcept:
+cdef inline void _publish_position(_WalCore self) noexcept:
     """Publishes the Wal's end of the log (the wmutex holder). When the map
     reflected everything published before, its position moves along (the
     caller applies its own record to it); otherwise (a put that did not catch
     up) the next read applies the records in between, this one included: a
     record applied twice leaves the map as once."""
-    cdef nk_pub p
-    cdef bint caught_up = nk_shm_ver(self.shm) == self.follow_ver
-    if caught_up:
-        p = self.pub                # (the current slot: nothing was published since)
+    if nk_shm_ver(self.shm) == self.follow_ver:
+        self.pub.seg_id = self.seg_id   # (self.pub is the current slot: nothing was published since)
+        self.pub.seg_size = self.seg_size
+        self.pub.total = self.written_total
+        self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
     else:
-        nk_shm_read(self.shm, &p)
+        _publish_behind(self)
+
+
+cdef void _publish_behind(_WalCore self) noexcept:
+    cdef nk_pub p
+    nk_shm_read(self.shm, &p)
     p.seg_id = self.seg_id
     p.seg_size = self.seg_size
     p.total = self.written_total
     self.wal_ver = nk_shm_publish(self.shm, &p)
-    if caught_up:
-        self.pub = p
-        self.follow_ver = self.wal_ver
 
 
 cdef int _refresh(_WalCore self) except -1:
