@@ -444,6 +444,24 @@ def load_published(path: str, sink: _engine._Sink, seg_id: int, size: int) -> tu
     return records, sealed
 
 
+def load_newest(core: _engine._WalCore, sink: _engine._Sink) -> tuple[int, int, int, dict[int, int]]:
+    """load_published of the newest publication of the store ``core`` shares
+    (a joining open, a reload after another process's compaction): started
+    over, from the sink's ``_restart``, while a compaction deletes segments
+    under it. Returns (segment id, size, records, {sealed segment id: size})."""
+    restart = getattr(sink, "_restart", None)
+    for _attempt in range(1000):
+        seg_id, size, _total, _gen = _engine._published(core)
+        try:
+            records, sealed = load_published(core.dir, sink, seg_id, size)
+            return seg_id, size, records, sealed
+        except OSError as exc:  # (NoriIOError too: a view of a deleted segment)
+            if exc.errno != errno.ENOENT or restart is None:
+                raise
+            restart()
+    raise NoriError("the log kept changing while it was loaded")  # pragma: no cover - a compaction per attempt
+
+
 def join(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | None) -> RecoveryInfo:
     """Opens a Wal whose log other processes have open (or, read-only, a log
     as it is): loads what they published into ``sink`` and starts the Wal
@@ -457,18 +475,7 @@ def join(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | None)
         plan = plan_recovery(core.dir, mode, sink, max_value_size=core.max_value_size)
         records, scanned, last = plan.valid_records, len(plan.segments), plan.last_valid_position
     else:
-        restart = getattr(sink, "_restart", None)
-        for _attempt in range(1000):
-            seg_id, size, _total, _gen = _engine._published(core)
-            try:
-                records, sealed = load_published(core.dir, sink, seg_id, size)
-                break
-            except OSError as exc:  # (NoriIOError too: a view of a deleted segment)
-                if exc.errno != errno.ENOENT or restart is None:
-                    raise
-                restart()
-        else:  # pragma: no cover - a compaction per attempt, a thousand times
-            raise NoriError("the log kept changing under the open")
+        seg_id, size, records, sealed = load_newest(core, sink)
         scanned, last = len(sealed) + 1, Position(seg_id, size)
         core._shared_start(sealed)
     return RecoveryInfo(

@@ -164,19 +164,9 @@ cdef int _reload(KvStore store) except -1:
     _follow_mutex held), as a joining process loads it."""
     cdef _WalCore wal = store.wal
     cdef _StoreLoader loader
-    from norikv.wal import load_published
+    from norikv.wal import load_newest
     loader = _new_loader(store._disk, wal.config)
-    for _ in range(1000):
-        seg_id, size, _, _ = _published(wal)
-        try:
-            load_published(wal.dir, loader, seg_id, size)
-            break
-        except OSError as exc:
-            if exc.errno != ENOENT:
-                raise
-            loader._restart()
-    else:
-        raise NoriError("the log kept changing under a reload")
+    load_newest(wal, loader)
     old_views = store._views
     _adopt(store, loader)
     store._follower = _Follower(store)

@@ -108,12 +108,3 @@ cdef int _close_shared(_WalCore self) except -1:
         finally:
             self._unlock_io()
     return 0
-
-
-def _shared_state(_WalCore self):
-    """What SHM says, for stats() and tests (None without it)."""
-    if self.shm == NULL:
-        return None
-    return {"session": self.shm.session, "ver": nk_shm_ver(self.shm),
-            "synced_total": self.shm.synced_total, "writer_deaths": self.shm.owner_deaths,
-            "init_pid": self.shm.init_pid, "compact_pid": self.shm.compact_pid}

@@ -278,19 +278,7 @@ cdef class _WalCore:
 
     cdef uint8_t *_reserve_slow(self, uint64_t n) except NULL:
         self._check_usable()
-        self._lock_io()
-        try:
-            self._check_usable()
-            if self.seg_fd < 0:
-                _create_segment(self, n)
-            elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
-                _rotate(self, n)
-            if self.seg_size + n > self.alloc:
-                _grow(self, self.seg_size + n)
-            if self.seg_size + n > self.populated:
-                _prefault(self, self.seg_size + n)
-        finally:
-            self._unlock_io()
+        _make_room(self, n)
         return self.map + self.seg_size
 
     cdef inline int _commit(self, uint64_t n) except -1:
@@ -501,9 +489,7 @@ cdef class _WalCore:
         self.next_seg_id = first + gap
         _create_segment(self, 0)
         if self.shm != NULL:
-            nk_shm_synced(self.shm, self.written_total)
-            self.shm.alloc = self.alloc
-            _publish_position(self)
+            _publish_segment(self)
         return first, self.seg_id
 
     def _install_segment(self, tmp_path, uint64_t seg_id, uint64_t size):

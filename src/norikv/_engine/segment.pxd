@@ -21,6 +21,9 @@ cdef int _create_segment(_WalCore self, uint64_t need) except -1
 cdef int _open_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 # fsyncs the active segment, truncates it to its logical size, closes it.
 cdef int _finalize_active(_WalCore self) except -1
+# The slow part of a reservation of n bytes (io_lock taken here): a segment,
+# allocated and faulted in far enough; with SHM, published.
+cdef int _make_room(_WalCore self, uint64_t n) except -1
 # Seals the active segment and starts the next.
 cdef int _rotate(_WalCore self, uint64_t need) except -1
 # Raises unless n more segment ids follow the active one.

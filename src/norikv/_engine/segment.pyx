@@ -281,3 +281,30 @@ cdef int _use_small_folios(_WalCore self) except -1:
             nk_advise_small_folios(self.map + start, self.map_len - start)
     self._unlock_map()
     return 0
+
+
+cdef int _make_room(_WalCore self, uint64_t n) except -1:
+    """The slow part of a reservation of n bytes (it takes io_lock): a segment
+    to write in (created, or the next one past max_segment_size),
+    allocated and faulted in far enough. With SHM a new segment and a new
+    allocation are published (the caller holds the writers' mutex)."""
+    self._lock_io()
+    try:
+        self._check_usable()
+        if self.seg_fd < 0:
+            _create_segment(self, n)
+            if self.shm != NULL:
+                _publish_segment(self)
+        elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
+            _rotate(self, n)
+            if self.shm != NULL:
+                _publish_segment(self)
+        if self.seg_size + n > self.alloc:
+            _grow(self, self.seg_size + n)
+            if self.shm != NULL:
+                self.shm.alloc = self.alloc
+        if self.seg_size + n > self.populated:
+            _prefault(self, self.seg_size + n)
+    finally:
+        self._unlock_io()
+    return 0

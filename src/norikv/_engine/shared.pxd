@@ -16,6 +16,7 @@ cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) except NULL
 cdef int _check_shared_usable(_WalCore self) except -1
 cdef void _publish_behind(_WalCore self) noexcept
+cdef void _publish_segment(_WalCore self) noexcept
 cdef int _refresh(_WalCore self) except -1
 cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 cdef int _repair(_WalCore self) except -1

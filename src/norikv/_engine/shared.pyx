@@ -191,6 +191,14 @@ cdef int _writer_lock(_WalCore self) except -1:
     return _writer_locked(self, err, dead)
 
 
+cdef inline bint _wal_stale(_WalCore self) noexcept:
+    """Whether the Wal's end of the log may not be the published one (another
+    process published or changed the allocation since, or it has no active
+    segment, or it was closed): then _refresh, under wmutex."""
+    return (self.closed or self.seg_fd < 0 or nk_shm_ver(self.shm) != self.wal_ver
+            or self.shm.alloc != self.alloc)
+
+
 cdef int _writer_locked(_WalCore self, int err, int dead) except -1:
     """_writer_lock after its trylock returned err (EBUSY: wait) and dead."""
     if err == EBUSY:
@@ -203,8 +211,7 @@ cdef int _writer_locked(_WalCore self, int err, int dead) except -1:
         raise io_error(err, _shm_path(self), "lock the writers' mutex")
     self.x_owner = nk_thread_id()
     self.shm.writer_pid = self.pid
-    if (dead or self.closed or self.seg_fd < 0 or nk_shm_ver(self.shm) != self.wal_ver
-            or self.shm.alloc != self.alloc):
+    if dead or _wal_stale(self):
         try:
             self._check_owner()         # (close() may have run while this thread waited)
             if dead:
@@ -245,8 +252,7 @@ cdef inline uint8_t *_reserve_shared_as(_WalCore self, uint64_t n, bint catch_up
         self._check_usable()        # (an inherited Wal: the mutex may be held by a parent's thread)
     if self.x_owner != me:
         err = nk_shm_trylock(&self.shm.wmutex, &dead)
-        if (err or dead or nk_shm_ver(self.shm) != self.wal_ver or self.shm.alloc != self.alloc
-                or self.seg_fd < 0):
+        if err or dead or _wal_stale(self):
             _writer_locked(self, err, dead)
         else:
             self.x_owner = me             # (_writer_lock's common case, inline)
@@ -268,21 +274,7 @@ cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) exc
         _check_shared_usable(self)
         if (self.busy or self.seg_fd < 0 or self.seg_size + n > self.populated
                 or (self.seg_size + n > self.max_segment_size and self.seg_size > 0)):
-            self._lock_io()
-            try:
-                self._check_usable()
-                if self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
-                    _rotate(self, n)
-                    nk_shm_synced(self.shm, self.written_total)     # (the seal fsynced it)
-                    self.shm.alloc = self.alloc
-                    _publish_position(self)
-                if self.seg_size + n > self.alloc:
-                    _grow(self, self.seg_size + n)
-                    self.shm.alloc = self.alloc
-                if self.seg_size + n > self.populated:
-                    _prefault(self, self.seg_size + n)
-            finally:
-                self._unlock_io()
+            _make_room(self, n)
         self.shm.intent_seg = self.seg_id
         self.shm.intent_end = self.seg_size + n
     except BaseException:
@@ -315,6 +307,14 @@ cdef inline void _publish_position(_WalCore self) noexcept:
         self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
     else:
         _publish_behind(self)
+
+
+cdef void _publish_segment(_WalCore self) noexcept:
+    """A new active segment (created after a seal, which fsynced the old
+    one): its allocation, how far the log is durable, and its position."""
+    nk_shm_synced(self.shm, self.written_total)
+    self.shm.alloc = self.alloc
+    _publish_position(self)
 
 
 cdef void _publish_behind(_WalCore self) noexcept:
@@ -518,10 +518,7 @@ cdef int _publish_gen(_WalCore self, uint64_t seal) except -1:
     try:
         self.pub.gen += 1
         self.pub.gen_seal = seal
-        self.pub.seg_id = self.seg_id
-        self.pub.seg_size = self.seg_size
-        self.pub.total = self.written_total
-        self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
+        _publish_position(self)     # (caught up: it publishes self.pub)
     finally:
         _writer_unlock(self)
     return 0
@@ -537,6 +534,15 @@ cdef bint _last_user(_WalCore self) except -1:
     if err:
         return False
     return flock(self.lock_fd, LOCK_EX | LOCK_NB) == 0
+
+
+def _shared_state(_WalCore self):
+    """What SHM says, for stats() and tests (None without it)."""
+    if self.shm == NULL:
+        return None
+    return {"session": self.shm.session, "ver": nk_shm_ver(self.shm),
+            "synced_total": self.shm.synced_total, "writer_deaths": self.shm.owner_deaths,
+            "init_pid": self.shm.init_pid, "compact_pid": self.shm.compact_pid}
 
 
 # ---------------------------------------------------------------- test hooks
