@@ -83,6 +83,7 @@ class Worker:
             [sys.executable, "-c", _WORKER, os.fspath(path), json.dumps(opts)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         hello = self._read()
@@ -92,7 +93,7 @@ class Worker:
     def _read(self):
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"worker exited with {self.proc.wait()}")
+            raise RuntimeError(f"worker exited with {self.proc.wait()}: {self.proc.stderr.read()}")
         return json.loads(line)
 
     def send(self, *cmd):
@@ -119,6 +120,7 @@ class Worker:
         self.proc.wait()
         self.proc.stdin.close()
         self.proc.stdout.close()
+        self.proc.stderr.close()
 
     def stop(self):
         """Closes the store and ends the process."""
@@ -129,6 +131,7 @@ class Worker:
                 self.proc.stdin.close()
                 self.proc.wait()
                 self.proc.stdout.close()
+                self.proc.stderr.close()
 
 
 class WorkerError(RuntimeError):
