@@ -527,3 +527,59 @@ def test_prefaulted_pages_are_not_written_back_as_zeros(tmp_path):
     wal.close()
     assert max(written) <= 256 * 1024, f"an append + fsync wrote {max(written) >> 10} KiB"
     assert sum(written) <= 4 * MIB, f"200 appends + fsyncs wrote {sum(written) >> 10} KiB"
+
+
+def _present_pages(path, nbytes: int) -> int:
+    """How many of the first `nbytes` of this process's mapping of file
+    `path` have a page-table entry (/proc/self/maps, /proc/self/pagemap)."""
+    with open("/proc/self/maps") as f:
+        starts = [int(line.split("-", 1)[0], 16) for line in f if line.rstrip("\n").endswith(" " + str(path))]
+    assert len(starts) == 1, starts
+    pages = nbytes // 4096
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(starts[0] // 4096 * 8)
+        entries = f.read(pages * 8)
+    return sum(1 for i in range(pages) if int.from_bytes(entries[i * 8 : i * 8 + 8], "little") >> 63)
+
+
+needs_pagemap = pytest.mark.skipif(not os.path.exists("/proc/self/pagemap"), reason="needs /proc/self/pagemap (Linux)")
+
+
+@needs_pagemap
+def test_pages_wholly_written_leave_the_page_tables_and_keep_their_bytes(tmp_path):
+    # Writeback write-protects every page some process maps writable, a TLB
+    # shootdown per page sent to the writer's CPU (the batch policy's fsyncs
+    # halved a 1 KiB put): the pages behind the writer are unmapped first.
+    wal, _ = Wal.open(cfg(tmp_path, max_segment_size=64 * MIB))
+    records = [Record.put(b"k%06d" % i, bytes([i % 251]) * 1000) for i in range(8192)]
+    for r in records[:4096]:
+        wal.append(r)
+    segment = wal._segment_path(wal.seg_id)
+    written = wal.current_position().offset
+    assert _present_pages(segment, written) >= written // 4096 - 1
+    wal._unmap_written()
+    assert _present_pages(segment, written) <= 1  # (the page the writer is in)
+    for r in records[4096:]:  # the writer goes on in the page it had started
+        wal.append(r)
+    wal._unmap_written()
+    assert [rec.value for rec, _ in wal.read_from(Position(0, 0))] == [r.value for r in records]
+    wal.close()
+    wal, _ = Wal.open(cfg(tmp_path, max_segment_size=64 * MIB))
+    assert [rec.value for rec, _ in wal.read_from(Position(0, 0))] == [r.value for r in records]
+    wal.close()
+
+
+def test_batch_flusher_unmaps_the_written_pages_before_each_fsync(tmp_path):
+    with Wal.open(cfg(tmp_path, max_segment_size=64 * MIB, fsync_policy=FsyncPolicy.batch(0.005)))[0] as wal:
+        unmapped_at = []
+        unmap = wal._unmap_written
+
+        def spy():
+            unmapped_at.append(wal._lock_state()[1])  # what was durable when it ran
+            unmap()
+
+        wal._unmap_written = spy
+        wal.append(Record.put(b"k", b"v" * 5000))
+        written = wal._lock_state()[0]
+        assert _wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+        assert unmapped_at and unmapped_at[0] < written

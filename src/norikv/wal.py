@@ -663,6 +663,7 @@ def _background(ref: weakref.ref[Wal], event: threading.Event) -> None:
             if wal.dirty:
                 delay = wal.dirty_since + wal.window - time.monotonic()
                 if delay <= 0:
+                    wal._unmap_written()
                     wal.sync()
                     timeout = 0.0
                 else:

@@ -69,6 +69,7 @@ cdef extern from "platform.h" nogil:
     int nk_lock_file(int fd)
     int nk_page_size()
     int nk_prefault(void *addr, size_t length, int for_write)
+    void nk_unmap_pages(void *addr, size_t length)
     void nk_advise_small_folios(void *addr, size_t length)
     void nk_store_release_u64(uint64_t *p, uint64_t v)
     uint64_t nk_load_acquire_u64(const uint64_t *p)

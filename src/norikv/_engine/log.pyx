@@ -249,6 +249,13 @@ cdef class _WalCore:
         else:
             _open_active(self, last_id, last_size)
 
+    def _unmap_written(self):
+        """Background work before a batch-policy fsync: drops this process's
+        page-table entries for the pages wholly written (_unmap_behind)."""
+        if self.fork_gen == _fork_generation:
+            with nogil:
+                _unmap_behind(self)
+
     def _prefault_ahead(self):
         """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
         write offset, a step at a time, without io_lock (so fsyncs and appends

@@ -34,6 +34,8 @@ cdef int _grow(_WalCore self, uint64_t end) except -1
 cdef int _prefault(_WalCore self, uint64_t end) except -1
 # The background thread's prefaulting, without the GIL (_WalCore._prefault_ahead).
 cdef void _prefault_loop(_WalCore self) noexcept nogil
+# Drops the page-table entries of the mapping's pages wholly written (before an fsync).
+cdef void _unmap_behind(_WalCore self) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.
 cdef int _use_small_folios(_WalCore self) except -1
 cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1

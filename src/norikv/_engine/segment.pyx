@@ -45,6 +45,7 @@ cdef int _map_active(_WalCore self, size_t want) except -1:
     self.map = <uint8_t *>m
     self.map_len = want
     self.populated = 0
+    self.unmapped_below = 0
     self._unlock_map()
     return 0
 
@@ -234,6 +235,23 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
         self.populated = stop
         self._unlock_map()
     self.prefault_pending = False
+    self._unlock_map()
+
+
+cdef void _unmap_behind(_WalCore self) noexcept nogil:
+    """Drops this process's page-table entries for the pages of the active
+    segment that are wholly written (below the page holding seg_size), so
+    that the fsync about to clean them has nothing to write-protect in this
+    process (nk_unmap_pages). The writer never stores there again; the
+    page cache keeps every byte. seg_size is read without the GIL: a stale
+    value only unmaps less."""
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t stop
+    self._lock_map_nogil()
+    stop = self.seg_size - self.seg_size % page
+    if self.map != NULL and stop > self.unmapped_below and stop <= self.map_len:
+        nk_unmap_pages(self.map + self.unmapped_below, <size_t>(stop - self.unmapped_below))
+        self.unmapped_below = stop
     self._unlock_map()
 
 

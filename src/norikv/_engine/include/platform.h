@@ -126,6 +126,21 @@ static void nk_advise_small_folios(void *addr, size_t len) {
 #endif
 }
 
+/* Drops this process's page-table entries for [addr, addr+len) of a shared
+   file mapping; the pages (dirty or not) stay in the page cache, and a later
+   access faults them back in. Writeback must write-protect every page it
+   cleans that some process maps writable, one TLB shootdown per page sent
+   to each CPU running that process: a writer went at half speed while a
+   concurrent fdatasync cleaned the pages behind it. Linux only (elsewhere
+   MADV_DONTNEED may discard); best effort. */
+static void nk_unmap_pages(void *addr, size_t len) {
+#if defined(__linux__)
+    if (len) (void)madvise(addr, len, MADV_DONTNEED);
+#else
+    (void)addr; (void)len;
+#endif
+}
+
 static int nk_page_size(void) { return (int)sysconf(_SC_PAGESIZE); }
 
 #endif /* NORIKV_PLATFORM_H */
