@@ -1,19 +1,20 @@
 """Event-loop lag under durable writes: norikv.aio.AsyncKvStore against
 calling KvStore.put on the loop (issue 16).
 
-A probe task sleeps 1 ms at a time and records how late it wakes up (the
-lag: how long the loop was kept from running it) while a coroutine writes
-1,000 values (NORIKV_BENCH_AIO_N) under FsyncPolicy.ALWAYS, one after the
-other: once through the facade (``await store.put``: the write and its
+A probe thread posts a callback to the loop every 0.2 ms
+(``loop.call_soon_threadsafe``) and the callback records how long it waited
+(the lag: how long the loop was kept from running it) while a coroutine
+writes 1,000 values (NORIKV_BENCH_AIO_N) under FsyncPolicy.ALWAYS, one after
+the other: once through the facade (``await store.put``: the write and its
 fdatasync run in the store's pool) and once with ``KvStore.put`` called on
 the loop, the reference measured in the same run, and the probe alone on
-an idle loop (the machine's own noise: on a busy shared machine a 1 ms
-sleep is sometimes late by several ms with nothing else running). Target:
-the facade adds at most 1 ms to the p99 lag of the idle probe. Nothing is
-asserted.
+an idle loop (the machine's own noise). A thread's post measures the loop's
+responsiveness itself; a probe that sleeps 1 ms on the loop mostly measures
+epoll's millisecond timeouts. Target: no lag over 1 ms through the facade.
+Nothing is asserted.
 
 Also runnable alone: ``python benchmarks/test_bench_aio.py [DIR]`` prints the
-two rows.
+three rows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -31,26 +33,35 @@ from norikv import FsyncPolicy, KvStore
 from norikv.aio import AsyncKvStore
 
 AIO_N = int(os.environ.get("NORIKV_BENCH_AIO_N", "1000"))
-_TICK = 0.001
+_TICK = 0.0002  # seconds between the probe's posts
 
 
-async def _probe(lags: list[float], stop: asyncio.Event) -> None:
+def _probe(loop: asyncio.AbstractEventLoop, lags: list[float], stop: threading.Event) -> None:
+    clock = time.perf_counter
+
+    def arrived(sent: float) -> None:
+        lags.append(clock() - sent)
+
     while not stop.is_set():
-        t0 = time.perf_counter()
-        await asyncio.sleep(_TICK)
-        lags.append(time.perf_counter() - t0 - _TICK)
+        loop.call_soon_threadsafe(arrived, clock())
+        time.sleep(_TICK)
 
 
 async def _with_probe(write) -> dict[str, float]:
     lags: list[float] = []
-    stop = asyncio.Event()
-    probe = asyncio.create_task(_probe(lags, stop))
-    await asyncio.sleep(_TICK * 3)
+    stop = threading.Event()
+    probe = threading.Thread(target=_probe, args=(asyncio.get_running_loop(), lags, stop))
+    probe.start()
+    await asyncio.sleep(0.01)
+    del lags[:]
     t0 = time.perf_counter()
-    await write()
-    seconds = time.perf_counter() - t0
-    stop.set()
-    await probe
+    try:
+        await write()
+    finally:
+        seconds = time.perf_counter() - t0
+        stop.set()
+        probe.join()
+    await asyncio.sleep(0.01)  # the last posts arrive
     lags.sort()
     return {
         "puts_per_second": AIO_N / seconds,
@@ -109,22 +120,22 @@ def test_event_loop_lag_of_always_puts(benchmark, scratch):
     for prefix, figures in (("", res), ("on_the_loop_", ref), ("idle_", base)):
         for k, v in figures.items():
             benchmark.extra_info[prefix + k] = v
-    # What the writes add to the loop's lag, over the probe's own lag on this
-    # machine measured in the same run (on an idle machine that is ~0.1 ms).
+    # The issue's figure: no stall over 1 ms while the puts run through the
+    # facade (the probe alone on an idle loop gives this machine's floor).
     target(
-        "aio: p99 event-loop lag added by 1,000 ALWAYS puts through AsyncKvStore (ms)",
-        "lag_p99_ms - idle lag_p99_ms",
-        res["lag_p99_ms"] - base["lag_p99_ms"],
+        "aio: max event-loop lag during 1,000 ALWAYS puts through AsyncKvStore (ms)",
+        f"max {res['lag_max_ms']:.2f} ms, p99 {res['lag_p99_ms']:.2f} ms",
+        res["lag_max_ms"],
         1.0,
         op="<=",
-        reference=f"KvStore.put on the loop adds {ref['lag_p99_ms'] - base['lag_p99_ms']:.2f} ms",
+        reference=f"idle loop max {base['lag_max_ms']:.2f} ms; KvStore.put on the loop max {ref['lag_max_ms']:.2f} ms",
         benchmark=benchmark,
     )
 
 
 if __name__ == "__main__":
     root = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="norikv-aio-")
-    print(f"{AIO_N} ALWAYS puts of 100 B in {root}; probe tick {_TICK * 1e3:.0f} ms")
+    print(f"{AIO_N} ALWAYS puts of 100 B in {root}; a probe posts to the loop every {_TICK * 1e3:.1f} ms")
     print(f"{'':28} {'puts/s':>8} {'lag max':>9} {'lag p99':>9} {'median':>8}")
     rows = (
         ("probe alone (idle loop)", idle),

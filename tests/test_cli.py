@@ -651,17 +651,19 @@ def test_verify_and_info_while_another_process_keeps_writing(tmp_path: Path) -> 
             i += 1
         s.close()
     """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    err = tmp_path / "writer-stderr"
+    with open(err, "wb") as errf:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=errf)
     try:
-        assert p.stdout.readline() == b"ready\n"
+        assert p.stdout.readline() == b"ready\n", err.read_text()
         for _ in range(3):
             r = run("verify", d, "--quiet")
             assert r.returncode == 0, r.stderr
             info = json.loads(ok("info", d, "--json"))
-            assert info["keys"] >= 2000 and info["locked_by"] == [p.pid]
+            assert info["keys"] >= 2000 and info["locked_by"] == [p.pid], err.read_text()
     finally:
         stop.touch()
-        assert p.wait(TIMEOUT) == 0
+        assert p.wait(TIMEOUT) == 0, err.read_text()
     assert run("verify", d).returncode == 0
 
 

@@ -190,8 +190,9 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1:
     cdef int err = 0
     if stop > self.alloc:
         stop = self.alloc
-    if _prefault_supported and stop > start:
-        # Mapping changes need io_lock, which the caller holds.
+    if _prefault_supported and self.policy != POLICY_ALWAYS and stop > start:
+        # Mapping changes need io_lock, which the caller holds. (ALWAYS:
+        # no prefault; docs/DESIGN.md.)
         with nogil:
             err = _populate(self, self.map, start, stop)
         if err:
