@@ -52,8 +52,8 @@ cdef int _start_background_compaction(KvStore store) except -1:
         return 0
     t = threading.Thread(target=_background_compaction, args=(store,), name="norikv-compactor",
                          daemon=True)
+    t.start()                   # (then published: close() joins only started threads)
     store._compactor = t
-    t.start()
     return 0
 
 

@@ -245,8 +245,8 @@ cdef int _start_hint_writer(KvStore store) except -1:
         return 0
     t = threading.Thread(target=_hint_writer, args=(weakref.ref(store), store._hint_lock),
                          name="norikv-hints", daemon=True)
+    t.start()                   # (then published: close() joins only started threads)
     store._hinter = t
-    t.start()
     return 0
 
 

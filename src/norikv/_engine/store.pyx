@@ -540,6 +540,8 @@ cdef class KvStore:
         t = self._hinter
         if t is not None and t is not threading.current_thread():
             t.join()                # the hint writer stops before its next segment
+        with self._hint_lock:       # one started meanwhile (by a compaction) finds _closed
+            pass
         with lock:                  # held by compact() from start to end
             self.wal.close()
         t = self._compactor
