@@ -665,6 +665,7 @@ def _background(ref: weakref.ref[Wal], event: threading.Event) -> None:
                 if delay <= 0:
                     wal._unmap_written()
                     wal.sync()
+                    wal._rearm_ahead()
                     timeout = 0.0
                 else:
                     timeout = delay

@@ -28,6 +28,7 @@ cdef class _WalCore:
     cdef uint64_t alloc                  # bytes of the file reserved with fallocate
     cdef uint64_t populated              # mapping faulted in for writing up to here
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
+    cdef uint64_t rearmed_at             # written_total at the last _rearm
     cdef readonly uint64_t seg_size      # its logical size: where the next record goes
     cdef uint64_t next_seg_id
     cdef dict seg_sizes                  # finalized segments: id -> bytes

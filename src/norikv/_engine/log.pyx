@@ -256,6 +256,12 @@ cdef class _WalCore:
             with nogil:
                 _unmap_behind(self)
 
+    def _rearm_ahead(self):
+        """Background work after a batch-policy fsync (_rearm in segment.pyx)."""
+        if self.fork_gen == _fork_generation:
+            with nogil:
+                _rearm(self)
+
     def _prefault_ahead(self):
         """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
         write offset, a step at a time, without io_lock (so fsyncs and appends

@@ -4,6 +4,8 @@ cdef enum:
     _GROW_STEP = 1 << 20
     _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
     _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
+    _REARM_MIN = 64 << 10           # _rearm_ahead: at least this much
+    _REARM_MAX = 4 << 20            # and at most this much
     _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
 
 # False once the kernel said it cannot prefault (then ordinary page faults).
@@ -36,6 +38,8 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1
 cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil
+# After a batch-policy fsync: maps for writing what the writer will fill before the next.
+cdef void _rearm(_WalCore self) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.
 cdef int _use_small_folios(_WalCore self) except -1
 cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1
