@@ -560,8 +560,9 @@ class Wal(_engine._WalCore):
         self._bg_event = event
         self._bg_stop = False
         self._waker = event.set
-        # The thread holds only a weak reference, so a Wal dropped without
-        # close() is still freed (and its lock released) by reference counting.
+        # The thread holds only a weak reference while it waits, so a Wal
+        # dropped without close() is still freed (and its lock released) by
+        # reference counting.
         t = threading.Thread(
             target=_background, args=(weakref.ref(self), event), name=f"norikv-wal:{self.dir}", daemon=True
         )
@@ -572,6 +573,7 @@ class Wal(_engine._WalCore):
         t = getattr(self, "_bg_thread", None)
         if t is not None:
             self._bg_stop = True
+            self._stop_flusher()
             self._bg_event.set()
             if t is not threading.current_thread():
                 t.join()
@@ -649,26 +651,16 @@ def _await_dropped_owner(path: str, timeout: float = 5.0) -> None:
 def _background(ref: weakref.ref[Wal], event: threading.Event) -> None:
     """One thread per Wal: prefaults the mapping ahead of the writer and, under
     FsyncPolicy.batch(w), starts an fsync at most w after the first unsynced
-    append, whether or not more appends come. It holds the Wal only while
-    working, so a Wal dropped without close() is freed (lock released) soon."""
+    append, whether or not more appends come (_engine's flusher.pyx, without
+    the GIL while there is work). Between busy periods it waits here holding
+    no reference, so a Wal dropped without close() is freed (lock released)."""
     while True:
         wal = ref()
         if wal is None or wal._bg_stop:
             return
-        timeout = 1.0
         wal._bg_holding = True
         try:
-            if wal.prefault_pending:
-                wal._prefault_ahead()
-            if wal.dirty:
-                delay = wal.dirty_since + wal.window - time.monotonic()
-                if delay <= 0:
-                    wal._unmap_written()
-                    wal.sync()
-                    wal._rearm_ahead()
-                    timeout = 0.0
-                else:
-                    timeout = delay
+            again = wal._flusher_run()
         except Exception:
             return  # closed or failed: writers see the error themselves
         finally:
@@ -676,6 +668,6 @@ def _background(ref: weakref.ref[Wal], event: threading.Event) -> None:
             del wal
             with _released:
                 _released.notify_all()
-        if timeout:
-            event.wait(timeout)
+        if not again:
+            event.wait(1.0)
             event.clear()

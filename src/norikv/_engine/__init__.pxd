@@ -8,6 +8,7 @@ include "log.pxd"         # the append contract between the log and its writers
 include "logdir.pxd"
 include "segment.pxd"
 include "shared.pxd"        # many processes on one log
+include "flusher.pxd"       # the background work without the GIL
 include "lockdir.pxd"       # taking a log directory
 include "views.pxd"       # read-only mappings of segments (values="disk")
 include "scan.pxd"

@@ -14,6 +14,7 @@ include "logdir.pyx"      # segment names, listing, open directories
 include "log.pyx"         # _WalCore: the append path, group commit
 include "segment.pyx"     # the active segment's file and mapping
 include "shared.pyx"      # many processes on one log: SHM, the writers' mutex
+include "flusher.pyx"     # the background fsyncs and prefaulting, without the GIL
 include "lockdir.pyx"     # taking a log directory: exclusive, shared, read-only
 include "views.pyx"       # read-only mappings of segments (values="disk")
 include "loader.pyx"      # replaying a log into a store's map

@@ -73,6 +73,8 @@ cdef extern from "platform.h" nogil:
     void nk_advise_small_folios(void *addr, size_t length)
     void nk_store_release_u64(uint64_t *p, uint64_t v)
     uint64_t nk_load_acquire_u64(const uint64_t *p)
+    void nk_fence()
+    int nk_segment_name(char *buf, size_t size, uint64_t seg_id)
 
 cdef extern from "<errno.h>":
     enum: EWOULDBLOCK       # (not in Cython's libc.errno) flock's "held by another"
@@ -90,6 +92,11 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+
+cdef extern from "platform.h" nogil:
+    int nk_cond_init_monotonic(pthread_cond_t *c)
+    int nk_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, double deadline)
 
 cdef extern from "shared.h" nogil:
     enum:

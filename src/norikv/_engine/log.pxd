@@ -60,12 +60,22 @@ cdef class _WalCore:
     cdef pthread_cond_t sync_cond
     cdef bint syncing
     cdef bint sync_init
-    # the background thread (norikv.wal): batch-policy fsyncs, prefaulting
+    # The background thread (norikv.wal drives it; its work, without the
+    # GIL, is in flusher.pyx): batch-policy fsyncs, prefaulting. Appends set
+    # `dirty` (with dirty_since) and prefault_pending, and wake it through
+    # bg_cond (in flusher.pyx's loop) and _waker (waiting in Python);
+    # bg_mutex guards bg_wake and bg_stop.
     cdef readonly bint prefault_pending
     cdef readonly bint dirty
     cdef readonly double dirty_since
-    cdef public object _waker            # wakes it (set by norikv.wal.Wal)
     cdef bint wake_pending
+    cdef public object _waker            # wakes it while it waits in Python (norikv.wal)
+    cdef pthread_mutex_t bg_mutex
+    cdef pthread_cond_t bg_cond
+    cdef bint bg_wake
+    cdef bint bg_stop
+    cdef int bg_err                      # errno of a failed background fsync (poisons at the next call)
+    cdef bint bg_looping                 # the thread is in _flusher_loop (no GIL needed until it returns)
 
     # Many processes on one log (shared.pyx). shm is NULL for a Wal that is
     # the directory's only writer (norikv.wal.Wal); a KvStore's Wal shares
@@ -133,7 +143,7 @@ cdef class _WalCore:
     cdef int _check_usable(self) except -1     # and not failed
     cdef int _poison(self, int err, object path, str what) except -1
     cdef int _sync_dir(self, bint poison) except -1
-    cdef void _count_fsync(self, double dt) noexcept
+    cdef void _count_fsync(self, double dt) noexcept nogil
 
     # compaction support (compact.pyx)
     cdef int _begin_exclusive(self) except -1

@@ -52,6 +52,15 @@ cdef class _WalCore:
         if pthread_cond_init(&self.sync_cond, NULL) != 0:
             pthread_mutex_destroy(&self.sync_mutex)
             raise MemoryError()
+        if pthread_mutex_init(&self.bg_mutex, NULL) != 0:
+            pthread_cond_destroy(&self.sync_cond)
+            pthread_mutex_destroy(&self.sync_mutex)
+            raise MemoryError()
+        if nk_cond_init_monotonic(&self.bg_cond) != 0:
+            pthread_mutex_destroy(&self.bg_mutex)
+            pthread_cond_destroy(&self.sync_cond)
+            pthread_mutex_destroy(&self.sync_mutex)
+            raise MemoryError()
         self.sync_init = True
 
     def __dealloc__(self):
@@ -73,6 +82,8 @@ cdef class _WalCore:
         if self.sync_init:
             pthread_cond_destroy(&self.sync_cond)
             pthread_mutex_destroy(&self.sync_mutex)
+            pthread_cond_destroy(&self.bg_cond)
+            pthread_mutex_destroy(&self.bg_mutex)
 
     # ------------------------------------------------------------ locking
 
@@ -120,6 +131,7 @@ cdef class _WalCore:
         dt[0] = _now_monotonic() - t0[0]
         if err[0]:
             return _SYNC_FAILED
+        self._count_fsync(dt[0])            # (in the turn: one leader counts at a time)
         self._end_sync_turn(cover)
         return _SYNC_DONE
 
@@ -165,6 +177,8 @@ cdef class _WalCore:
         self._check_owner()
         if self.readonly:
             raise ReadOnlyError(EROFS, "the store was opened with readonly=True", self.dir)
+        if self.bg_err and self.failed is None:
+            self._poison(self.bg_err, self._segment_path(self.seg_id), "fdatasync (background)")
         if self.failed is not None:
             raise WalFailedError(self.failed.errno, "the Wal failed earlier and refuses writes "
                                  f"until reopened ({self.failed.strerror})", self.failed.filename)
@@ -190,7 +204,7 @@ cdef class _WalCore:
             raise io_error(err, self.dir, "fsync directory")
         return 0
 
-    cdef void _count_fsync(self, double dt) noexcept:
+    cdef void _count_fsync(self, double dt) noexcept nogil:
         self.fsync_count += 1
         self.fsync_seconds += dt
         if dt > self.fsync_max:
@@ -249,34 +263,47 @@ cdef class _WalCore:
         else:
             _open_active(self, last_id, last_size)
 
+    def _flusher_run(self):
+        """The background thread's work (norikv.wal._background), without the
+        GIL (flusher.pyx) until it returns: when idle for two batch windows,
+        when _stop_flusher asks, or when a failed fsync poisoned the Wal
+        (raised here). True: call again at once (it ran a sync() that
+        needed the GIL)."""
+        cdef int res
+        if self.fork_gen != _fork_generation or self.closed:
+            return False
+        with nogil:
+            self.bg_looping = True
+            res = _flusher_loop(self)
+            self.bg_looping = False
+        if res == _FLUSH_NEEDS_GIL:
+            self.sync()
+            return True
+        if res > 0:
+            self._check_usable()
+        return False
+
+    def _stop_flusher(self):
+        """Asks the background thread to return from _flusher_run (close())."""
+        _wake_flusher(self, True)
+
     def _unmap_written(self):
-        """Background work before a batch-policy fsync: drops this process's
-        page-table entries for the pages wholly written (_unmap_behind)."""
+        """_unmap_behind, as the background thread runs it before a batch fsync."""
         if self.fork_gen == _fork_generation:
             with nogil:
                 _unmap_behind(self)
 
     def _rearm_ahead(self):
-        """Background work after a batch-policy fsync (_rearm in segment.pyx)."""
+        """_rearm, as the background thread runs it after a batch fsync."""
         if self.fork_gen == _fork_generation:
             with nogil:
                 _rearm(self)
-
-    def _prefault_ahead(self):
-        """Background work: faults in the mapping up to _PREFAULT_AHEAD past the
-        write offset, a step at a time, without io_lock (so fsyncs and appends
-        go on) but holding map_lock (so the mapping cannot go away). Runs
-        without the GIL from start to end: a writer holds the GIL for 5 ms
-        at a time, and a loop that took it back between steps fell behind
-        (the writer then faulted most pages itself)."""
-        with nogil:
-            _prefault_loop(self)
 
     # ------------------------------------------------------------ append
 
     cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:
         """Room for n bytes at the end of the log (the contract: log.pxd)."""
-        if (self.busy == 0 and self.shm == NULL and self.fork_gen == _fork_generation and self.failed is None
+        if (self.busy == 0 and self.shm == NULL and self.fork_gen == _fork_generation and not self.broken
                 and not self.closed and self.seg_size + n <= self.populated
                 and (self.seg_size + n <= self.max_segment_size or self.seg_size == 0)):
             return self.map + self.seg_size
@@ -302,10 +329,12 @@ cdef class _WalCore:
         if self.shm != NULL:
             _publish_position(self)
             _writer_unlock(self)
-        if self.policy == POLICY_BATCH and not self.dirty:
-            self.dirty = True
-            self.dirty_since = _now_monotonic()
-            self.wake_pending = True
+        if self.policy == POLICY_BATCH:
+            nk_fence()                  # written_total before dirty: _settle_dirty
+            if not self.dirty:
+                self.dirty_since = _now_monotonic()
+                self.dirty = True
+                self.wake_pending = True
         if self.seg_size + _PREFAULT_AHEAD // 2 > self.populated and not self.prefault_pending \
                 and _prefault_supported and self.policy != POLICY_ALWAYS:
             self.prefault_pending = True
@@ -327,6 +356,7 @@ cdef class _WalCore:
     cdef int _after_append_work(self) except -1:
         if self.wake_pending:
             self.wake_pending = False
+            _wake_flusher(self, False)
             if self._waker is not None:
                 self._waker()
         if self.policy == POLICY_ALWAYS:
@@ -423,11 +453,7 @@ cdef class _WalCore:
                 self._poison(err, self._segment_path(self.seg_id), "fdatasync")
             finally:
                 self._end_sync_turn(0)
-        self._count_fsync(dt)
-        if self.synced_total >= self.written_total:
-            self.dirty = False
-        else:
-            self.dirty_since = t0
+        _settle_dirty(self, t0)
 
     def current_position(self):
         """Position at which the next record will be written."""

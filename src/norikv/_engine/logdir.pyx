@@ -8,8 +8,11 @@ from norikv.errors import NoriIOError, io_error
 
 
 def segment_name(uint64_t seg_id):
-    """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal."""
-    return f"{seg_id:06d}.wal"
+    """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal
+    (nk_segment_name, which the background fsync uses without the GIL)."""
+    cdef char buf[32]
+    nk_segment_name(buf, sizeof(buf), seg_id)
+    return buf.decode("ascii")
 
 
 def segment_id_of(name):

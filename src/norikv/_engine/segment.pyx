@@ -174,7 +174,8 @@ cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noe
     mode, for reading (nk_prefault). Returns 0 or the errno; an errno that
     says the kernel cannot do it turns prefaulting off for the process."""
     global _prefault_supported
-    cdef int err = nk_prefault(m + start, <size_t>(stop - start), not self.small_folios)
+    cdef int err = nk_prefault(m + start, <size_t>(stop - start),
+                               not self.small_folios and self.policy == POLICY_OS)
     if err == EINVAL or err == ENOSYS or err == EOPNOTSUPP:
         _prefault_supported = False
     return err

@@ -22,7 +22,10 @@ cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 cdef int _repair(_WalCore self) except -1
 # the group commit of all processes; one compaction at a time; the last one out
 cdef int _sync_shared(_WalCore self) except -1
-cdef void _note_synced(_WalCore self) noexcept
+cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) noexcept nogil
+cdef int _shared_fsync_by_path(_WalCore self, uint64_t target, uint64_t *seg, int *err) except -1
+cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, uint64_t *seg, int *err) noexcept nogil
+cdef void _note_synced(_WalCore self) noexcept nogil
 cdef int _compaction_lock(_WalCore self, double timeout) except -1
 cdef void _compaction_unlock(_WalCore self) noexcept
 cdef int _publish_gen(_WalCore self, uint64_t seal) except -1

@@ -426,19 +426,61 @@ cdef int _sync_shared(_WalCore self) except -1:
     take smutex fsyncs the active segment (sealed ones were fsynced when
     sealed) and publishes how far it got; the others find themselves covered."""
     cdef uint64_t target = nk_load_acquire_u64(&self.written_total)
-    cdef nk_pub p
-    cdef int dead, err = 0, fd
-    cdef double t0, dt = 0
+    cdef uint64_t seg = 0
+    cdef int err = 0, status
+    cdef double t0
     _check_shared_usable(self)
     if self.pub.total > target:
         target = self.pub.total
-    if nk_load_acquire_u64(&self.shm.synced_total) >= target:
-        _note_synced(self)
-        return 0
     with nogil:
-        err = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
-    if err:
-        raise io_error(err, _shm_path(self), "lock the fsync mutex")
+        t0 = _now_monotonic()
+        status = _shared_fsync(self, target, &seg, &err)
+    if status == _SYNC_UNUSABLE:
+        _check_shared_usable(self)          # (another process's failed fsync)
+        status = _shared_fsync_by_path(self, target, &seg, &err)
+    if status == _SYNC_FAILED:
+        self._poison(err, self._segment_path(seg), "fdatasync")
+    _note_synced(self)
+    _settle_dirty(self, t0)
+    return 0
+
+
+cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) noexcept nogil:
+    """The fsync of _sync_shared without the GIL (the background thread runs
+    it too). Returns _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err, seg set;
+    SHM poisoned) or _SYNC_UNUSABLE: SHM is poisoned, a lock failed, or the
+    published active segment is not this process's (its file is opened by
+    name: _shared_fsync_by_path, with the GIL)."""
+    cdef nk_pub p
+    cdef int dead, fd
+    cdef int status = _SYNC_COVERED
+    if nk_load_acquire_u64(&self.shm.synced_total) >= target:
+        return _SYNC_COVERED
+    if nk_shm_lock(&self.shm.smutex, -1.0, &dead):
+        return _SYNC_UNUSABLE
+    if nk_load_acquire_u64(&self.shm.synced_total) < target:
+        if self.shm.poisoned:
+            status = _SYNC_UNUSABLE
+        else:
+            nk_shm_read(self.shm, &p)
+            PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
+            fd = self.seg_fd if p.seg_id == self.seg_id else -1
+            status = _SYNC_UNUSABLE if fd < 0 else _fsync_published(self, fd, &p, seg, err)
+            PyThread_release_lock(self.io_lock)
+    pthread_mutex_unlock(&self.shm.smutex)
+    return status
+
+
+cdef int _shared_fsync_by_path(_WalCore self, uint64_t target, uint64_t *seg, int *err) except -1:
+    """_shared_fsync for a published segment this process has not switched
+    to: its file is opened by name."""
+    cdef nk_pub p
+    cdef int dead, fd, e
+    cdef int status = _SYNC_COVERED
+    with nogil:
+        e = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
+    if e:
+        raise io_error(e, _shm_path(self), "lock the fsync mutex")
     try:
         if nk_load_acquire_u64(&self.shm.synced_total) < target:
             _check_shared_usable(self)
@@ -448,28 +490,32 @@ cdef int _sync_shared(_WalCore self) except -1:
             if fd < 0:
                 self._poison(errno, path, "open for fdatasync")
             with nogil:
-                t0 = _now_monotonic()
-                err = nk_sync_data(fd, NULL, 0)
-                dt = _now_monotonic() - t0
+                status = _fsync_published(self, fd, &p, seg, err)
                 c_close(fd)
-            if err:
-                self.shm.poisoned = err
-                self._poison(err, path, "fdatasync")
-            nk_shm_synced(self.shm, p.total)
-            self._count_fsync(dt)
     finally:
         pthread_mutex_unlock(&self.shm.smutex)
-    _note_synced(self)
-    return 0
+    return status
 
 
-cdef void _note_synced(_WalCore self) noexcept:
-    """This Wal's view of what is durable (synced_total, the flusher's dirty flag)."""
+cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, uint64_t *seg, int *err) noexcept nogil:
+    """With smutex held: fdatasync of fd, the published active segment p.
+    Records how far the log is durable, or the failure (SHM poisoned)."""
+    cdef double t0 = _now_monotonic()
+    err[0] = nk_sync_data(fd, NULL, 0)
+    if err[0]:
+        seg[0] = p.seg_id
+        self.shm.poisoned = err[0]
+        return _SYNC_FAILED
+    nk_shm_synced(self.shm, p.total)
+    self._count_fsync(_now_monotonic() - t0)
+    return _SYNC_DONE
+
+
+cdef void _note_synced(_WalCore self) noexcept nogil:
+    """This Wal's view of what is durable (synced_total)."""
     cdef uint64_t synced = nk_load_acquire_u64(&self.shm.synced_total)
     if synced > self.synced_total:
         self.synced_total = synced
-    if synced >= self.written_total:
-        self.dirty = False
 
 
 cdef int _compaction_lock(_WalCore self, double timeout) except -1:

@@ -8,6 +8,9 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
 #include <stdint.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -31,6 +34,52 @@ static inline void nk_store_release_u64(uint64_t *p, uint64_t v) {
 }
 static inline uint64_t nk_load_acquire_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+/* A full barrier: a store before it is visible to other threads before a
+   load after it is made (the flusher's and the writer's `dirty` handshake,
+   flusher.pyx). */
+static inline void nk_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+/* A segment's file name (logdir.pyx's segment_name uses it too). */
+static int nk_segment_name(char *buf, size_t size, uint64_t seg_id) {
+    return snprintf(buf, size, "%06llu.wal", (unsigned long long)seg_id);
+}
+
+/* A condition variable whose timed waits take a CLOCK_MONOTONIC deadline
+   in seconds (as _now_monotonic gives it). */
+static int nk_cond_init_monotonic(pthread_cond_t *c) {
+#if defined(__APPLE__)
+    return pthread_cond_init(c, NULL);
+#else
+    pthread_condattr_t a;
+    int err = pthread_condattr_init(&a);
+    if (err) return err;
+    err = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    if (!err) err = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return err;
+#endif
+}
+
+static int nk_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, double deadline) {
+    struct timespec ts;
+#if defined(__APPLE__)
+    struct timespec now;
+    double rel;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    rel = deadline - (now.tv_sec + now.tv_nsec * 1e-9);
+    if (rel < 0) rel = 0;
+    ts.tv_sec = (time_t)rel;
+    ts.tv_nsec = (long)((rel - (double)ts.tv_sec) * 1e9);
+    return pthread_cond_timedwait_relative_np(c, m, &ts);
+#else
+    ts.tv_sec = (time_t)deadline;
+    ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+    if (ts.tv_nsec < 0) ts.tv_nsec = 0;
+    return pthread_cond_timedwait(c, m, &ts);
+#endif
 }
 
 /* Makes the data of fd (including bytes written through a shared mapping of

@@ -1,0 +1,123 @@
+# The background work of a Wal, without the GIL: under FsyncPolicy.batch(w)
+# an fsync at most w after the first unsynced append, whether or not more
+# appends come, and prefaulting the mapping ahead of the writer.
+#
+# norikv.wal runs it in a thread of its own (_WalCore._flusher_run), which
+# takes the GIL only between busy periods: the loop returns when nothing was
+# unsynced for two windows (the thread then waits in Python, holding no
+# reference, so that a Wal dropped without close() is freed), on close(), or
+# when an fsync failed. A flusher that took the GIL for each fsync waited
+# for the writer's 5 ms switch interval each time: a busy writer got 26-37
+# fsyncs a second instead of 200, so the window grew, and every switch cost
+# the writer the GIL.
+#
+# The `dirty` handshake. An append stores written_total, then (full fence)
+# reads dirty and, if clear, sets dirty_since and dirty and wakes the
+# thread. After an fsync the thread clears dirty, then (full fence) reads
+# written_total and sets dirty again if something is still unsynced. One of
+# the two sees the other's store, so an append is never left unsynced with
+# dirty clear.
+
+
+cdef void _wake_flusher(_WalCore self, bint stop) noexcept nogil:
+    pthread_mutex_lock(&self.bg_mutex)
+    self.bg_wake = True
+    if stop:
+        self.bg_stop = True
+    pthread_cond_signal(&self.bg_cond)
+    pthread_mutex_unlock(&self.bg_mutex)
+
+
+cdef void _settle_dirty(_WalCore self, double since) noexcept nogil:
+    """After an fsync that started at `since`: dirty again if anything
+    appended is not covered (an append after `since` is younger than it)."""
+    self.dirty = False
+    nk_fence()
+    if nk_load_acquire_u64(&self.written_total) > self.synced_total:
+        self.dirty_since = since
+        self.dirty = True
+
+
+cdef int _fsync_batch(_WalCore self) noexcept nogil:
+    """The batch policy's fsync: the pages wholly written leave this
+    process's page tables first (_unmap_behind), the next window's are
+    mapped for writing after (_rearm). Returns 0, an errno or a code of
+    _flusher_loop's."""
+    cdef uint64_t target = nk_load_acquire_u64(&self.written_total)
+    cdef double t0 = _now_monotonic(), dt = 0
+    cdef int err = 0, status
+    cdef uint64_t seg = 0
+    if self.shm == NULL and not self.small_folios and target > self.synced_total \
+            and target - self.synced_total < _SMALL_SYNC:
+        return _FLUSH_NEEDS_GIL             # _use_small_folios may seal the segment
+    _unmap_behind(self)
+    if self.shm != NULL:
+        status = _shared_fsync(self, target, &seg, &err)
+        if status == _SYNC_FAILED:
+            self.bg_err = err
+            self.broken = True
+            return err
+        if status == _SYNC_UNUSABLE:
+            return _FLUSH_NEEDS_GIL         # (sync() raises, or opens the segment by path)
+        _note_synced(self)
+        _settle_dirty(self, t0)
+    else:
+        status = self._sync_nogil(target, &t0, &dt, &err)
+        if status == _SYNC_FAILED:
+            self.bg_err = err
+            self.broken = True              # (before the turn ends: nobody syncs, and succeeds, meanwhile)
+            self._end_sync_turn(0)
+            return err
+        if status == _SYNC_UNUSABLE:
+            return -1
+        if status == _SYNC_DONE:
+            _settle_dirty(self, t0)
+        else:
+            _settle_dirty(self, _now_monotonic())
+    _rearm(self)
+    return 0
+
+
+cdef int _flusher_loop(_WalCore self) noexcept nogil:
+    # Idle (nothing unsynced) for two windows, it returns: the thread then
+    # waits in Python without holding the Wal, which a user may drop.
+    cdef double now, wait_until, busy_at = _now_monotonic()
+    cdef double linger = 2 * self.window if self.policy == POLICY_BATCH else 0
+    cdef int res
+    while True:
+        if self.bg_stop or self.closed:
+            return 0
+        if self.prefault_pending:
+            _prefault_loop(self)
+        now = _now_monotonic()
+        if self.dirty:
+            wait_until = self.dirty_since + self.window
+            if wait_until <= now:
+                res = _fsync_batch(self)
+                if res != 0:
+                    return res
+                busy_at = _now_monotonic()
+                continue
+        else:
+            wait_until = busy_at + linger
+            if wait_until <= now:
+                return 0
+        pthread_mutex_lock(&self.bg_mutex)
+        if not self.bg_wake and not self.bg_stop:
+            nk_cond_wait_until(&self.bg_cond, &self.bg_mutex, wait_until)
+        self.bg_wake = False
+        pthread_mutex_unlock(&self.bg_mutex)
+
+
+def _test_synced_with_gil_held(_WalCore wal, double timeout):
+    """Test hook: spins with the GIL held until every append of `wal` is
+    durable (True), `timeout` seconds passed (False), or the background
+    thread is not in its loop (None: it would need the GIL to get there).
+    Only a thread that fsyncs without the GIL can make it return True."""
+    cdef double end = _now_monotonic() + timeout
+    while _now_monotonic() < end:
+        if nk_load_acquire_u64(&wal.synced_total) >= nk_load_acquire_u64(&wal.written_total):
+            return True
+        if not wal.bg_looping:
+            return None
+    return False
