@@ -1,11 +1,16 @@
-"""The write path under the default policy (issue 15): KvStore.put under
-FsyncPolicy.batch(0.005), the default, against the same loop under
-FsyncPolicy.OS, each round of one right before a round of the other.
-Random 16-byte keys, 100 B and 1 KiB values, both value modes, one thread.
+"""The write path at the hardware's price (issue 15).
 
-Target: batch >= 0.9x OS. The batch policy's background thread fdatasyncs
-every 5 ms while the loop runs; what that costs the writer is the subject
-(docs/performance.md, "The write path under the batch policy")."""
+- KvStore.put under FsyncPolicy.batch(0.005), the default, against the same
+  loop under FsyncPolicy.OS, each round of one right before a round of the
+  other: random 16-byte keys, 100 B and 1 KiB values, both value modes, one
+  thread. Target: batch >= 0.9x OS.
+- A durable commit: sync() after 1,000 puts against a raw pwrite +
+  fdatasync of the same bytes (target <= 1.3x), and 1,000 puts + sync()
+  against lmdb's transactions of 1,000 with sync=True, sequential and random
+  keys (target >= 1.5x).
+
+docs/performance.md, "The write path under the batch policy", has the
+figures and what each cost was."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import random
 
 import pytest
 
-from benchlib import ROUNDS, N, Scratch, interleaved, open_store, remember, target
+from benchlib import ROUNDS, N, Scratch, interleaved, lmdb, open_store, remember, target
 from norikv import FsyncPolicy
 
 _SIZES = {100: N, 1024: max(1, N // 4)}  # about 130 MB and 260 MB of log per round
@@ -65,5 +70,141 @@ def test_put_batch_policy_vs_os(benchmark, bench_root, closer, random_pairs_by_s
         ref / sec,
         0.9,
         reference="KvStore.put under FsyncPolicy.OS, same keys",
+        benchmark=benchmark,
+    )
+
+
+# ------------------------------------------------------------ a durable commit
+
+COMMIT = 1000  # puts per commit
+COMMITS = 200
+
+
+def _commit_pairs(keys, order):
+    chosen = keys[: COMMIT * COMMITS]
+    if order == "sequential":  # (new objects, laid out in memory in the order they are used)
+        chosen = [bytes(bytearray(k)) for k in sorted(chosen)]
+    value = random.Random(3).randbytes(100)
+    return [(k, value) for k in chosen]
+
+
+@pytest.mark.benchmark(group="write-path-commit")
+def test_sync_after_1000_puts_vs_raw_fdatasync(benchmark, bench_root, closer, keys):
+    """Target: sync() after 1,000 puts of 100 B costs at most 1.3x a raw
+    pwrite + fdatasync of the same bytes into an already-written file,
+    measured beside it (medians over 200 commits)."""
+    import os
+    import statistics
+    import time
+
+    pairs = _commit_pairs(keys, "random")
+    dirs = Scratch(bench_root, "commit-store")
+    raw_path = os.path.join(bench_root, "commit-raw")
+    syncs: list[float] = []
+    raws: list[float] = []
+    sizes: list[int] = []
+
+    def raw_round():
+        size = sizes[-1] if sizes else COMMIT * 150
+        fd = os.open(raw_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, bytes(size * COMMITS))  # already written: no extent to convert
+            os.fsync(fd)
+            buf = random.Random(5).randbytes(size)
+            for i in range(COMMITS):
+                t = time.perf_counter()
+                os.pwrite(fd, buf, i * size)
+                os.fdatasync(fd)
+                raws.append(time.perf_counter() - t)
+        finally:
+            os.close(fd)
+            os.unlink(raw_path)
+
+    def setup():
+        raw_round()
+        closer.replace()
+        store = closer.replace(open_store(dirs.new(), FsyncPolicy.OS))
+        return (store,), {}
+
+    def run(store):
+        put, sync = store.put, store.sync
+        perf = time.perf_counter
+        for i in range(0, len(pairs), COMMIT):
+            before = store.wal.written_total
+            for k, v in pairs[i : i + COMMIT]:
+                put(k, v)
+            sizes.append(store.wal.written_total - before)
+            t = perf()
+            sync()
+            syncs.append(perf() - t)
+
+    try:
+        benchmark.pedantic(run, setup=setup, rounds=max(ROUNDS, 3), iterations=1)
+    finally:
+        closer.replace()
+        dirs.clean()
+    sync_med, raw_med = statistics.median(syncs), statistics.median(raws)
+    benchmark.extra_info.update(sync_median_us=sync_med * 1e6, raw_median_us=raw_med * 1e6, bytes=sizes[-1])
+    target(
+        "sync() after 1,000 puts vs raw pwrite + fdatasync of the same bytes",
+        f"median {sync_med * 1e6:.0f} us vs raw {raw_med * 1e6:.0f} us ({sizes[-1]:,} B)",
+        sync_med / raw_med,
+        1.3,
+        op="<=",
+        reference="pwrite + fdatasync into an already-written file",
+        benchmark=benchmark,
+    )
+
+
+@pytest.mark.benchmark(group="write-path-commit")
+@pytest.mark.skipif(lmdb is None, reason="lmdb not installed (pip install norikv[bench])")
+@pytest.mark.parametrize("order", ["sequential", "random"])
+def test_durable_batches_vs_lmdb(benchmark, bench_root, closer, keys, order):
+    """Target: 1,000 puts + sync(), 200 times, >= 1.5x lmdb committing
+    transactions of 1,000 puts with sync=True (data, then meta page)."""
+    pairs = _commit_pairs(keys, order)
+    dirs = Scratch(bench_root, f"durable-{order}")
+    ldirs = Scratch(bench_root, f"durable-lmdb-{order}")
+    envs = []
+
+    def run(store):
+        put, sync = store.put, store.sync
+        for i in range(0, len(pairs), COMMIT):
+            for k, v in pairs[i : i + COMMIT]:
+                put(k, v)
+            sync()
+
+    def subject_setup():
+        closer.replace()
+        return (closer.replace(open_store(dirs.new(), FsyncPolicy.OS)),)
+
+    def ref_setup():
+        while envs:
+            envs.pop().close()
+        env = lmdb.open(ldirs.new(), map_size=1 << 30, sync=True, metasync=True)
+        envs.append(env)
+        return (env,)
+
+    def ref(env):
+        for i in range(0, len(pairs), COMMIT):
+            with env.begin(write=True) as txn:
+                for k, v in pairs[i : i + COMMIT]:
+                    txn.put(k, v)
+
+    try:
+        lm = interleaved(benchmark, run, subject_setup, ref, ref_setup)
+    finally:
+        closer.replace()
+        while envs:
+            envs.pop().close()
+        dirs.clean()
+        ldirs.clean()
+    sec = remember(f"norikv_durable_batches_{order}", benchmark, len(pairs), "puts")
+    target(
+        f"1,000 puts + sync() vs lmdb txns of 1,000 (sync=True), {order} keys",
+        f"{len(pairs) / sec / 1e3:,.0f} k puts/s vs lmdb {len(pairs) / lm / 1e3:,.0f} k",
+        lm / sec,
+        1.5,
+        reference="lmdb.open(sync=True, metasync=True)",
         benchmark=benchmark,
     )

@@ -335,7 +335,7 @@ cdef class _WalCore:
                 self.dirty_since = _now_monotonic()
                 self.dirty = True
                 self.wake_pending = True
-        if self.seg_size + _PREFAULT_AHEAD // 2 > self.populated and not self.prefault_pending \
+        if self.seg_size + _PREFAULT_AHEAD - _PREFAULT_REFILL > self.populated and not self.prefault_pending \
                 and _prefault_supported and self.policy != POLICY_ALWAYS:
             self.prefault_pending = True
             self.wake_pending = True
