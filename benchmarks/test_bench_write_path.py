@@ -42,14 +42,22 @@ def random_pairs_by_size(keys):
 @pytest.mark.parametrize("values", ["memory", "disk"])
 @pytest.mark.parametrize("size", sorted(_SIZES))
 def test_put_batch_policy_vs_os(benchmark, bench_root, closer, random_pairs_by_size, size, values):
+    import time
+
     pairs = random_pairs_by_size[size]
     batch_dirs = Scratch(bench_root, f"batch-{size}-{values}")
     os_dirs = Scratch(bench_root, f"os-{size}-{values}")
+    fsync_rates: list[float] = []  # the batch store's fsyncs per second of its round
+
+    def subject(store, pairs):
+        t0, before = time.perf_counter(), store.stats()["fsyncs"]
+        _loop(store.put, pairs)
+        fsync_rates.append((store.stats()["fsyncs"] - before) / (time.perf_counter() - t0))
 
     def subject_setup():
         closer.replace()
         store = closer.replace(open_store(batch_dirs.new(), FsyncPolicy.batch(0.005), values=values))
-        return (store.put, pairs)
+        return (store, pairs)
 
     def ref_setup():
         closer.replace()
@@ -58,15 +66,17 @@ def test_put_batch_policy_vs_os(benchmark, bench_root, closer, random_pairs_by_s
         return (store.put, pairs)
 
     try:
-        ref = interleaved(benchmark, _loop, subject_setup, _loop, ref_setup, rounds=max(ROUNDS, 5))
+        ref = interleaved(benchmark, subject, subject_setup, _loop, ref_setup, rounds=max(ROUNDS, 5))
     finally:
         closer.replace()
         batch_dirs.clean()
         os_dirs.clean()
     sec = remember(f"norikv_put_batch_{size}_{values}", benchmark, len(pairs), "puts")
+    benchmark.extra_info["fsyncs_per_second"] = fsync_rates
     target(
         f"put, batch(5 ms) vs OS policy, {size} B values, {values} mode",
-        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs OS {len(pairs) / ref / 1e6:.2f} M",
+        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs OS {len(pairs) / ref / 1e6:.2f} M"
+        f" ({min(fsync_rates):.0f}-{max(fsync_rates):.0f} fsyncs/s)",
         ref / sec,
         0.9,
         reference="KvStore.put under FsyncPolicy.OS, same keys",
