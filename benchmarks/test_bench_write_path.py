@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-from benchlib import ROUNDS, N, Scratch, interleaved, lmdb, open_store, remember, target
+from benchlib import ROUNDS, N, Scratch, best_seconds, interleaved, lmdb, open_store, remember, target
 from norikv import FsyncPolicy
 
 _SIZES = {100: N, 1024: max(1, N // 4)}  # about 130 MB and 260 MB of log per round
@@ -38,49 +38,72 @@ def random_pairs_by_size(keys):
     return out
 
 
-@pytest.mark.benchmark(group="write-path-batch-vs-os")
-@pytest.mark.parametrize("values", ["memory", "disk"])
-@pytest.mark.parametrize("size", sorted(_SIZES))
-def test_put_batch_policy_vs_os(benchmark, bench_root, closer, random_pairs_by_size, size, values):
+def _batch_vs_os(benchmark, bench_root, closer, name, work, **open_kw):
+    """Rounds of `work(store)` on a fresh store under batch(0.005), each
+    after a round on a fresh store under OS (interleaved). Returns the best
+    batch and OS seconds and the batch store's fsyncs per second per round."""
     import time
 
-    pairs = random_pairs_by_size[size]
-    batch_dirs = Scratch(bench_root, f"batch-{size}-{values}")
-    os_dirs = Scratch(bench_root, f"os-{size}-{values}")
-    fsync_rates: list[float] = []  # the batch store's fsyncs per second of its round
+    batch_dirs = Scratch(bench_root, f"batch-{name}")
+    os_dirs = Scratch(bench_root, f"os-{name}")
+    fsync_rates: list[float] = []
 
-    def subject(store, pairs):
+    def subject(store):
         t0, before = time.perf_counter(), store.stats()["fsyncs"]
-        _loop(store.put, pairs)
+        work(store)
         fsync_rates.append((store.stats()["fsyncs"] - before) / (time.perf_counter() - t0))
 
-    def subject_setup():
+    def setup(dirs, policy):
         closer.replace()
-        store = closer.replace(open_store(batch_dirs.new(), FsyncPolicy.batch(0.005), values=values))
-        return (store, pairs)
-
-    def ref_setup():
-        closer.replace()
-        os_dirs.clean()
-        store = closer.replace(open_store(os_dirs.new(), FsyncPolicy.OS, values=values))
-        return (store.put, pairs)
+        dirs.clean()
+        return (closer.replace(open_store(dirs.new(), policy, **open_kw)),)
 
     try:
-        ref = interleaved(benchmark, subject, subject_setup, _loop, ref_setup, rounds=max(ROUNDS, 5))
+        ref = interleaved(
+            benchmark,
+            subject,
+            lambda: setup(batch_dirs, FsyncPolicy.batch(0.005)),
+            work,
+            lambda: setup(os_dirs, FsyncPolicy.OS),
+            rounds=max(ROUNDS, 5),
+        )
     finally:
         closer.replace()
         batch_dirs.clean()
         os_dirs.clean()
-    sec = remember(f"norikv_put_batch_{size}_{values}", benchmark, len(pairs), "puts")
     benchmark.extra_info["fsyncs_per_second"] = fsync_rates
+    return best_seconds(benchmark), ref, fsync_rates
+
+
+def _report_batch_vs_os(benchmark, row, n, sec, ref, fsync_rates, reference):
     target(
-        f"put, batch(5 ms) vs OS policy, {size} B values, {values} mode",
-        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs OS {len(pairs) / ref / 1e6:.2f} M"
+        f"put, batch(5 ms) vs OS policy, {row}",
+        f"{n / sec / 1e6:.2f} M puts/s vs OS {n / ref / 1e6:.2f} M"
         f" ({min(fsync_rates):.0f}-{max(fsync_rates):.0f} fsyncs/s)",
         ref / sec,
         0.9,
-        reference="KvStore.put under FsyncPolicy.OS, same keys",
+        reference=reference,
         benchmark=benchmark,
+    )
+
+
+@pytest.mark.benchmark(group="write-path-batch-vs-os")
+@pytest.mark.parametrize("values", ["memory", "disk"])
+@pytest.mark.parametrize("size", sorted(_SIZES))
+def test_put_batch_policy_vs_os(benchmark, bench_root, closer, random_pairs_by_size, size, values):
+    pairs = random_pairs_by_size[size]
+    sec, ref, rates = _batch_vs_os(
+        benchmark, bench_root, closer, f"{size}-{values}", lambda store: _loop(store.put, pairs), values=values
+    )
+    remember(f"norikv_put_batch_{size}_{values}", benchmark, len(pairs), "puts")
+    _report_batch_vs_os(
+        benchmark,
+        f"{size} B values, {values} mode",
+        len(pairs),
+        sec,
+        ref,
+        rates,
+        "KvStore.put under FsyncPolicy.OS, same keys",
     )
 
 
@@ -92,8 +115,6 @@ def test_put_batch_policy_vs_os_4_threads(benchmark, bench_root, closer, random_
 
     pairs = random_pairs_by_size[100]
     parts = [pairs[i::4] for i in range(4)]
-    batch_dirs = Scratch(bench_root, "batch-4t")
-    os_dirs = Scratch(bench_root, "os-4t")
 
     def threads(store):
         ts = [threading.Thread(target=_loop, args=(store.put, part)) for part in parts]
@@ -102,29 +123,10 @@ def test_put_batch_policy_vs_os_4_threads(benchmark, bench_root, closer, random_
         for t in ts:
             t.join()
 
-    def subject_setup():
-        closer.replace()
-        return (closer.replace(open_store(batch_dirs.new(), FsyncPolicy.batch(0.005))),)
-
-    def ref_setup():
-        closer.replace()
-        os_dirs.clean()
-        return (closer.replace(open_store(os_dirs.new(), FsyncPolicy.OS)),)
-
-    try:
-        ref = interleaved(benchmark, threads, subject_setup, threads, ref_setup, rounds=max(ROUNDS, 5))
-    finally:
-        closer.replace()
-        batch_dirs.clean()
-        os_dirs.clean()
-    sec = remember("norikv_put_batch_4_threads", benchmark, len(pairs), "puts")
-    target(
-        "put, batch(5 ms) vs OS policy, 4 threads, 100 B values",
-        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs OS {len(pairs) / ref / 1e6:.2f} M",
-        ref / sec,
-        0.9,
-        reference="the same 4 threads under FsyncPolicy.OS",
-        benchmark=benchmark,
+    sec, ref, rates = _batch_vs_os(benchmark, bench_root, closer, "4-threads", threads)
+    remember("norikv_put_batch_4_threads", benchmark, len(pairs), "puts")
+    _report_batch_vs_os(
+        benchmark, "4 threads, 100 B values", len(pairs), sec, ref, rates, "the same 4 threads under FsyncPolicy.OS"
     )
 
 
