@@ -632,3 +632,28 @@ def test_finished_batches_do_not_keep_a_dropped_store_alive(tmp_path):
     assert store.items() == [(b"k", b"v")]
     assert len(written) == 0 and len(discarded) == 0
     store.close()
+
+
+def test_first_small_sync_after_a_bulk_load_seals_the_large_folio_segment(tmp_path):
+    # Linux grows the page-cache folios of a mapping written sequentially, and
+    # writeback writes a dirty folio whole: after a bulk load, each small
+    # put + sync() wrote up to 2 MiB (2.4k/s instead of ~9k/s). The first small
+    # sync() seals the segment and the log goes on in a new one, with
+    # page-sized folios; a KvStore (shared with other processes) does it
+    # under the writers' mutex and publishes it.
+    store = open_store(tmp_path, max_segment_size=64 << 20)
+    value = bytes(range(256)) * 4
+    for i in range(10_000):  # ~10 MiB, prefaulted ~16 MiB further
+        store.put(b"bulk%05d" % i, value)
+    store.sync()  # a large sync keeps large folios
+    assert not store.wal.small_folios
+    first = store.wal.seg_id
+    store.put(b"small", b"v")
+    store.sync()
+    assert store.wal.small_folios and store.wal.seg_id == first + 1
+    store.put(b"after", b"w")
+    store.sync()
+    store.close()
+    with open_store(tmp_path) as again:
+        assert len(again) == 10_002
+        assert again.get(b"bulk09999") == value and again.get(b"small") == b"v" and again.get(b"after") == b"w"

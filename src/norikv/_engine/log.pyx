@@ -21,7 +21,7 @@ from norikv.errors import ClosedError, NoriIOError, ReadOnlyError, WalFailedErro
 
 
 cdef enum:
-    _SMALL_SYNC = 256 << 10         # a sync covering less switches to page-sized folios
+    _SMALL_SYNC = 64 << 10          # a sync covering less switches to page-sized folios
     _SYNC_COVERED = 0
     _SYNC_DONE = 1
     _SYNC_UNUSABLE = 2
@@ -434,13 +434,13 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
+        if not self.small_folios and self.synced_total < target and target - self.synced_total < _SMALL_SYNC:
+            _use_small_folios(self)
         if self.shm != NULL:
             _sync_shared(self)
             return
         if self.synced_total >= target:
             return
-        if not self.small_folios and target - self.synced_total < _SMALL_SYNC:
-            _use_small_folios(self)
         with nogil:
             status = self._sync_nogil(target, &t0, &dt, &err)
         if status == _SYNC_COVERED:

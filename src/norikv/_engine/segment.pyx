@@ -307,21 +307,30 @@ cdef int _use_small_folios(_WalCore self) except -1:
     sequentially, past ~24 MiB to sizes whose whole-folio writeback makes
     every small fsync write up to 2 MiB; if the active segment is faulted
     in that far, it is sealed and the log goes on in a new segment, which
-    starts with page-sized folios. Otherwise only the part of the mapping
-    not yet faulted in is advised."""
+    starts with page-sized folios (with many processes, under the writers'
+    mutex and published, as a rotation of _make_room's). Otherwise only the
+    part of the mapping not yet faulted in is advised."""
     cdef size_t page = nk_page_size()
     cdef size_t start
     self.small_folios = True
     if self.seg_fd < 0:
         return 0
     if self.populated > _LARGE_FOLIOS_PAST:
-        self._lock_io()
+        if self.shm != NULL:
+            _writer_lock(self)          # (brings the Wal to the published end)
         try:
-            self._check_usable()
-            if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
-                _rotate(self, 0)
+            self._lock_io()
+            try:
+                self._check_usable()
+                if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
+                    _rotate(self, 0)
+                    if self.shm != NULL:
+                        _publish_segment(self)
+            finally:
+                self._unlock_io()
         finally:
-            self._unlock_io()
+            if self.shm != NULL:
+                _writer_unlock(self)
         return 0
     self._lock_map()
     if self.map != NULL:
