@@ -130,6 +130,36 @@ def test_put_batch_policy_vs_os_4_threads(benchmark, bench_root, closer, random_
     )
 
 
+@pytest.mark.benchmark(group="write-path-batch-vs-os")
+def test_put_batch_policy_vs_dict(benchmark, bench_root, closer, random_pairs_by_size):
+    """Target: KvStore.put under the default batch(0.005), 100 B values,
+    >= 0.8x the same loop over a plain dict (put = d.__setitem__)."""
+    pairs = random_pairs_by_size[100]
+    dirs = Scratch(bench_root, "batch-vs-dict")
+
+    def subject_setup():
+        closer.replace()
+        dirs.clean()
+        return (closer.replace(open_store(dirs.new(), FsyncPolicy.batch(0.005))).put, pairs)
+
+    try:
+        ref = interleaved(
+            benchmark, _loop, subject_setup, _loop, lambda: (({}).__setitem__, pairs), rounds=max(ROUNDS, 5)
+        )
+    finally:
+        closer.replace()
+        dirs.clean()
+    sec = remember("norikv_put_batch_vs_dict", benchmark, len(pairs), "puts")
+    target(
+        "put, batch(5 ms), 100 B values, vs a dict loop",
+        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs dict {len(pairs) / ref / 1e6:.2f} M",
+        ref / sec,
+        0.8,
+        reference="the same loop over a dict",
+        benchmark=benchmark,
+    )
+
+
 # ------------------------------------------------------------ a durable commit
 
 COMMIT = 1000  # puts per commit
