@@ -58,7 +58,7 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
             self.broken = True
             return err
         if status == _SYNC_UNUSABLE:
-            return _FLUSH_NEEDS_GIL         # (sync() raises, or opens the segment by path)
+            return _FLUSH_NEEDS_GIL         # (sync() raises)
         _note_synced(self)
         _settle_dirty(self, t0)
     else:

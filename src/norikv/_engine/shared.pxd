@@ -23,7 +23,6 @@ cdef int _repair(_WalCore self) except -1
 # the group commit of all processes; one compaction at a time; the last one out
 cdef int _sync_shared(_WalCore self) except -1
 cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) noexcept nogil
-cdef int _shared_fsync_by_path(_WalCore self, uint64_t target, uint64_t *seg, int *err) except -1
 cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, uint64_t *seg, int *err) noexcept nogil
 cdef void _note_synced(_WalCore self) noexcept nogil
 cdef int _compaction_lock(_WalCore self, double timeout) except -1

@@ -21,7 +21,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.unistd cimport close as c_close, getpid, unlink
-from posix.fcntl cimport open as c_open, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
+from posix.fcntl cimport open as c_open, openat, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
 from posix.stat cimport struct_stat, fstat
 
 import os
@@ -437,7 +437,7 @@ cdef int _sync_shared(_WalCore self) except -1:
         status = _shared_fsync(self, target, &seg, &err)
     if status == _SYNC_UNUSABLE:
         _check_shared_usable(self)          # (another process's failed fsync)
-        status = _shared_fsync_by_path(self, target, &seg, &err)
+        raise io_error(err, _shm_path(self), "lock the fsync mutex")
     if status == _SYNC_FAILED:
         self._poison(err, self._segment_path(seg), "fdatasync")
     _note_synced(self)
@@ -447,16 +447,18 @@ cdef int _sync_shared(_WalCore self) except -1:
 
 cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) noexcept nogil:
     """The fsync of _sync_shared without the GIL (the background thread runs
-    it too). Returns _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err, seg set;
-    SHM poisoned) or _SYNC_UNUSABLE: SHM is poisoned, a lock failed, or the
-    published active segment is not this process's (its file is opened by
-    name: _shared_fsync_by_path, with the GIL)."""
+    it too). Returns _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg
+    set: the fsync failed, SHM is poisoned, or the segment would not open)
+    or _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed). A published
+    segment this process has not switched to yet is opened by name."""
     cdef nk_pub p
     cdef int dead, fd
     cdef int status = _SYNC_COVERED
+    cdef char name[32]
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
-    if nk_shm_lock(&self.shm.smutex, -1.0, &dead):
+    err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
+    if err[0]:
         return _SYNC_UNUSABLE
     if nk_load_acquire_u64(&self.shm.synced_total) < target:
         if self.shm.poisoned:
@@ -464,36 +466,20 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) 
         else:
             nk_shm_read(self.shm, &p)
             PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
-            fd = self.seg_fd if p.seg_id == self.seg_id else -1
-            status = _SYNC_UNUSABLE if fd < 0 else _fsync_published(self, fd, &p, seg, err)
+            if p.seg_id == self.seg_id and self.seg_fd >= 0:
+                status = _fsync_published(self, self.seg_fd, &p, seg, err)
+            else:
+                nk_segment_name(name, sizeof(name), p.seg_id)
+                fd = openat(self.dir_fd, name, O_RDONLY | O_CLOEXEC)
+                if fd < 0:
+                    err[0] = errno
+                    seg[0] = p.seg_id
+                    status = _SYNC_FAILED
+                else:
+                    status = _fsync_published(self, fd, &p, seg, err)
+                    c_close(fd)
             PyThread_release_lock(self.io_lock)
     pthread_mutex_unlock(&self.shm.smutex)
-    return status
-
-
-cdef int _shared_fsync_by_path(_WalCore self, uint64_t target, uint64_t *seg, int *err) except -1:
-    """_shared_fsync for a published segment this process has not switched
-    to: its file is opened by name."""
-    cdef nk_pub p
-    cdef int dead, fd, e
-    cdef int status = _SYNC_COVERED
-    with nogil:
-        e = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
-    if e:
-        raise io_error(e, _shm_path(self), "lock the fsync mutex")
-    try:
-        if nk_load_acquire_u64(&self.shm.synced_total) < target:
-            _check_shared_usable(self)
-            nk_shm_read(self.shm, &p)
-            path = self._segment_path(p.seg_id)
-            fd = c_open(os.fsencode(path), O_RDONLY | O_CLOEXEC)
-            if fd < 0:
-                self._poison(errno, path, "open for fdatasync")
-            with nogil:
-                status = _fsync_published(self, fd, &p, seg, err)
-                c_close(fd)
-    finally:
-        pthread_mutex_unlock(&self.shm.smutex)
     return status
 
 
