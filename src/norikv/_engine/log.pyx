@@ -336,7 +336,7 @@ cdef class _WalCore:
                 self.dirty = True
                 self.wake_pending = True
         if self.seg_size + _PREFAULT_AHEAD - _PREFAULT_REFILL > self.populated and not self.prefault_pending \
-                and _prefault_supported and self.policy != POLICY_ALWAYS:
+                and _prefaults(self):
             self.prefault_pending = True
             self.wake_pending = True
         return 0

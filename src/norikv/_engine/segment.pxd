@@ -13,6 +13,13 @@ cdef enum:
 cdef bint _prefault_supported
 
 
+cdef inline bint _prefaults(_WalCore self) noexcept nogil:
+    """Whether the mapping is faulted in ahead of the writer: not under
+    ALWAYS, whose fsync per append costs ~100x the fault a prefault saves
+    (and whose prefault bursts stalled an event loop beside it)."""
+    return _prefault_supported and self.policy != POLICY_ALWAYS
+
+
 cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
     return (n + step - 1) // step * step
 

@@ -158,7 +158,8 @@ cdef int _check_ids_left(_WalCore self, uint64_t n) except -1:
 
 
 cdef int _rotate(_WalCore self, uint64_t need) except -1:
-    """Seals the active segment and starts the next. Holds io_lock."""
+    """Seals the active segment and starts the next; with SHM the new one is
+    published (the caller holds the writers' mutex). Holds io_lock."""
     _check_ids_left(self, 1)
     self.busy = 1
     try:
@@ -166,6 +167,8 @@ cdef int _rotate(_WalCore self, uint64_t need) except -1:
         _create_segment(self, need)
     finally:
         self.busy = 0
+    if self.shm != NULL:
+        _publish_segment(self)
     return 0
 
 
@@ -183,7 +186,8 @@ cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noe
 
 cdef int _prefault(_WalCore self, uint64_t end) except -1:
     """Faults in the mapping up to at least `end` (a step ahead), or marks
-    everything allocated as populated where the kernel cannot do it."""
+    everything allocated as populated where it does not prefault
+    (_prefaults: ALWAYS, or a kernel that cannot)."""
     cdef uint64_t page = nk_page_size()
     cdef uint64_t start = self.populated if self.populated > self.seg_size else self.seg_size
     start -= start % page
@@ -191,9 +195,8 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1:
     cdef int err = 0
     if stop > self.alloc:
         stop = self.alloc
-    if _prefault_supported and self.policy != POLICY_ALWAYS and stop > start:
-        # Mapping changes need io_lock, which the caller holds. (ALWAYS:
-        # no prefault; docs/DESIGN.md.)
+    if _prefaults(self) and stop > start:
+        # Mapping changes need io_lock, which the caller holds.
         with nogil:
             err = _populate(self, self.map, start, stop)
         if err:
@@ -324,8 +327,6 @@ cdef int _use_small_folios(_WalCore self) except -1:
                 self._check_usable()
                 if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
                     _rotate(self, 0)
-                    if self.shm != NULL:
-                        _publish_segment(self)
             finally:
                 self._unlock_io()
         finally:
@@ -355,8 +356,6 @@ cdef int _make_room(_WalCore self, uint64_t n) except -1:
                 _publish_segment(self)
         elif self.seg_size > 0 and self.seg_size + n > self.max_segment_size:
             _rotate(self, n)
-            if self.shm != NULL:
-                _publish_segment(self)
         if self.seg_size + n > self.alloc:
             _grow(self, self.seg_size + n)
             if self.shm != NULL:
