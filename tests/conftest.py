@@ -58,6 +58,7 @@ BOTH_VALUE_MODES = {
     "test_torture",
     "test_skip_rewrite_errors",
     "test_processes",
+    "test_snapshot",
     "test_example_prefork",
 }
 

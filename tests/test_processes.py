@@ -85,6 +85,71 @@ def test_a_reader_never_sees_part_of_a_batch(tmp_path, workers):
         assert vals == {b"1499"}
 
 
+def test_a_range_over_many_chunks_is_one_snapshot(tmp_path, workers):
+    """Another process writes batches that keep one value on keys spread over
+    3,000 (so over a range's chunks): every walk of the whole range, and
+    every items(), sees them equal."""
+    spread = [b"k%05d" % i for i in (0, 700, 1500, 2300, 2999)]
+    with KvStore.open(tmp_path) as s:
+        with s.batch() as b:
+            for i in range(3000):
+                b.put(b"k%05d" % i, b"0")
+        w = workers(tmp_path)
+        w.send(
+            "run",
+            "for n in range(1, 20001):\n"
+            "    with s.batch() as b:\n"
+            f"        for k in {spread!r}:\n"
+            "            b.put(k, b'%d' % n)\n",
+        )
+        seen = set()
+        while True:
+            done = bool(select.select([w.proc.stdout], [], [], 0)[0])
+            walk = dict(s.range())
+            assert len(walk) == 3000
+            vals = {walk[k] for k in spread}
+            assert len(vals) == 1, vals
+            seen |= vals
+            for reverse in (False, True):
+                with s.range(b"k00500", b"k02500", reverse=reverse) as part:
+                    got = dict(part)
+                assert got[b"k00700"] == got[b"k01500"] == got[b"k02300"]
+            if done:
+                break
+        assert w.reply() is None
+        assert len(seen) > 1 and walk[spread[0]] == b"20000"
+
+
+def test_a_walk_outlives_another_processs_compaction(tmp_path, workers):
+    """Another process rewrites, deletes and compacts the whole store (its old
+    segments deleted) while this process is part way through a walk: the walk
+    goes on from the map it started with, which this process keeps once it
+    reloads the new one."""
+    w = workers(tmp_path, max_segment_size=1 << 20)
+    with KvStore.open(tmp_path, max_segment_size=1 << 20) as s:
+        with s.batch() as b:
+            for i in range(3000):
+                b.put(b"k%05d" % i, b"old-%d" % i + b"." * 1000)
+        model = dict(s.items())
+        walk = s.range()
+        first = [next(walk) for _ in range(100)]
+        reloads = s.stats()["reloads"]
+        w(
+            "run",
+            "for i in range(0, 3000, 2):\n    s.put(b'k%05d' % i, b'new')\n"
+            "for i in range(1, 3000, 4):\n    s.delete(b'k%05d' % i)\n"
+            "s.put(b'k99999', b'created')\n",
+        )
+        assert w("compact") >= 1
+        w("put", "after", "compaction")
+        rest = list(walk)
+        assert s.stats()["reloads"] > reloads  # the walk went on across a reload
+        assert first + rest == sorted(model.items())
+        assert s.get(b"k00000") == b"new" and s.get(b"k00001") is None
+        assert dict(s.range()) == dict(s.items())
+        assert len(s) == 3000 - 750 + 2
+
+
 def test_a_writer_killed_holding_the_writers_mutex_blocks_nobody(tmp_path, workers):
     """SIGKILL while serializing: the next writer takes over at once (robust
     mutex) and nothing acknowledged is lost."""

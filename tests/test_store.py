@@ -643,7 +643,7 @@ def test_first_small_sync_after_a_bulk_load_seals_the_large_folio_segment(tmp_pa
     # under the writers' mutex and publishes it.
     store = open_store(tmp_path, max_segment_size=64 << 20)
     value = bytes(range(256)) * 4
-    for i in range(10_000):  # ~10 MiB, prefaulted ~16 MiB further
+    for i in range(26_000):  # ~26 MiB written: faulted in past 24 MiB without waiting for the prefault
         store.put(b"bulk%05d" % i, value)
     store.sync()  # a large sync keeps large folios
     assert not store.wal.small_folios
@@ -655,5 +655,5 @@ def test_first_small_sync_after_a_bulk_load_seals_the_large_folio_segment(tmp_pa
     store.sync()
     store.close()
     with open_store(tmp_path) as again:
-        assert len(again) == 10_002
-        assert again.get(b"bulk09999") == value and again.get(b"small") == b"v" and again.get(b"after") == b"w"
+        assert len(again) == 26_002
+        assert again.get(b"bulk25999") == value and again.get(b"small") == b"v" and again.get(b"after") == b"w"

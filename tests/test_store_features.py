@@ -423,14 +423,16 @@ def test_range_over_more_than_one_chunk_while_writing(tmp_path):
     for i in range(n):
         store.put(b"k%05d" % i, b"v")
     out = []
-    for k, _v in store.range(b"k", None):
-        out.append(k)
+    for k, v in store.range(b"k", None):
+        out.append((k, v))
         if len(out) == 10:
-            store.delete(b"k%05d" % (n - 1))  # not yet yielded: must not appear
+            store.delete(b"k%05d" % (n - 1))  # not yet yielded: a snapshot still yields it
             store.put(b"k%05d" % 5, b"x")  # already yielded: no repeat
-    assert out == [b"k%05d" % i for i in range(n - 1)]
+            store.put(b"k%05d" % 2000, b"y")  # ahead: its value at the snapshot
+            store.put(b"k%05d" % 2000 + b"+", b"z")  # created since: not yielded
+    assert out == [(b"k%05d" % i, b"v") for i in range(n)]
     rev = [k for k, _ in store.range(reverse=True)]
-    assert rev == [b"k%05d" % i for i in reversed(range(n - 1))]
+    assert rev == sorted([b"k%05d" % i for i in range(n - 1)] + [b"k02000+"], reverse=True)
     store.close()
 
 

@@ -16,6 +16,7 @@ include "keydir.pxd"      # the key directory (values="disk")
 include "loader.pxd"
 include "index.pxd"
 include "store.pxd"
+include "snapshot.pxd"    # the map at one instant (range, items)
 include "limits.pxd"        # max_keys, max_bytes
 include "ondisk.pxd"
 include "ttl.pxd"

@@ -29,6 +29,7 @@ include "ttl.pyx"         # deadlines, relative TTLs, purging expired keys
 include "stats.pyx"       # KvStore.stats()
 include "batch.pyx"       # WriteBatch, atomic batches
 include "index.pyx"       # the range index
+include "snapshot.pyx"    # range() and items(): the map at one instant
 include "compact.pyx"     # compaction, the dead ratio
 include "fastcall.pyx"    # the METH_FASTCALL entries of get and put
 include "mapping.pyx"     # pop, popitem, setdefault, update, clear, ttl, backup

@@ -168,9 +168,10 @@ cdef int _reload(KvStore store) except -1:
     loader = _new_loader(store._disk, wal.config)
     load_newest(wal, loader)
     old_views = store._views
+    frozen = _freeze_snapshots(store)   # live range walks keep the old map (and its views)
     _adopt(store, loader)
     store._follower = _Follower(store)
-    if old_views is not None and old_views is not store._views:
+    if old_views is not None and old_views is not store._views and not frozen:
         old_views.unmap_all()
     _rescan_sizes(wal, wal.pub.seg_id)
     store._reloads += 1

@@ -3,8 +3,8 @@
 # (touch: a list append, so that a put does not pay for ordering; a dict of
 # pending changes cost a second random insert per new key, and puts ran at
 # 0.53x a dict after a range query). A range query applies those changes, or
-# rebuilds the index from the map when they are many, then walks it a chunk
-# at a time (_scan).
+# rebuilds the index from the map when they are many; a range query's
+# snapshot (snapshot.pyx) walks it a chunk at a time.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append, PyList_GET_SIZE
@@ -76,37 +76,6 @@ cdef class _RangeIndex:
             else:
                 idx.discard(k)
         return idx
-
-
-def _scan(KvStore store, lo, hi, bint reverse):
-    """The (key, value) pairs of KvStore.range: lo <= key < hi (None: no
-    bound). Chunks of keys are taken from the index under the lock, then
-    their values read from one state of the map (other processes' writes are
-    applied once per chunk, before: a batch is never seen in part within a
-    chunk), then yielded; a key deleted or expired since is skipped."""
-    cursor = None
-    want = 32  # chunks grow to _SCAN_CHUNK: a short scan does not fetch 1,024 keys
-    while True:
-        store._check_open()
-        with store._index_lock:
-            idx = store._index.refresh()
-            if reverse:
-                top = hi if cursor is None else cursor
-                it = idx.irange(lo, top, inclusive=(True, False), reverse=True)
-            else:
-                bottom = lo if cursor is None else cursor
-                it = idx.irange(bottom, hi, inclusive=(cursor is None, False))
-            chunk = [k for _, k in zip(range(want), it)]
-        pairs = []
-        for k in chunk:
-            v = _disk_value(store, k) if store._disk else store._data.get(k)
-            if v is not None and not store._expired(k):   # (gone or expired since the index saw it)
-                pairs.append((k, v))
-        yield from pairs
-        if len(chunk) < want:
-            return
-        cursor = chunk[len(chunk) - 1]    # (no wraparound: not [-1])
-        want = min(want * 2, _SCAN_CHUNK)
 
 
 def _prefix_end(p):

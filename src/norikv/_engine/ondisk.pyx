@@ -18,28 +18,43 @@ cdef enum:
 
 cdef object _disk_value(KvStore store, bytes key):
     cdef uint64_t loc, vsize
+    cdef uint32_t kind
+    if not store._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                          _kd_hash_obj(key), &loc, &vsize):
+        return None
+    stored = _stored_at(store._views, loc, key, vsize, &kind, True)
+    return stored if kind == 0 else _unpack(store, store._views, loc, stored, kind)
+
+
+cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint64_t vsize,
+                      uint32_t *kind, bint may_release):
+    """The value bytes of key's record at loc as stored (compressed or not:
+    *kind), its CRC checked. With may_release, a value of _NOGIL_COPY bytes
+    or more is checked and copied with the GIL released."""
     cdef nk_rec r
     cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
     cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
-    cdef uint32_t kind
-    cdef _SegmentViews views = store._views
-    if not store._kd.find(k, klen, _kd_hash_obj(key), &loc, &vsize):
-        return None
-    if vsize < _NOGIL_COPY:
+    if vsize < _NOGIL_COPY or not may_release:
         views.record_at(loc, k, klen, &r)
         # Copied out of the mapping before any Python code runs (close()
         # unmaps with the GIL held).
         stored = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
     else:
         stored = _copy_nogil(views, loc, k, klen, &r)
-    kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    kind[0] = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    return stored
+
+
+cdef object _unpack(KvStore store, _SegmentViews views, uint64_t loc, bytes stored, uint32_t kind):
+    """A stored value decompressed; CorruptionError naming the file and
+    offset of its record when it does not decompress."""
     if kind == 0:
         return stored
     try:
         return _decompress(kind, stored, store.max_value_size)
     except CorruptionError as exc:
-        seg, off = store._views._where(loc)
-        path = os.path.join(store._views.dir, segment_name(seg))
+        seg, off = views._where(loc)
+        path = os.path.join(views.dir, segment_name(seg))
         raise CorruptionError(f"{path}: {exc} at offset {off} (read by get)", path, off, seg) from None
 
 

@@ -46,6 +46,10 @@ cdef class KvStore:
     cdef uint32_t _compression               # norikv.compression.Compression's value
     cdef readonly Py_ssize_t compress_min_size
 
+    # weak references to the live snapshots (snapshot.pyx): every change of
+    # the map is noted in them first
+    cdef list _snaps
+
     # the range index (index.pyx), guarded by _index_lock
     cdef _RangeIndex _index
     cdef readonly object _index_lock

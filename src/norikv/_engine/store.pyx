@@ -37,6 +37,7 @@ cdef class KvStore:
         # Until open() the store is closed: every method raises ClosedError
         # instead of reaching the missing log and maps.
         self._closed = True
+        self._snaps = []
 
     def __init__(self, *args, **kwargs):
         raise TypeError("KvStore cannot be constructed directly: use KvStore.open(path)")
@@ -139,9 +140,14 @@ cdef class KvStore:
 
     def keys(self):
         """A snapshot list of the live keys (insertion order)."""
+        cdef _Snapshot snap
         self._check_open()
         self._purge_expired()
-        return _kd_keys(self._kd) if self._disk else list(self._data)
+        snap = _Snapshot(self, None, None, False)
+        try:
+            return snap._keys()
+        finally:
+            snap.close()
 
     def values(self):
         """A snapshot list of the live values (with values="disk", all read
@@ -150,16 +156,23 @@ cdef class KvStore:
 
     def items(self):
         """A snapshot list of the live (key, value) pairs."""
+        cdef _Snapshot snap
         self._check_open()
         self._purge_expired()
-        if not self._disk:
-            return list(self._data.items())
-        out = []
-        for k in _kd_keys(self._kd):
-            v = _disk_value(self, k)
-            if v is not None:
-                out.append((k, v))
-        return out
+        snap = _Snapshot(self, None, None, False)   # reading a value may let other threads in
+        try:
+            if not self._disk:
+                out = list(self._data.items())
+                if not snap.undo and not self._expiry:
+                    return out                      # nothing changed while it was listed
+            out = []
+            for k in snap._keys():
+                v = snap._value(k)
+                if v is not None:
+                    out.append((k, v))
+            return out
+        finally:
+            snap.close()
 
     def __iter__(self):
         return iter(self.keys())
@@ -168,13 +181,17 @@ cdef class KvStore:
         return len(self) == 0
 
     def range(self, start=None, end=None, *, reverse=False):
-        """(key, value) pairs with start <= key < end in byte order (either
-        bound may be None). A key written or deleted while the iterator runs
-        may or may not be seen; every pair yielded was live when yielded."""
+        """An iterator of the (key, value) pairs with start <= key < end in
+        byte order (either bound may be None; reverse: descending), as they
+        were when range() was called: a consistent snapshot, whatever this
+        or any other thread or process writes while it runs (a key that
+        expires meanwhile is still yielded). Writes made while it is live
+        keep the values they replace ahead of it until it ends; close() it
+        (or use it as a context manager) to end it early."""
         self._check_open()
         lo = None if start is None else _as_bytes(start, "start")
         hi = None if end is None else _as_bytes(end, "end")
-        return _scan(self, lo, hi, reverse)
+        return _Snapshot(self, lo, hi, reverse)
 
     def prefix(self, prefix, *, reverse=False):
         """(key, value) pairs whose key starts with ``prefix``, in byte order."""
@@ -411,6 +428,8 @@ cdef class KvStore:
     cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1:
         # The old value's size is read first: PyDict_SetItem may free it.
         cdef Py_ssize_t old_size = PyBytes_GET_SIZE(<object>old) if old != NULL else -1
+        if PyList_GET_SIZE(self._snaps):
+            _note_change(self, key, old, 0, 0, old != NULL)
         PyDict_SetItem(self._data, key, value)
         return self._account(key, PyBytes_GET_SIZE(value), old_size, deadline)
 
@@ -418,6 +437,8 @@ cdef class KvStore:
         """_set for a caller that has not looked `old` up: a new key costs one
         dict lookup (setdefault), a replaced one a second (setitem)."""
         cdef Py_ssize_t n = PyDict_GET_SIZE(<PyObject *>self._data)
+        if PyList_GET_SIZE(self._snaps):     # a live snapshot needs the old value first
+            return self._set(key, value, PyDict_GetItem(self._data, key), deadline)
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
@@ -425,9 +446,12 @@ cdef class KvStore:
 
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1:
         """values="disk": key's record, of a vsize-byte value, is now at loc."""
-        cdef uint64_t old_loc, old_size
-        if self._kd.put(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                        _kd_hash_obj(key), loc, vsize, &old_loc, &old_size):
+        cdef uint64_t old_loc = 0, old_size = 0
+        cdef bint found = self._kd.put(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                       _kd_hash_obj(key), loc, vsize, &old_loc, &old_size)
+        if PyList_GET_SIZE(self._snaps):     # (the old record is still in the log)
+            _note_change(self, key, NULL, old_loc, old_size, found)
+        if found:
             return self._account(key, vsize, <Py_ssize_t>self._views.value_size(old_loc, old_size), deadline)
         return self._account(key, vsize, -1, deadline)
 
@@ -445,12 +469,16 @@ cdef class KvStore:
         if not self._kd.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
                                _kd_hash_obj(key), &old_loc, &old_size):
             return False
+        if PyList_GET_SIZE(self._snaps):
+            _note_change(self, key, NULL, old_loc, old_size, True)
         self._forget(key, <Py_ssize_t>self._views.value_size(old_loc, old_size))
         return True
 
     cdef inline int _unset(self, bytes key, object old) except -1:
         # The size is read first: PyDict_DelItem may free the value.
         cdef Py_ssize_t size = PyBytes_GET_SIZE(old)
+        if PyList_GET_SIZE(self._snaps):
+            _note_change(self, key, <PyObject *>old, 0, 0, True)
         PyDict_DelItem(self._data, key)
         return self._forget(key, size)
 
@@ -477,6 +505,10 @@ cdef class KvStore:
         if not self._heap:
             return 0
         return _purge_expired(self)
+
+    def _live_snapshots(self):
+        """For tests: how many range()/items() snapshots changes are noted in."""
+        return sum(1 for ref in self._snaps if ref() is not None)
 
     def _write_hints(self):
         """values="disk": writes now, in this thread, the hint files the
