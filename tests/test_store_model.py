@@ -48,6 +48,7 @@ class KvStoreModel(RuleBasedStateMachine):
         self.model: dict[bytes, bytes] = {}
         self.store = None
         self.opts: dict = {}
+        self.walks: list = []  # live range() iterators: [iterator, the pairs due (model at its start), next index]
 
     @initialize(compression=st.sampled_from([None, "lz4", "zstd"]), min_size=st.sampled_from([0, 32]))
     def open(self, compression, min_size):
@@ -128,6 +129,7 @@ class KvStoreModel(RuleBasedStateMachine):
 
     @rule(crash=st.booleans())
     def restart(self, crash):
+        self._drop_walks()
         if crash:
             self._crash()
         else:
@@ -137,8 +139,14 @@ class KvStoreModel(RuleBasedStateMachine):
             self.store = KvStore.open(self.dir, **self.opts)
             assert not self.store.recovery_info.corruption_detected
 
+    def _drop_walks(self):
+        for walk in self.walks:
+            walk[0].close()
+        self.walks = []
+
     def _crash(self):
         """Drop without close, then reopen."""
+        self._drop_walks()  # (they hold the store)
         self.store = None  # the only reference: freed at once
         self.store = KvStore.open(self.dir, **self.opts)
         info = self.store.recovery_info
@@ -162,6 +170,29 @@ class KvStoreModel(RuleBasedStateMachine):
         if reverse:
             keys.reverse()
         assert list(self.store.range(start, end, reverse=reverse)) == [(k, self.model[k]) for k in keys]
+
+    @rule(start=BOUNDS, end=BOUNDS, reverse=st.booleans())
+    def start_walk(self, start, end, reverse):
+        """A range() left live across the following rules (writes, compactions,
+        the other process's writes): it must yield the model as it was now."""
+        keys = sorted(k for k in self.model if (start is None or k >= start) and (end is None or k < end))
+        if reverse:
+            keys.reverse()
+        if len(self.walks) < 3:
+            self.walks.append([self.store.range(start, end, reverse=reverse), [(k, self.model[k]) for k in keys], 0])
+
+    @rule(data=st.data())
+    def advance_walk(self, data):
+        if not self.walks:
+            return
+        walk = self.walks[data.draw(st.integers(0, len(self.walks) - 1))]
+        it, due, i = walk
+        n = data.draw(st.integers(1, 40))
+        got = [pair for _, pair in zip(range(n), it)]
+        assert got == due[i : i + n]
+        walk[2] = i + len(got)
+        if len(got) < n:
+            self.walks.remove(walk)
 
     @rule(p=KEYS, reverse=st.booleans())
     def prefix(self, p, reverse):
