@@ -14,6 +14,10 @@ cdef enum:
     # the GIL released (their page faults do not stop other threads); below,
     # letting go of the GIL costs more than the copy.
     _NOGIL_COPY = 65536
+    # Values of at least this many bytes have their record's cache lines
+    # asked for before its CRC is checked (a few lines arrive as fast alone).
+    _PREFETCH_FROM = 256
+    _RECORD_OVERHEAD = 32       # a record's header and CRC, about
 
 
 cdef object _disk_value(KvStore store, bytes key):
@@ -35,6 +39,8 @@ cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint64_t vsi
     cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
     cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
     if vsize < _NOGIL_COPY or not may_release:
+        if vsize >= _PREFETCH_FROM:
+            views.prefetch(loc, vsize + klen + _RECORD_OVERHEAD)
         views.record_at(loc, k, klen, &r)
         # Copied out of the mapping before any Python code runs (close()
         # unmaps with the GIL held).

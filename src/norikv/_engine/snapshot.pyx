@@ -185,7 +185,8 @@ cdef class _Snapshot:
             if extra:
                 keys = sorted(set(keys).union(extra), reverse=self.reverse)
         pairs = []
-        if self.kd is None and not PyDict_GET_SIZE(<PyObject *>self.undo) and not PyDict_GET_SIZE(<PyObject *>self.expiry):
+        if (self.kd is None and not PyDict_GET_SIZE(<PyObject *>self.undo)
+                and not PyDict_GET_SIZE(<PyObject *>self.expiry)):
             for k in keys:      # (values="memory", nothing changed and no TTLs: _value's common case)
                 e = PyDict_GetItem(self.data, k)
                 if e != NULL:

@@ -38,6 +38,8 @@ cdef class _SegmentViews:
     # CRC, record_ok).
     cdef int record_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
                        bint check_crc=*) except -1
+    # Asks for the cache lines of the n bytes at loc ahead of a read.
+    cdef void prefetch(self, uint64_t loc, size_t n) noexcept
     cdef const uint8_t *start(self, uint64_t loc) noexcept
     cdef int damaged(self, uint64_t loc, int st) except -1       # raises CorruptionError
     cdef void _wait_unpinned(self, uint32_t slot) noexcept

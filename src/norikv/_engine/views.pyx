@@ -125,6 +125,12 @@ cdef class _SegmentViews:
                 return 0
         return self.damaged(loc, st)
 
+    cdef void prefetch(self, uint64_t loc, size_t n) noexcept:
+        cdef uint64_t slot = loc >> _LOC_SHIFT
+        cdef uint64_t off = loc & _LOC_OFFSET_MASK
+        if slot < self.n and self.v[slot].base != NULL and off < self.v[slot].len:
+            nk_prefetch(self.v[slot].base + off, min(n, self.v[slot].len - off))
+
     cdef const uint8_t *start(self, uint64_t loc) noexcept:
         """Where the record at loc (checked by record_at) begins."""
         return self.v[loc >> _LOC_SHIFT].base + (loc & _LOC_OFFSET_MASK)
