@@ -47,8 +47,7 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
     cdef double t0 = _now_monotonic(), dt = 0
     cdef int err = 0, status
     cdef uint64_t seg = 0
-    if self.shm == NULL and not self.small_folios and target > self.synced_total \
-            and target - self.synced_total < _SMALL_SYNC:
+    if self.shm == NULL and self._small_sync(target):
         return _FLUSH_NEEDS_GIL             # _use_small_folios may seal the segment
     _unmap_behind(self)
     if self.shm != NULL:

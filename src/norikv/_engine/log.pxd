@@ -135,6 +135,9 @@ cdef class _WalCore:
     cdef inline void _lock_map(self) noexcept
     cdef inline void _lock_map_nogil(self) noexcept nogil
     cdef inline void _unlock_map(self) noexcept nogil
+    # A sync() up to target covers so little that the log should switch to
+    # page-sized folios (_use_small_folios) first.
+    cdef inline bint _small_sync(self, uint64_t target) noexcept nogil
     cdef int _sync_nogil(self, uint64_t target, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 

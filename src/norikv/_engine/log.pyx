@@ -426,6 +426,9 @@ cdef class _WalCore:
         Kept for API parity with nori-wal."""
         self._check_owner()
 
+    cdef inline bint _small_sync(self, uint64_t target) noexcept nogil:
+        return not self.small_folios and self.synced_total < target and target - self.synced_total < _SMALL_SYNC
+
     def sync(self):
         """Makes everything appended before this call durable (fdatasync; on
         macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
@@ -434,7 +437,7 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
-        if not self.small_folios and self.synced_total < target and target - self.synced_total < _SMALL_SYNC:
+        if self._small_sync(target):
             _use_small_folios(self)
         if self.shm != NULL:
             _sync_shared(self)

@@ -4,6 +4,7 @@
 # the directory (expiry is the caller's check). CorruptionError naming the
 # file and offset when the record there is damaged.
 cdef object _disk_value(KvStore store, bytes key)
+cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
 cdef object _disk_live(KvStore store, bytes key)
 # The value bytes of key's record at loc as stored, its CRC checked; *kind its
 # compression. may_release: a large value is copied with the GIL released.

@@ -21,13 +21,19 @@ cdef enum:
 
 
 cdef object _disk_value(KvStore store, bytes key):
+    return _kd_value(store, store._kd, store._views, key)
+
+
+cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key):
+    """_disk_value through a given directory and its views (a snapshot's may
+    be a map the store has replaced since)."""
     cdef uint64_t loc, vsize
     cdef uint32_t kind
-    if not store._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                          _kd_hash_obj(key), &loc, &vsize):
+    if not kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                   _kd_hash_obj(key), &loc, &vsize):
         return None
-    stored = _stored_at(store._views, loc, key, vsize, &kind, True)
-    return stored if kind == 0 else _unpack(store, store._views, loc, stored, kind)
+    stored = _stored_at(views, loc, key, vsize, &kind, True)
+    return stored if kind == 0 else _unpack(store, views, loc, stored, kind)
 
 
 cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint64_t vsize,

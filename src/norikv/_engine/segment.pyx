@@ -284,7 +284,7 @@ cdef void _rearm(_WalCore self) noexcept nogil:
         stop = self.alloc
     if stop > self.map_len:
         stop = self.map_len
-    if self.map != NULL and _prefault_supported and stop > start:
+    if self.map != NULL and _prefaults(self) and stop > start:
         nk_prefault(self.map + start, <size_t>(stop - start), 1)
     self._unlock_map()
 

@@ -19,7 +19,7 @@ cdef class _Snapshot:
     cdef list fresh                  # keys noted since the last chunk (not yet in undo_keys)
     cdef object undo_keys            # SortedList of undo's keys (None until the first)
     cdef object bound                # keys up to it (in walking order) are behind the walk
-    cdef bint started, done
+    cdef bint done
     cdef list frozen                 # after a reload: the frozen map's keys ahead, in walking order
     cdef Py_ssize_t fpos             # ... the next one to walk
     cdef Py_ssize_t want             # the next chunk's size
@@ -27,6 +27,9 @@ cdef class _Snapshot:
     cdef Py_ssize_t pos
 
     cdef bint _ahead(self, bytes key) except -1
+    cdef bint _dead(self, int64_t deadline) noexcept
+    cdef int64_t _map_deadline(self, bytes key) except -2
+    cdef list _map_keys(self)
     cdef object _value(self, bytes key)
     cdef list _keys(self)
     cdef int _unregister(self) except -1

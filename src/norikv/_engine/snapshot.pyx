@@ -83,60 +83,57 @@ cdef class _Snapshot:
             return True
         return key < self.bound if self.reverse else key > self.bound
 
+    cdef bint _dead(self, int64_t deadline) noexcept:
+        """A deadline (-1: none) had passed at the instant."""
+        return 0 <= deadline <= self.t0
+
+    cdef int64_t _map_deadline(self, bytes key) except -2:
+        """key's deadline in the snapshot's map (-1: none)."""
+        cdef PyObject *d
+        if not PyDict_GET_SIZE(<PyObject *>self.expiry):
+            return -1
+        d = PyDict_GetItem(self.expiry, key)
+        return -1 if d == NULL else <int64_t>(<object>d)
+
+    cdef list _map_keys(self):
+        return list(self.data) if self.kd is None else _kd_keys(self.kd)
+
     cdef object _value(self, bytes key):
         """key's value at the instant, or None (absent or expired then)."""
         cdef PyObject *e
-        cdef uint64_t loc, vsize
         cdef uint32_t kind
-        cdef int64_t deadline
         if PyDict_GET_SIZE(<PyObject *>self.undo):
             e = PyDict_GetItem(self.undo, key)
             if e != NULL:
                 if <object>e is None:
                     return None
-                stored, kind_o, deadline_o, loc_o = <tuple>(<object>e)
-                deadline = deadline_o
-                if 0 <= deadline <= self.t0:
+                stored, kind_o, deadline, loc = <tuple>(<object>e)
+                if self._dead(deadline):
                     return None
                 kind = kind_o
                 if kind == _RAISE:
                     raise stored
                 if self.kd is None:
                     return stored
-                return _unpack(self.store, self.views, loc_o, stored, kind)
-        if PyDict_GET_SIZE(<PyObject *>self.expiry):
-            e = PyDict_GetItem(self.expiry, key)
-            if e != NULL and <int64_t>(<object>e) <= self.t0:
-                return None
+                return _unpack(self.store, self.views, loc, stored, kind)
+        if self._dead(self._map_deadline(key)):
+            return None
         if self.kd is None:
             e = PyDict_GetItem(self.data, key)
             return None if e == NULL else <object>e
-        if not self.kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                            _kd_hash_obj(key), &loc, &vsize):
-            return None
-        stored = _stored_at(self.views, loc, key, vsize, &kind, True)
-        return stored if kind == 0 else _unpack(self.store, self.views, loc, stored, kind)
+        return _kd_value(self.store, self.kd, self.views, key)
 
     cdef list _keys(self):
         """The keys of the map at the instant, in insertion order (those
         deleted since listed last): keys() and items(). Listing allocates,
         and a garbage collection it sets off may run finalizers, which may
         let other threads in; what they change is in undo."""
-        cdef PyObject *d
-        listed = list(self.data) if self.kd is None else _kd_keys(self.kd)
+        listed = self._map_keys()
         if not PyDict_GET_SIZE(<PyObject *>self.undo) and not PyDict_GET_SIZE(<PyObject *>self.expiry):
             return listed
-        out = []
-        for k in listed:
-            if k in self.undo:
-                continue
-            if PyDict_GET_SIZE(<PyObject *>self.expiry):
-                d = PyDict_GetItem(self.expiry, k)
-                if d != NULL and <int64_t>(<object>d) <= self.t0:
-                    continue
-            out.append(k)
+        out = [k for k in listed if k not in self.undo and not self._dead(self._map_deadline(k))]
         for k, pre in self.undo.items():
-            if pre is not None and not 0 <= <int64_t>(<tuple>pre)[2] <= self.t0:
+            if pre is not None and not self._dead((<tuple>pre)[2]):
                 out.append(k)
         return out
 
@@ -275,8 +272,7 @@ cdef bint _freeze_snapshots(KvStore store) except -1:
         if o is None:
             continue
         s = <_Snapshot>o
-        keys = list(s.data) if s.kd is None else _kd_keys(s.kd)
-        s.frozen = sorted([k for k in keys if s._ahead(k)], reverse=s.reverse)
+        s.frozen = sorted([k for k in s._map_keys() if s._ahead(k)], reverse=s.reverse)
         s.registered = False
         any_frozen = True
     store._snaps = []
