@@ -77,6 +77,15 @@ cdef extern from "platform.h" nogil:
     void nk_prefetch(const void *p, size_t n)
     int nk_segment_name(char *buf, size_t size, uint64_t seg_id)
 
+cdef extern from "rangesync.h" nogil:
+    ctypedef struct nk_ring:
+        int fd
+    int nk_ranged_sync_off
+    int nk_ring_inject_errno
+    void nk_ring_init(nk_ring *r)
+    void nk_ring_free(nk_ring *r)
+    int nk_sync_range(nk_ring *r, int fd, void *addr, uint64_t end)
+
 cdef extern from "<errno.h>":
     enum: EWOULDBLOCK       # (not in Cython's libc.errno) flock's "held by another"
 

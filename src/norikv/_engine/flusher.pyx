@@ -51,7 +51,7 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
         return _FLUSH_NEEDS_GIL             # _use_small_folios may seal the segment
     _unmap_behind(self)
     if self.shm != NULL:
-        status = _shared_fsync(self, target, &seg, &err)
+        status = _shared_fsync(self, target, True, &seg, &err)
         if status == _SYNC_FAILED:
             self.bg_err = err
             self.broken = True
@@ -61,7 +61,7 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
         _note_synced(self)
         _settle_dirty(self, t0)
     else:
-        status = self._sync_nogil(target, &t0, &dt, &err)
+        status = self._sync_nogil(target, True, &t0, &dt, &err)
         if status == _SYNC_FAILED:
             self.bg_err = err
             self.broken = True              # (before the turn ends: nobody syncs, and succeeds, meanwhile)
@@ -120,3 +120,27 @@ def _test_synced_with_gil_held(_WalCore wal, double timeout):
         if not wal.bg_looping:
             return None
     return False
+
+
+def _test_background_sync(_WalCore wal):
+    """Test hook: the background thread's kind of fsync (_sync_span's
+    `background`), run now in this thread: everything appended is durable
+    after it (raises WalFailedError if the fsync failed)."""
+    cdef uint64_t target = nk_load_acquire_u64(&wal.written_total)
+    cdef uint64_t seg = 0
+    cdef double t0 = 0, dt = 0
+    cdef int err = 0, status
+    wal._check_usable()
+    with nogil:
+        if wal.shm != NULL:
+            status = _shared_fsync(wal, target, True, &seg, &err)
+        else:
+            status = wal._sync_nogil(target, True, &t0, &dt, &err)
+    if status == _SYNC_FAILED:
+        try:
+            wal._poison(err, wal._segment_path(wal.seg_id), "fdatasync")
+        finally:
+            if wal.shm == NULL:
+                wal._end_sync_turn(0)
+    if wal.shm != NULL:
+        _note_synced(wal)

@@ -434,7 +434,7 @@ cdef int _sync_shared(_WalCore self) except -1:
         target = self.pub.total
     with nogil:
         t0 = _now_monotonic()
-        status = _shared_fsync(self, target, &seg, &err)
+        status = _shared_fsync(self, target, False, &seg, &err)
     if status == _SYNC_UNUSABLE:
         _check_shared_usable(self)          # (another process's failed fsync)
         raise io_error(err, _shm_path(self), "lock the fsync mutex")
@@ -445,7 +445,7 @@ cdef int _sync_shared(_WalCore self) except -1:
     return 0
 
 
-cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) noexcept nogil:
+cdef int _shared_fsync(_WalCore self, uint64_t target, bint background, uint64_t *seg, int *err) noexcept nogil:
     """The fsync of _sync_shared without the GIL (the background thread runs
     it too). Returns _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg
     set: the fsync failed, SHM is poisoned, or the segment would not open)
@@ -467,7 +467,7 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) 
             nk_shm_read(self.shm, &p)
             PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
             if p.seg_id == self.seg_id and self.seg_fd >= 0:
-                status = _fsync_published(self, self.seg_fd, &p, seg, err)
+                status = _fsync_published(self, self.seg_fd, &p, background, seg, err)
             else:
                 nk_segment_name(name, sizeof(name), p.seg_id)
                 fd = openat(self.dir_fd, name, O_RDONLY | O_CLOEXEC)
@@ -476,18 +476,18 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, uint64_t *seg, int *err) 
                     seg[0] = p.seg_id
                     status = _SYNC_FAILED
                 else:
-                    status = _fsync_published(self, fd, &p, seg, err)
+                    status = _fsync_published(self, fd, &p, background, seg, err)
                     c_close(fd)
             PyThread_release_lock(self.io_lock)
     pthread_mutex_unlock(&self.shm.smutex)
     return status
 
 
-cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, uint64_t *seg, int *err) noexcept nogil:
+cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, bint background, uint64_t *seg, int *err) noexcept nogil:
     """With smutex held: fdatasync of fd, the published active segment p.
     Records how far the log is durable, or the failure (SHM poisoned)."""
     cdef double t0 = _now_monotonic()
-    err[0] = nk_sync_data(fd, NULL, 0)
+    err[0] = self._sync_span(fd, NULL, p.seg_size, background)
     if err[0]:
         seg[0] = p.seg_id
         self.shm.poisoned = err[0]

@@ -1,0 +1,244 @@
+"""The background thread's fsync syncs the log up to its end only
+(_engine/include/rangesync.h: io_uring's IORING_OP_FSYNC with a range).
+
+What it must do, checked on the page cache itself with cachestat(2): every
+page of the active segment below the log's end is written back when the
+fsync returns, and the pages past the end (zeros mapped for writing ahead
+of the writer) are left dirty and mapped, where a whole-file fdatasync wrote
+them out and write-protected them under the writer. Where io_uring is not
+usable, or NORIKV_RANGED_SYNC=0, every fsync is a plain fdatasync; a failed
+ranged fsync poisons the log like a failed fdatasync."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from norikv import FsyncPolicy, KvStore, Record, Wal, WalConfig, WalFailedError, _engine
+from norikv._engine import segment_name
+
+MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ranged fsync is Linux only")
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_NR_CACHESTAT = 451  # (the same number on every architecture since Linux 6.5)
+
+
+def cachestat(path, off, length):
+    """Pages of [off, off+length) of the file: (cached, dirty, under writeback)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        r, st = _Range(off, length), _CacheStat()
+        if _libc.syscall(_NR_CACHESTAT, fd, ctypes.byref(r), ctypes.byref(st), 0) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e), path)
+        return st.cache, st.dirty, st.writeback
+    finally:
+        os.close(fd)
+
+
+def _cachestat_works(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cachestat") / "f"
+    p.write_bytes(b"x")
+    try:
+        cachestat(str(p), 0, PAGE)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM):
+            return False
+        raise
+    return True
+
+
+@pytest.fixture(scope="module")
+def needs_cachestat(tmp_path_factory):
+    if not _cachestat_works(tmp_path_factory):
+        pytest.skip("cachestat(2) is not available (Linux 6.5+)")
+
+
+@pytest.fixture
+def ranged():
+    _engine._set_ranged_sync(True)
+    yield
+    _engine._set_ranged_sync(os.environ.get("NORIKV_RANGED_SYNC", "1") != "0")
+
+
+def _wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def _round_up(n):
+    return -(-n // PAGE) * PAGE
+
+
+def _open(kind, path, policy):
+    if kind == "wal":
+        return Wal.open(WalConfig(dir=str(path), max_segment_size=64 * MIB, fsync_policy=policy))[0]
+    return KvStore.open(str(path), fsync_policy=policy, max_segment_size=64 * MIB, auto_compact=False)
+
+
+def _write(kind, w, n, size=100):
+    for i in range(n):
+        if kind == "wal":
+            w.append(Record.put(b"k%06d" % i, b"v" * size))
+        else:
+            w.put(b"k%06d" % i, b"v" * size)
+
+
+def _wal(kind, w):
+    return w if kind == "wal" else w.wal
+
+
+def _segment(wal):
+    return os.path.join(wal.dir, segment_name(wal.seg_id))
+
+
+# ------------------------------------------------------------ what it syncs
+
+
+@pytest.mark.parametrize("kind", ["wal", "store"])  # one writer; a store's log shared through SHM
+def test_the_background_fsync_writes_back_the_log_and_leaves_the_pages_past_its_end(
+    needs_cachestat, ranged, tmp_path, kind
+):
+    # The OS policy maps 16 MiB ahead of the writer for writing: dirty zero
+    # pages past the log's end, which a whole-file fdatasync writes out.
+    with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:
+        wal = _wal(kind, w)
+        _write(kind, w, 2000)  # ~250 KB
+        path, end = _segment(wal), wal.seg_size
+        assert _wait_for(lambda: not wal.prefault_pending)
+        _, dirty_below, _ = cachestat(path, 0, _round_up(end))
+        _, dirty_past, _ = cachestat(path, _round_up(end), 16 * MIB)
+        assert dirty_below > 0 and dirty_past > 1000
+
+        _engine._test_background_sync(wal)
+
+        assert _engine._ranged_sync_state(wal) == "ring"
+        cached, dirty, writeback = cachestat(path, 0, _round_up(end))
+        assert (dirty, writeback) == (0, 0) and cached == _round_up(end) // PAGE
+        _, still_dirty, _ = cachestat(path, _round_up(end), 16 * MIB)
+        assert still_dirty >= dirty_past  # (whole-file fdatasync: 0)
+        assert wal._lock_state()[1] == wal._lock_state()[0]  # all of it is durable
+
+
+@pytest.mark.parametrize("kind", ["wal", "store"])
+def test_with_ranged_sync_off_the_fsync_is_a_whole_file_fdatasync(needs_cachestat, tmp_path, kind):
+    _engine._set_ranged_sync(False)
+    try:
+        with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:
+            wal = _wal(kind, w)
+            _write(kind, w, 2000)
+            assert _wait_for(lambda: not wal.prefault_pending)
+            _engine._test_background_sync(wal)
+            assert _engine._ranged_sync_state(wal) == "unset"
+            assert cachestat(_segment(wal), 0, 64 * MIB)[1:] == (0, 0)
+    finally:
+        _engine._set_ranged_sync(os.environ.get("NORIKV_RANGED_SYNC", "1") != "0")
+
+
+@pytest.mark.parametrize("kind", ["wal", "store"])
+def test_the_batch_flusher_syncs_ranged_and_covers_every_append(needs_cachestat, ranged, tmp_path, kind):
+    with _open(kind, tmp_path / "db", FsyncPolicy.batch(0.002)) as w:
+        wal = _wal(kind, w)
+        for _ in range(5):
+            _write(kind, w, 500)
+            written = wal._lock_state()[0]
+            assert _wait_for(lambda written=written: wal._lock_state()[1] >= written)
+        assert _engine._ranged_sync_state(wal) == "ring"
+        # (the page the writer is in is mapped for writing again after each
+        # fsync, by _rearm, which marks it dirty: the pages below it)
+        end = wal.seg_size
+        assert cachestat(_segment(wal), 0, end - end % PAGE)[1:] == (0, 0)
+        assert wal.fsync_count > 0
+
+
+def test_a_sync_call_stays_a_plain_fdatasync(ranged, tmp_path):
+    # sync() waits for its fsync: a ranged one answers later (a kernel
+    # worker thread runs it), so the caller's fsync is fdatasync.
+    with _open("wal", tmp_path / "db", FsyncPolicy.OS) as wal:
+        _write("wal", wal, 100)
+        wal.sync()
+        assert _engine._ranged_sync_state(wal) == "unset"
+        assert wal._lock_state()[1] == wal._lock_state()[0]
+
+
+# ------------------------------------------------------------ failures
+
+
+@pytest.mark.parametrize("kind", ["wal", "store"])
+def test_a_failed_ranged_fsync_poisons_the_log(ranged, tmp_path, kind):
+    with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:
+        wal = _wal(kind, w)
+        _write(kind, w, 10)
+        _engine._inject_ring_error(errno.EIO)
+        with pytest.raises(WalFailedError) as ei:
+            _engine._test_background_sync(wal)
+        assert ei.value.errno == errno.EIO
+        with pytest.raises(WalFailedError):
+            _write(kind, w, 1)
+    with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:  # reopened: every append was in the page cache
+        if kind == "store":
+            assert len(w) == 10
+
+
+def test_a_failed_ranged_fsync_of_the_batch_flusher_fails_the_next_write(ranged, tmp_path):
+    with _open("store", tmp_path / "db", FsyncPolicy.batch(0.002)) as s:
+        _write("store", s, 10)
+        assert _wait_for(lambda: s.wal._lock_state()[1] >= s.wal._lock_state()[0])
+        _engine._inject_ring_error(errno.ENOSPC)
+        s.put(b"after", b"v")
+
+        def failed():
+            try:
+                s.put(b"probe", b"v")
+            except WalFailedError as exc:
+                return exc
+            return None
+
+        assert _wait_for(lambda: failed() is not None)
+        assert failed().errno == errno.ENOSPC
+
+
+def test_NORIKV_RANGED_SYNC_0_turns_it_off(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from norikv import FsyncPolicy, KvStore, _engine
+        with KvStore.open(sys.argv[1], fsync_policy=FsyncPolicy.OS) as s:
+            s.put(b"k", b"v")
+            _engine._test_background_sync(s.wal)
+            print(_engine._ranged_sync_state(s.wal))
+        """
+    )
+    for value, want in (("0", "unset"), ("1", None)):
+        env = dict(os.environ, NORIKV_RANGED_SYNC=value)
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / value)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        if want is not None:
+            assert out.stdout.strip() == want
+        else:
+            assert out.stdout.strip() in ("ring", "fallback")
