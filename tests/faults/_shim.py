@@ -18,16 +18,7 @@ def shim_env(
     after: int = 0,
     err: int = 5,
 ) -> dict:
-    # NORIKV_RANGED_SYNC=0: the background thread's fsyncs are fdatasync calls
-    # the shim can fail (a ranged one goes through io_uring, which it cannot
-    # see; tests/test_ranged_sync.py injects errors into that path)
-    env = {
-        "LD_PRELOAD": shim,
-        "FAULTSHIM_OPS": ops,
-        "FAULTSHIM_ERRNO": str(err),
-        "FAULTSHIM_AFTER": str(after),
-        "NORIKV_RANGED_SYNC": "0",
-    }
+    env = {"LD_PRELOAD": shim, "FAULTSHIM_OPS": ops, "FAULTSHIM_ERRNO": str(err), "FAULTSHIM_AFTER": str(after)}
     if control:
         env["FAULTSHIM_CONTROL"] = control
     if path:

@@ -19,7 +19,7 @@ from norikv import FsyncPolicy, KvStore
 from ._shim import shim_env
 from ._util import describe
 
-OPS = "fdatasync,fsync,ftruncate,fallocate,unlink,rename,write"
+OPS = "fdatasync,fsync,msync,ftruncate,fallocate,unlink,rename,write"
 
 SETUP_N = 400
 

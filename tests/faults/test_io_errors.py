@@ -80,7 +80,8 @@ print(json.dumps(out))
 def test_failed_fsync_poisons_until_reopen(shim_path, tmp_path, policy):
     control = str(tmp_path / "armed")
     log = str(tmp_path / "faults.log")
-    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path), log=log)
+    # (msync: the background thread syncs the log up to its end with msync(MS_SYNC))
+    env = shim_env(shim_path, "fsync,fdatasync,msync", control=control, path=str(tmp_path), log=log)
     proc = run_py(POISON, args=[str(tmp_path / "db"), policy, control], env=env, timeout=90)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,7 +95,26 @@ def test_failed_fsync_poisons_until_reopen(shim_path, tmp_path, policy):
     assert state == expected
     assert out["after"] == "reopen"
     with open(log) as f:
-        assert f.read().split()[0] in ("fdatasync", "fsync")
+        assert f.read().split()[0] in ("fdatasync", "fsync", "msync")
+
+
+def test_the_batch_flushers_ranged_fsync_is_checked_like_fdatasync(shim_path, tmp_path):
+    """The batch policy's background fsync is msync(MS_SYNC) of the log up to
+    its end (the shim fails only msync here): its failure poisons the store
+    exactly as a failed fdatasync does."""
+    control = str(tmp_path / "armed")
+    log = str(tmp_path / "faults.log")
+    env = shim_env(shim_path, "msync", control=control, path=str(tmp_path), log=log)
+    proc = run_py(POISON, args=[str(tmp_path / "db"), "batch", control], env=env, timeout=90)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["first"] == ["WalFailedError", errno.EIO, True]
+    assert out["refused"] == [[n, errno.EIO] for n in ("put", "put_existing", "delete", "batch", "sync", "compact")]
+    state = out["state"]
+    assert state.pop("inflight", "x") == "x"
+    assert state == {f"k{i:03d}": f"v{i:03d}" for i in range(1, 50)}
+    with open(log) as f:
+        assert f.read().split()[0] == "msync"
 
 
 GROUP = r"""
@@ -146,7 +166,9 @@ def test_failed_group_fsync_fails_every_waiting_thread(shim_path, tmp_path):
     made after the failure began is acknowledged, and every acknowledged put
     is there after reopen."""
     control = str(tmp_path / "armed")
-    env = shim_env(shim_path, "fsync,fdatasync", control=control, path=str(tmp_path), log=str(tmp_path / "faults.log"))
+    env = shim_env(
+        shim_path, "fsync,fdatasync,msync", control=control, path=str(tmp_path), log=str(tmp_path / "faults.log")
+    )
     proc = run_py(GROUP, args=[str(tmp_path / "db"), control], env=env, timeout=120)
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -162,7 +184,7 @@ from norikv import KvStore, FsyncPolicy, WalFailedError, NoriIOError, RecoveryMo
 base, control, seed, trials = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)
 POL = {"always": FsyncPolicy.ALWAYS, "batch": FsyncPolicy.batch(0.002), "os": FsyncPolicy.OS}
-OPS = ["fdatasync", "fsync", "ftruncate", "fallocate", "write"]
+OPS = ["fdatasync", "fsync", "msync", "ftruncate", "fallocate", "write"]
 out = {"trials": 0, "raised": 0, "poisoned": 0, "recovered_ok": 0, "problems": [], "kinds": {}}
 
 def val(t, i, n):

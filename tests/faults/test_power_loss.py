@@ -5,7 +5,9 @@ A SIGKILL leaves the page cache, so it cannot tell a policy that fsyncs from
 one that does not. Here every write the writer treats as *durable* (each put
 under ALWAYS; everything before a returned ``sync()`` under batch and OS)
 must have been covered, after it was written and before it was acknowledged,
-by a completed fdatasync/fsync of its segment file, and each new segment
+by a completed fdatasync/fsync of its segment file (or msync(MS_SYNC) of
+its mapping: Linux syncs that range of the file as fdatasync does, and the
+background thread syncs the log that way, up to its end), and each new segment
 file by a completed fsync of the directory (and each directory the open
 created, by an fsync of its parent). Writes go through a MAP_SHARED
 mapping, so there is no write() per record to see: the fsync between the
@@ -50,15 +52,24 @@ store.close()
 """ % (ACKFD, ACKFD)
 
 LINE = re.compile(r"^(\d+)\s+(.*)$")
-CALL = re.compile(r"^(\w+)\((.*?)(?: <unfinished \.\.\.>|\)\s+=\s+(-?\d+).*)$")
-RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>.*\)\s+=\s+(-?\d+)")
+CALL = re.compile(r"^(\w+)\((.*?)(?: <unfinished \.\.\.>|\)\s+=\s+(0x[0-9a-f]+|-?\d+).*)$")
+RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>.*\)\s+=\s+(0x[0-9a-f]+|-?\d+)")
+SYNCS = ("fsync", "fdatasync", "msync")
 
 
 def parse(trace: str):
     """Events in order: (kind, payload). Completed syncs carry the file path."""
     fdpath: dict[int, str] = {}
+    maps: dict[int, tuple[int, str]] = {}  # shared file mappings: address -> (length, path)
     pending: dict[str, tuple[str, str]] = {}
     events = []
+
+    def synced_path(name, args):
+        if name != "msync":
+            return fdpath.get(int(args.split(",")[0]), "?")
+        addr = int(args.split(",")[0], 16)
+        return next((p for a, (n, p) in maps.items() if a <= addr < a + n), "?")
+
     for raw in trace.splitlines():
         m = LINE.match(raw)
         if not m:
@@ -66,7 +77,7 @@ def parse(trace: str):
         pid, body = m.groups()
         r = RESUMED.match(body)
         if r:
-            name, ret = r.group(1), int(r.group(2))
+            name, ret = r.group(1), int(r.group(2), 0)
             call = pending.pop(pid, None)
             if call is None:
                 continue
@@ -77,12 +88,12 @@ def parse(trace: str):
                 continue
             name, args, ret = c.group(1), c.group(2), c.group(3)
             if ret is None:
-                if name in ("fsync", "fdatasync"):  # started now, completes later
+                if name in SYNCS:  # started now, completes later
                     events.append(("sync-start", None))
-                    args = (args, len(events) - 1, fdpath.get(int(args.split(",")[0]), "?"))
+                    args = (args, len(events) - 1, synced_path(name, args))
                 pending[pid] = (name, args)
                 continue
-            ret = int(ret)
+            ret = int(ret, 0)
         if name in ("mkdir", "mkdirat") and ret == 0:
             events.append(("mkdir", re.search(r'"([^"]*)"', args).group(1)))
         elif name == "openat" and ret >= 0:
@@ -92,11 +103,17 @@ def parse(trace: str):
                 events.append(("create", p))
         elif name == "close" and ret == 0:
             fdpath.pop(int(args.split(",")[0]), None)
-        elif name in ("fsync", "fdatasync") and ret == 0:
+        elif name == "mmap" and ret > 0 and "MAP_SHARED" in args:
+            a = [x.strip() for x in args.split(",")]
+            if int(a[-2]) in fdpath:
+                maps[ret] = (int(a[1]), fdpath[int(a[-2])])
+        elif name == "munmap" and ret == 0:
+            maps.pop(int(args.split(",")[0], 16), None)
+        elif name in SYNCS and ret == 0 and (name != "msync" or "MS_SYNC" in str(args)):
             if isinstance(args, tuple):  # (args, start event, path)
                 events.append(("sync", (args[2], args[1])))
             else:
-                events.append(("sync", (fdpath.get(int(args.split(",")[0]), "?"), len(events))))
+                events.append(("sync", (synced_path(name, args), len(events))))
         elif name == "write" and args.startswith(f"{ACKFD}, "):
             text = re.search(r'"(.*)"', args).group(1).replace("\\n", "")
             events.append(("mark", text))
@@ -187,17 +204,16 @@ def _strace(strace, out, calls, script, *args):
     """Runs ``python -c script args`` under strace (following threads,
     tracing ``calls``) into ``out``; returns the parsed events."""
     cmd = [strace, "-f", "-s", "256", "-o", str(out), "-e", "trace=" + calls, sys.executable, "-c", script, *args]
-    # the model reads fsyncs from fdatasync calls; a ranged fsync is an
-    # io_uring submission strace cannot decode (tests/test_ranged_sync.py)
-    env = dict(os.environ, NORIKV_RANGED_SYNC="0")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, describe(proc)
     return parse(out.read_text())
 
 
 def _trace(strace, tmp_path, policy, n=260):
     db = tmp_path / "new" / "db"
-    calls = "write,pwrite64,msync,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink,mkdir,mkdirat"
+    calls = (
+        "write,pwrite64,msync,mmap,munmap,fsync,fdatasync,rename,openat,close,fallocate,ftruncate,unlink,mkdir,mkdirat"
+    )
     return _strace(strace, tmp_path / "trace.txt", calls, CHILD, str(db), policy, str(n)), str(db / "wal")
 
 
@@ -246,7 +262,7 @@ def test_group_commit_covers_every_thread(strace, tmp_path):
     put must still return only after an fdatasync that started after it began
     and completed before it returned."""
     db = tmp_path / "db"
-    calls = "write,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat"
+    calls = "write,msync,mmap,munmap,fsync,fdatasync,openat,close,ftruncate,mkdir,mkdirat"
     events = _strace(strace, tmp_path / "trace.txt", calls, THREADED, str(db), "120")
     acks = [e for e in events if e[0] == "mark" and e[1].startswith("ACK")]
     assert len(acks) == 480

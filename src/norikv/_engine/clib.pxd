@@ -64,6 +64,7 @@ cdef extern from "record.h" nogil:
 cdef extern from "platform.h" nogil:
     const char *NK_PLATFORM
     int nk_sync_data(int fd, void *addr, size_t length)
+    int nk_sync_range(int fd, void *addr, uint64_t end)
     int nk_sync_full(int fd)
     int nk_allocate(int fd, long off, long length)
     int nk_lock_file(int fd)
@@ -76,15 +77,6 @@ cdef extern from "platform.h" nogil:
     void nk_fence()
     void nk_prefetch(const void *p, size_t n)
     int nk_segment_name(char *buf, size_t size, uint64_t seg_id)
-
-cdef extern from "rangesync.h" nogil:
-    ctypedef struct nk_ring:
-        int fd
-    int nk_ranged_sync_off
-    int nk_ring_inject_errno
-    void nk_ring_init(nk_ring *r)
-    void nk_ring_free(nk_ring *r)
-    int nk_sync_range(nk_ring *r, int fd, void *addr, uint64_t end)
 
 cdef extern from "<errno.h>":
     enum: EWOULDBLOCK       # (not in Cython's libc.errno) flock's "held by another"

@@ -123,9 +123,8 @@ def _test_synced_with_gil_held(_WalCore wal, double timeout):
 
 
 def _test_background_sync(_WalCore wal):
-    """Test hook: the background thread's kind of fsync (_sync_span's
-    `background`), run now in this thread: everything appended is durable
-    after it (raises WalFailedError if the fsync failed)."""
+    """Test hook: the background thread's kind of fsync (the log up to its
+    end only), run now in this thread; raises WalFailedError if it failed."""
     cdef uint64_t target = nk_load_acquire_u64(&wal.written_total)
     cdef uint64_t seg = 0
     cdef double t0 = 0, dt = 0
@@ -138,7 +137,7 @@ def _test_background_sync(_WalCore wal):
             status = wal._sync_nogil(target, True, &t0, &dt, &err)
     if status == _SYNC_FAILED:
         try:
-            wal._poison(err, wal._segment_path(wal.seg_id), "fdatasync")
+            wal._poison(err, wal._segment_path(wal.seg_id if wal.shm == NULL else seg), "fdatasync")
         finally:
             if wal.shm == NULL:
                 wal._end_sync_turn(0)

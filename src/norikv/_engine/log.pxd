@@ -36,9 +36,6 @@ cdef class _WalCore:
     # from the start under ALWAYS, from the first sync() that covers less
     # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
     cdef readonly bint small_folios
-    # fsyncs of the active segment sync its logical size only (rangesync.h);
-    # used by the fsync leader, which holds io_lock
-    cdef nk_ring ring
 
     # accounting
     cdef readonly uint64_t written_total
@@ -141,8 +138,7 @@ cdef class _WalCore:
     # A sync() up to target covers so little that the log should switch to
     # page-sized folios (_use_small_folios) first.
     cdef inline bint _small_sync(self, uint64_t target) noexcept nogil
-    cdef int _sync_nogil(self, uint64_t target, bint background, double *t0, double *dt, int *err) noexcept nogil
-    cdef int _sync_span(self, int fd, void *addr, uint64_t end, bint background) noexcept nogil
+    cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 
     # state

@@ -39,7 +39,6 @@ cdef class _WalCore:
         self.shm_fd = -1
         self.lock_timeout = -1.0
         self.map = NULL
-        nk_ring_init(&self.ring)
         self.closed = True
         self.fork_gen = _fork_generation
         self.seg_sizes = {}
@@ -96,7 +95,7 @@ cdef class _WalCore:
     cdef inline void _unlock_io(self) noexcept:
         PyThread_release_lock(self.io_lock)
 
-    cdef int _sync_nogil(self, uint64_t target, bint background, double *t0, double *dt, int *err) noexcept nogil:
+    cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil:
         """The group commit, run without the GIL. Waits until `target` is
         durable or no fsync is running; in the second case this thread is
         the leader: it takes io_lock, fsyncs, and ends its turn at once, so
@@ -128,27 +127,16 @@ cdef class _WalCore:
         # on, and what they publish after this load is left to the next fsync.
         t0[0] = _now_monotonic()
         cover = nk_load_acquire_u64(&self.written_total)
-        err[0] = self._sync_span(self.seg_fd, self.map, nk_load_acquire_u64(&self.seg_size), background)
+        if ranged:          # (the log up to its end only)
+            err[0] = nk_sync_range(self.seg_fd, self.map, nk_load_acquire_u64(&self.seg_size))
+        else:
+            err[0] = nk_sync_data(self.seg_fd, self.map, self.seg_size)
         dt[0] = _now_monotonic() - t0[0]
         if err[0]:
             return _SYNC_FAILED
         self._count_fsync(dt[0])            # (in the turn: one leader counts at a time)
         self._end_sync_turn(cover)
         return _SYNC_DONE
-
-    cdef int _sync_span(self, int fd, void *addr, uint64_t end, bint background) noexcept nogil:
-        """fdatasync's promise for the first `end` bytes of the active
-        segment (fd; addr: this process's mapping of it, or NULL).
-        The background thread's fsync runs beside the writer, which keeps
-        filling pages past `end`, and _rearm has mapped the next window's
-        pages for writing (dirty zeros): a ranged sync (rangesync.h) leaves
-        those alone. A sync() call waits for its fsync, and a ranged one
-        answers later (io_uring hands it to a kernel worker thread, and the
-        page-cache folio holding `end` is written whole, up to 2 MiB): a
-        plain fdatasync. Returns 0 or an errno value."""
-        if background:
-            return nk_sync_range(&self.ring, fd, addr, end)
-        return nk_sync_data(fd, addr, end)
 
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil:
         """Ends the leader's turn: publishes `cover` as durable (0: nothing
@@ -607,7 +595,6 @@ cdef class _WalCore:
         if self.seg_fd >= 0:
             c_close(self.seg_fd)
             self.seg_fd = -1
-        nk_ring_free(&self.ring)       # (no fsync runs: close holds io_lock, the flusher is stopped)
         if self.lock_fd >= 0:
             c_close(self.lock_fd)
             self.lock_fd = -1
@@ -638,28 +625,3 @@ cdef class _WalCore:
             c_close(self.shm_fd)       # (SHM's flock, if the parent holds it, stays the parent's)
             self.shm_fd = -1
         self.dir_key = None
-
-
-def _set_ranged_sync(bint on):
-    """Whether the background thread's fsyncs may sync the active segment's
-    logical size only (rangesync.h); off, each is a whole-file fdatasync.
-    Set at import from NORIKV_RANGED_SYNC (0: off); tests switch it."""
-    global nk_ranged_sync_off
-    nk_ranged_sync_off = not on
-
-
-# NORIKV_RANGED_SYNC=0: every fsync a whole-file fdatasync (for tools that
-# trace or intercept fdatasync, which a ranged fsync does not call)
-_set_ranged_sync(os.environ.get("NORIKV_RANGED_SYNC", "1") != "0")
-
-
-def _ranged_sync_state(_WalCore wal):
-    """Test hook: 'ring' (this Wal's fsyncs are ranged), 'fallback'
-    (io_uring is not usable here: fdatasync) or 'unset' (none ranged yet)."""
-    return "ring" if wal.ring.fd >= 0 else ("fallback" if wal.ring.fd == -2 else "unset")
-
-
-def _inject_ring_error(int err):
-    """Test hook: the next ranged fsync fails with errno `err`."""
-    global nk_ring_inject_errno
-    nk_ring_inject_errno = err

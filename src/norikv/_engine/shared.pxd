@@ -22,8 +22,8 @@ cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 cdef int _repair(_WalCore self) except -1
 # the group commit of all processes; one compaction at a time; the last one out
 cdef int _sync_shared(_WalCore self) except -1
-cdef int _shared_fsync(_WalCore self, uint64_t target, bint background, uint64_t *seg, int *err) noexcept nogil
-cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, bint background, uint64_t *seg, int *err) noexcept nogil
+cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *seg, int *err) noexcept nogil
+cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t *seg, int *err) noexcept nogil
 cdef void _note_synced(_WalCore self) noexcept nogil
 cdef int _compaction_lock(_WalCore self, double timeout) except -1
 cdef void _compaction_unlock(_WalCore self) noexcept

@@ -445,16 +445,18 @@ cdef int _sync_shared(_WalCore self) except -1:
     return 0
 
 
-cdef int _shared_fsync(_WalCore self, uint64_t target, bint background, uint64_t *seg, int *err) noexcept nogil:
+cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *seg, int *err) noexcept nogil:
     """The fsync of _sync_shared without the GIL (the background thread runs
-    it too). Returns _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg
-    set: the fsync failed, SHM is poisoned, or the segment would not open)
-    or _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed). A published
+    it too, `ranged`: the log up to its end only, nk_sync_range). Returns
+    _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg set: the fsync
+    failed, SHM is poisoned, or the segment would not open) or
+    _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed). A published
     segment this process has not switched to yet is opened by name."""
     cdef nk_pub p
     cdef int dead, fd
     cdef int status = _SYNC_COVERED
     cdef char name[32]
+    cdef uint8_t *m
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
     err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
@@ -464,30 +466,47 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint background, uint64_t
         if self.shm.poisoned:
             status = _SYNC_UNUSABLE
         else:
-            nk_shm_read(self.shm, &p)
             PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
-            if p.seg_id == self.seg_id and self.seg_fd >= 0:
-                status = _fsync_published(self, self.seg_fd, &p, background, seg, err)
-            else:
+            nk_shm_read(self.shm, &p)
+            while True:
+                if p.seg_id == self.seg_id and self.seg_fd >= 0:
+                    m = self.map if ranged else NULL
+                    status = _fsync_published(self, self.seg_fd, m, &p, seg, err)
+                    break
                 nk_segment_name(name, sizeof(name), p.seg_id)
                 fd = openat(self.dir_fd, name, O_RDONLY | O_CLOEXEC)
-                if fd < 0:
-                    err[0] = errno
-                    seg[0] = p.seg_id
-                    status = _SYNC_FAILED
-                else:
-                    status = _fsync_published(self, fd, &p, background, seg, err)
+                if fd >= 0:
+                    status = _fsync_published(self, fd, NULL, &p, seg, err)
                     c_close(fd)
+                    break
+                err[0] = errno
+                seg[0] = p.seg_id
+                status = _SYNC_FAILED
+                # A compaction (another process's, or this one's while this
+                # thread waited) sealed the segment, which fsynced it, and
+                # deleted it: the log goes on in a newer one.
+                if err[0] != ENOENT or not _published_moved_on(self, &p):
+                    break
             PyThread_release_lock(self.io_lock)
     pthread_mutex_unlock(&self.shm.smutex)
     return status
 
 
-cdef int _fsync_published(_WalCore self, int fd, nk_pub *p, bint background, uint64_t *seg, int *err) noexcept nogil:
-    """With smutex held: fdatasync of fd, the published active segment p.
-    Records how far the log is durable, or the failure (SHM poisoned)."""
+cdef bint _published_moved_on(_WalCore self, nk_pub *p) noexcept nogil:
+    """Reads SHM's publication into p again: True if it names a later
+    segment than p did."""
+    cdef uint64_t was = p.seg_id
+    nk_shm_read(self.shm, p)
+    return p.seg_id > was
+
+
+cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t *seg, int *err) noexcept nogil:
+    """With smutex held: fdatasync of fd, the published active segment p
+    (of its first p.seg_size bytes where m, this process's mapping of it, is
+    given: nk_sync_range). Records how far the log is durable, or the
+    failure (SHM poisoned)."""
     cdef double t0 = _now_monotonic()
-    err[0] = self._sync_span(fd, NULL, p.seg_size, background)
+    err[0] = nk_sync_range(fd, m, p.seg_size)
     if err[0]:
         seg[0] = p.seg_id
         self.shm.poisoned = err[0]

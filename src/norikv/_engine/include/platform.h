@@ -109,6 +109,28 @@ static int nk_sync_data(int fd, void *addr, size_t len) {
 #endif
 }
 
+/* fdatasync's promise for the first `end` bytes of fd only; addr: a shared
+   mapping of fd from offset 0 that covers them (NULL: the whole file).
+   fdatasync(2) writes back every dirty page of the file, and a segment
+   written through a mapping has dirty pages past its end: the pages mapped
+   for writing ahead of the writer (zeros) and those it fills meanwhile.
+   On Linux msync(MS_SYNC) of a shared file mapping is vfs_fsync_range over
+   that range with datasync set: its dirty pages written and waited for, the
+   metadata needed to read them committed, the device cache flushed; the
+   file system code of fdatasync itself (and of every O_DSYNC write, for the
+   bytes it wrote), in the calling thread. Elsewhere: nk_sync_data.
+   Returns 0 or an errno value. */
+static int nk_sync_range(int fd, void *addr, uint64_t end) {
+#if defined(__linux__)
+    if (addr && end) {
+        uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+        if (msync(addr, (size_t)((end + page - 1) / page * page), MS_SYNC) == 0) return 0;
+        if (errno != ENOMEM && errno != EINVAL) return errno;   /* (else: not mapped so far) */
+    }
+#endif
+    return nk_sync_data(fd, addr, (size_t)end);
+}
+
 /* fsync for a file or directory (metadata included). */
 static int nk_sync_full(int fd) {
 #if defined(__APPLE__)
