@@ -365,6 +365,37 @@ def test_readonly_on_a_read_only_bind_mount(tmp_path, workers):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def test_a_joiner_loads_again_when_the_active_segment_is_gone_before_it_opens_it(tmp_path):
+    # A joining open loads the published log, then opens the active segment
+    # for writing; another process's compaction may seal and delete that
+    # segment in between (ENOENT from the open, seen once in a CI run of the
+    # kill test below): the join starts over from the newest publication.
+    import errno
+
+    from norikv import NoriIOError, _engine
+    from norikv.wal import load_newest
+
+    with KvStore.open(tmp_path / "s") as s:
+        s.put(b"a", b"1")
+        sink = _engine._StoreLoader({}, {}, 0)
+        tries = []
+
+        def then(sealed):
+            tries.append(sealed)
+            if len(tries) == 1:
+                raise NoriIOError(errno.ENOENT, "open: the segment is gone", "000000.wal")
+
+        records = load_newest(s.wal, sink, then=then)[2]
+        assert len(tries) == 2 and records == 1 and sink.records == 1
+        tries.clear()
+
+        def fails(sealed):
+            raise NoriIOError(errno.EACCES, "open: not allowed", "000000.wal")
+
+        with pytest.raises(NoriIOError):  # anything else is an error of the open
+            load_newest(s.wal, sink, then=fails)
+
+
 def test_a_forked_child_opens_the_store_its_parent_has_open(tmp_path):
     """Pre-fork servers open in the master: a child opens the store itself
     beside it, and dropping the inherited handle does not hang."""

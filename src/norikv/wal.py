@@ -444,16 +444,23 @@ def load_published(path: str, sink: _engine._Sink, seg_id: int, size: int) -> tu
     return records, sealed
 
 
-def load_newest(core: _engine._WalCore, sink: _engine._Sink) -> tuple[int, int, int, dict[int, int]]:
+def load_newest(
+    core: _engine._WalCore, sink: _engine._Sink, then: Callable[[dict[int, int]], None] | None = None
+) -> tuple[int, int, int, dict[int, int]]:
     """load_published of the newest publication of the store ``core`` shares
     (a joining open, a reload after another process's compaction): started
     over, from the sink's ``_restart``, while a compaction deletes segments
-    under it. Returns (segment id, size, records, {sealed segment id: size})."""
+    under it. ``then(sealed)`` runs once the load succeeded, and a segment it
+    finds gone starts it over as well (a joiner opening the active segment
+    a compaction has just sealed and deleted). Returns (segment id, size,
+    records, {sealed segment id: size})."""
     restart = getattr(sink, "_restart", None)
     for _attempt in range(1000):
         seg_id, size, _total, _gen = _engine._published(core)
         try:
             records, sealed = load_published(core.dir, sink, seg_id, size)
+            if then is not None:
+                then(sealed)
             return seg_id, size, records, sealed
         except OSError as exc:  # (NoriIOError too: a view of a deleted segment)
             if exc.errno != errno.ENOENT or restart is None:
@@ -475,9 +482,8 @@ def join(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | None)
         plan = plan_recovery(core.dir, mode, sink, max_value_size=core.max_value_size)
         records, scanned, last = plan.valid_records, len(plan.segments), plan.last_valid_position
     else:
-        seg_id, size, records, sealed = load_newest(core, sink)
+        seg_id, size, records, sealed = load_newest(core, sink, then=core._shared_start)
         scanned, last = len(sealed) + 1, Position(seg_id, size)
-        core._shared_start(sealed)
     return RecoveryInfo(
         valid_records=records,
         segments_scanned=scanned,
