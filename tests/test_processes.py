@@ -227,6 +227,26 @@ def test_group_commit_is_shared_between_processes(tmp_path, workers):
     assert b("stats")["fsyncs"] + c("stats")["fsyncs"] == 1
 
 
+def test_a_process_killed_holding_the_fsync_mutex_does_not_block_the_others(tmp_path, workers):
+    """The other processes' sync() calls wait for the fsync leader together
+    (a futex woken once per fsync, nk_shm_sync_wait); a leader killed
+    mid-fsync wakes nobody, and the waiters find it dead when they try the
+    mutex again (at most every 5 ms): one of them fsyncs for both."""
+    opts = dict(fsync_policy="os")
+    a, b, c = workers(tmp_path, **opts), workers(tmp_path, **opts), workers(tmp_path, **opts)
+    a("hold", "sync")
+    b.send("put_sync", "kb", "1")
+    c.send("put_sync", "kc", "1")
+    assert b._read() == {"put": True} and c._read() == {"put": True}
+    a.kill()
+    assert b.reply() is None and c.reply() is None
+    assert b("stats")["fsyncs"] + c("stats")["fsyncs"] == 1
+    b.stop()
+    c.stop()
+    with KvStore.open(tmp_path) as s:
+        assert s.get(b"kb") == b"1" and s.get(b"kc") == b"1"
+
+
 def test_lock_timeout_and_the_holders_pid(tmp_path, workers):
     """Exclusive work another process does (its compaction, its recovery at
     open) makes a caller wait: LockError naming that process after

@@ -1,5 +1,8 @@
 # shared.pyx: many processes on one log, as functions of each one's _WalCore.
 
+cdef enum:
+    _SYNC_WAIT_SLICE_US = 5000      # a waiter for another process's fsync tries smutex at least this often
+
 cdef int _shm_map(_WalCore self, bint writable) except -1
 cdef void _shm_unmap(_WalCore self) noexcept
 # open: decide first opener or joiner (SHM's flock held), set up SHM, or read only

@@ -457,9 +457,26 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
     cdef int status = _SYNC_COVERED
     cdef char name[32]
     cdef uint8_t *m
+    cdef uint32_t seq
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
-    err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
+    while NK_SHM_SYNC_FUTEX:
+        # another process's fsync is running: wait for its end with the
+        # other waiters (nk_shm_sync_wait), then lead unless covered
+        seq = nk_shm_sync_seq(self.shm)
+        err[0] = nk_shm_trylock(&self.shm.smutex, &dead)
+        if err[0] != EBUSY:
+            break
+        if nk_load_acquire_u64(&self.shm.synced_total) >= target:
+            return _SYNC_COVERED
+        if self.shm.poisoned:
+            err[0] = 0
+            return _SYNC_UNUSABLE
+        nk_shm_sync_wait(self.shm, seq, _SYNC_WAIT_SLICE_US * 1e-6)
+        if nk_load_acquire_u64(&self.shm.synced_total) >= target:
+            return _SYNC_COVERED
+    else:
+        err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
     if err[0]:
         return _SYNC_UNUSABLE
     if nk_load_acquire_u64(&self.shm.synced_total) < target:
@@ -489,6 +506,7 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
                     break
             PyThread_release_lock(self.io_lock)
     pthread_mutex_unlock(&self.shm.smutex)
+    nk_shm_sync_wake(self.shm)
     return status
 
 
@@ -614,6 +632,8 @@ def _test_hold(_WalCore wal, str which):
 def _test_release(_WalCore wal, str which):
     pthread_mutex_unlock(&wal.shm.wmutex if which == "writers" else
                          &wal.shm.smutex if which == "sync" else &wal.shm.cmutex)
+    if which == "sync":
+        nk_shm_sync_wake(wal.shm)       # (as a leader does after its fsync)
 
 
 def _test_torn_write(_WalCore wal, bytes data):

@@ -21,7 +21,7 @@
 #include <time.h>
 
 #define NK_SHM_MAGIC 0x314d48535653524eULL    /* "NRSVSHM1" little-endian */
-#define NK_SHM_VERSION 1
+#define NK_SHM_VERSION 2
 #define NK_SHM_SIZE 4096
 
 typedef struct {
@@ -48,7 +48,8 @@ typedef struct {
     int32_t compact_pid;
     int32_t init_pid;       /* the process that initialized the page (recovered the log) */
     uint64_t owner_deaths;  /* writers found dead holding wmutex (stats) */
-    char pad[64];
+    uint32_t sync_seq;      /* bumped after each fsync of the log: its waiters' futex */
+    char pad[60];
     pthread_mutex_t wmutex __attribute__((aligned(64)));
     pthread_mutex_t smutex __attribute__((aligned(64)));
     pthread_mutex_t cmutex __attribute__((aligned(64)));
@@ -140,6 +141,39 @@ static inline void nk_shm_synced(nk_shm *s, uint64_t t) {
                                                    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
         ;
 }
+
+/* Waiting for the fsync leader of another process (nk_shm_sync_wait) and
+   waking every waiter at once when it is done (nk_shm_sync_wake): a futex on
+   sync_seq. Waiters queued on smutex itself were woken one at a time, each
+   taking and dropping the mutex only to find itself covered, and the chain
+   of wake-ups (tens of us each on a VM) delayed the next fsync's cohort. */
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline uint32_t nk_shm_sync_seq(nk_shm *s) {
+    return __atomic_load_n(&s->sync_seq, __ATOMIC_ACQUIRE);
+}
+/* Sleeps until sync_seq differs from seq, at most timeout seconds (a leader
+   that died in its fsync never wakes anyone: the waiter then tries smutex,
+   which tells it the holder died). */
+static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)timeout;
+    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+    (void)syscall(SYS_futex, &s->sync_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
+}
+static inline void nk_shm_sync_wake(nk_shm *s) {
+    __atomic_add_fetch(&s->sync_seq, 1, __ATOMIC_RELEASE);
+    (void)syscall(SYS_futex, &s->sync_seq, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
+#define NK_SHM_SYNC_FUTEX 1
+#else
+static inline uint32_t nk_shm_sync_seq(nk_shm *s) { (void)s; return 0; }
+static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) { (void)s; (void)seq; (void)timeout; }
+static inline void nk_shm_sync_wake(nk_shm *s) { (void)s; }
+#define NK_SHM_SYNC_FUTEX 0
+#endif
 
 /* What a lock call's result means: EOWNERDEAD is the lock taken from a
    holder that died (*dead set; the mutex is marked consistent at once: the
