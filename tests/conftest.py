@@ -8,6 +8,7 @@ shared and slow); ``HYPOTHESIS_PROFILE=thorough`` runs many more examples.
 
 import os
 import shutil
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -27,6 +28,19 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SLOW = os.environ.get("NORIKV_SLOW", "") not in ("", "0")
+
+
+def wait_for(cond, timeout=30.0):
+    """Polls cond() until it holds (True) or `timeout` seconds pass (False):
+    for state another thread or process reaches on its own schedule (a
+    background fsync), never as a stand-in for a synchronization."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
 
 # Modules whose tests run twice, once per value storage: every KvStore.open
 # that does not choose ``values=`` (also in the subprocesses they start, which

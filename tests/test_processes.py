@@ -213,15 +213,21 @@ def test_compaction_while_other_processes_read_and_write(tmp_path, workers):
         assert {k.decode(): v.decode() for k, v in s.items()} == expected
 
 
-def test_group_commit_is_shared_between_processes(tmp_path, workers):
-    """Two processes calling sync() while a third holds the fsync mutex: when
-    it is released, one fsync covers both."""
+def _two_syncs_behind_a_held_fsync_mutex(tmp_path, workers):
+    """Workers a, b, c: a holds the fsync mutex, b and c have put and wait in sync()."""
     opts = dict(fsync_policy="os")
     a, b, c = workers(tmp_path, **opts), workers(tmp_path, **opts), workers(tmp_path, **opts)
     a("hold", "sync")
     b.send("put_sync", "kb", "1")
     c.send("put_sync", "kc", "1")
     assert b._read() == {"put": True} and c._read() == {"put": True}
+    return a, b, c
+
+
+def test_group_commit_is_shared_between_processes(tmp_path, workers):
+    """Two processes calling sync() while a third holds the fsync mutex: when
+    it is released, one fsync covers both."""
+    a, b, c = _two_syncs_behind_a_held_fsync_mutex(tmp_path, workers)
     a("release", "sync")
     assert b.reply() is None and c.reply() is None
     assert b("stats")["fsyncs"] + c("stats")["fsyncs"] == 1
@@ -232,12 +238,7 @@ def test_a_process_killed_holding_the_fsync_mutex_does_not_block_the_others(tmp_
     (a futex woken once per fsync, nk_shm_sync_wait); a leader killed
     mid-fsync wakes nobody, and the waiters find it dead when they try the
     mutex again (at most every 5 ms): one of them fsyncs for both."""
-    opts = dict(fsync_policy="os")
-    a, b, c = workers(tmp_path, **opts), workers(tmp_path, **opts), workers(tmp_path, **opts)
-    a("hold", "sync")
-    b.send("put_sync", "kb", "1")
-    c.send("put_sync", "kc", "1")
-    assert b._read() == {"put": True} and c._read() == {"put": True}
+    a, b, c = _two_syncs_behind_a_held_fsync_mutex(tmp_path, workers)
     a.kill()
     assert b.reply() is None and c.reply() is None
     assert b("stats")["fsyncs"] + c("stats")["fsyncs"] == 1

@@ -16,10 +16,10 @@ import ctypes
 import errno
 import os
 import sys
-import time
 
 import pytest
 
+from conftest import wait_for
 from norikv import FsyncPolicy, KvStore, Record, Wal, WalConfig, _engine
 from norikv._engine import segment_name
 
@@ -72,15 +72,6 @@ def needs_cachestat(tmp_path_factory):
         pytest.skip("cachestat(2) is not available (Linux 6.5+)")
 
 
-def _wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
 def _round_up(n):
     return -(-n // PAGE) * PAGE
 
@@ -118,7 +109,7 @@ def test_the_background_fsync_writes_back_the_log_and_leaves_the_pages_past_its_
         wal = _wal(kind, w)
         _write(kind, w, 2000)  # ~250 KB
         path, end = _segment(wal), wal.seg_size
-        assert _wait_for(lambda: not wal.prefault_pending)
+        assert wait_for(lambda: not wal.prefault_pending)
         _, dirty_below, _ = cachestat(path, 0, _round_up(end))
         _, dirty_past, _ = cachestat(path, _round_up(end), 16 * MIB)
         assert dirty_below > 0 and dirty_past > 1000
@@ -139,7 +130,7 @@ def test_the_batch_flusher_covers_every_append(needs_cachestat, tmp_path, kind):
         for _ in range(5):
             _write(kind, w, 500)
             written = wal._lock_state()[0]
-            assert _wait_for(lambda written=written: wal._lock_state()[1] >= written)
+            assert wait_for(lambda written=written: wal._lock_state()[1] >= written)
         # (the page the writer is in is mapped for writing again after each
         # fsync, by _rearm, which marks it dirty: the pages below it)
         end = wal.seg_size
@@ -156,7 +147,7 @@ def test_a_sync_call_stays_a_whole_file_fdatasync(needs_cachestat, tmp_path, kin
     with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:
         wal = _wal(kind, w)
         _write(kind, w, 2000)
-        assert _wait_for(lambda: not wal.prefault_pending)
+        assert wait_for(lambda: not wal.prefault_pending)
         assert cachestat(_segment(wal), 0, 64 * MIB)[1] > 1000
         w.sync()
         assert cachestat(_segment(wal), 0, 64 * MIB)[1:] == (0, 0)

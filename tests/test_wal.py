@@ -7,6 +7,7 @@ import resource
 import pytest
 
 import spec_codec as spec
+from conftest import wait_for
 from norikv import ClosedError, Compression, ConfigError, FsyncPolicy, Position, Record, RecoveryMode, Wal, WalConfig
 
 MIB = 1 << 20
@@ -334,17 +335,6 @@ def test_dir_as_bytes_and_pathlike(tmp_path):
     assert seg_files(tmp_path / "b") == ["000000.wal"]
 
 
-def _wait_for(cond, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
-
-
 def test_batch_policy_syncs_without_further_appends(tmp_path):
     """The background flusher fsyncs a batch window after the last append even
     when no further append comes (nori-wal only synced inside a later append)."""
@@ -352,7 +342,7 @@ def test_batch_policy_syncs_without_further_appends(tmp_path):
         for round_ in range(3):
             wal.append(Record.put(b"k%d" % round_, b"v"))
             written = wal._lock_state()[0]
-            assert _wait_for(lambda written=written: wal._lock_state()[1] >= written), wal._lock_state()
+            assert wait_for(lambda written=written: wal._lock_state()[1] >= written), wal._lock_state()
             assert not wal.dirty
         assert wal.fsync_count >= 3
 
@@ -584,7 +574,7 @@ def test_batch_flusher_fsyncs_while_the_writer_holds_the_gil(tmp_path):
             assert synced is not False, "the flusher did not fsync while the GIL was held"
             if synced is None:  # (it was outside its loop: let it in)
                 written = wal._lock_state()[0]
-                assert _wait_for(lambda written=written: wal._lock_state()[1] >= written)
+                assert wait_for(lambda written=written: wal._lock_state()[1] >= written)
             else:
                 shown += 1
                 if shown == 3:
@@ -598,7 +588,7 @@ def test_batch_flusher_unmaps_what_it_syncs(tmp_path):
         for i in range(1024):  # ~1 MiB
             wal.append(Record.put(b"k%04d" % i, b"v" * 1000))
         written = wal._lock_state()[0]
-        assert _wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+        assert wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
         whole = written - written % 4096
         assert _present_pages(wal._segment_path(wal.seg_id), whole) == 0
 
@@ -640,7 +630,7 @@ def test_batch_flusher_rearms_after_it_syncs(tmp_path):
         for _ in range(3000):
             wal.append(record)
         written = wal._lock_state()[0]
-        assert _wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+        assert wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
         before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         for _ in range(60):  # 15 pages, which the fsync above write-protected
             wal.append(record)
