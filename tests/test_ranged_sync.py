@@ -141,7 +141,7 @@ def test_the_batch_flusher_covers_every_append(needs_cachestat, tmp_path, kind):
 @pytest.mark.parametrize("kind", ["wal", "store"])
 def test_a_sync_call_stays_a_whole_file_fdatasync(needs_cachestat, tmp_path, kind):
     # sync() waits for its fsync. Ranged, each would convert the fallocated
-    # (unwritten) extents it covers in a journal commit of its own: the
+    # (unwritten) extents it covers with a metadata write of its own: the
     # median sync() after 1,000 puts went from ~180 to ~295 us; fdatasync
     # also writes the zeros ahead, which converts them in bulk.
     with _open(kind, tmp_path / "db", FsyncPolicy.OS) as w:
