@@ -36,6 +36,9 @@ cdef class _WalCore:
     # from the start under ALWAYS, from the first sync() that covers less
     # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
     cdef readonly bint small_folios
+    # sync() has been called: under the batch policy the prefault then maps
+    # for reading (segment.pyx, _populate)
+    cdef bint synced_by_caller
 
     # accounting
     cdef readonly uint64_t written_total

@@ -440,6 +440,7 @@ cdef class _WalCore:
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
+        self.synced_by_caller = True
         if self._small_sync(target):
             _use_small_folios(self)
         if self.shm != NULL:

@@ -172,13 +172,25 @@ cdef int _rotate(_WalCore self, uint64_t need) except -1:
     return 0
 
 
+cdef inline bint _prefault_for_write(_WalCore self) noexcept nogil:
+    """Whether the prefault maps pages for writing (dirty at once: the writer
+    takes no fault) or for reading. For writing under OS, and under the
+    batch policy until the first sync() call: its background fsync syncs
+    the log up to its end only, so the dirty zeros ahead are not written,
+    but a sync() is a whole-file fdatasync, which writes them (docs/DESIGN.md,
+    "Syncing a range"). Page-sized folios (a store that syncs small
+    amounts) map for reading."""
+    if self.small_folios:
+        return False
+    return self.policy == POLICY_OS or (self.policy == POLICY_BATCH and not self.synced_by_caller)
+
+
 cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil:
     """Faults in [start, stop) of mapping m, for writing or, in page-sized
     mode, for reading (nk_prefault). Returns 0 or the errno; an errno that
     says the kernel cannot do it turns prefaulting off for the process."""
     global _prefault_supported
-    cdef int err = nk_prefault(m + start, <size_t>(stop - start),
-                               not self.small_folios and self.policy == POLICY_OS)
+    cdef int err = nk_prefault(m + start, <size_t>(stop - start), _prefault_for_write(self))
     if err == EINVAL or err == ENOSYS or err == EOPNOTSUPP:
         _prefault_supported = False
     return err
