@@ -121,7 +121,6 @@ cdef extern from "shared.h" nogil:
     uint32_t nk_shm_sync_seq(nk_shm *s)
     void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout)
     void nk_shm_sync_wake(nk_shm *s)
-    int nk_shm_trylock(pthread_mutex_t *m, int *dead)
     int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)
     int nk_shm_trylock(pthread_mutex_t *m, int *dead)
     int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead)

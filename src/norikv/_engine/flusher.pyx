@@ -44,12 +44,23 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
     mapped for writing after (_rearm). Returns 0, an errno or a code of
     _flusher_loop's."""
     cdef uint64_t target = nk_load_acquire_u64(&self.written_total)
-    cdef double t0 = _now_monotonic(), dt = 0
-    cdef int err = 0, status
-    cdef uint64_t seg = 0
+    cdef int res
     if self.shm == NULL and self._small_sync(target):
         return _FLUSH_NEEDS_GIL             # _use_small_folios may seal the segment
     _unmap_behind(self)
+    res = _background_fsync(self, target)
+    if res == 0:
+        _rearm(self)
+    return res
+
+
+cdef int _background_fsync(_WalCore self, uint64_t target) noexcept nogil:
+    """The background thread's fsync up to target: of the log up to its end
+    only (ranged: nk_sync_range). A failure poisons the Wal at its next call
+    (bg_err). Returns 0, an errno or a code of _flusher_loop's."""
+    cdef double t0 = _now_monotonic(), dt = 0
+    cdef int err = 0, status
+    cdef uint64_t seg = 0
     if self.shm != NULL:
         status = _shared_fsync(self, target, True, &seg, &err)
         if status == _SYNC_FAILED:
@@ -60,20 +71,16 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
             return _FLUSH_NEEDS_GIL         # (sync() raises)
         _note_synced(self)
         _settle_dirty(self, t0)
-    else:
-        status = self._sync_nogil(target, True, &t0, &dt, &err)
-        if status == _SYNC_FAILED:
-            self.bg_err = err
-            self.broken = True              # (before the turn ends: nobody syncs, and succeeds, meanwhile)
-            self._end_sync_turn(0)
-            return err
-        if status == _SYNC_UNUSABLE:
-            return -1
-        if status == _SYNC_DONE:
-            _settle_dirty(self, t0)
-        else:
-            _settle_dirty(self, _now_monotonic())
-    _rearm(self)
+        return 0
+    status = self._sync_nogil(target, True, &t0, &dt, &err)
+    if status == _SYNC_FAILED:
+        self.bg_err = err
+        self.broken = True                  # (before the turn ends: nobody syncs, and succeeds, meanwhile)
+        self._end_sync_turn(0)
+        return err
+    if status == _SYNC_UNUSABLE:
+        return -1
+    _settle_dirty(self, t0 if status == _SYNC_DONE else _now_monotonic())
     return 0
 
 
@@ -123,23 +130,13 @@ def _test_synced_with_gil_held(_WalCore wal, double timeout):
 
 
 def _test_background_sync(_WalCore wal):
-    """Test hook: the background thread's kind of fsync (the log up to its
-    end only), run now in this thread; raises WalFailedError if it failed."""
-    cdef uint64_t target = nk_load_acquire_u64(&wal.written_total)
-    cdef uint64_t seg = 0
-    cdef double t0 = 0, dt = 0
-    cdef int err = 0, status
+    """Test hook: the background thread's fsync (_background_fsync) of
+    everything appended, run now in this thread; raises as the Wal's next
+    call would after a failed one."""
+    cdef int res
     wal._check_usable()
     with nogil:
-        if wal.shm != NULL:
-            status = _shared_fsync(wal, target, True, &seg, &err)
-        else:
-            status = wal._sync_nogil(target, True, &t0, &dt, &err)
-    if status == _SYNC_FAILED:
-        try:
-            wal._poison(err, wal._segment_path(wal.seg_id if wal.shm == NULL else seg), "fdatasync")
-        finally:
-            if wal.shm == NULL:
-                wal._end_sync_turn(0)
-    if wal.shm != NULL:
-        _note_synced(wal)
+        res = _background_fsync(wal, nk_load_acquire_u64(&wal.written_total))
+    wal._check_usable()
+    if res:
+        raise RuntimeError(f"the background fsync did not run here ({res})")

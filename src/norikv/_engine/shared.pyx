@@ -450,23 +450,42 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
     it too, `ranged`: the log up to its end only, nk_sync_range). Returns
     _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg set: the fsync
     failed, SHM is poisoned, or the segment would not open) or
-    _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed). A published
-    segment this process has not switched to yet is opened by name."""
-    cdef nk_pub p
-    cdef int dead, fd
-    cdef int status = _SYNC_COVERED
-    cdef char name[32]
-    cdef uint8_t *m
-    cdef uint32_t seq
+    _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed)."""
+    cdef int status
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
-    while NK_SHM_SYNC_FUTEX:
-        # another process's fsync is running: wait for its end with the
-        # other waiters (nk_shm_sync_wait), then lead unless covered
+    status = _take_smutex(self, target, err)
+    if status != _SYNC_LEAD:
+        return status
+    if nk_load_acquire_u64(&self.shm.synced_total) >= target:
+        status = _SYNC_COVERED
+    elif self.shm.poisoned:
+        status = _SYNC_UNUSABLE
+    else:
+        status = _fsync_newest(self, ranged, seg, err)
+    pthread_mutex_unlock(&self.shm.smutex)
+    nk_shm_sync_wake(self.shm)
+    return status
+
+
+cdef int _take_smutex(_WalCore self, uint64_t target, int *err) noexcept nogil:
+    """Takes smutex to lead the fsync (_SYNC_LEAD), unless another process's
+    fsync covers target meanwhile (_SYNC_COVERED) or SHM is unusable
+    (_SYNC_UNUSABLE: poisoned, or err set). On Linux a process that finds it
+    taken does not queue on it: it waits with the others on sync_seq, which
+    the leader wakes once after its fsync, then returns if covered or tries
+    again (at least every _SYNC_WAIT_SLICE_US: a leader that died wakes
+    nobody, and the mutex then says it died)."""
+    cdef int dead
+    cdef uint32_t seq
+    if not NK_SHM_SYNC_FUTEX:
+        err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
+        return _SYNC_UNUSABLE if err[0] else _SYNC_LEAD
+    while True:
         seq = nk_shm_sync_seq(self.shm)
         err[0] = nk_shm_trylock(&self.shm.smutex, &dead)
         if err[0] != EBUSY:
-            break
+            return _SYNC_UNUSABLE if err[0] else _SYNC_LEAD
         if nk_load_acquire_u64(&self.shm.synced_total) >= target:
             return _SYNC_COVERED
         if self.shm.poisoned:
@@ -475,47 +494,41 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
         nk_shm_sync_wait(self.shm, seq, _SYNC_WAIT_SLICE_US * 1e-6)
         if nk_load_acquire_u64(&self.shm.synced_total) >= target:
             return _SYNC_COVERED
-    else:
-        err[0] = nk_shm_lock(&self.shm.smutex, -1.0, &dead)
-    if err[0]:
-        return _SYNC_UNUSABLE
-    if nk_load_acquire_u64(&self.shm.synced_total) < target:
-        if self.shm.poisoned:
-            status = _SYNC_UNUSABLE
-        else:
-            PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
-            nk_shm_read(self.shm, &p)
-            while True:
-                if p.seg_id == self.seg_id and self.seg_fd >= 0:
-                    m = self.map if ranged else NULL
-                    status = _fsync_published(self, self.seg_fd, m, &p, seg, err)
-                    break
-                nk_segment_name(name, sizeof(name), p.seg_id)
-                fd = openat(self.dir_fd, name, O_RDONLY | O_CLOEXEC)
-                if fd >= 0:
-                    status = _fsync_published(self, fd, NULL, &p, seg, err)
-                    c_close(fd)
-                    break
-                err[0] = errno
-                seg[0] = p.seg_id
-                status = _SYNC_FAILED
-                # A compaction (another process's, or this one's while this
-                # thread waited) sealed the segment, which fsynced it, and
-                # deleted it: the log goes on in a newer one.
-                if err[0] != ENOENT or not _published_moved_on(self, &p):
-                    break
-            PyThread_release_lock(self.io_lock)
-    pthread_mutex_unlock(&self.shm.smutex)
-    nk_shm_sync_wake(self.shm)
+
+
+cdef int _fsync_newest(_WalCore self, bint ranged, uint64_t *seg, int *err) noexcept nogil:
+    """With smutex held: _fsync_published of the newest published segment,
+    this process's active one (through its mapping when ranged) or another
+    opened by name. One that is gone was sealed (which fsynced it) and
+    deleted by a compaction, another process's or this one's while this
+    thread waited: the log goes on in a newer one."""
+    cdef nk_pub p
+    cdef uint64_t gone
+    cdef int fd, status
+    cdef char name[32]
+    cdef uint8_t *m = self.map if ranged else NULL
+    PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
+    nk_shm_read(self.shm, &p)
+    while True:
+        if p.seg_id == self.seg_id and self.seg_fd >= 0:
+            status = _fsync_published(self, self.seg_fd, m, &p, seg, err)
+            break
+        nk_segment_name(name, sizeof(name), p.seg_id)
+        fd = openat(self.dir_fd, name, O_RDONLY | O_CLOEXEC)
+        if fd >= 0:
+            status = _fsync_published(self, fd, NULL, &p, seg, err)
+            c_close(fd)
+            break
+        err[0] = errno
+        seg[0] = gone = p.seg_id
+        status = _SYNC_FAILED
+        if err[0] != ENOENT:
+            break
+        nk_shm_read(self.shm, &p)
+        if p.seg_id <= gone:
+            break
+    PyThread_release_lock(self.io_lock)
     return status
-
-
-cdef bint _published_moved_on(_WalCore self, nk_pub *p) noexcept nogil:
-    """Reads SHM's publication into p again: True if it names a later
-    segment than p did."""
-    cdef uint64_t was = p.seg_id
-    nk_shm_read(self.shm, p)
-    return p.seg_id > was
 
 
 cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t *seg, int *err) noexcept nogil:
