@@ -90,13 +90,13 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
     cdef double now, wait_until, busy_at = _now_monotonic()
     cdef double linger = 2 * self.window if self.policy == POLICY_BATCH else 0
     cdef int res
+    cdef bint dirty
     while True:
         if self.bg_stop or self.closed:
             return 0
-        if self.prefault_pending:
-            _prefault_loop(self)
         now = _now_monotonic()
-        if self.dirty:
+        dirty = self.dirty
+        if dirty:
             wait_until = self.dirty_since + self.window
             if wait_until <= now:
                 res = _fsync_batch(self)
@@ -104,7 +104,10 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
                     return res
                 busy_at = _now_monotonic()
                 continue
-        else:
+        if self.prefault_pending:
+            _prefault_loop(self)            # (returns early when an fsync falls due)
+            continue
+        if not dirty:
             wait_until = busy_at + linger
             if wait_until <= now:
                 return 0
@@ -140,3 +143,27 @@ def _test_background_sync(_WalCore wal):
     wal._check_usable()
     if res:
         raise RuntimeError(f"the background fsync did not run here ({res})")
+
+
+def _test_prefault(_WalCore wal, bint fsync_overdue):
+    """Test hook: the background thread's prefault (_prefault_loop), run now
+    in this thread as if the writer had just asked for it, from the log's
+    end; with fsync_overdue, the batch window of the oldest unsynced append
+    has run out (dirty_since moved back). Returns (the log's end, how far
+    the mapping is faulted in after, whether the prefault is still pending)."""
+    cdef uint64_t end
+    wal._check_usable()
+    if wal.fork_gen != _fork_generation or wal.map == NULL:
+        raise RuntimeError("no mapping of this process to prefault")
+    if fsync_overdue:
+        if not wal.dirty:
+            raise RuntimeError("nothing unsynced: no fsync can be due")
+        wal.dirty_since = _now_monotonic() - 2 * wal.window - 1
+    with nogil:
+        wal._lock_map_nogil()
+        end = wal.seg_size
+        wal.populated = end
+        wal.prefault_pending = True
+        wal._unlock_map()
+        _prefault_loop(wal)
+    return end, wal.populated, wal.prefault_pending

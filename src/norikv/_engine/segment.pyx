@@ -222,10 +222,25 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1:
     return 0
 
 
+cdef inline bint _fsync_due(_WalCore self) noexcept nogil:
+    """Whether the batch policy's window for the oldest unsynced append has
+    run out (read without the GIL: a stale value only delays by a step)."""
+    return self.policy == POLICY_BATCH and self.dirty and self.dirty_since + self.window <= _now_monotonic()
+
+
 cdef void _prefault_loop(_WalCore self) noexcept nogil:
+    """Faults in the mapping up to _PREFAULT_AHEAD past the end the log had
+    when called, in steps of _PREFAULT_STEP, then returns; the writer asks
+    again once the lead falls under _PREFAULT_AHEAD - _PREFAULT_REFILL
+    (_WalCore._commit). The target is fixed per call: recomputed at each step,
+    it chased the writer a few pages per madvise (7,000 calls for 120 MB,
+    small folios) and kept the thread from its fsyncs for as long as the
+    writer ran. Returns early, still pending, when a batch fsync falls due
+    (_flusher_loop runs it, then calls back)."""
     cdef uint64_t page = nk_page_size()
-    cdef uint64_t start, stop, target
+    cdef uint64_t start, stop, target = 0
     cdef uint8_t *m
+    cdef uint8_t *targeted = NULL
     while True:
         self._lock_map_nogil()
         m = self.map
@@ -235,7 +250,10 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
         # next step would round down and fault the same bytes forever).
         # seg_size is read without the GIL: a stale value only moves the
         # target; `populated` is a hint for _reserve, never past alloc.
-        target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
+        # A new mapping (the next segment) gets a target of its own.
+        if m != targeted:
+            target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
+            targeted = m
         if target > self.alloc:
             target = self.alloc
         start = self.populated if self.populated > self.seg_size else self.seg_size
@@ -251,6 +269,8 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
             break
         self.populated = stop
         self._unlock_map()
+        if _fsync_due(self):
+            return
     self.prefault_pending = False
     self._unlock_map()
 

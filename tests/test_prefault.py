@@ -1,0 +1,108 @@
+"""The background thread's prefault: it faults the active segment's mapping
+in ahead of the writer, up to 16 MiB past the log's end as it was when the
+writer asked, in 1 MiB steps, and then stops until the writer asks again
+(the lead fell under 14 MiB); under the batch policy it steps aside as soon
+as an fsync falls due (segment.pyx, _prefault_loop).
+
+The bug these tests pin down: the target was recomputed at each step, so
+while a writer ran the thread chased it a few pages per madvise (7,000 calls
+for 120 MB) and, under the batch policy, did no fsync until the writer
+paused: 63-96 fsyncs a second under batch(0.005) instead of about 200."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import wait_for
+from norikv import FsyncPolicy, Position, Record, Wal, WalConfig, _engine
+
+MIB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+AHEAD = 16 * MIB  # _PREFAULT_AHEAD (segment.pxd)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefaulting is Linux-only")
+
+
+def _open(path, policy):
+    return Wal.open(WalConfig(dir=str(path), max_segment_size=64 * MIB, fsync_policy=policy))[0]
+
+
+def _fill(wal, n=2000):
+    for i in range(n):
+        wal.append(Record.put(b"k%06d" % i, b"v" * 100))
+
+
+def _settled(wal):
+    """The thread's own prefault after the appends has finished."""
+    assert wait_for(lambda: not wal.prefault_pending)
+
+
+def test_the_prefault_fills_the_lead_from_the_end_it_was_asked_at(tmp_path):
+    wal = _open(tmp_path / "db", FsyncPolicy.OS)
+    try:
+        _fill(wal)
+        _settled(wal)
+        end, populated, pending = _engine._test_prefault(wal, False)
+        assert not pending
+        assert populated == -(-(end + AHEAD) // PAGE) * PAGE
+    finally:
+        wal.close()
+
+
+def test_the_prefault_steps_aside_for_a_due_batch_fsync(tmp_path):
+    # The longest window: the thread's own fsync of the last append is a
+    # second away.
+    wal = _open(tmp_path / "db", FsyncPolicy.batch(1.0))
+    try:
+        _fill(wal)
+        _settled(wal)
+        wal.sync()
+        wal.append(Record.put(b"k001999", b"v" * 100))
+        end, populated, pending = _engine._test_prefault(wal, True)
+        assert pending  # (the flusher loop fsyncs, then calls it again)
+        assert end < populated <= end - end % PAGE + MIB  # one step
+        # Once nothing is due, it goes on to the full lead.
+        wal.sync()
+        end, populated, pending = _engine._test_prefault(wal, False)
+        assert not pending and populated >= end + AHEAD - PAGE
+        assert [r.key for r, _ in wal.read_from(Position(0, 0))][-2:] == [b"k001999", b"k001999"]
+    finally:
+        wal.close()
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from norikv import FsyncPolicy, Record, Wal, WalConfig
+    wal = Wal.open(WalConfig(dir=sys.argv[1], max_segment_size=256 << 20, fsync_policy=FsyncPolicy.OS))[0]
+    value = b"v" * 1000
+    for i in range(int(sys.argv[2])):
+        wal.append(Record.put(b"k%08d" % i, value))
+    wal.close()
+    """
+)
+
+
+def test_a_running_writer_costs_the_prefault_a_few_madvise_calls_per_mib(tmp_path):
+    """Counted with strace: MADV_POPULATE_WRITE calls while a writer appends
+    64 MiB as fast as it can. Steps of 1 MiB and a refill every 2 MiB make
+    at most 2 per MiB, and the lead at the start 16 more."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install -y strace)")
+    out = tmp_path / "trace"
+    n = 64 * MIB // 1024
+    cmd = [strace, "-f", "-e", "trace=madvise", "-o", str(out)]
+    cmd += [sys.executable, "-c", _WRITER, str(tmp_path / "db"), str(n)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "ptrace" in r.stderr:
+        pytest.skip(f"strace cannot trace here: {r.stderr[-300:]!r}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    calls = sum("MADV_POPULATE_WRITE" in line for line in out.read_text().splitlines())
+    assert 0 < calls <= 2 * 64 + 16 + 8, calls
