@@ -378,12 +378,15 @@ _MEMORY_SCRIPT = textwrap.dedent("""
                     return int(line.split()[1]) * 1024
 
     def wal_maps(wal_dir):
+        # Segment files only: SHM (the many-process state in the same
+        # directory) stays mapped until the Wal object is freed, by design.
         out = []
         with open("/proc/self/maps") as f:
             for line in f:
                 parts = line.split(None, 5)
-                if len(parts) == 6 and parts[5].strip().startswith(wal_dir):
-                    out.append(parts[5].strip())
+                name = parts[5].strip() if len(parts) == 6 else ""
+                if name.startswith(wal_dir) and name.endswith(".wal"):
+                    out.append(name)
         return out
 
     path = sys.argv[1]
