@@ -219,6 +219,21 @@ def test_reopen_continues_where_it_left(tmp_path):
     assert len(spec.read_dir(tmp_path)) == 11
 
 
+@pytest.mark.parametrize("preallocate", [True, False])
+def test_a_reopened_active_segment_is_allocated_whole_again(tmp_path, preallocate):
+    # close() truncates the active segment to its records; the first append
+    # after a reopen allocates the whole segment again, as a new segment is
+    # (it grew a MiB at a time: an fallocate per MiB, the prefault held to it).
+    conf = cfg(tmp_path, max_segment_size=8 * MIB, preallocate=preallocate)
+    with Wal.open(conf)[0] as wal:
+        end = wal.append(Record.put(b"a", b"1")).offset + len(Record.put(b"a", b"1").encode())
+    assert size_of(tmp_path, 0) == end
+    with Wal.open(conf)[0] as wal:
+        wal.append(Record.put(b"b", b"2"))
+        assert size_of(tmp_path, 0) == (8 * MIB if preallocate else MIB)
+    assert [r.key for _, _, r in spec.read_dir(tmp_path)] == [b"a", b"b"]
+
+
 def test_preallocate_false(tmp_path):
     with Wal.open(cfg(tmp_path, preallocate=False))[0] as wal:
         ps = [wal.append(Record.put(b"k", os.urandom(5000))) for _ in range(300)]

@@ -124,3 +124,41 @@ def test_full_disk_enospc_then_resume(tmpfs, policy):
             assert store.get(b"after%04d" % j) == (b"%08d" % j) * 512
         assert store.get(b"again0") is None
         assert len(store) == acked + 100
+
+
+REOPENED = r"""
+import errno, json, os, sys
+from norikv import KvStore, FsyncPolicy
+path = os.path.join(sys.argv[1], "store")
+kw = dict(fsync_policy=FsyncPolicy.OS, max_segment_size=64 << 20, auto_compact=False)
+with KvStore.open(path, **kw) as store:
+    store.put(b"first", b"x")
+out = {"acked": 0, "errno": None}
+with KvStore.open(path, **kw) as store:
+    i = 0
+    try:
+        while i < 100000:
+            store.put(b"key%06d" % i, (b"%08d" % i) * 512)
+            i += 1
+    except OSError as exc:
+        out["errno"] = exc.errno
+    out["acked"] = i
+print(json.dumps(out))
+"""
+
+
+def test_a_disk_too_small_for_a_whole_segment_takes_writes_in_steps(tmpfs):
+    # A reopened active segment is allocated whole again (64 MiB here); on a
+    # 4 MiB disk that fails, and the allocation falls back to 1 MiB steps,
+    # then to what each append needs, until the disk is really full.
+    proc = run_py(REOPENED, args=[tmpfs], timeout=120)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["errno"] == errno.ENOSPC, out
+    assert 600 < out["acked"] <= 1024, out  # 4 KiB values: most of the 4 MiB used
+    with KvStore.open(
+        os.path.join(tmpfs, "store"), fsync_policy=FsyncPolicy.OS, max_segment_size=64 << 20, auto_compact=False
+    ) as store:
+        assert store.get(b"first") == b"x"
+        for i in range(out["acked"]):
+            assert store.get(b"key%06d" % i) == (b"%08d" % i) * 512, i
