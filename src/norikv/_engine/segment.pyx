@@ -246,6 +246,7 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
     cdef uint64_t start, stop, target = 0
     cdef uint8_t *m
     cdef uint8_t *targeted = NULL
+    cdef uint64_t targeted_seg = 0
     while True:
         self._lock_map_nogil()
         m = self.map
@@ -255,10 +256,12 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
         # next step would round down and fault the same bytes forever).
         # seg_size is read without the GIL: a stale value only moves the
         # target; `populated` is a hint for _reserve, never past alloc.
-        # A new mapping (the next segment) gets a target of its own.
-        if m != targeted:
+        # The next segment (or the active one mapped anew) gets a target of
+        # its own; its mapping may reuse the old address, so the id counts.
+        if m != targeted or self.seg_id != targeted_seg:
             target = _round_up(self.seg_size + _PREFAULT_AHEAD, page)
             targeted = m
+            targeted_seg = self.seg_id
         if target > self.alloc:
             target = self.alloc
         start = self.populated if self.populated > self.seg_size else self.seg_size
