@@ -146,3 +146,50 @@ def test_failed_directory_fsync_after_rename_poisons(shim_path, tmp_path):
     assert out["same"] is True
     with open(tmp_path / "faults.log") as f:
         assert f.read().split()[0] == "fsync"
+
+
+HELD_UNLINK = r"""
+import json, os, sys, threading
+from norikv import KvStore, FsyncPolicy
+base, control, held, hold = sys.argv[1:5]
+store = KvStore.open(base, fsync_policy=FsyncPolicy.OS, auto_compact=False, max_segment_size=1 << 20)
+for r in range(4):                                # several segments, mostly dead
+    for i in range(2000):
+        store.put(b"k%05d" % i, b"%d" % r * 200)
+open(control, "w").close()                        # arm: the next unlink is held
+done = {}
+t = threading.Thread(target=lambda: done.update(store.compact()))
+t.start()
+with open(held, "rb") as f:                       # the compaction is inside unlink(2) now
+    f.read(1)
+# This thread needs the GIL to get here and to do this: only if the
+# compaction released it around unlink.
+store.put(b"during", b"the unlink")
+got = store.get(b"k00001")
+with open(hold, "wb") as f:
+    f.write(b"x")
+t.join()
+os.unlink(control)
+out = {"got": got.decode(), "during": store.get(b"during").decode(), "deleted": done.get("segments_deleted")}
+store.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_compaction_deletes_segments_without_holding_the_gil(shim_path, tmp_path):
+    # Deleting a large segment frees its extents (33 ms for 128 MiB on this
+    # VM): the unlink runs without the GIL, so the store's other threads go on.
+    # With the GIL held across it, this subprocess deadlocks and times out.
+    import os
+
+    control, held, hold = (str(tmp_path / n) for n in ("armed", "held", "hold"))
+    os.mkfifo(held)
+    os.mkfifo(hold)
+    base = tmp_path / "db"
+    env = shim_env(shim_path, "unlink", control=control)
+    env.update(FAULTSHIM_ACTION="hold", FAULTSHIM_HELD=held, FAULTSHIM_HOLD=hold)
+    proc = run_py(HELD_UNLINK, args=[str(base), control, held, hold], env=env, timeout=60)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["got"] == "3" * 200 and out["during"] == "the unlink", out
+    assert out["deleted"] >= 1, out

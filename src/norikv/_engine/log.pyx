@@ -13,7 +13,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
                                PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
-from posix.unistd cimport close as c_close, unlink
+from posix.unistd cimport close as c_close
 
 import os
 
@@ -491,13 +491,14 @@ cdef class _WalCore:
     def _delete_segments(self, list ids):
         """Deletes the segments ``ids`` in order, each deletion made durable
         before the next (compaction, delete_segments_before)."""
-        cdef int n = 0
+        cdef int n = 0, err
         self._check_usable()
         for seg in ids:
             path = self._segment_path(seg)
-            if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
-                raise io_error(errno, path, "unlink")
-            unlink(os.fsencode(path[:len(path) - 4] + ".hint"))     # values="disk"'s, if any
+            err = _unlink(path)
+            if err != 0 and err != ENOENT:
+                raise io_error(err, path, "unlink")
+            _unlink(path[:len(path) - 4] + ".hint")     # values="disk"'s, if any
             self.seg_sizes.pop(seg, None)
             self._sync_dir(True)
             n += 1

@@ -8,3 +8,7 @@ cdef dict _open_dirs
 
 # LOCK's content: the holder's pid (information for LockError; the flock is the lock)
 cdef void _write_lock_file_pid(int fd) noexcept
+
+
+# unlink(2) without the GIL: 0 or the errno
+cdef int _unlink(str path) noexcept

@@ -4,7 +4,22 @@
 
 import os
 
+from posix.unistd cimport unlink
+
 from norikv.errors import NoriIOError, io_error
+
+
+cdef int _unlink(str path) noexcept:
+    """unlink(2) of path without the GIL; 0 or the errno. Deleting a large
+    segment frees its extents (33 ms for 128 MiB on this VM, with discard):
+    with the GIL held, every thread of the process waited."""
+    cdef bytes b = os.fsencode(path)
+    cdef const char *c = b
+    cdef int err = 0
+    with nogil:
+        if unlink(c) != 0:
+            err = errno
+    return err
 
 
 def segment_name(uint64_t seg_id):

@@ -5,7 +5,7 @@
 # fallocate before any byte is stored through the mapping, so a full disk is
 # an ENOSPC from fallocate, never a SIGBUS.
 
-from posix.unistd cimport close as c_close, ftruncate, unlink
+from posix.unistd cimport close as c_close, ftruncate
 from posix.fcntl cimport open as c_open, O_RDWR, O_CREAT, O_EXCL, O_CLOEXEC
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from posix.stat cimport struct_stat, fstat
@@ -117,7 +117,7 @@ cdef int _create_segment(_WalCore self, uint64_t need) except -1:
     except BaseException:
         c_close(fd)
         self.seg_fd = -1
-        unlink(os.fsencode(path))
+        _unlink(path)
         raise
     self.next_seg_id = seg_id + 1
     self._sync_dir(True)

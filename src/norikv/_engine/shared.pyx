@@ -20,7 +20,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
-from posix.unistd cimport close as c_close, getpid, unlink
+from posix.unistd cimport close as c_close, getpid
 from posix.fcntl cimport open as c_open, openat, O_RDONLY, O_RDWR, O_CREAT, O_CLOEXEC
 from posix.stat cimport struct_stat, fstat
 
@@ -389,14 +389,16 @@ cdef int _repair(_WalCore self) except -1:
     cdef nk_pub p
     cdef struct_stat st
     cdef uint64_t end
+    cdef int err
     nk_shm_read(self.shm, &p)
     self.shm.owner_deaths += 1
     removed = False
     for seg in list_segments(self.dir):
         if seg > p.seg_id:
             path = self._segment_path(seg)
-            if unlink(os.fsencode(path)) != 0 and errno != ENOENT:
-                raise io_error(errno, path, "unlink")
+            err = _unlink(path)
+            if err != 0 and err != ENOENT:
+                raise io_error(err, path, "unlink")
             removed = True
     if removed:
         self._sync_dir(True)

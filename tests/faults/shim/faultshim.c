@@ -19,7 +19,12 @@
  *   FAULTSHIM_LOG      a file to which one line per injected fault is appended
  *   FAULTSHIM_ACTION   "fail" (default) or "kill": perform the call, then
  *                      SIGKILL the process (a crash right after that call;
- *                      with FAULTSHIM_AFTER=n, after the n+1-th matching call)
+ *                      with FAULTSHIM_AFTER=n, after the n+1-th matching call);
+ *                      or "hold": the n+1-th matching call (only that one)
+ *                      first writes a byte into the FIFO FAULTSHIM_HELD, then
+ *                      waits for a byte from the FIFO FAULTSHIM_HOLD, then
+ *                      runs (what another thread can do meanwhile: whether
+ *                      the caller released the GIL around the call)
  *
  * Calls that can be named: fsync, fdatasync, write, pwrite, msync, fallocate,
  * ftruncate, unlink (also unlinkat), rename (also renameat), pread (also
@@ -54,6 +59,9 @@ static const char *logpath;
 static long after;
 static long matched;
 static int kill_mode;
+static int hold_mode;
+static const char *held_fifo;
+static const char *hold_fifo;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned parse_ops(const char *s) {
@@ -108,6 +116,9 @@ static void init(void) {
     logpath = getenv("FAULTSHIM_LOG");
     if ((s = getenv("FAULTSHIM_AFTER"))) after = atol(s);
     if ((s = getenv("FAULTSHIM_ACTION")) && !strcmp(s, "kill")) kill_mode = 1;
+    if (s && !strcmp(s, "hold")) hold_mode = 1;
+    held_fifo = getenv("FAULTSHIM_HELD");
+    hold_fifo = getenv("FAULTSHIM_HOLD");
 }
 
 static int fd_matches(int fd) {
@@ -143,17 +154,41 @@ static int should_fail(unsigned op, const char *name, int fd) {
     if (!(armed_ops() & op)) { errno = saved; return 0; }
     if (fd >= 0 && !fd_matches(fd)) { errno = saved; return 0; }
     pthread_mutex_lock(&mu);
-    if (matched++ >= after) fail = 1;
+    if (hold_mode ? matched++ == after : matched++ >= after) fail = 1;
     pthread_mutex_unlock(&mu);
     if (fail) log_fault(name, fd);
     errno = saved;
     return fail;
 }
 
-/* In kill mode a matching call is performed, then the process dies. */
+/* Hold mode: says through FAULTSHIM_HELD that the call is held, and waits
+   for a byte on FAULTSHIM_HOLD before the caller performs it. */
+static void hold(void) {
+    static int (*real_open)(const char *, int, ...);
+    static ssize_t (*real_read)(int, void *, size_t);
+    static ssize_t (*real_write)(int, const void *, size_t);
+    char c = 'h';
+    int fd, saved = errno;
+    if (!real_open) real_open = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
+    if (!real_read) real_read = (ssize_t (*)(int, void *, size_t))dlsym(RTLD_NEXT, "read");
+    if (!real_write) real_write = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    if (held_fifo && (fd = real_open(held_fifo, O_WRONLY | O_CLOEXEC)) >= 0) {
+        (void)real_write(fd, &c, 1);
+        close(fd);
+    }
+    if (hold_fifo && (fd = real_open(hold_fifo, O_RDONLY | O_CLOEXEC)) >= 0) {
+        (void)real_read(fd, &c, 1);
+        close(fd);
+    }
+    errno = saved;
+}
+
+/* In kill mode a matching call is performed, then the process dies; in hold
+   mode it waits (hold), then is performed. */
 #define FAIL_OR_KILL(op, name, fd, failexpr, call) \
     do { \
         if (should_fail(op, name, fd)) { \
+            if (hold_mode) { hold(); break; } \
             if (kill_mode) { __typeof__(call) r_ = call; (void)r_; kill(getpid(), SIGKILL); } \
             failexpr; \
         } \
@@ -238,6 +273,7 @@ int ftruncate64(int fd, off_t len) {
 int unlink(const char *path) {
     REAL(int, "unlink", const char *);
     if (should_fail(OP_UNLINK, "unlink", -1)) {
+        if (hold_mode) { hold(); return real(path); }
         if (kill_mode) { real(path); kill(getpid(), SIGKILL); }
         errno = fail_errno; return -1;
     }
@@ -247,6 +283,7 @@ int unlink(const char *path) {
 int unlinkat(int dirfd, const char *path, int flags) {
     REAL(int, "unlinkat", int, const char *, int);
     if (should_fail(OP_UNLINK, "unlinkat", -1)) {
+        if (hold_mode) { hold(); return real(dirfd, path, flags); }
         if (kill_mode) { real(dirfd, path, flags); kill(getpid(), SIGKILL); }
         errno = fail_errno; return -1;
     }
