@@ -126,7 +126,10 @@ cdef int _create_segment(_WalCore self, uint64_t need) except -1:
 
 cdef int _finalize_active(_WalCore self) except -1:
     """fsyncs the active segment, truncates it to its logical size, closes it.
-    The caller holds io_lock."""
+    The caller holds io_lock. The first sync covers the log's bytes only
+    (nk_sync_range): fdatasync would also write the zeros mapped for writing
+    ahead of the writer (up to _PREFAULT_AHEAD), which the truncation then
+    drops; the second makes the new size durable."""
     cdef int err = 0
     cdef int fd = self.seg_fd
     cdef uint64_t size = self.seg_size
@@ -135,7 +138,7 @@ cdef int _finalize_active(_WalCore self) except -1:
         return 0
     with nogil:
         t0 = _now_monotonic()
-        err = nk_sync_data(fd, self.map, size)
+        err = nk_sync_range(fd, self.map, size)
         if err == 0 and ftruncate(fd, <long>size) != 0:
             err = errno
         if err == 0:
