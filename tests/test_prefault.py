@@ -1,8 +1,9 @@
 """The background thread's prefault: it faults the active segment's mapping
-in ahead of the writer, up to 16 MiB past the log's end as it was when the
-writer asked, in 1 MiB steps, and then stops until the writer asks again
-(the lead fell under 14 MiB); under the batch policy it steps aside as soon
-as an fsync falls due (segment.pyx, _prefault_loop).
+in ahead of the writer, up to its lead past the log's end as it was when
+the writer asked, in 1 MiB steps, then doubles the lead (2 MiB at first, at
+most 16 MiB) and stops until the writer asks again (it wrote an eighth of
+the lead); under the batch policy it steps aside as soon as an fsync falls
+due (segment.pyx, _prefault_loop).
 
 The bug these tests pin down: the target was recomputed at each step, so
 while a writer ran the thread chased it a few pages per madvise (7,000 calls
@@ -24,7 +25,8 @@ from norikv import FsyncPolicy, Position, Record, Wal, WalConfig, _engine
 
 MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
-AHEAD = 16 * MIB  # _PREFAULT_AHEAD (segment.pxd)
+AHEAD = 16 * MIB  # _PREFAULT_AHEAD (segment.pxd): the longest lead
+FIRST = 2 * MIB  # _PREFAULT_REFILL: the lead of a Wal just opened
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefaulting is Linux-only")
 
@@ -48,9 +50,24 @@ def test_the_prefault_fills_the_lead_from_the_end_it_was_asked_at(tmp_path):
     try:
         _fill(wal)
         _settled(wal)
-        end, populated, pending = _engine._test_prefault(wal, False)
-        assert not pending
-        assert populated == -(-(end + AHEAD) // PAGE) * PAGE
+        end, lead, populated, pending = _engine._test_prefault(wal, False)
+        assert not pending and FIRST <= lead <= AHEAD
+        assert populated == -(-(end + lead) // PAGE) * PAGE
+    finally:
+        wal.close()
+
+
+def test_the_lead_starts_small_and_doubles_up_to_16_mib(tmp_path):
+    # One put in a store just opened faults in 2 MiB of zeros, not 16 (which
+    # a close() then has to drop, and which an open store holds meanwhile).
+    wal = _open(tmp_path / "db", FsyncPolicy.OS)
+    try:
+        wal.append(Record.put(b"k", b"v"))
+        _settled(wal)
+        leads = [_engine._test_prefault(wal, False)[1] for _ in range(5)]
+        assert leads[0] <= 2 * FIRST  # (the thread's own prefault of the append may have doubled it once)
+        assert all(b == min(2 * a, AHEAD) for a, b in zip(leads, leads[1:])), leads
+        assert leads[-1] == AHEAD
     finally:
         wal.close()
 
@@ -64,13 +81,13 @@ def test_the_prefault_steps_aside_for_a_due_batch_fsync(tmp_path):
         _settled(wal)
         wal.sync()
         wal.append(Record.put(b"k001999", b"v" * 100))
-        end, populated, pending = _engine._test_prefault(wal, True)
+        end, _, populated, pending = _engine._test_prefault(wal, True)
         assert pending  # (the flusher loop fsyncs, then calls it again)
         assert end < populated <= end - end % PAGE + MIB  # one step
         # Once nothing is due, it goes on to the full lead.
         wal.sync()
-        end, populated, pending = _engine._test_prefault(wal, False)
-        assert not pending and populated >= end + AHEAD - PAGE
+        end, lead, populated, pending = _engine._test_prefault(wal, False)
+        assert not pending and populated >= end + lead - PAGE
         assert [r.key for r, _ in wal.read_from(Position(0, 0))][-2:] == [b"k001999", b"k001999"]
     finally:
         wal.close()
@@ -91,8 +108,9 @@ _WRITER = textwrap.dedent(
 
 def test_a_running_writer_costs_the_prefault_a_few_madvise_calls_per_mib(tmp_path):
     """Counted with strace: MADV_POPULATE_WRITE calls while a writer appends
-    64 MiB as fast as it can. Steps of 1 MiB and a refill every 2 MiB make
-    at most 2 per MiB, and the lead at the start 16 more."""
+    64 MiB as fast as it can. Steps of 1 MiB and a refill every 2 MiB (once
+    the lead is 16 MiB) make at most 2 per MiB, and the first refills while
+    the lead grows about 16 more."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed (apt-get install -y strace)")

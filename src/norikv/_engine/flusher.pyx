@@ -149,9 +149,10 @@ def _test_prefault(_WalCore wal, bint fsync_overdue):
     """Test hook: the background thread's prefault (_prefault_loop), run now
     in this thread as if the writer had just asked for it, from the log's
     end; with fsync_overdue, the batch window of the oldest unsynced append
-    has run out (dirty_since moved back). Returns (the log's end, how far
-    the mapping is faulted in after, whether the prefault is still pending)."""
-    cdef uint64_t end
+    has run out (dirty_since moved back). Returns (the log's end, the lead
+    it was asked for, how far the mapping is faulted in after, whether the
+    prefault is still pending)."""
+    cdef uint64_t end, lead
     wal._check_usable()
     if wal.fork_gen != _fork_generation or wal.map == NULL:
         raise RuntimeError("no mapping of this process to prefault")
@@ -162,8 +163,9 @@ def _test_prefault(_WalCore wal, bint fsync_overdue):
     with nogil:
         wal._lock_map_nogil()
         end = wal.seg_size
+        lead = wal.prefault_lead
         wal.populated = end
         wal.prefault_pending = True
         wal._unlock_map()
         _prefault_loop(wal)
-    return end, wal.populated, wal.prefault_pending
+    return end, lead, wal.populated, wal.prefault_pending

@@ -27,6 +27,10 @@ cdef class _WalCore:
     cdef size_t map_len
     cdef uint64_t alloc                  # bytes of the file reserved with fallocate
     cdef uint64_t populated              # mapping faulted in for writing up to here
+    # How far past the end the background thread keeps the mapping faulted
+    # in: _PREFAULT_REFILL at first, doubled at each refill up to
+    # _PREFAULT_AHEAD, so that a store that writes little holds little.
+    cdef uint64_t prefault_lead
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
     cdef uint64_t rearmed_at             # written_total at the last _rearm
     cdef readonly uint64_t seg_size      # its logical size: where the next record goes

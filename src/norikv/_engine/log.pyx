@@ -43,6 +43,7 @@ cdef class _WalCore:
         self.fork_gen = _fork_generation
         self.seg_sizes = {}
         self.max_value_size = _DEFAULT_MAX_VALUE_SIZE
+        self.prefault_lead = _PREFAULT_REFILL
         self.io_lock = PyThread_allocate_lock()
         self.map_lock = PyThread_allocate_lock()
         if self.io_lock == NULL or self.map_lock == NULL:
@@ -338,8 +339,8 @@ cdef class _WalCore:
                 self.dirty_since = _now_monotonic()
                 self.dirty = True
                 self.wake_pending = True
-        if self.seg_size + _PREFAULT_AHEAD - _PREFAULT_REFILL > self.populated and not self.prefault_pending \
-                and _prefaults(self):
+        if (self.seg_size + self.prefault_lead - (self.prefault_lead >> 3) > self.populated
+                and not self.prefault_pending and _prefaults(self)):
             self.prefault_pending = True
             self.wake_pending = True
         return 0
