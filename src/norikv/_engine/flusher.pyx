@@ -90,24 +90,22 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
     cdef double now, wait_until, busy_at = _now_monotonic()
     cdef double linger = 2 * self.window if self.policy == POLICY_BATCH else 0
     cdef int res
-    cdef bint dirty
     while True:
         if self.bg_stop or self.closed:
             return 0
         now = _now_monotonic()
-        dirty = self.dirty
-        if dirty:
-            wait_until = self.dirty_since + self.window
-            if wait_until <= now:
-                res = _fsync_batch(self)
-                if res != 0:
-                    return res
-                busy_at = _now_monotonic()
-                continue
+        if _fsync_due(self, now):
+            res = _fsync_batch(self)
+            if res != 0:
+                return res
+            busy_at = _now_monotonic()
+            continue
         if self.prefault_pending:
             _prefault_loop(self)            # (returns early when an fsync falls due)
             continue
-        if not dirty:
+        if self.dirty:
+            wait_until = self.dirty_since + self.window
+        else:
             wait_until = busy_at + linger
             if wait_until <= now:
                 return 0

@@ -41,7 +41,7 @@ cdef class _WalCore:
     # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
     cdef readonly bint small_folios
     # sync() has been called: under the batch policy the prefault then maps
-    # for reading (segment.pyx, _populate)
+    # for reading (segment.pyx, _prefault_for_write)
     cdef bint synced_by_caller
 
     # accounting

@@ -43,6 +43,8 @@ cdef int _grow(_WalCore self, uint64_t end) except -1
 # Faults in the mapping up to at least `end`.
 cdef int _prefault(_WalCore self, uint64_t end) except -1
 # The background thread's prefaulting, without the GIL (flusher.pyx).
+# the background thread's fsync is due: the oldest unsynced append's window ran out
+cdef bint _fsync_due(_WalCore self, double now) noexcept nogil
 cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil
@@ -50,7 +52,7 @@ cdef void _unmap_behind(_WalCore self) noexcept nogil
 cdef void _rearm(_WalCore self) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.
 cdef int _use_small_folios(_WalCore self) except -1
-cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1
+cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t end, object path) except -1
 cdef int _map_active(_WalCore self, size_t want) except -1
 cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noexcept nogil
 cdef void _unmap(_WalCore self) noexcept

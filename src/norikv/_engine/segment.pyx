@@ -66,17 +66,25 @@ cdef int _open_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1:
     return 0
 
 
-cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t want, uint64_t need, object path) except -1:
-    """Reserves [start, want) of fd; when the disk cannot hold that much,
-    [start, need rounded up to _GROW_STEP), then [start, need): what this
-    append needs. Sets self.alloc. GIL released."""
-    cdef int err
-    cdef uint64_t step = _round_up(need, _GROW_STEP)
+cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t end, object path) except -1:
+    """Reserves fd from `start` for an append ending at `end`: under
+    preallocate the whole segment (max_segment_size, or `end`'s page for a
+    record larger than that) at once, else to `end` rounded up to
+    _GROW_STEP (within that bound); when the disk cannot hold that much, to
+    that step, then to `end`'s page. Sets self.alloc. GIL released. (A segment
+    reopened after a clean close was truncated to its records; grown a
+    _GROW_STEP at a time it cost every MiB an fallocate and held the
+    prefault to that MiB: puts into a reopened store ran at 0.6-0.8x a new
+    one's.)"""
+    cdef int err, i
     cdef uint64_t sizes[3]
-    cdef int i
-    sizes[0] = want
-    sizes[1] = step if step < want else want
-    sizes[2] = need if need < sizes[1] else sizes[1]
+    cdef uint64_t need = _round_up(end, nk_page_size())
+    cdef uint64_t whole = self.max_segment_size if self.max_segment_size > need else need
+    sizes[1] = _round_up(end, _GROW_STEP)
+    if sizes[1] > whole:
+        sizes[1] = whole
+    sizes[0] = whole if self.preallocate else sizes[1]
+    sizes[2] = need
     with nogil:
         for i in range(3):
             if i and sizes[i] == sizes[i - 1]:
@@ -94,18 +102,12 @@ cdef int _create_segment(_WalCore self, uint64_t need) except -1:
     """Creates segment next_seg_id sized for at least `need` bytes and makes it
     active. The caller holds io_lock; the previous segment is already closed."""
     cdef uint64_t seg_id = self.next_seg_id
-    cdef uint64_t page = nk_page_size()
-    cdef uint64_t want, needr
     path = self._segment_path(seg_id)
     fd = c_open(os.fsencode(path), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
     if fd < 0:
         raise io_error(errno, path, "create segment")
-    needr = _round_up(need if need > 0 else 1, page)
-    want = self.max_segment_size if self.preallocate else _GROW_STEP
-    if want < needr:
-        want = needr
     try:
-        _allocate(self, fd, 0, want, needr, path)
+        _allocate(self, fd, 0, need if need > 0 else 1, path)
         self.seg_fd = fd
         self.seg_id = seg_id
         self.seg_size = 0
@@ -230,10 +232,11 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1:
     return 0
 
 
-cdef inline bint _fsync_due(_WalCore self) noexcept nogil:
-    """Whether the batch policy's window for the oldest unsynced append has
-    run out (read without the GIL: a stale value only delays by a step)."""
-    return self.policy == POLICY_BATCH and self.dirty and self.dirty_since + self.window <= _now_monotonic()
+cdef bint _fsync_due(_WalCore self, double now) noexcept nogil:
+    """Whether the background thread's fsync is due at `now`: the window of
+    the oldest unsynced append has run out (read without the GIL: a stale
+    value only delays it by a step)."""
+    return self.dirty and self.dirty_since + self.window <= now
 
 
 cdef void _prefault_loop(_WalCore self) noexcept nogil:
@@ -243,16 +246,14 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
     an eighth of the lead (_WalCore._commit). A store that writes little
     holds little: 16 MiB of zeros faulted in for one put cost a close() 4 ms
     to drop, and each open store 16 MiB of page cache. The target is fixed
-    per call: recomputed at each step,
-    it chased the writer a few pages per madvise (7,000 calls for 120 MB,
+    per call: recomputed at each step, it chased the writer a few pages per
+    madvise (7,000 calls for 120 MB,
     small folios) and kept the thread from its fsyncs for as long as the
     writer ran. Returns early, still pending, when a batch fsync falls due
     (_flusher_loop runs it, then calls back)."""
     cdef uint64_t page = nk_page_size()
-    cdef uint64_t start, stop, target = 0
+    cdef uint64_t start, stop, target = 0, targeted_seg = 0
     cdef uint8_t *m
-    cdef uint8_t *targeted = NULL
-    cdef uint64_t targeted_seg = 0
     while True:
         self._lock_map_nogil()
         m = self.map
@@ -262,11 +263,10 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
         # next step would round down and fault the same bytes forever).
         # seg_size is read without the GIL: a stale value only moves the
         # target; `populated` is a hint for _reserve, never past alloc.
-        # The next segment (or the active one mapped anew) gets a target of
-        # its own; its mapping may reuse the old address, so the id counts.
-        if m != targeted or self.seg_id != targeted_seg:
+        # The target is an offset in the segment: the next segment gets one
+        # of its own (a remap of the same one keeps it).
+        if target == 0 or self.seg_id != targeted_seg:
             target = _round_up(self.seg_size + self.prefault_lead, page)
-            targeted = m
             targeted_seg = self.seg_id
         if target > self.alloc:
             target = self.alloc
@@ -283,7 +283,7 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
             break
         self.populated = stop
         self._unlock_map()
-        if _fsync_due(self):
+        if _fsync_due(self, _now_monotonic()):
             return
     if self.prefault_lead < _PREFAULT_AHEAD:
         self.prefault_lead *= 2
@@ -338,20 +338,11 @@ cdef void _rearm(_WalCore self) noexcept nogil:
 
 
 cdef int _grow(_WalCore self, uint64_t end) except -1:
-    """Allocates the active segment past `end`: under preallocate the whole
-    segment (max_segment_size) at once, as _create_segment does. A segment
-    reopened after a clean close was truncated to its records; grown a
-    _GROW_STEP at a time it cost every MiB an fallocate and held the
-    prefault to that MiB: puts into a reopened store ran at 0.6-0.8x a new
-    one's."""
-    cdef uint64_t page = nk_page_size()
-    cdef uint64_t want = _round_up(end, _GROW_STEP)
-    cdef uint64_t need = _round_up(end, page)
-    if self.preallocate and want < self.max_segment_size:
-        want = self.max_segment_size
+    """Allocates the active segment for an append ending at `end` (_allocate)
+    and maps it that far."""
     self.busy = 1
     try:
-        _allocate(self, self.seg_fd, self.alloc, want, need, self._segment_path(self.seg_id))
+        _allocate(self, self.seg_fd, self.alloc, end, self._segment_path(self.seg_id))
         if self.alloc > self.map_len:
             _unmap(self)
             _map_active(self, self.alloc)
