@@ -29,6 +29,10 @@ if debug:
 elif sys.platform != "win32":
     # -g0: Python's own CFLAGS carry -g, which would triple the wheel's size.
     compile_args += ["-O3", "-g0"]
+if sys.platform != "win32":
+    # A function a CPython version no longer declares publicly must not build
+    # with an assumed int result (_Py_HashBytes on 3.13 lost its high bits).
+    compile_args += ["-Werror=implicit-function-declaration"]
 
 # One extension, built from the parts in src/norikv/_engine/ (docs/DESIGN.md):
 # __init__.pyx includes each part's .pyx, __init__.pxd each part's .pxd.

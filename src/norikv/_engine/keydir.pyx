@@ -7,10 +7,15 @@ from cpython.object cimport PyObject_Hash
 cdef extern from *:
     """
     /* The hash of bytes (bytes_hash): Py_HashBuffer from 3.14, _Py_HashBytes
-       before; both map -1 to -2 and the empty buffer to 0. */
+       before; both map -1 to -2 and the empty buffer to 0. CPython 3.13
+       still exports _Py_HashBytes but declares it only in an internal
+       header: without this declaration of our own the C compiler assumed an
+       int result and the hash lost its high 32 bits (the tag), so keys
+       loaded from the log were filed apart from the same keys looked up. */
     #if PY_VERSION_HEX >= 0x030E0000
     #define nk_kd_pyhash(p, n) Py_HashBuffer((p), (Py_ssize_t)(n))
     #else
+    PyAPI_FUNC(Py_hash_t) _Py_HashBytes(const void *, Py_ssize_t);
     #define nk_kd_pyhash(p, n) _Py_HashBytes((p), (Py_ssize_t)(n))
     #endif
     """
