@@ -60,9 +60,10 @@ cdef class _Follower(_Sink):
         if r.flags & (NK_FLAG_TOMBSTONE | NK_FLAG_TTL | NK_COMP_MASK):
             return self._apply(self._entry(r, seg_id, offset))
         # a plain put (the common record): straight to the store's own rule
-        key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
         if self.disk:
-            return self.store._disk_set(key, r.vlen, self.views.locate_active(seg_id, -1, offset, r.size), -1)
+            return self.store._disk_set_raw(r.key, r.klen, _kd_hash(r.key, r.klen), r.vlen,
+                                            self.views.locate_active(seg_id, -1, offset, r.size), -1, None)
+        key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
         return self.store._set_lookup(key, PyBytes_FromStringAndSize(<const char *>r.value, r.vlen), -1)
 
     cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:

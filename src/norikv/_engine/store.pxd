@@ -84,6 +84,9 @@ cdef class KvStore:
     cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1
+    # _disk_set of raw key bytes (h: their _kd_hash); key: their bytes object, or None
+    cdef int _disk_set_raw(self, const uint8_t *k, size_t klen, uint64_t h, Py_ssize_t vsize, uint64_t loc,
+                           int64_t deadline, object key) except -1
     cdef bint _remove_key(self, bytes key) except -1
     cdef inline int _unset(self, bytes key, object old) except -1
     cdef inline int _forget(self, bytes key, Py_ssize_t old_size) except -1

@@ -446,14 +446,29 @@ cdef class KvStore:
 
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1:
         """values="disk": key's record, of a vsize-byte value, is now at loc."""
+        return self._disk_set_raw(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                  _kd_hash_obj(key), vsize, loc, deadline, key)
+
+    cdef int _disk_set_raw(self, const uint8_t *k, size_t klen, uint64_t h, Py_ssize_t vsize, uint64_t loc,
+                           int64_t deadline, object key) except -1:
+        """_disk_set of the key bytes k[:klen] (h: _kd_hash of them), where
+        `key` is their bytes object or None: one is made only when the
+        bookkeeping keeps the key (a live snapshot, a new key with the range
+        index on, a TTL), so a record applied from the log (_catch_up)
+        allocates nothing in the common case."""
         cdef uint64_t old_loc = 0, old_size = 0
-        cdef bint found = self._kd.put(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                                       _kd_hash_obj(key), loc, vsize, &old_loc, &old_size)
+        cdef bint found = self._kd.put(k, klen, h, loc, vsize, &old_loc, &old_size)
+        cdef Py_ssize_t old = <Py_ssize_t>self._views.value_size(old_loc, old_size) if found else -1
+        if (key is None and not PyList_GET_SIZE(self._snaps) and deadline < 0
+                and not PyDict_GET_SIZE(<PyObject *>self._expiry) and (found or not self._index.active)):
+            # _account's arithmetic, all it does here
+            self.live_bytes += vsize - old if found else <Py_ssize_t>klen + vsize
+            return 0
+        if key is None:
+            key = PyBytes_FromStringAndSize(<const char *>k, <Py_ssize_t>klen)
         if PyList_GET_SIZE(self._snaps):     # (the old record is still in the log)
             _note_change(self, key, NULL, old_loc, old_size, found)
-        if found:
-            return self._account(key, vsize, <Py_ssize_t>self._views.value_size(old_loc, old_size), deadline)
-        return self._account(key, vsize, -1, deadline)
+        return self._account(key, vsize, old, deadline)
 
     cdef bint _remove_key(self, bytes key) except -1:
         """Removes key from the map (its record is written, or says it
