@@ -7,6 +7,7 @@ mapped segments, damage found after the open, the relocation done by
 compaction, and the two modes reading each other's logs."""
 
 import os
+import random
 import threading
 
 import pytest
@@ -89,6 +90,49 @@ def test_a_value_damaged_after_the_open_raises_naming_file_and_offset(tmp_path):
         assert s.get(b"good") == b"g" * 100  # the rest reads on
         s.put(b"bad", b"fixed")  # and a new record replaces the damaged one
         assert s.get(b"bad") == b"fixed"
+
+
+def _tag(key):
+    return (hash(key) & ((1 << 64) - 1)) >> 32  # the key directory's tag: the hash's high 32 bits
+
+
+def _two_keys_sharing_a_tag():
+    rnd = random.Random(5)
+    seen = {}
+    while True:
+        key = rnd.randbytes(16)
+        other = seen.setdefault(_tag(key), key)
+        if other != key:
+            return other, key
+
+
+def test_keys_sharing_a_hash_tag_are_told_apart_by_their_records(tmp_path):
+    """get finds a key by its tag alone and checks the key in the record the
+    slot points at; a record of another key with the same tag (1 in 2^32 per
+    slot) sends it to the full lookup, which also reports a damaged key's
+    record, naming file and offset."""
+    first, second = _two_keys_sharing_a_tag()
+    with open_disk(tmp_path) as s:
+        s.put(first, b"1" * 50)
+        s.put(second, b"2" * 60)  # probed after first's slot: the same home
+        assert (s.get(first), s.get(second)) == (b"1" * 50, b"2" * 60)
+        assert s.delete(first)
+        assert s.get(first) is None and s.get(first, b"default") == b"default"
+        assert s.get(second) == b"2" * 60
+        s.put(first, b"back")  # now after second's slot
+        assert (s.get(first), s.get(second)) == (b"back", b"2" * 60)
+        s.sync()
+        rec = record_of(tmp_path, second)
+        path = os.path.join(tmp_path, "wal", "%06d.wal" % rec.segment)
+        with open(path, "r+b") as f:  # the last byte of the key, under the open store
+            f.seek(rec.offset + rec.size - 4 - 60 - 1)
+            assert f.read(1) == second[-1:]
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([second[-1] ^ 1]))
+        with pytest.raises(CorruptionError, match="CRC32C mismatch") as info:
+            s.get(second)
+        assert info.value.path == path and info.value.offset == rec.offset
+        assert s.get(first) == b"back"
 
 
 def test_a_record_larger_than_a_segment_is_read_back(tmp_path):

@@ -106,9 +106,15 @@ class KeyDirModel(RuleBasedStateMachine):
         for key in doomed:
             self.remove(key)
 
+    def hash_of(self, key):
+        h = self.h(key)
+        return _KeyDir._hash(key) if h is None else h
+
     @rule(key=KEYS)
     def lookup_any(self, key):
         assert self.kd.lookup(key, self.h(key)) == self.model.get(key)
+        if not any(self.hash_of(k) >> 32 == self.hash_of(key) >> 32 for k in self.model):
+            assert self.kd.locate_hash(self.hash_of(key)) is None  # no key with its tag
 
     @rule()
     def clear(self):
@@ -122,9 +128,19 @@ class KeyDirModel(RuleBasedStateMachine):
         assert self.kd.items() == [(k, *v) for k, v in self.model.items()]
         for key, value in self.model.items():
             assert self.kd.lookup(key, self.h(key)) == value
+        # locate: the loc in the first slot with the key's tag, which is the
+        # key's own when no other live key shares that tag
+        tags: dict[int, list[bytes]] = {}
+        for key in self.model:
+            tags.setdefault(self.hash_of(key) >> 32, []).append(key)
+        for keys in tags.values():
+            found = self.kd.locate_hash(self.hash_of(keys[0]))
+            assert found in [self.model[k][0] for k in keys]
+            if len(keys) == 1:
+                assert found == self.model[keys[0]][0]
         stats = self.kd._stats()
         assert stats["garbage"] <= stats["units"] <= stats["arena_cap"]
-        assert self.kd.nbytes() == (stats["slots"] + stats["arena_cap"]) * 8
+        assert self.kd.nbytes() == stats["slots"] * 16 + stats["arena_cap"] * 8
         assert len(self.model) * 5 <= stats["slots"] * 4  # load <= 4/5
 
 
@@ -295,7 +311,7 @@ def test_hash_is_pythons_under_other_seeds():
 
 
 def test_memory_per_key():
-    """About 16 bytes of header per key in the arena plus 8-byte slots at a
+    """About 16 bytes of header per key in the arena plus 16-byte slots at a
     load of at least 0.53: well under 100 bytes for a 16-byte key."""
     kd = _KeyDir()
     n = 100000
@@ -303,7 +319,7 @@ def test_memory_per_key():
     for i in range(n):
         kd.set(rnd.randbytes(16), i, 1000)
     assert len(kd) == n
-    assert kd.nbytes() / n < 16 + 16 + 8 / 0.53 + 8  # header + key + slots + arena slack
+    assert kd.nbytes() / n < 16 + 16 + 16 / 0.53 + 8  # header + key + slots + arena slack
 
 
 def test_reserve_then_no_growth():

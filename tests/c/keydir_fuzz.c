@@ -34,6 +34,24 @@ static uint64_t hash_of(int i, int mode) {
     }
 }
 
+/* nk_kd_locate gives, for each present key's hash, the loc of a present key
+ * with the same tag (its own when no other shares the tag). */
+static void check_locate(const nk_keydir *kd, int nk, int mode) {
+    for (int i = 0; i < nk; i++) {
+        if (!present[i]) continue;
+        uint64_t h = hash_of(i, mode), loc = 0;
+        int shared = 0, own = 0;
+        assert(nk_kd_locate(kd, h, &loc) == 1);
+        for (int j = 0; j < nk; j++)
+            if (present[j] && hash_of(j, mode) >> 32 == h >> 32) {
+                shared += j != i;
+                own |= rloc[j] == loc;
+            }
+        assert(own);
+        if (!shared) assert(loc == rloc[i]);
+    }
+}
+
 static void check_order(const nk_keydir *kd, int nk) {
     size_t cursor = 0, klen, n = 0, live = 0;
     const uint8_t *key;
@@ -95,9 +113,13 @@ int main(void) {
                     assert(rc == present[i]);
                     if (rc) rloc[i] = (uint64_t)s;
                 }
-                if (s % 25000 == 0) check_order(&kd, nk);
+                if (s % 25000 == 0) {
+                    check_order(&kd, nk);
+                    check_locate(&kd, nk, mode);
+                }
             }
             check_order(&kd, nk);
+            check_locate(&kd, nk, mode);
             assert(kd.compactions > 0);
             printf("mode %d floor %d: %llu keys, %llu slots, %llu compactions\n", mode, floor,
                    (unsigned long long)kd.count, (unsigned long long)kd.cap,

@@ -22,6 +22,7 @@ cdef extern from "keydir.h" nogil:
     void nk_kd_free(nk_keydir *kd)
     int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                    uint64_t *loc, uint64_t *vsize)
+    int nk_kd_locate(const nk_keydir *kd, uint64_t h, uint64_t *loc)
     int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
                   uint64_t vsize, uint64_t *old_loc, uint64_t *old_vsize)
     int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
@@ -43,6 +44,9 @@ cdef class _KeyDir:
     # A value size of 4 GiB - 1 or more reads back as NK_KD_VSIZE_SAT.
     cdef bint find(self, const uint8_t *key, size_t klen, uint64_t h,
                    uint64_t *loc, uint64_t *vsize) noexcept nogil
+    # the loc of the first slot with h's tag (no entry read: the caller checks the key where
+    # loc points, and asks find() when it is another key's); 0: no key of hash h
+    cdef bint locate(self, uint64_t h, uint64_t *loc) noexcept nogil
     # 1: replaced (*old_loc/*old_vsize set, the key keeps its place), 0: new key;
     # -1 with MemoryError set (or ValueError for a key of 2 GiB or more)
     cdef int put(self, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc, uint64_t vsize,

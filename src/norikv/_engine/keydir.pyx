@@ -38,7 +38,7 @@ cdef int _kd_raise(int rc) except -1:
 
 cdef class _KeyDir:
     """The key directory: bytes -> (location, value size) in insertion order,
-    about 16 bytes of overhead per key plus the slots (docs/DESIGN.md).
+    about 16 bytes of overhead per key plus the 16-byte slots (docs/DESIGN.md).
     Internal to the engine; the def methods exist for the tests (h: a hash
     to use instead of the key's, to make keys collide)."""
 
@@ -59,6 +59,9 @@ cdef class _KeyDir:
     cdef bint find(self, const uint8_t *key, size_t klen, uint64_t h,
                    uint64_t *loc, uint64_t *vsize) noexcept nogil:
         return nk_kd_find(&self.kd, key, klen, h, loc, vsize)
+
+    cdef bint locate(self, uint64_t h, uint64_t *loc) noexcept nogil:
+        return nk_kd_locate(&self.kd, h, loc)
 
     cdef int put(self, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc, uint64_t vsize,
                  uint64_t *old_loc, uint64_t *old_vsize) except -1:
@@ -119,6 +122,11 @@ cdef class _KeyDir:
                      _kd_hash_obj(key) if h is None else <uint64_t>h, &loc, &vsize):
             return (loc, vsize)
         return None
+
+    def locate_hash(self, uint64_t h):
+        """locate(): the loc in the first slot with h's tag, or None."""
+        cdef uint64_t loc
+        return loc if self.locate(h, &loc) else None
 
     def discard(self, bytes key not None, h=None):
         """Removes key: its (loc, vsize), or None if absent."""

@@ -29,8 +29,16 @@ cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
     be a map the store has replaced since)."""
     cdef uint64_t loc, vsize
     cdef uint32_t kind
-    if not kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                   _kd_hash_obj(key), &loc, &vsize):
+    cdef uint64_t h = _kd_hash_obj(key)
+    cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
+    cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
+    # The slot's copy of loc, and the key checked in the record it points
+    # at (which a get reads anyway): the directory's entry stays out of the
+    # cache. When the first slot with the key's tag is another key's (or
+    # its record is damaged: _stored_at then names it), the full lookup.
+    if not kd.locate(h, &loc):
+        return None
+    if not views.holds_key(loc, k, klen, &vsize) and not kd.find(k, klen, h, &loc, &vsize):
         return None
     stored = _stored_at(views, loc, key, vsize, &kind, True)
     return stored if kind == 0 else _unpack(store, views, loc, stored, kind)

@@ -39,6 +39,9 @@ cdef class _SegmentViews:
     cdef int record_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
                        bint check_crc=*) except -1
     # Asks for the cache lines of the n bytes at loc ahead of a read.
+    # Whether loc holds a record (header decoded, CRC not checked) that puts key; *vlen: its
+    # stored value's size. For a lookup by tag alone (_KeyDir.locate); never raises.
+    cdef bint holds_key(self, uint64_t loc, const uint8_t *key, size_t klen, uint64_t *vlen) noexcept
     cdef void prefetch(self, uint64_t loc, size_t n) noexcept
     cdef const uint8_t *start(self, uint64_t loc) noexcept
     cdef int damaged(self, uint64_t loc, int st) except -1       # raises CorruptionError

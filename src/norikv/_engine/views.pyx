@@ -125,6 +125,17 @@ cdef class _SegmentViews:
                 return 0
         return self.damaged(loc, st)
 
+    cdef bint holds_key(self, uint64_t loc, const uint8_t *key, size_t klen, uint64_t *vlen) noexcept:
+        cdef uint64_t slot = loc >> _LOC_SHIFT
+        cdef uint64_t off = loc & _LOC_OFFSET_MASK
+        cdef nk_rec r
+        if (slot < self.n and self.v[slot].base != NULL and off < self.v[slot].len
+                and nk_decode(self.v[slot].base + off, self.v[slot].len - off, 0, &r) == NK_OK
+                and not r.flags & NK_FLAG_TOMBSTONE and r.klen == klen and memcmp(r.key, key, klen) == 0):
+            vlen[0] = r.vlen
+            return True
+        return False
+
     cdef void prefetch(self, uint64_t loc, size_t n) noexcept:
         cdef uint64_t slot = loc >> _LOC_SHIFT
         cdef uint64_t off = loc & _LOC_OFFSET_MASK

@@ -10,13 +10,16 @@
  *   live bytes and a floor, the arena is compacted in place (order kept) and
  *   the slots repointed, without allocating.
  * - The slots: open addressing with linear probing and backward-shift
- *   deletion (no tombstones), an array of uint64: the high 32 bits of the
- *   caller's hash (the "tag") above the entry's offset in the arena in
- *   8-byte units plus one (0: empty).  A slot's home is tag * cap >> 32, so
- *   the tag alone places an entry: growing the table never needs the key or
- *   its hash again, and a probe reads a key only when the tags match.  The
- *   capacity is any number up to 2^32, grown by half when the load would
- *   pass 4/5 (so the load stays within 0.53..0.8).
+ *   deletion (no tombstones), an array of 16-byte slots: a uint64 with the
+ *   high 32 bits of the caller's hash (the "tag") above the entry's offset
+ *   in the arena in 8-byte units plus one (0: empty), and a copy of the
+ *   entry's loc.  A slot's home is tag * cap >> 32, so the tag alone places
+ *   an entry: growing the table never needs the key or its hash again, and
+ *   a probe reads a key only when the tags match.  The loc's copy lets a
+ *   reader that can check the key elsewhere (KvStore's get: the record at
+ *   loc holds the key) skip the entry, one cache miss of three
+ *   (nk_kd_locate).  The capacity is any number up to 2^32, grown by half
+ *   when the load would pass 4/5 (so the load stays within 0.53..0.8).
  * - Value sizes saturate at NK_KD_VSIZE_SAT: a value of 4 GiB - 1 bytes or
  *   more reads back as NK_KD_VSIZE_SAT, meaning "ask the record".
  * - The arena holds at most NK_KD_ARENA_MAX bytes (32 GiB - 8, offsets are
@@ -67,7 +70,12 @@ typedef struct {
 } nk_kd_entry;
 
 typedef struct {
-    uint64_t *slots;
+    uint64_t s;         /* tag << 32 | (arena offset + 1); 0: empty */
+    uint64_t loc;       /* the entry's loc, copied */
+} nk_kd_slot;
+
+typedef struct {
+    nk_kd_slot *slots;
     uint64_t cap;           /* number of slots, 0 before the first put */
     uint64_t *arena;        /* 8-byte units */
     uint64_t units;         /* used */
@@ -118,7 +126,7 @@ static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, siz
     uint32_t tag = nk_kd__tag(h);
     uint64_t i = nk_kd__home(tag, cap);
     for (;;) {
-        uint64_t s = kd->slots[i];
+        uint64_t s = kd->slots[i].s;
         if (s == 0) return -1;
         if ((uint32_t)(s >> 32) == tag) {
             const nk_kd_entry *e = nk_kd__entry(kd, (uint32_t)s - 1);
@@ -129,7 +137,28 @@ static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, siz
 }
 
 static inline nk_kd_entry *nk_kd__slot_entry(const nk_keydir *kd, int64_t i) {
-    return nk_kd__entry(kd, (uint32_t)kd->slots[i] - 1);
+    return nk_kd__entry(kd, (uint32_t)kd->slots[i].s - 1);
+}
+
+/* The loc of the first slot, from the home of h's tag, whose tag is h's: 1
+ * and *loc set, or 0 when there is none, and then no key of hash h is
+ * present.  The slot found holds the key only if no other key shares its
+ * tag (about 1 in 2^32 per slot probed): the caller checks the key where
+ * loc points and otherwise asks nk_kd_find.  Reads no entry. */
+static inline int nk_kd_locate(const nk_keydir *kd, uint64_t h, uint64_t *loc) {
+    uint64_t cap = kd->cap;
+    if (cap == 0) return 0;
+    uint32_t tag = nk_kd__tag(h);
+    uint64_t i = nk_kd__home(tag, cap);
+    for (;;) {
+        uint64_t s = kd->slots[i].s;
+        if (s == 0) return 0;
+        if ((uint32_t)(s >> 32) == tag) {
+            *loc = kd->slots[i].loc;
+            return 1;
+        }
+        if (++i == cap) i = 0;
+    }
 }
 
 /* 1 and the outputs set if key is present, else 0. */
@@ -143,19 +172,19 @@ static inline int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t kle
     return 1;
 }
 
-static inline void nk_kd__place(uint64_t *slots, uint64_t cap, uint64_t s) {
-    uint64_t i = nk_kd__home((uint32_t)(s >> 32), cap);
-    while (slots[i] != 0)
+static inline void nk_kd__place(nk_kd_slot *slots, uint64_t cap, nk_kd_slot s) {
+    uint64_t i = nk_kd__home((uint32_t)(s.s >> 32), cap);
+    while (slots[i].s != 0)
         if (++i == cap) i = 0;
     slots[i] = s;
 }
 
 /* Rebuilds the slots with new_cap slots (from the tags alone). */
 static inline int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
-    uint64_t *slots = (uint64_t *)calloc(new_cap, sizeof(uint64_t));
+    nk_kd_slot *slots = (nk_kd_slot *)calloc(new_cap, sizeof(nk_kd_slot));
     if (slots == NULL) return NK_KD_NOMEM;
     for (uint64_t i = 0; i < kd->cap; i++)
-        if (kd->slots[i]) nk_kd__place(slots, new_cap, kd->slots[i]);
+        if (kd->slots[i].s) nk_kd__place(slots, new_cap, kd->slots[i]);
     free(kd->slots);
     kd->slots = slots;
     kd->cap = new_cap;
@@ -177,14 +206,14 @@ static inline int nk_kd__reserve_slot(nk_keydir *kd) {
  * briefly holds its slot's index while the slot's offset bits hold the
  * vsize. */
 static inline void nk_kd__compact(nk_keydir *kd) {
-    uint64_t *slots = kd->slots;
+    nk_kd_slot *slots = kd->slots;
     for (uint64_t i = 0; i < kd->cap; i++) {
-        uint64_t s = slots[i];
+        uint64_t s = slots[i].s;
         if (s == 0) continue;
         nk_kd_entry *e = nk_kd__entry(kd, (uint32_t)s - 1);
         uint32_t vsize = e->vsize;
         e->vsize = (uint32_t)i;  /* cap <= 2^32 */
-        slots[i] = (s & 0xFFFFFFFF00000000ull) | vsize;
+        slots[i].s = (s & 0xFFFFFFFF00000000ull) | vsize;
     }
     uint64_t w = 0;
     for (uint64_t u = 0; u < kd->units;) {
@@ -194,8 +223,8 @@ static inline void nk_kd__compact(nk_keydir *kd) {
         if (!(klen & NK_KD_DEAD)) {
             uint64_t i = e->vsize;
             if (w != u) memmove(kd->arena + w, kd->arena + u, n * 8);
-            nk_kd__entry(kd, w)->vsize = (uint32_t)slots[i];
-            slots[i] = (slots[i] & 0xFFFFFFFF00000000ull) | (w + 1);
+            nk_kd__entry(kd, w)->vsize = (uint32_t)slots[i].s;
+            slots[i].s = (slots[i].s & 0xFFFFFFFF00000000ull) | (w + 1);
             w += n;
         }
         u += n;
@@ -275,6 +304,7 @@ static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint
         *old_vsize = e->vsize;
         e->loc = loc;
         e->vsize = nk_kd__vsat(vsize);
+        kd->slots[i].loc = loc;
         return 1;
     }
     if (klen > NK_KD_MAX_KLEN) return NK_KD_TOOBIG;
@@ -291,7 +321,8 @@ static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint
     e->klen = (uint32_t)klen;
     if (klen) memcpy(e + 1, key, klen);
     kd->units = off + n;
-    nk_kd__place(kd->slots, kd->cap, ((uint64_t)nk_kd__tag(h) << 32) | (off + 1));
+    nk_kd_slot s = {((uint64_t)nk_kd__tag(h) << 32) | (off + 1), loc};
+    nk_kd__place(kd->slots, kd->cap, s);
     kd->count++;
     kd->key_bytes += klen;
     return 0;
@@ -299,12 +330,13 @@ static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint
 
 /* Empties slot i, shifting back the entries of its cluster that may move. */
 static inline void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
-    uint64_t *slots = kd->slots, cap = kd->cap, j = i;
+    nk_kd_slot *slots = kd->slots;
+    uint64_t cap = kd->cap, j = i;
     for (;;) {
         if (++j == cap) j = 0;
-        uint64_t s = slots[j];
-        if (s == 0) break;
-        uint64_t k = nk_kd__home((uint32_t)(s >> 32), cap);
+        nk_kd_slot s = slots[j];
+        if (s.s == 0) break;
+        uint64_t k = nk_kd__home((uint32_t)(s.s >> 32), cap);
         /* s may fill the hole at i unless its home lies cyclically in (i, j] */
         int stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
         if (!stays) {
@@ -312,7 +344,8 @@ static inline void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
             i = j;
         }
     }
-    slots[i] = 0;
+    slots[i].s = 0;
+    slots[i].loc = 0;
 }
 
 /* Removes key.  Returns 1 (*old_loc / *old_vsize set) or 0 if absent. */
@@ -341,6 +374,7 @@ static inline int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen,
     nk_kd_entry *e = nk_kd__slot_entry(kd, i);
     if (e->loc != expected) return 0;
     e->loc = new_loc;
+    kd->slots[i].loc = new_loc;
     return 1;
 }
 
@@ -370,7 +404,7 @@ static inline int nk_kd_next(const nk_keydir *kd, size_t *cursor, const uint8_t 
 
 /* Bytes allocated: the slots and the arena's capacity. */
 static inline size_t nk_kd_nbytes(const nk_keydir *kd) {
-    return (size_t)(kd->cap + kd->arena_cap) * 8;
+    return (size_t)kd->cap * sizeof(nk_kd_slot) + (size_t)kd->arena_cap * 8;
 }
 
 #endif
