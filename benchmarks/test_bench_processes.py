@@ -119,7 +119,7 @@ _WORKER = textwrap.dedent(
         # puts at full speed (its own keys, overwritten in a cycle) until told to stop
         from norikv import KvStore
         ps = pairs(a["seed"], a["n"])
-        s = KvStore.open(a["path"], auto_compact=False)
+        s = KvStore.open(a["path"], auto_compact=False, values=a.get("values"))
         put = s.put
         wait_go()
         for k, v in ps[:1000]:
@@ -148,7 +148,7 @@ _WORKER = textwrap.dedent(
         d = {k: b"x" * 100 for k in keys}
         lookups = [bytes(bytearray(k)) for k in keys]  # fresh key objects
         random.Random(9).shuffle(lookups)
-        s = KvStore.open(a["path"], auto_compact=False)
+        s = KvStore.open(a["path"], auto_compact=False, values=a.get("values"))
         get, dget = s.get, d.get
         passes = a["passes"]
 
@@ -412,23 +412,26 @@ def test_put_4_processes_batch_vs_os(benchmark, scratch):
 
 
 @pytest.mark.benchmark(group="processes-get")
-def test_get_while_another_process_writes(benchmark, scratch):
+@pytest.mark.parametrize("values", ["memory", "disk"])
+def test_get_while_another_process_writes(benchmark, scratch, values):
     """Target: a reader process's get (fresh key objects, keys that exist)
     while a writer process puts at full speed >= 0.5x dict.get on the same
-    keys in the reader's process. Also shown: the reader alone."""
+    keys in the reader's process. Also shown: the reader alone. Both value
+    modes (the reader and the writer in the same one): the reader applies
+    every record the writer puts (docs/performance.md, catch-up)."""
     path = scratch.new()
     n = PROC_N
-    _run_once(dict(kind="fill", path=path, seed=7, n=n))
+    _run_once(dict(kind="fill", path=path, seed=7, n=n, values=values))
     passes = max(1, 1000000 // n)
     rounds = max(ROUNDS, 3)
     out: list[dict] = []
 
     def run():
         # the reader times its gets alone first, then with the writer running
-        spec = dict(kind="reader", path=path, seed=7, n=n, passes=passes, rounds=rounds)
+        spec = dict(kind="reader", path=path, seed=7, n=n, passes=passes, rounds=rounds, values=values)
         reader = Procs([spec], ready={"alone_done": True})
         r = reader.ps[0]
-        writer = Procs([dict(kind="writer", path=path, seed=8, n=100000)])
+        writer = Procs([dict(kind="writer", path=path, seed=8, n=100000, values=values)])
         w = writer.ps[0]
         writer.go()
         assert Procs.read(w) == {"running": True}
@@ -450,7 +453,7 @@ def test_get_while_another_process_writes(benchmark, scratch):
         f" ({dict_a / alone:.3g}x); writer beside the reader: {wrate / 1e6:.2f} M puts/s"
     )
     target(
-        "reader get, no writer (info)",
+        f"reader get, no writer, {values} mode (info)",
         f"{g / alone / 1e6:.2f} M gets/s vs dict.get {g / dict_a / 1e6:.2f} M",
         dict_a / alone,
         0.5,
@@ -459,7 +462,7 @@ def test_get_while_another_process_writes(benchmark, scratch):
     )
     _report(
         benchmark,
-        "reader get while a process writes",
+        f"reader get while a process writes, {values} mode",
         f"{g / writing / 1e6:.2f} M gets/s (writer {wrate / 1e6:.2f} M puts/s)",
         f"dict.get {g / dict_w / 1e6:.2f} M gets/s",
         dict_w / writing,
