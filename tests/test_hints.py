@@ -170,3 +170,27 @@ def test_the_segments_stay_nori_wals(tmp_path):
     ]
     theirs = [(seg, off, rec.key, rec.tombstone) for seg, off, rec in spec_read_dir(str(tmp_path / "wal"))]
     assert ours == theirs
+
+
+def test_an_open_from_hints_holds_no_more_slots_than_one_that_scans(tmp_path):
+    """Hint files reserve slots for all their entries up front (a key
+    written in every segment counts once per segment); the open then gives
+    back what the duplicates left unused, so the key directory ends up the
+    size a scan grows it to."""
+    with KvStore.open(tmp_path, values="disk", max_segment_size=MIB, auto_compact=False) as s:
+        for n in range(20):
+            for i in range(2000):
+                s.put(b"k%05d" % i, b"%02d" % n * 50)
+    wait_for_hints(tmp_path)
+    assert len(hints(tmp_path)) >= 4
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] == len(hints(tmp_path))
+        from_hints = s.stats()["keydir_bytes"]
+        want = dict(s.items())
+    for name in hints(tmp_path):
+        os.remove(tmp_path / "wal" / name)
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] == 0
+        scanned = s.stats()["keydir_bytes"]
+        assert dict(s.items()) == want and len(want) == 2000
+    assert from_hints <= scanned * 1.3, (from_hints, scanned)

@@ -116,6 +116,12 @@ class KeyDirModel(RuleBasedStateMachine):
         if not any(self.hash_of(k) >> 32 == self.hash_of(key) >> 32 for k in self.model):
             assert self.kd.locate_hash(self.hash_of(key)) is None  # no key with its tag
 
+    @rule(more=st.integers(0, 3000))
+    def reserve_then_fit(self, more):
+        # a loader's reserve for more keys than come, then the open's fit
+        self.kd._reserve(len(self.model) + more, more, more * 40)
+        self.kd._fit()
+
     @rule()
     def clear(self):
         self.kd._reset()
@@ -320,6 +326,24 @@ def test_memory_per_key():
         kd.set(rnd.randbytes(16), i, 1000)
     assert len(kd) == n
     assert kd.nbytes() / n < 16 + 16 + 16 / 0.53 + 8  # header + key + slots + arena slack
+
+
+def test_fit_gives_back_what_a_reserve_left_unused():
+    """A reserve for 100,000 keys of which 1,000 came: fit() rebuilds the
+    slots for a load of 2/3 and trims the arena; every key stays findable."""
+    kd = _KeyDir()
+    kd._reserve(100_000, 100_000, 100_000 * 16)
+    keys = [b"f%05d" % i for i in range(1000)]
+    for i, key in enumerate(keys):
+        kd.set(key, i, i)
+    big = kd.nbytes()
+    kd._fit()
+    stats = kd._stats()
+    assert stats["slots"] == 1500 and stats["arena_cap"] < 4 * 1000 * 2
+    assert kd.nbytes() < big / 20
+    check_all(kd, {k: (i, i) for i, k in enumerate(keys)})
+    kd._fit()  # at a normal load: nothing to give back
+    assert kd._stats() == stats
 
 
 def test_reserve_then_no_growth():

@@ -144,6 +144,69 @@ def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
     return True
 
 
+ctypedef struct _HintEntry:
+    uint32_t flags
+    const uint8_t *key
+    uint64_t klen, off, vsize, ttl
+
+
+cdef int _hint_parse(const uint8_t **p, const uint8_t *end, uint64_t file_size, uint64_t max_value_size,
+                     _HintEntry *e) noexcept nogil:
+    """The entry at *p into e, *p moved past it: 0, or -1 when the bytes are
+    not an entry of a hint of a file_size-byte segment."""
+    if p[0] >= end:
+        return -1
+    e.flags = p[0][0]
+    p[0] += 1
+    if nk_get_varint(p, end, &e.klen) or e.klen > <uint64_t>(end - p[0]):
+        return -1
+    e.key = p[0]
+    p[0] += e.klen
+    e.vsize = e.ttl = 0
+    if nk_get_varint(p, end, &e.off) or e.off >= file_size:
+        return -1
+    if not e.flags & NK_FLAG_TOMBSTONE and nk_get_varint(p, end, &e.vsize):
+        return -1
+    if e.flags & NK_COMP_MASK and e.vsize > max_value_size:
+        return -1       # damage under this bound: the scan says where
+    if e.flags & NK_FLAG_TTL and nk_get_varint(p, end, &e.ttl):
+        return -1
+    return 0
+
+
+cdef enum:
+    _HINT_AHEAD = 16        # entries whose slot is asked for before their put
+
+
+cdef int _apply_hint(_DiskLoader loader, const uint8_t *p, const uint8_t *end, uint64_t count,
+                     uint64_t key_bytes, uint64_t file_size, uint64_t seg_id) except -1:
+    """The `count` entries at p (checked by _hint_parse; their keys are
+    key_bytes long in all) into the loader, in order. Each key's hash is taken, and its home slot asked for,
+    _HINT_AHEAD entries before its put: the slots of a large directory miss
+    the cache at random, and the misses of the entries ahead overlap."""
+    cdef _HintEntry ring[_HINT_AHEAD]
+    cdef uint64_t hashes[_HINT_AHEAD]
+    cdef uint64_t i, j
+    cdef _HintEntry *e
+    # Room for every entry as a new key first (the slots must not move under
+    # the prefetches; the store's open gives back what duplicates left
+    # unused, _KeyDir.fit).
+    loader.kd.reserve(loader.kd.count + count, count, key_bytes)
+    for j in range(min(count, <uint64_t>_HINT_AHEAD)):
+        _hint_parse(&p, end, file_size, loader.max_value_size, &ring[j])
+        hashes[j] = _kd_hash(ring[j].key, ring[j].klen)
+        loader.kd.prefetch(hashes[j])
+    for i in range(count):
+        j = i % _HINT_AHEAD
+        e = &ring[j]
+        loader.hint_entry(e.key, e.klen, hashes[j], e.flags, e.ttl, e.vsize, loader._location(seg_id, e.off))
+        if i + _HINT_AHEAD < count:
+            _hint_parse(&p, end, file_size, loader.max_value_size, e)
+            hashes[j] = _kd_hash(e.key, e.klen)
+            loader.kd.prefetch(hashes[j])
+    return 0
+
+
 cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
                           uint64_t file_size) except -2:
     cdef struct_stat st
@@ -152,11 +215,10 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
     cdef size_t n = 0
     cdef const uint8_t *p
     cdef const uint8_t *end
-    cdef uint64_t h_seg, h_size, h_count, i, klen, off, vsize, ttl, prev = 0
-    cdef uint32_t flags, crc
-    cdef const uint8_t *key
+    cdef uint64_t h_seg, h_size, h_count, i, prev = 0, key_bytes = 0
+    cdef uint32_t crc
+    cdef _HintEntry e
     cdef int64_t result = -1
-    cdef int pass_
     hint_path = seg_path[:len(seg_path) - 4] + ".hint"
     fd = c_open(os.fsencode(hint_path), O_RDONLY | O_CLOEXEC)
     if fd < 0:
@@ -190,34 +252,16 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
             c_close(sfd)
         # Pass 0 checks every entry, pass 1 applies them: a bad hint
         # changes nothing.
-        for pass_ in range(2):
-            p = <const uint8_t *>m + _HINT_HEADER
-            end = <const uint8_t *>m + n - 4
-            prev = 0
-            for i in range(h_count):
-                if p >= end:
-                    return -1
-                flags = p[0]
-                p += 1
-                if (nk_get_varint(&p, end, &klen) or klen > <uint64_t>(end - p)):
-                    return -1
-                key = p
-                p += klen
-                vsize = 0
-                ttl = 0
-                if nk_get_varint(&p, end, &off) or off >= file_size or (i and off <= prev):
-                    return -1
-                if not flags & NK_FLAG_TOMBSTONE and nk_get_varint(&p, end, &vsize):
-                    return -1
-                if flags & NK_COMP_MASK and vsize > loader.max_value_size:
-                    return -1       # damage under this bound: the scan says where
-                if flags & NK_FLAG_TTL and nk_get_varint(&p, end, &ttl):
-                    return -1
-                prev = off
-                if pass_ == 1:
-                    loader.hint_entry(key, klen, flags, ttl, vsize, loader._location(seg_id, off))
-            if p != end:
+        p = <const uint8_t *>m + _HINT_HEADER
+        end = <const uint8_t *>m + n - 4
+        for i in range(h_count):
+            if _hint_parse(&p, end, file_size, loader.max_value_size, &e) or (i and e.off <= prev):
                 return -1
+            prev = e.off
+            key_bytes += e.klen
+        if p != end:
+            return -1
+        _apply_hint(loader, <const uint8_t *>m + _HINT_HEADER, end, h_count, key_bytes, file_size, seg_id)
         result = <int64_t>h_count
     finally:
         if m != MAP_FAILED:

@@ -23,6 +23,8 @@ cdef extern from "keydir.h" nogil:
     int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                    uint64_t *loc, uint64_t *vsize)
     int nk_kd_locate(const nk_keydir *kd, uint64_t h, uint64_t *loc)
+    void nk_kd_prefetch(const nk_keydir *kd, uint64_t h)
+    void nk_kd_fit(nk_keydir *kd)
     int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
                   uint64_t vsize, uint64_t *old_loc, uint64_t *old_vsize)
     int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
@@ -47,6 +49,8 @@ cdef class _KeyDir:
     # the loc of the first slot with h's tag (no entry read: the caller checks the key where
     # loc points, and asks find() when it is another key's); 0: no key of hash h
     cdef bint locate(self, uint64_t h, uint64_t *loc) noexcept nogil
+    # asks for the cache line of h's home slot (a put of that hash coming)
+    cdef void prefetch(self, uint64_t h) noexcept nogil
     # 1: replaced (*old_loc/*old_vsize set, the key keeps its place), 0: new key;
     # -1 with MemoryError set (or ValueError for a key of 2 GiB or more)
     cdef int put(self, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc, uint64_t vsize,
@@ -66,6 +70,8 @@ cdef class _KeyDir:
     # room for `keys` keys in all, and `more` new keys of `more_bytes` bytes in all, without
     # growing (a loader that knows its counts: hint files); -1 with MemoryError set
     cdef int reserve(self, uint64_t keys, uint64_t more, uint64_t more_bytes) except -1
+    # slots for a load of 2/3 when under 1/2 (after a loader's reserve() for more keys than came)
+    cdef void fit(self) noexcept
     cpdef size_t nbytes(self) noexcept          # bytes held: slots + arena capacity
     cdef int clear(self) noexcept
     cdef void _sync(self) noexcept              # count and key_bytes from kd

@@ -63,6 +63,9 @@ cdef class _KeyDir:
     cdef bint locate(self, uint64_t h, uint64_t *loc) noexcept nogil:
         return nk_kd_locate(&self.kd, h, loc)
 
+    cdef void prefetch(self, uint64_t h) noexcept nogil:
+        nk_kd_prefetch(&self.kd, h)
+
     cdef int put(self, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc, uint64_t vsize,
                  uint64_t *old_loc, uint64_t *old_vsize) except -1:
         cdef int rc = nk_kd_put(&self.kd, key, klen, h, loc, vsize, old_loc, old_vsize)
@@ -94,6 +97,9 @@ cdef class _KeyDir:
     cdef int next(self, size_t *cursor, const uint8_t **key, size_t *klen,
                   uint64_t *loc, uint64_t *vsize) noexcept:
         return nk_kd_next(&self.kd, cursor, key, klen, loc, vsize)
+
+    cdef void fit(self) noexcept:
+        nk_kd_fit(&self.kd)
 
     cpdef size_t nbytes(self) noexcept:
         return nk_kd_nbytes(&self.kd)
@@ -162,6 +168,9 @@ cdef class _KeyDir:
 
     def _reserve(self, uint64_t keys, uint64_t more=0, uint64_t more_bytes=0):
         self.reserve(keys, more, more_bytes)
+
+    def _fit(self):
+        self.fit()
 
     def _reset(self):
         self.clear()

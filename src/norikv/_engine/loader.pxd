@@ -30,6 +30,6 @@ cdef class _DiskLoader(_StoreLoader):
     cdef readonly _SegmentViews views
     cdef uint64_t last_seg, last_slot     # the slot of the segment being scanned
     cdef readonly uint64_t hinted_segments    # segments loaded from their hint file
-    cdef int put_entry(self, const uint8_t *k, size_t klen, uint64_t vsize, uint64_t loc) except -1
-    cdef int hint_entry(self, const uint8_t *k, size_t klen, uint32_t flags, uint64_t ttl_ms,
+    cdef int put_entry(self, const uint8_t *k, size_t klen, uint64_t h, uint64_t vsize, uint64_t loc) except -1
+    cdef int hint_entry(self, const uint8_t *k, size_t klen, uint64_t h, uint32_t flags, uint64_t ttl_ms,
                         uint64_t vsize, uint64_t loc) except -1

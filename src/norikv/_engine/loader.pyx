@@ -198,7 +198,7 @@ cdef class _DiskLoader(_StoreLoader):
     cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         if r.flags & _LOADER_SLOW_FLAGS:
             return _StoreLoader.on_record(self, r, seg_id, offset)     # (its general path)
-        return self.put_entry(r.key, r.klen, r.vlen, self._location(seg_id, offset))
+        return self.put_entry(r.key, r.klen, _kd_hash(r.key, r.klen), r.vlen, self._location(seg_id, offset))
 
     def _from_hint(self, seg_path, uint64_t seg_id, uint64_t file_size):
         """Applies the segment's hint file (hints.pyx): its number of
@@ -209,15 +209,15 @@ cdef class _DiskLoader(_StoreLoader):
             self.hinted_segments += 1
         return n
 
-    cdef int put_entry(self, const uint8_t *k, size_t klen, uint64_t vsize, uint64_t loc) except -1:
-        """A plain put (no TTL) of a vsize-byte value at loc: the key's bytes
-        go straight into the directory (a key object only while TTL
-        bookkeeping exists)."""
+    cdef int put_entry(self, const uint8_t *k, size_t klen, uint64_t h, uint64_t vsize, uint64_t loc) except -1:
+        """A plain put (no TTL) of a vsize-byte value at loc (h: _kd_hash of
+        the key): the key's bytes go straight into the directory (a key
+        object only while TTL bookkeeping exists)."""
         cdef uint64_t old_loc, old_size
         cdef bint replaced
         cdef bytes key
         self.records += 1
-        replaced = self.kd.put(k, klen, _kd_hash(k, klen), loc, vsize, &old_loc, &old_size)
+        replaced = self.kd.put(k, klen, h, loc, vsize, &old_loc, &old_size)
         if replaced:
             self.live_bytes -= klen + self.views.value_size(old_loc, old_size)
         self.live_bytes += klen + vsize
@@ -228,7 +228,7 @@ cdef class _DiskLoader(_StoreLoader):
             self.relative.pop(key, None)
         return 0
 
-    cdef int hint_entry(self, const uint8_t *k, size_t klen, uint32_t flags, uint64_t ttl_ms,
+    cdef int hint_entry(self, const uint8_t *k, size_t klen, uint64_t h, uint32_t flags, uint64_t ttl_ms,
                         uint64_t vsize, uint64_t loc) except -1:
         """A record as a hint file describes it (hints.pyx): the same rule as
         on_record, without reading the segment."""
@@ -238,4 +238,4 @@ cdef class _DiskLoader(_StoreLoader):
                                -1 if flags & NK_FLAG_TOMBSTONE else <int64_t>vsize,
                                self._deadline(flags, ttl_ms),
                                (flags & (NK_FLAG_TTL | NK_FLAG_TTL_ABS)) == NK_FLAG_TTL, loc)
-        return self.put_entry(k, klen, vsize, loc)
+        return self.put_entry(k, klen, h, vsize, loc)

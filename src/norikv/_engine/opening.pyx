@@ -35,6 +35,7 @@ cdef int _adopt(KvStore store, _StoreLoader loader) except -1:
     """Makes the map the loader built the store's (open, and a reload of a
     store other processes write: follow.pyx)."""
     if store._disk:
+        (<_DiskLoader>loader).kd.fit()      # (hint files reserve for all their entries)
         store._kd = (<_DiskLoader>loader).kd
         store._views = (<_DiskLoader>loader).views
     else:

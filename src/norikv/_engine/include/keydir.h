@@ -140,6 +140,12 @@ static inline nk_kd_entry *nk_kd__slot_entry(const nk_keydir *kd, int64_t i) {
     return nk_kd__entry(kd, (uint32_t)kd->slots[i].s - 1);
 }
 
+/* Asks for the cache line of h's home slot ahead of a put or find of a key
+ * of hash h (a loader that knows its next keys overlaps their misses). */
+static inline void nk_kd_prefetch(const nk_keydir *kd, uint64_t h) {
+    if (kd->cap) __builtin_prefetch(&kd->slots[nk_kd__home(nk_kd__tag(h), kd->cap)], 1, 1);
+}
+
 /* The loc of the first slot, from the home of h's tag, whose tag is h's: 1
  * and *loc set, or 0 when there is none, and then no key of hash h is
  * present.  The slot found holds the key only if no other key shares its
@@ -201,6 +207,20 @@ static inline int nk_kd__reserve_slot(nk_keydir *kd) {
     return nk_kd__resize(kd, new_cap);
 }
 
+/* Gives back most of the arena's capacity past its entries when it holds
+ * over twice what they use (realloc may keep it). */
+static inline void nk_kd__trim_arena(nk_keydir *kd) {
+    uint64_t w = kd->units;
+    if (kd->arena_cap > 2 * w + 512) {
+        uint64_t new_cap = w + w / 4 + 512;
+        uint64_t *a = (uint64_t *)realloc(kd->arena, new_cap * 8);
+        if (a != NULL) {
+            kd->arena = a;
+            kd->arena_cap = new_cap;
+        }
+    }
+}
+
 /* Compacts the arena in place: the live entries slide down in order and
  * their slots are repointed.  No allocation: each live entry's vsize field
  * briefly holds its slot's index while the slot's offset bits hold the
@@ -232,15 +252,7 @@ static inline void nk_kd__compact(nk_keydir *kd) {
     kd->units = w;
     kd->garbage = 0;
     kd->compactions++;
-    /* Give back most of what the arena no longer needs (realloc may keep it). */
-    if (kd->arena_cap > 2 * w + 512) {
-        uint64_t new_cap = w + w / 4 + 512;
-        uint64_t *a = (uint64_t *)realloc(kd->arena, new_cap * 8);
-        if (a != NULL) {
-            kd->arena = a;
-            kd->arena_cap = new_cap;
-        }
-    }
+    nk_kd__trim_arena(kd);
 }
 
 static inline void nk_kd__maybe_compact(nk_keydir *kd) {
@@ -290,6 +302,18 @@ static inline int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uin
     kd->arena = a;
     kd->arena_cap = kd->units + units;
     return NK_KD_OK;
+}
+
+/* Gives back what a reserve() for more keys than came left unused: slots
+ * under a load of 1/2 are rebuilt for a load of 2/3, and the arena trimmed
+ * as after a compaction.  Best effort (without memory for new slots it
+ * keeps the old ones). */
+static inline void nk_kd_fit(nk_keydir *kd) {
+    nk_kd__trim_arena(kd);
+    if (kd->cap <= 16 || kd->count * 2 >= kd->cap) return;
+    uint64_t cap = kd->count + kd->count / 2;
+    if (cap < 16) cap = 16;
+    (void)nk_kd__resize(kd, cap);
 }
 
 /* Sets key -> (loc, vsize).  Returns 1 if the key was present (its place in
