@@ -8,8 +8,7 @@ cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
 cdef object _disk_live(KvStore store, bytes key)
 # The value bytes of key's record at loc as stored, its CRC checked; *kind its
 # compression. may_release: a large value is copied with the GIL released.
-cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint64_t vsize,
-                      uint32_t *kind, bint may_release)
+cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint32_t *kind, bint may_release)
 # A stored value decompressed (CorruptionError naming file and offset).
 cdef object _unpack(KvStore store, _SegmentViews views, uint64_t loc, bytes stored, uint32_t kind)
 cdef list _kd_keys(_KeyDir kd)

@@ -17,7 +17,6 @@ cdef enum:
     # Values of at least this many bytes have their record's cache lines
     # asked for before its CRC is checked (a few lines arrive as fast alone).
     _PREFETCH_FROM = 256
-    _RECORD_OVERHEAD = 32       # a record's header and CRC, about
 
 
 cdef object _disk_value(KvStore store, bytes key):
@@ -29,40 +28,47 @@ cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
     be a map the store has replaced since)."""
     cdef uint64_t loc, vsize
     cdef uint32_t kind
+    cdef nk_rec r
     cdef uint64_t h = _kd_hash_obj(key)
     cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
     cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
     # The slot's copy of loc, and the key checked in the record it points
-    # at (which a get reads anyway): the directory's entry stays out of the
-    # cache. When the first slot with the key's tag is another key's (or
-    # its record is damaged: _stored_at then names it), the full lookup.
+    # at (which a get decodes anyway): the directory's entry stays out of
+    # the cache. When the first slot with the key's tag is another key's (or
+    # its record is damaged), the full lookup, and the record there decoded
+    # with its CRC (a damaged one raises, naming file and offset).
     if not kd.locate(h, &loc):
         return None
-    if not views.holds_key(loc, k, klen, &vsize) and not kd.find(k, klen, h, &loc, &vsize):
-        return None
-    stored = _stored_at(views, loc, key, vsize, &kind, True)
+    if views.decode_at(loc, k, klen, &r, False) != NK_OK:
+        if not kd.find(k, klen, h, &loc, &vsize):
+            return None
+        views.record_at(loc, k, klen, &r)
+    stored = _stored_value(views, loc, &r, True)
+    kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
     return stored if kind == 0 else _unpack(store, views, loc, stored, kind)
 
 
-cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint64_t vsize,
-                      uint32_t *kind, bint may_release):
-    """The value bytes of key's record at loc as stored (compressed or not:
-    *kind), its CRC checked. With may_release, a value of _NOGIL_COPY bytes
-    or more is checked and copied with the GIL released."""
+cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint32_t *kind, bint may_release):
     cdef nk_rec r
-    cdef const uint8_t *k = <const uint8_t *>PyBytes_AS_STRING(key)
-    cdef Py_ssize_t klen = PyBytes_GET_SIZE(key)
-    if vsize < _NOGIL_COPY or not may_release:
-        if vsize >= _PREFETCH_FROM:
-            views.prefetch(loc, vsize + klen + _RECORD_OVERHEAD)
-        views.record_at(loc, k, klen, &r)
-        # Copied out of the mapping before any Python code runs (close()
-        # unmaps with the GIL held).
-        stored = PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
-    else:
-        stored = _copy_nogil(views, loc, k, klen, &r)
+    views.record_at(loc, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), &r, False)
     kind[0] = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-    return stored
+    return _stored_value(views, loc, &r, may_release)
+
+
+cdef bytes _stored_value(_SegmentViews views, uint64_t loc, const nk_rec *r, bint may_release):
+    """The value bytes of the record r decoded at loc, as stored, once its
+    CRC is checked (CorruptionError naming file and offset otherwise). With
+    may_release, a value of _NOGIL_COPY bytes or more is checked and copied
+    with the GIL released."""
+    if r.vlen >= _NOGIL_COPY and may_release:
+        return _copy_nogil(views, loc, r)
+    if r.vlen >= _PREFETCH_FROM:
+        views.prefetch(loc, r.size)
+    if not nk_crc_ok(views.start(loc), <size_t>r.size - 4):
+        views.damaged(loc, NK_BAD_CRC)
+    # Copied out of the mapping before any Python code runs (close() unmaps
+    # with the GIL held).
+    return PyBytes_FromStringAndSize(<const char *>r.value, r.vlen)
 
 
 cdef object _unpack(KvStore store, _SegmentViews views, uint64_t loc, bytes stored, uint32_t kind):
@@ -78,14 +84,13 @@ cdef object _unpack(KvStore store, _SegmentViews views, uint64_t loc, bytes stor
         raise CorruptionError(f"{path}: {exc} at offset {off} (read by get)", path, off, seg) from None
 
 
-cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const uint8_t *k, Py_ssize_t klen, nk_rec *r):
-    """The stored value at loc, its record's CRC checked and the bytes
-    copied with the GIL released (the view pinned meanwhile)."""
+cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const nk_rec *r):
+    """The stored value of the record r decoded at loc, its CRC checked and
+    the bytes copied with the GIL released (the view pinned meanwhile)."""
     cdef const uint8_t *rec
     cdef bint ok
     cdef char *dst
     cdef uint64_t slot = loc >> _LOC_SHIFT
-    views.record_at(loc, k, klen, r, False)
     out = PyBytes_FromStringAndSize(NULL, r.vlen)
     dst = PyBytes_AS_STRING(out)
     rec = views.start(loc)

@@ -39,9 +39,9 @@ cdef class _Snapshot:
 
 # Notes, for each live snapshot that has yet to reach key, key's state before
 # the change the caller is about to make (or has made to the key directory:
-# old_loc/old_vsize, found). Runs no Python code that could let another thread in.
+# old_loc, found). Runs no Python code that could let another thread in.
 cdef int _note_change(KvStore store, bytes key, PyObject *old_value, uint64_t old_loc,
-                      uint64_t old_vsize, bint found) except -1
+                      bint found) except -1
 # Before the store's map is replaced by a new one (a reload): each live
 # snapshot keeps the old map, which nothing changes any more, and walks the
 # keys it has left in it.

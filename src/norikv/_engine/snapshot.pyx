@@ -220,8 +220,7 @@ cdef class _Snapshot:
                                           inclusive=(self.bound is None, not final)))
 
 
-cdef object _pre_image(KvStore store, bytes key, PyObject *old_value, uint64_t old_loc,
-                       uint64_t old_vsize, bint found):
+cdef object _pre_image(KvStore store, bytes key, PyObject *old_value, uint64_t old_loc, bint found):
     """key's state before a change: None (absent), or (stored value,
     compression kind, deadline or -1, location)."""
     cdef PyObject *d
@@ -236,14 +235,14 @@ cdef object _pre_image(KvStore store, bytes key, PyObject *old_value, uint64_t o
     if not store._disk:
         return (<object>old_value, 0, deadline, 0)
     try:
-        stored = _stored_at(store._views, old_loc, key, old_vsize, &kind, False)
+        stored = _stored_at(store._views, old_loc, key, &kind, False)
     except CorruptionError as exc:
         return (exc, _RAISE, deadline, old_loc)
     return (stored, kind, deadline, old_loc)
 
 
 cdef int _note_change(KvStore store, bytes key, PyObject *old_value, uint64_t old_loc,
-                      uint64_t old_vsize, bint found) except -1:
+                      bint found) except -1:
     cdef list snaps = store._snaps
     cdef Py_ssize_t i = 0
     cdef _Snapshot s
@@ -258,7 +257,7 @@ cdef int _note_change(KvStore store, bytes key, PyObject *old_value, uint64_t ol
         if key in s.undo or not s._ahead(key):
             continue
         if pre is _MISSING:
-            pre = _pre_image(store, key, old_value, old_loc, old_vsize, found)
+            pre = _pre_image(store, key, old_value, old_loc, found)
         s.undo[key] = pre
         s.fresh.append(key)
     return 0

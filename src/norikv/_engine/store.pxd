@@ -80,7 +80,9 @@ cdef class KvStore:
     cdef uint64_t _loc_of(self, bytes key) except? 0
     cdef int64_t _old_size(self, bytes key) except -2
     # changes of the map once their record is committed (live bytes, TTL, range index)
-    cdef inline int _account(self, bytes key, Py_ssize_t vsize, Py_ssize_t old_size, int64_t deadline) except -1
+    cdef inline bint _keeps_key(self, bint new_key, int64_t deadline) noexcept
+    cdef inline int _account(self, object key, Py_ssize_t klen, Py_ssize_t vsize, Py_ssize_t old_size,
+                             int64_t deadline) except -1
     cdef inline int _set(self, bytes key, bytes value, PyObject *old, int64_t deadline) except -1
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1

@@ -406,13 +406,20 @@ cdef class KvStore:
         old = PyDict_GetItem(self._data, key)
         return -1 if old == NULL else PyBytes_GET_SIZE(<object>old)
 
-    cdef inline int _account(self, bytes key, Py_ssize_t vsize, Py_ssize_t old_size,
+    cdef inline bint _keeps_key(self, bint new_key, int64_t deadline) noexcept:
+        """Whether _account's bookkeeping of a put keeps the key object (the
+        range index for a new key, a TTL set or dropped): otherwise it may be
+        given None."""
+        return (new_key and self._index.active) or deadline >= 0 or PyDict_GET_SIZE(<PyObject *>self._expiry) != 0
+
+    cdef inline int _account(self, object key, Py_ssize_t klen, Py_ssize_t vsize, Py_ssize_t old_size,
                              int64_t deadline) except -1:
         """Bookkeeping of a put whose map entry is written: live bytes, the
-        range index (new keys), TTL. ``old_size`` is the replaced value's size,
-        or -1 for a new key."""
+        range index (new keys), TTL. ``key`` (``klen`` bytes) may be None
+        when not _keeps_key. ``old_size`` is the replaced value's size, or -1
+        for a new key."""
         if old_size < 0:
-            self.live_bytes += PyBytes_GET_SIZE(key) + vsize
+            self.live_bytes += klen + vsize
             if self._index.active:
                 self._index.touch(key)
         else:
@@ -429,9 +436,9 @@ cdef class KvStore:
         # The old value's size is read first: PyDict_SetItem may free it.
         cdef Py_ssize_t old_size = PyBytes_GET_SIZE(<object>old) if old != NULL else -1
         if PyList_GET_SIZE(self._snaps):
-            _note_change(self, key, old, 0, 0, old != NULL)
+            _note_change(self, key, old, 0, old != NULL)
         PyDict_SetItem(self._data, key, value)
-        return self._account(key, PyBytes_GET_SIZE(value), old_size, deadline)
+        return self._account(key, PyBytes_GET_SIZE(key), PyBytes_GET_SIZE(value), old_size, deadline)
 
     cdef inline int _set_lookup(self, bytes key, bytes value, int64_t deadline) except -1:
         """_set for a caller that has not looked `old` up: a new key costs one
@@ -442,7 +449,7 @@ cdef class KvStore:
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
-        return self._account(key, PyBytes_GET_SIZE(value), -1, deadline)
+        return self._account(key, PyBytes_GET_SIZE(key), PyBytes_GET_SIZE(value), -1, deadline)
 
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1:
         """values="disk": key's record, of a vsize-byte value, is now at loc."""
@@ -459,16 +466,11 @@ cdef class KvStore:
         cdef uint64_t old_loc = 0, old_size = 0
         cdef bint found = self._kd.put(k, klen, h, loc, vsize, &old_loc, &old_size)
         cdef Py_ssize_t old = <Py_ssize_t>self._views.value_size(old_loc, old_size) if found else -1
-        if (key is None and not PyList_GET_SIZE(self._snaps) and deadline < 0
-                and not PyDict_GET_SIZE(<PyObject *>self._expiry) and (found or not self._index.active)):
-            # _account's arithmetic, all it does here
-            self.live_bytes += vsize - old if found else <Py_ssize_t>klen + vsize
-            return 0
-        if key is None:
+        if key is None and (PyList_GET_SIZE(self._snaps) or self._keeps_key(not found, deadline)):
             key = PyBytes_FromStringAndSize(<const char *>k, <Py_ssize_t>klen)
         if PyList_GET_SIZE(self._snaps):     # (the old record is still in the log)
-            _note_change(self, key, NULL, old_loc, old_size, found)
-        return self._account(key, vsize, old, deadline)
+            _note_change(self, key, NULL, old_loc, found)
+        return self._account(key, <Py_ssize_t>klen, vsize, old, deadline)
 
     cdef bint _remove_key(self, bytes key) except -1:
         """Removes key from the map (its record is written, or says it
@@ -485,7 +487,7 @@ cdef class KvStore:
                                _kd_hash_obj(key), &old_loc, &old_size):
             return False
         if PyList_GET_SIZE(self._snaps):
-            _note_change(self, key, NULL, old_loc, old_size, True)
+            _note_change(self, key, NULL, old_loc, True)
         self._forget(key, <Py_ssize_t>self._views.value_size(old_loc, old_size))
         return True
 
@@ -493,7 +495,7 @@ cdef class KvStore:
         # The size is read first: PyDict_DelItem may free the value.
         cdef Py_ssize_t size = PyBytes_GET_SIZE(old)
         if PyList_GET_SIZE(self._snaps):
-            _note_change(self, key, <PyObject *>old, 0, 0, True)
+            _note_change(self, key, <PyObject *>old, 0, True)
         PyDict_DelItem(self._data, key)
         return self._forget(key, size)
 

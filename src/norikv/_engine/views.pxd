@@ -31,6 +31,13 @@ cdef class _SegmentViews:
     # The location of a record about to be written at (seg_id, offset) of
     # the Wal's active segment (fd), n bytes long. Inside the window.
     cdef uint64_t locate_active(self, uint64_t seg_id, int fd, uint64_t offset, uint64_t n) except? 0xFFFFFFFFFFFFFFFF
+    # The record at loc decoded (its CRC checked with check_crc) and checked
+    # to be a put of `key` (key NULL: of any key): NK_OK (counted in
+    # value_reads), -1 when it is another key's record or a delete, else the
+    # decoding status. Never raises: a lookup by tag alone
+    # (_KeyDir.locate) tries it, and asks the directory when it fails.
+    cdef int decode_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
+                       bint check_crc) noexcept
     # The record at loc, decoded and its CRC checked; CorruptionError naming
     # the file and offset when it is not a valid record of `key` (key NULL:
     # of any key).
@@ -39,9 +46,6 @@ cdef class _SegmentViews:
     cdef int record_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
                        bint check_crc=*) except -1
     # Asks for the cache lines of the n bytes at loc ahead of a read.
-    # Whether loc holds a record (header decoded, CRC not checked) that puts key; *vlen: its
-    # stored value's size. For a lookup by tag alone (_KeyDir.locate); never raises.
-    cdef bint holds_key(self, uint64_t loc, const uint8_t *key, size_t klen, uint64_t *vlen) noexcept
     cdef void prefetch(self, uint64_t loc, size_t n) noexcept
     cdef const uint8_t *start(self, uint64_t loc) noexcept
     cdef int damaged(self, uint64_t loc, int st) except -1       # raises CorruptionError

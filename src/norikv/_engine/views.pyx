@@ -108,8 +108,8 @@ cdef class _SegmentViews:
             self.active_id = seg_id
         return (<uint64_t>self.active << _LOC_SHIFT) | offset
 
-    cdef int record_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
-                       bint check_crc=True) except -1:
+    cdef int decode_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
+                       bint check_crc) noexcept:
         cdef uint64_t slot = loc >> _LOC_SHIFT
         cdef uint64_t off = loc & _LOC_OFFSET_MASK
         cdef int st = NK_BAD_VARINT
@@ -122,19 +122,12 @@ cdef class _SegmentViews:
                 st = -1
             if st == NK_OK:
                 self.value_reads += 1
-                return 0
-        return self.damaged(loc, st)
+        return st
 
-    cdef bint holds_key(self, uint64_t loc, const uint8_t *key, size_t klen, uint64_t *vlen) noexcept:
-        cdef uint64_t slot = loc >> _LOC_SHIFT
-        cdef uint64_t off = loc & _LOC_OFFSET_MASK
-        cdef nk_rec r
-        if (slot < self.n and self.v[slot].base != NULL and off < self.v[slot].len
-                and nk_decode(self.v[slot].base + off, self.v[slot].len - off, 0, &r) == NK_OK
-                and not r.flags & NK_FLAG_TOMBSTONE and r.klen == klen and memcmp(r.key, key, klen) == 0):
-            vlen[0] = r.vlen
-            return True
-        return False
+    cdef int record_at(self, uint64_t loc, const uint8_t *key, size_t klen, nk_rec *r,
+                       bint check_crc=True) except -1:
+        cdef int st = self.decode_at(loc, key, klen, r, check_crc)
+        return self.damaged(loc, st) if st != NK_OK else 0
 
     cdef void prefetch(self, uint64_t loc, size_t n) noexcept:
         cdef uint64_t slot = loc >> _LOC_SHIFT
