@@ -181,9 +181,10 @@ cdef enum:
 cdef int _apply_hint(_DiskLoader loader, const uint8_t *p, const uint8_t *end, uint64_t count,
                      uint64_t key_bytes, uint64_t file_size, uint64_t seg_id) except -1:
     """The `count` entries at p (checked by _hint_parse; their keys are
-    key_bytes long in all) into the loader, in order. Each key's hash is taken, and its home slot asked for,
-    _HINT_AHEAD entries before its put: the slots of a large directory miss
-    the cache at random, and the misses of the entries ahead overlap."""
+    key_bytes long in all) into the loader, in order. Each key's hash is
+    taken, and its home slot asked for, _HINT_AHEAD entries before its put:
+    the slots of a large directory miss the cache at random, and the misses
+    of the entries ahead overlap."""
     cdef _HintEntry ring[_HINT_AHEAD]
     cdef uint64_t hashes[_HINT_AHEAD]
     cdef uint64_t i, j
@@ -192,15 +193,12 @@ cdef int _apply_hint(_DiskLoader loader, const uint8_t *p, const uint8_t *end, u
     # the prefetches; the store's open gives back what duplicates left
     # unused, _KeyDir.fit).
     loader.kd.reserve(loader.kd.count + count, count, key_bytes)
-    for j in range(min(count, <uint64_t>_HINT_AHEAD)):
-        _hint_parse(&p, end, file_size, loader.max_value_size, &ring[j])
-        hashes[j] = _kd_hash(ring[j].key, ring[j].klen)
-        loader.kd.prefetch(hashes[j])
-    for i in range(count):
+    for i in range(count + _HINT_AHEAD):
         j = i % _HINT_AHEAD
         e = &ring[j]
-        loader.hint_entry(e.key, e.klen, hashes[j], e.flags, e.ttl, e.vsize, loader._location(seg_id, e.off))
-        if i + _HINT_AHEAD < count:
+        if i >= _HINT_AHEAD:        # entry i - _HINT_AHEAD, parsed into this place then
+            loader.hint_entry(e.key, e.klen, hashes[j], e.flags, e.ttl, e.vsize, loader._location(seg_id, e.off))
+        if i < count:
             _hint_parse(&p, end, file_size, loader.max_value_size, e)
             hashes[j] = _kd_hash(e.key, e.klen)
             loader.kd.prefetch(hashes[j])
