@@ -492,13 +492,11 @@ cdef class _WalCore:
     def _delete_segments(self, list ids):
         """Deletes the segments ``ids`` in order, each deletion made durable
         before the next (compaction, delete_segments_before)."""
-        cdef int n = 0, err
+        cdef int n = 0
         self._check_usable()
         for seg in ids:
             path = self._segment_path(seg)
-            err = _unlink(path)
-            if err != 0 and err != ENOENT:
-                raise io_error(err, path, "unlink")
+            _unlink_present(path)
             _unlink(path[:len(path) - 4] + ".hint")     # values="disk"'s, if any
             self.seg_sizes.pop(seg, None)
             self._sync_dir(True)

@@ -12,3 +12,5 @@ cdef void _write_lock_file_pid(int fd) noexcept
 
 # unlink(2) without the GIL: 0 or the errno
 cdef int _unlink(str path) noexcept
+# the same, raising unless it succeeded or the file was already gone
+cdef int _unlink_present(str path) except -1

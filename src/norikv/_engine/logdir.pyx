@@ -22,6 +22,15 @@ cdef int _unlink(str path) noexcept:
     return err
 
 
+cdef int _unlink_present(str path) except -1:
+    """_unlink of a file that may already be gone (ENOENT is not an error);
+    any other failure raises."""
+    cdef int err = _unlink(path)
+    if err != 0 and err != ENOENT:
+        raise io_error(err, path, "unlink")
+    return 0
+
+
 def segment_name(uint64_t seg_id):
     """File name of a segment: the id as a 6-digit (or longer) decimal plus .wal
     (nk_segment_name, which the background fsync uses without the GIL)."""

@@ -42,9 +42,9 @@ cdef int _check_ids_left(_WalCore self, uint64_t n) except -1
 cdef int _grow(_WalCore self, uint64_t end) except -1
 # Faults in the mapping up to at least `end`.
 cdef int _prefault(_WalCore self, uint64_t end) except -1
-# The background thread's prefaulting, without the GIL (flusher.pyx).
-# the background thread's fsync is due: the oldest unsynced append's window ran out
+# The background thread's fsync is due: the oldest unsynced append's window ran out.
 cdef bint _fsync_due(_WalCore self, double now) noexcept nogil
+# The background thread's prefaulting, without the GIL (flusher.pyx).
 cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil

@@ -247,9 +247,8 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
     holds little: 16 MiB of zeros faulted in for one put cost a close() 4 ms
     to drop, and each open store 16 MiB of page cache. The target is fixed
     per call: recomputed at each step, it chased the writer a few pages per
-    madvise (7,000 calls for 120 MB,
-    small folios) and kept the thread from its fsyncs for as long as the
-    writer ran. Returns early, still pending, when a batch fsync falls due
+    madvise (7,000 calls for 120 MB, small folios) and kept the thread from
+    its fsyncs for as long as the writer ran. Returns early, still pending, when a batch fsync falls due
     (_flusher_loop runs it, then calls back)."""
     cdef uint64_t page = nk_page_size()
     cdef uint64_t start, stop, target = 0, targeted_seg = 0

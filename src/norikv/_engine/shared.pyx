@@ -389,16 +389,12 @@ cdef int _repair(_WalCore self) except -1:
     cdef nk_pub p
     cdef struct_stat st
     cdef uint64_t end
-    cdef int err
     nk_shm_read(self.shm, &p)
     self.shm.owner_deaths += 1
     removed = False
     for seg in list_segments(self.dir):
         if seg > p.seg_id:
-            path = self._segment_path(seg)
-            err = _unlink(path)
-            if err != 0 and err != ENOENT:
-                raise io_error(err, path, "unlink")
+            _unlink_present(self._segment_path(seg))
             removed = True
     if removed:
         self._sync_dir(True)
