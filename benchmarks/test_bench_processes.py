@@ -15,6 +15,8 @@ Environment (besides benchlib's):
   NORIKV_BENCH_PROC_SYNC_N   puts per process of lmdb opened with its defaults
                              (an fsync per commit; default 500)
   NORIKV_BENCH_PROC_SECONDS  seconds each put + sync() phase runs (default 2)
+  NORIKV_BENCH_SLOW_FLUSH_US the flush latency of the put + sync() info row
+                             on a slowed device (default 2000; 0: row skipped)
   NORIKV_BENCH_PROC_MEM_N    keys (1 KiB values) of the disk-mode store the
                              memory benchmark opens in 4 processes (default
                              1,000,000: about 1 GiB, written once)
@@ -26,8 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -40,6 +44,8 @@ PROC_SYNC_N = int(os.environ.get("NORIKV_BENCH_PROC_SYNC_N", "500"))
 SYNC_SECONDS = float(os.environ.get("NORIKV_BENCH_PROC_SECONDS", "2"))
 MEM_N = int(os.environ.get("NORIKV_BENCH_PROC_MEM_N", "1000000"))
 MEMMODE_N = int(os.environ.get("NORIKV_BENCH_PROC_MEMMODE_N", "100000"))
+SLOW_FLUSH_US = int(os.environ.get("NORIKV_BENCH_SLOW_FLUSH_US", "2000"))
+FAULT_SHIM = os.path.join(os.path.dirname(__file__), os.pardir, "tests", "faults", "shim", "faultshim.c")
 
 # The worker: argv[1] is a JSON dict of what to do. Keys are random 16-byte
 # keys from random.Random(seed) (disjoint across seeds), values 100 B.
@@ -219,10 +225,11 @@ _WORKER = textwrap.dedent(
 class Procs:
     """Worker processes started together: each prepares, says ready, waits for go."""
 
-    def __init__(self, specs: list[dict], *, ready: dict | None = None):
+    def __init__(self, specs: list[dict], *, ready: dict | None = None, env: dict | None = None):
         self.ps = [
             subprocess.Popen(
                 [sys.executable, "-c", _WORKER, json.dumps(spec)],
+                env=None if env is None else {**os.environ, **env},
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
@@ -496,22 +503,20 @@ def test_put_sync_4_processes_vs_1(benchmark, scratch):
 
     def setup():
         one.append(Procs([dict(kind="put_sync", path=scratch.new(), seed=1, seconds=SYNC_SECONDS)]).run()[0])
-        path = scratch.new()
-        specs = [dict(kind="put_sync", path=path, seed=100 + i, seconds=SYNC_SECONDS) for i in range(PROCS)]
-        return (Procs(specs),), {}
+        return (_put_sync_procs(scratch.new(), SYNC_SECONDS),), {}
 
     many: list[list[dict]] = []
     benchmark.pedantic(lambda procs: many.append(procs.run()), setup=setup, rounds=ROUNDS, iterations=1)
     scratch.clean()
-
-    def rate(rs):
-        return sum(r["n"] for r in rs) / _span(rs)
-
-    best = max(many, key=rate)
-    best_one = max(one, key=lambda r: rate([r]))
+    best = max(many, key=_sync_rate)
+    best_one = max(one, key=lambda r: _sync_rate([r]))
+    _slow_flush_row(benchmark, scratch)
     calls, fsyncs = sum(r["n"] for r in best), sum(r["fsyncs"] for r in best)
     benchmark.extra_info.update(
-        rates=[rate(rs) for rs in many], one_rates=[rate([r]) for r in one], sync_calls=calls, fsyncs=fsyncs
+        rates=[_sync_rate(rs) for rs in many],
+        one_rates=[_sync_rate([r]) for r in one],
+        sync_calls=calls,
+        fsyncs=fsyncs,
     )
     print(
         f"\n{PROCS} processes: {calls:,} sync() calls, {fsyncs:,} fsyncs"
@@ -521,11 +526,51 @@ def test_put_sync_4_processes_vs_1(benchmark, scratch):
     _report(
         benchmark,
         f"{PROCS} processes put+sync vs 1",
-        f"{rate(best):,.0f} put+sync/s ({calls:,} syncs, {fsyncs:,} fsyncs)",
-        f"{rate([best_one]):,.0f} put+sync/s (1 proc)",
-        rate(best) / rate([best_one]),
+        f"{_sync_rate(best):,.0f} put+sync/s ({calls:,} syncs, {fsyncs:,} fsyncs)",
+        f"{_sync_rate([best_one]):,.0f} put+sync/s (1 proc)",
+        _sync_rate(best) / _sync_rate([best_one]),
         3.0,
         ref_name="one process doing put + sync()",
+    )
+
+
+def _put_sync_procs(path, seconds, env=None):
+    specs = [dict(kind="put_sync", path=path, seed=100 + i, seconds=seconds) for i in range(PROCS)]
+    return Procs(specs, env=env)
+
+
+def _sync_rate(rs):
+    return sum(r["n"] for r in rs) / _span(rs)
+
+
+def _slow_flush_row(benchmark, scratch):
+    """The same 4 vs 1, one round each, on a device whose flush takes
+    SLOW_FLUSH_US (an SSD without power-loss protection, a network disk):
+    the fault shim of the test suite (LD_PRELOAD) makes every fdatasync and
+    msync sleep that long first. An info row: where a flush costs far more
+    than waking a process, how much of the fsync the processes share."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not SLOW_FLUSH_US or cc is None or not os.path.exists(FAULT_SHIM):
+        print("\nslow-flush row skipped (NORIKV_BENCH_SLOW_FLUSH_US=0, no C compiler, or no tests/ checkout)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        so = os.path.join(tmp, "faultshim.so")
+        subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", so, FAULT_SHIM, "-ldl"], check=True)
+        env = dict(LD_PRELOAD=so, FAULTSHIM_OPS="fdatasync,msync", FAULTSHIM_ACTION="delay")
+        env["FAULTSHIM_DELAY_US"] = str(SLOW_FLUSH_US)
+        spec = dict(kind="put_sync", path=scratch.new(), seed=1, seconds=SYNC_SECONDS / 2)
+        one = Procs([spec], env=env).run()
+        many = _put_sync_procs(scratch.new(), SYNC_SECONDS / 2, env).run()
+        scratch.clean()
+    calls, fsyncs = sum(r["n"] for r in many), sum(r["fsyncs"] for r in many)
+    target(
+        f"{PROCS} processes put+sync vs 1, flush slowed to {SLOW_FLUSH_US} us (info)",
+        f"{_sync_rate(many):,.0f} put+sync/s ({calls / max(fsyncs, 1):.2f} calls per fsync)"
+        f" vs {_sync_rate(one):,.0f} (1 proc)",
+        _sync_rate(many) / _sync_rate(one),
+        3.0,
+        reference="one process doing put + sync() on the same slowed device",
+        benchmark=benchmark,
     )
 
 

@@ -76,11 +76,13 @@ for line in sys.stdin:
 
 
 class Worker:
-    """A process with ``KvStore.open(path, **opts)`` done, taking commands."""
+    """A process with ``KvStore.open(path, **opts)`` done, taking commands
+    (``env``: variables added to its environment)."""
 
-    def __init__(self, path, **opts):
+    def __init__(self, path, *, env=None, **opts):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER, os.fspath(path), json.dumps(opts)],
+            env=None if env is None else {**os.environ, **env},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

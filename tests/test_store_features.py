@@ -658,6 +658,7 @@ STATS_FIELDS = {
     "fsync_seconds_total",
     "fsync_seconds_avg",
     "fsync_seconds_max",
+    "fsync_gather_seconds_total",
     "unsynced_bytes",
     "compactions",
     "last_compaction",
@@ -701,6 +702,7 @@ def test_stats_fields(tmp_path, clock):
     assert st["fsync_seconds_avg"] == pytest.approx(st["fsync_seconds_total"] / st["fsyncs"])
     store.sync()  # nothing new: no fsync
     assert store.stats()["fsyncs"] == 1
+    assert st["fsync_gather_seconds_total"] == 0.0  # a lone caller never waits for others
 
     dead_before = st["dead_ratio"]
     for _ in range(10):

@@ -44,6 +44,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "fsync_seconds_total": ("fsync_seconds_total", "counter", "Time spent in data syncs since open."),
     "fsync_seconds_avg": ("fsync_seconds_avg", "gauge", "Mean duration of a data sync since open."),
     "fsync_seconds_max": ("fsync_seconds_max", "gauge", "Longest data sync since open."),
+    "fsync_gather_seconds_total": (
+        "fsync_gather_seconds_total",
+        "counter",
+        "Time this process's fsync leaders waited for other sync() calls to join (group commit).",
+    ),
     "unsynced_bytes": ("unsynced_bytes", "gauge", "Bytes appended but not yet covered by an fsync."),
     "compactions": ("compactions_total", "counter", "Compactions since open."),
     "compaction_error": ("compaction_failed", "gauge", "1 when the last background compaction failed."),

@@ -108,6 +108,7 @@ cdef extern from "shared.h" nogil:
     ctypedef struct nk_shm:
         uint64_t session, ver, alloc, intent_seg, intent_end, synced_total, owner_deaths
         int poisoned, writer_pid, compact_pid, init_pid
+        uint32_t gather_base, gather_prev, gather_want, fsync_us
         pthread_mutex_t wmutex, smutex, cmutex
     int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
                     uint64_t alloc, int pid)
@@ -121,6 +122,10 @@ cdef extern from "shared.h" nogil:
     uint32_t nk_shm_sync_seq(nk_shm *s)
     void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout)
     void nk_shm_sync_wake(nk_shm *s)
+    void nk_shm_sync_arrive(nk_shm *s)
+    uint32_t nk_shm_arrivals(nk_shm *s)
+    void nk_shm_set_gathering(nk_shm *s, uint32_t on)
+    void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout)
     int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)
     int nk_shm_trylock(pthread_mutex_t *m, int *dead)
     int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead)

@@ -50,6 +50,7 @@ cdef class _WalCore:
     cdef readonly uint64_t fsync_count
     cdef readonly double fsync_seconds
     cdef readonly double fsync_max
+    cdef readonly double gather_seconds  # fsync leaders waiting for other processes' sync() (shared.pyx)
 
     # state
     cdef int busy                        # rotation or growth under way: appends take the slow path

@@ -2,6 +2,7 @@
 
 cdef enum:
     _SYNC_WAIT_SLICE_US = 5000      # a waiter for another process's fsync tries smutex at least this often
+    _GATHER_LIMIT_US = 500          # a leader waits at most this long for other sync() calls (_gather)
     _SYNC_LEAD = 4                  # _take_smutex: smutex held, this thread fsyncs (beside log.pyx's _SYNC_*)
 
 cdef int _shm_map(_WalCore self, bint writable) except -1
@@ -27,6 +28,8 @@ cdef int _repair(_WalCore self) except -1
 # the group commit of all processes; one compaction at a time; the last one out
 cdef int _sync_shared(_WalCore self) except -1
 cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *seg, int *err) noexcept nogil
+cdef void _gather(_WalCore self, bint wait) noexcept nogil
+cdef void _fsync_took(_WalCore self, double dt) noexcept nogil
 cdef int _take_smutex(_WalCore self, uint64_t target, int *err) noexcept nogil
 cdef int _fsync_newest(_WalCore self, bint ranged, uint64_t *seg, int *err) noexcept nogil
 cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t *seg, int *err) noexcept nogil

@@ -452,6 +452,8 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
     cdef int status
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
+    if not ranged:
+        nk_shm_sync_arrive(self.shm)
     status = _take_smutex(self, target, err)
     if status != _SYNC_LEAD:
         return status
@@ -460,10 +462,55 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
     elif self.shm.poisoned:
         status = _SYNC_UNUSABLE
     else:
+        _gather(self, not ranged)
         status = _fsync_newest(self, ranged, seg, err)
     pthread_mutex_unlock(&self.shm.smutex)
     nk_shm_sync_wake(self.shm)
     return status
+
+
+cdef void _gather(_WalCore self, bint wait) noexcept nogil:
+    """With smutex held, before the fsync: the leader's gather (group commit
+    across processes). N processes each in a put + sync() loop, with a
+    leader that fsyncs the moment it takes smutex, settle into two cohorts:
+    while one fsync runs, the callers the previous one covered return, put
+    and arrive; they wait for it to end, and one of them leads the next at
+    once, while the callers just covered come back too late for it. Each
+    caller then waits for about two fsyncs.
+
+    So a sync() caller that finds itself uncovered counts itself in
+    `arrivals` (nk_shm_sync_arrive), and a leader that is a sync() caller
+    (`wait`) waits, before it reads how far the log goes, until as many
+    callers have arrived since the last fsync began as arrived from the start
+    of the one before it to the end of the last (the callers that one
+    covered, and those who waited for it: all who will want the next); at
+    most half the last fsync's time and _GATHER_LIMIT_US. A lone process
+    wants one arrival, its own: no wait. A process that stopped syncing costs
+    one wait, then it is not waited for. The counts are advice: a process
+    that dies leaves them at worst one wait wrong."""
+    cdef nk_shm *s = self.shm
+    cdef uint32_t base = s.gather_base, a
+    cdef double t0 = 0, left, timeout = min(s.fsync_us * 0.5e-6, _GATHER_LIMIT_US * 1e-6)
+    if wait and s.gather_want > 1 and timeout > 0:
+        t0 = _now_monotonic()
+        nk_shm_set_gathering(s, 1)
+        while True:
+            a = nk_shm_arrivals(s)
+            left = t0 + timeout - _now_monotonic()
+            if a - base >= s.gather_want or left <= 0:
+                break
+            nk_shm_arrivals_wait(s, a, left)
+        self.gather_seconds += _now_monotonic() - t0
+    nk_shm_set_gathering(s, 0)          # (also the flag of a leader that died gathering)
+    s.gather_prev = base
+    s.gather_base = nk_shm_arrivals(s)
+
+
+cdef void _fsync_took(_WalCore self, double dt) noexcept nogil:
+    """With smutex held, after a successful fsync of dt seconds: what the
+    next leader's _gather waits for, and at most how long."""
+    self.shm.fsync_us = <uint32_t>min(dt * 1e6, 4e9)
+    self.shm.gather_want = nk_shm_arrivals(self.shm) - self.shm.gather_prev
 
 
 cdef int _take_smutex(_WalCore self, uint64_t target, int *err) noexcept nogil:
@@ -541,7 +588,9 @@ cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t
         self.shm.poisoned = err[0]
         return _SYNC_FAILED
     nk_shm_synced(self.shm, p.total)
-    self._count_fsync(_now_monotonic() - t0)
+    t0 = _now_monotonic() - t0
+    _fsync_took(self, t0)
+    self._count_fsync(t0)
     return _SYNC_DONE
 
 

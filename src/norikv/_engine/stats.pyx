@@ -29,6 +29,7 @@ cdef dict _stats(KvStore store):
         "fsync_seconds_total": store.wal.fsync_seconds,
         "fsync_seconds_avg": store.wal.fsync_seconds / n if n else 0.0,
         "fsync_seconds_max": store.wal.fsync_max,
+        "fsync_gather_seconds_total": store.wal.gather_seconds,
         "unsynced_bytes": written - synced,
         "compactions": store._compactions,
         "last_compaction": store._last_compaction,

@@ -24,7 +24,10 @@
  *                      first writes a byte into the FIFO FAULTSHIM_HELD, then
  *                      waits for a byte from the FIFO FAULTSHIM_HOLD, then
  *                      runs (what another thread can do meanwhile: whether
- *                      the caller released the GIL around the call)
+ *                      the caller released the GIL around the call);
+ *                      or "delay" (not rename, pread): every matching call sleeps
+ *                      FAULTSHIM_DELAY_US microseconds (default 1000), then
+ *                      runs (a device whose flush takes that long)
  *
  * Calls that can be named: fsync, fdatasync, write, pwrite, msync, fallocate,
  * ftruncate, unlink (also unlinkat), rename (also renameat), pread (also
@@ -45,6 +48,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { OP_FSYNC = 1, OP_FDATASYNC = 2, OP_WRITE = 4, OP_PWRITE = 8, OP_MSYNC = 16,
@@ -60,6 +64,8 @@ static long after;
 static long matched;
 static int kill_mode;
 static int hold_mode;
+static int delay_mode;
+static long delay_us = 1000;
 static const char *held_fifo;
 static const char *hold_fifo;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -117,6 +123,8 @@ static void init(void) {
     if ((s = getenv("FAULTSHIM_AFTER"))) after = atol(s);
     if ((s = getenv("FAULTSHIM_ACTION")) && !strcmp(s, "kill")) kill_mode = 1;
     if (s && !strcmp(s, "hold")) hold_mode = 1;
+    if (s && !strcmp(s, "delay")) delay_mode = 1;
+    if ((s = getenv("FAULTSHIM_DELAY_US"))) delay_us = atol(s);
     held_fifo = getenv("FAULTSHIM_HELD");
     hold_fifo = getenv("FAULTSHIM_HOLD");
 }
@@ -183,12 +191,22 @@ static void hold(void) {
     errno = saved;
 }
 
+/* Delay mode: the caller sleeps delay_us first. */
+static void delay(void) {
+    struct timespec ts = {delay_us / 1000000, (delay_us % 1000000) * 1000};
+    int saved = errno;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+    errno = saved;
+}
+
 /* In kill mode a matching call is performed, then the process dies; in hold
-   mode it waits (hold), then is performed. */
+   mode it waits (hold), in delay mode it sleeps (delay), then is performed. */
 #define FAIL_OR_KILL(op, name, fd, failexpr, call) \
     do { \
         if (should_fail(op, name, fd)) { \
             if (hold_mode) { hold(); break; } \
+            if (delay_mode) { delay(); break; } \
             if (kill_mode) { __typeof__(call) r_ = call; (void)r_; kill(getpid(), SIGKILL); } \
             failexpr; \
         } \
@@ -274,6 +292,7 @@ int unlink(const char *path) {
     REAL(int, "unlink", const char *);
     if (should_fail(OP_UNLINK, "unlink", -1)) {
         if (hold_mode) { hold(); return real(path); }
+        if (delay_mode) { delay(); return real(path); }
         if (kill_mode) { real(path); kill(getpid(), SIGKILL); }
         errno = fail_errno; return -1;
     }
@@ -284,6 +303,7 @@ int unlinkat(int dirfd, const char *path, int flags) {
     REAL(int, "unlinkat", int, const char *, int);
     if (should_fail(OP_UNLINK, "unlinkat", -1)) {
         if (hold_mode) { hold(); return real(dirfd, path, flags); }
+        if (delay_mode) { delay(); return real(dirfd, path, flags); }
         if (kill_mode) { real(dirfd, path, flags); kill(getpid(), SIGKILL); }
         errno = fail_errno; return -1;
     }

@@ -49,7 +49,13 @@ typedef struct {
     int32_t init_pid;       /* the process that initialized the page (recovered the log) */
     uint64_t owner_deaths;  /* writers found dead holding wmutex (stats) */
     uint32_t sync_seq;      /* bumped after each fsync of the log: its waiters' futex */
-    char pad[60];
+    uint32_t arrivals;      /* sync() calls that found themselves uncovered: the gather's futex */
+    uint32_t gathering;     /* an fsync leader waits on arrivals (shared.pyx, _gather) */
+    uint32_t gather_base;   /* smutex: arrivals when the last fsync began, */
+    uint32_t gather_prev;   /* and when the one before it began */
+    uint32_t gather_want;   /* smutex: the arrivals the next fsync waits for */
+    uint32_t fsync_us;      /* smutex: how long the last fsync took */
+    char pad[36];
     pthread_mutex_t wmutex __attribute__((aligned(64)));
     pthread_mutex_t smutex __attribute__((aligned(64)));
     pthread_mutex_t cmutex __attribute__((aligned(64)));
@@ -154,21 +160,46 @@ static inline void nk_shm_synced(nk_shm *s, uint64_t t) {
 static inline uint32_t nk_shm_sync_seq(nk_shm *s) {
     return __atomic_load_n(&s->sync_seq, __ATOMIC_ACQUIRE);
 }
+/* Sleeps while *addr holds val, at most timeout seconds. */
+static inline void nk_futex_wait(uint32_t *addr, uint32_t val, double timeout) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)timeout;
+    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+    (void)syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0);
+}
 /* Sleeps until sync_seq differs from seq, at most timeout seconds (a leader
    that died in its fsync never wakes anyone: the waiter then tries smutex,
    which tells it the holder died). */
 static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) {
-    struct timespec ts;
-    ts.tv_sec = (time_t)timeout;
-    ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
-    (void)syscall(SYS_futex, &s->sync_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
+    nk_futex_wait(&s->sync_seq, seq, timeout);
 }
 static inline void nk_shm_sync_wake(nk_shm *s) {
     __atomic_add_fetch(&s->sync_seq, 1, __ATOMIC_RELEASE);
     (void)syscall(SYS_futex, &s->sync_seq, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
 }
+
+/* The leader's gather (shared.pyx, _gather): sync() callers count
+   themselves in `arrivals`, and wake a leader that waits for them. */
+static inline void nk_shm_sync_arrive(nk_shm *s) {
+    __atomic_add_fetch(&s->arrivals, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->gathering, __ATOMIC_SEQ_CST))
+        (void)syscall(SYS_futex, &s->arrivals, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+static inline uint32_t nk_shm_arrivals(nk_shm *s) {
+    return __atomic_load_n(&s->arrivals, __ATOMIC_SEQ_CST);
+}
+static inline void nk_shm_set_gathering(nk_shm *s, uint32_t on) {
+    __atomic_store_n(&s->gathering, on, __ATOMIC_SEQ_CST);
+}
+static inline void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout) {
+    nk_futex_wait(&s->arrivals, a, timeout);
+}
 #define NK_SHM_SYNC_FUTEX 1
 #else
+static inline void nk_shm_sync_arrive(nk_shm *s) { (void)s; }
+static inline uint32_t nk_shm_arrivals(nk_shm *s) { (void)s; return 0; }
+static inline void nk_shm_set_gathering(nk_shm *s, uint32_t on) { (void)s; (void)on; }
+static inline void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout) { (void)s; (void)a; (void)timeout; }
 static inline uint32_t nk_shm_sync_seq(nk_shm *s) { (void)s; return 0; }
 static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) { (void)s; (void)seq; (void)timeout; }
 static inline void nk_shm_sync_wake(nk_shm *s) { (void)s; }
