@@ -124,6 +124,7 @@ cdef extern from "shared.h" nogil:
     void nk_shm_sync_wake(nk_shm *s)
     void nk_shm_sync_arrive(nk_shm *s)
     uint32_t nk_shm_arrivals(nk_shm *s)
+    bint nk_shm_gathered(nk_shm *s, uint32_t arrivals)
     void nk_shm_set_gathering(nk_shm *s, uint32_t on)
     void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout)
     int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)

@@ -489,20 +489,20 @@ cdef void _gather(_WalCore self, bint wait) noexcept nogil:
     one wait, then it is not waited for. The counts are advice: a process
     that dies leaves them at worst one wait wrong."""
     cdef nk_shm *s = self.shm
-    cdef uint32_t base = s.gather_base, a
+    cdef uint32_t a
     cdef double t0 = 0, left, timeout = min(s.fsync_us * 0.5e-6, _GATHER_LIMIT_US * 1e-6)
     if wait and s.gather_want > 1 and timeout > 0:
         t0 = _now_monotonic()
-        nk_shm_set_gathering(s, 1)
+        nk_shm_set_gathering(s, 1)      # (the arrival that completes the count wakes this thread)
         while True:
             a = nk_shm_arrivals(s)
             left = t0 + timeout - _now_monotonic()
-            if a - base >= s.gather_want or left <= 0:
+            if nk_shm_gathered(s, a) or left <= 0:
                 break
             nk_shm_arrivals_wait(s, a, left)
         self.gather_seconds += _now_monotonic() - t0
     nk_shm_set_gathering(s, 0)          # (also the flag of a leader that died gathering)
-    s.gather_prev = base
+    s.gather_prev = s.gather_base
     s.gather_base = nk_shm_arrivals(s)
 
 

@@ -179,10 +179,16 @@ static inline void nk_shm_sync_wake(nk_shm *s) {
 }
 
 /* The leader's gather (shared.pyx, _gather): sync() callers count
-   themselves in `arrivals`, and wake a leader that waits for them. */
+   themselves in `arrivals`; the one that completes what a gathering
+   leader waits for wakes it (gather_base and gather_want were stored
+   before `gathering`; read stale, they only cost the leader its timeout). */
+static inline int nk_shm_gathered(nk_shm *s, uint32_t arrivals) {
+    return arrivals - __atomic_load_n(&s->gather_base, __ATOMIC_RELAXED)
+           >= __atomic_load_n(&s->gather_want, __ATOMIC_RELAXED);
+}
 static inline void nk_shm_sync_arrive(nk_shm *s) {
-    __atomic_add_fetch(&s->arrivals, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&s->gathering, __ATOMIC_SEQ_CST))
+    uint32_t a = __atomic_add_fetch(&s->arrivals, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->gathering, __ATOMIC_SEQ_CST) && nk_shm_gathered(s, a))
         (void)syscall(SYS_futex, &s->arrivals, FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 static inline uint32_t nk_shm_arrivals(nk_shm *s) {
@@ -198,6 +204,7 @@ static inline void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout) {
 #else
 static inline void nk_shm_sync_arrive(nk_shm *s) { (void)s; }
 static inline uint32_t nk_shm_arrivals(nk_shm *s) { (void)s; return 0; }
+static inline int nk_shm_gathered(nk_shm *s, uint32_t arrivals) { (void)s; (void)arrivals; return 1; }
 static inline void nk_shm_set_gathering(nk_shm *s, uint32_t on) { (void)s; (void)on; }
 static inline void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout) { (void)s; (void)a; (void)timeout; }
 static inline uint32_t nk_shm_sync_seq(nk_shm *s) { (void)s; return 0; }
