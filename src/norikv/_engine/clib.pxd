@@ -67,6 +67,7 @@ cdef extern from "platform.h" nogil:
     int nk_sync_range(int fd, void *addr, uint64_t end)
     int nk_sync_full(int fd)
     int nk_allocate(int fd, long off, long length)
+    int nk_discard_range(int fd, long off, long length)
     int nk_lock_file(int fd)
     int nk_page_size()
     int nk_prefault(void *addr, size_t length, int for_write)

@@ -357,35 +357,58 @@ cdef int _use_small_folios(_WalCore self) except -1:
     every small fsync write up to 2 MiB; if the active segment is faulted
     in that far, it is sealed and the log goes on in a new segment, which
     starts with page-sized folios (with many processes, under the writers'
-    mutex and published, as a rotation of _make_room's). Otherwise only the
-    part of the mapping not yet faulted in is advised."""
-    cdef size_t page = nk_page_size()
-    cdef size_t start
+    mutex and published, as a rotation of _make_room's). Otherwise the
+    zeros faulted in ahead of the log are dropped (_drop_ahead) and the
+    mapping from the log's end on is advised."""
     self.small_folios = True
     if self.seg_fd < 0:
         return 0
-    if self.populated > _LARGE_FOLIOS_PAST:
-        if self.shm != NULL:
-            _writer_lock(self)          # (brings the Wal to the published end)
+    if self.shm != NULL:
+        _writer_lock(self)          # (brings the Wal to the published end)
+    try:
+        self._lock_io()
         try:
-            self._lock_io()
-            try:
-                self._check_usable()
+            self._check_usable()
+            if self.populated > _LARGE_FOLIOS_PAST:
                 if self.seg_fd >= 0 and self.seg_size > 0 and self.seg_id < UINT64_MAX:
                     _rotate(self, 0)
-            finally:
-                self._unlock_io()
+            elif self.seg_fd >= 0:
+                _drop_ahead(self)
         finally:
-            if self.shm != NULL:
-                _writer_unlock(self)
-        return 0
-    self._lock_map()
-    if self.map != NULL:
-        start = <size_t>_round_up(self.populated, page)
-        if start < self.map_len:
-            nk_advise_small_folios(self.map + start, self.map_len - start)
-    self._unlock_map()
+            self._unlock_io()
+    finally:
+        if self.shm != NULL:
+            _writer_unlock(self)
     return 0
+
+
+cdef void _drop_ahead(_WalCore self) noexcept:
+    """With io_lock (and with many processes the writers' mutex) held, so
+    that no append is under way: drops the page cache of the active segment
+    past the page holding its end, the zeros the prefault faulted in ahead
+    (nk_discard_range), and advises the mapping from there on. Those zeros
+    were dirty where the prefault mapped for writing (the OS policy, and the
+    batch policy until the first sync()), and the next fsyncs wrote them: the
+    first five sync() calls of a new store took 3-11 ms each, writing up to
+    16 MiB. They were in folios of up to 2 MiB, which every later fsync
+    covering one writes whole. Dropped, they come back page-sized and clean
+    (the prefault maps for reading from now on). Best effort: where the file
+    system cannot (EOPNOTSUPP), or on any error, they stay."""
+    cdef uint64_t page = nk_page_size()
+    cdef uint64_t start = _round_up(self.seg_size, page)
+    cdef uint64_t stop = self.populated if self.populated < self.alloc else self.alloc
+    cdef int err = 0
+    self._lock_map()                    # (the prefault's steps wait)
+    if stop > start:
+        with nogil:
+            err = nk_discard_range(self.seg_fd, <long>start, <long>(stop - start))
+        if err == 0:
+            self.populated = start
+    if self.map != NULL:
+        stop = _round_up(self.populated, page)
+        if stop < self.map_len:
+            nk_advise_small_folios(self.map + stop, self.map_len - stop)
+    self._unlock_map()
 
 
 cdef int _make_room(_WalCore self, uint64_t n) except -1:

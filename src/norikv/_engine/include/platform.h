@@ -162,6 +162,19 @@ static int nk_allocate(int fd, off_t off, off_t len) {
 #endif
 }
 
+/* Drops the page cache of [off, off+len) of fd without writing it, and
+   makes the range read as zeros, keeping its blocks (fallocate
+   ZERO_RANGE: dirty pages are discarded, not written). Returns 0 or an
+   errno value (EOPNOTSUPP where the file system or the OS cannot). */
+static int nk_discard_range(int fd, off_t off, off_t len) {
+#if defined(__linux__) && defined(FALLOC_FL_ZERO_RANGE)
+    return fallocate(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, off, len) == 0 ? 0 : errno;
+#else
+    (void)fd; (void)off; (void)len;
+    return EOPNOTSUPP;
+#endif
+}
+
 /* Exclusive, non-blocking lock of a whole file with flock(2): tied to the open
    file description, so closing another descriptor of the same file elsewhere in
    the process does not drop it (unlike fcntl locks). */
