@@ -164,6 +164,29 @@ def _sectors_written(path):
         return None
 
 
+def _zeros_mapped_ahead(kind, tmp_path, n):
+    """A new log (OS policy) with n records and the prefault's full 16 MiB
+    lead mapped for writing ahead of them, as a writer gets it: (the store
+    or Wal, its Wal, the segment's path, the log's end)."""
+    if _sectors_written(tmp_path) is None:
+        pytest.skip("no block-device statistics for this file system")
+    os.sync()
+    w = _open(kind, tmp_path / "db", FsyncPolicy.OS)
+    wal = _wal(kind, w)
+    _write(kind, w, n)
+    assert wait_for(lambda: not wal.prefault_pending)
+    while _engine._test_prefault(wal, False)[1] < 16 * MIB:
+        pass
+    path, end = _segment(wal), wal.seg_size
+    assert cachestat(path, _round_up(end), 16 * MIB)[1] >= 4000  # dirty zeros ahead
+    return w, wal, path, end
+
+
+def _keys_read_back(path):
+    with Wal.open(WalConfig(dir=os.path.dirname(path)))[0] as again:
+        return [r.key for r, _ in again.read_from(Position(0, 0))]
+
+
 @pytest.mark.parametrize("kind", ["wal", "store"])
 def test_sealing_a_segment_leaves_the_zeros_past_its_end_unwritten(needs_cachestat, tmp_path, kind):
     # close() (like a rotation and a compaction's seal) syncs the log's bytes
@@ -172,25 +195,13 @@ def test_sealing_a_segment_leaves_the_zeros_past_its_end_unwritten(needs_cachest
     # them: 16.3 MiB for a close, 20 ms instead of 4 on the test VM). Counted
     # on the block device, which other writers could disturb: what is dirty
     # elsewhere is written out first, and the bound is half of what was saved.
-    if _sectors_written(tmp_path) is None:
-        pytest.skip("no block-device statistics for this file system")
-    os.sync()
-    w = _open(kind, tmp_path / "db", FsyncPolicy.OS)
-    wal = _wal(kind, w)
-    _write(kind, w, 2000)  # ~250 KB
-    assert wait_for(lambda: not wal.prefault_pending)
-    while _engine._test_prefault(wal, False)[1] < 16 * MIB:  # the full lead, as a writer gets it
-        pass
-    path, size = _segment(wal), wal.seg_size
-    assert cachestat(path, _round_up(size), 16 * MIB)[1] >= 4000
+    w, _, path, size = _zeros_mapped_ahead(kind, tmp_path, 2000)  # ~250 KB
     before = _sectors_written(tmp_path)
     w.close()
     wrote = _sectors_written(tmp_path) - before
     assert wrote < 8 * MIB, wrote
     assert os.path.getsize(path) == size
-    with Wal.open(WalConfig(dir=os.path.dirname(path)))[0] as again:
-        keys = [r.key for r, _ in again.read_from(Position(0, 0))]
-    assert keys[-1] == b"k001999"
+    assert _keys_read_back(path)[-1] == b"k001999"
 
 
 @pytest.mark.parametrize("kind", ["wal", "store"])
@@ -200,17 +211,7 @@ def test_the_first_small_sync_drops_the_zeros_mapped_ahead_unwritten(needs_cache
     # ahead of the log are dropped then (fallocate ZERO_RANGE), not written
     # by that fsync and the next (a new store's first sync() took 2-3.5 ms
     # instead of 0.4-0.6). Counted on the block device, as above.
-    if _sectors_written(tmp_path) is None:
-        pytest.skip("no block-device statistics for this file system")
-    os.sync()
-    w = _open(kind, tmp_path / "db", FsyncPolicy.OS)
-    wal = _wal(kind, w)
-    _write(kind, w, 200)  # ~25 KB: a small sync
-    assert wait_for(lambda: not wal.prefault_pending)
-    while _engine._test_prefault(wal, False)[1] < 16 * MIB:
-        pass
-    path, end = _segment(wal), wal.seg_size
-    assert cachestat(path, _round_up(end), 16 * MIB)[1] >= 2000  # dirty zeros ahead
+    w, _, path, end = _zeros_mapped_ahead(kind, tmp_path, 200)  # ~25 KB: a small sync
     before = _sectors_written(tmp_path)
     w.sync()
     wrote = _sectors_written(tmp_path) - before
@@ -219,6 +220,4 @@ def test_the_first_small_sync_drops_the_zeros_mapped_ahead_unwritten(needs_cache
     _write(kind, w, 400)  # the log goes on past the dropped pages
     w.sync()
     w.close()
-    with Wal.open(WalConfig(dir=os.path.dirname(path)))[0] as again:
-        keys = [r.key for r, _ in again.read_from(Position(0, 0))]
-    assert keys == [b"k%06d" % i for i in range(200)] + [b"k%06d" % i for i in range(400)]
+    assert _keys_read_back(path) == [b"k%06d" % i for i in range(200)] + [b"k%06d" % i for i in range(400)]
