@@ -74,12 +74,16 @@ def test_the_lead_starts_small_and_doubles_up_to_16_mib(tmp_path):
 
 def test_the_prefault_steps_aside_for_a_due_batch_fsync(tmp_path):
     # The longest window: the thread's own fsync of the last append is a
-    # second away.
+    # second away. The background thread is stopped first: woken by the
+    # append, it saw the fsync made due below and ran it (clearing `dirty`)
+    # while the hook's loop ran, which then had nothing to step aside for
+    # (it failed about 1 run in 7, and more often on some builds' timing).
     wal = _open(tmp_path / "db", FsyncPolicy.batch(1.0))
     try:
         _fill(wal)
         _settled(wal)
         wal.sync()
+        wal._stop_background()
         wal.append(Record.put(b"k001999", b"v" * 100))
         end, _, populated, pending = _engine._test_prefault(wal, True)
         assert pending  # (the flusher loop fsyncs, then calls it again)
