@@ -209,8 +209,8 @@ def test_the_first_small_sync_drops_the_zeros_mapped_ahead_unwritten(needs_cache
     # A store that syncs little switches to page-sized folios at its first
     # small sync(); the zeros the OS policy's prefault had mapped for writing
     # ahead of the log are dropped then (fallocate ZERO_RANGE), not written
-    # by that fsync and the next (a new store's first sync() took 2-3.5 ms
-    # instead of 0.4-0.6). Counted on the block device, as above.
+    # by that fsync and the next (a new store's first sync() under OS took
+    # 2.0-2.5 ms instead of 0.4-0.6). Counted on the block device, as above.
     w, _, path, end = _zeros_mapped_ahead(kind, tmp_path, 200)  # ~25 KB: a small sync
     before = _sectors_written(tmp_path)
     w.sync()
