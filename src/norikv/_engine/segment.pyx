@@ -388,12 +388,12 @@ cdef void _drop_ahead(_WalCore self) noexcept:
     past the page holding its end, the zeros the prefault faulted in ahead
     (nk_discard_range), and advises the mapping from there on. Those zeros
     were dirty where the prefault mapped for writing (the OS policy, and the
-    batch policy until the first sync()), and the next fsyncs wrote them: the
-    first five sync() calls of a new store took 3-11 ms each, writing up to
-    16 MiB. They were in folios of up to 2 MiB, which every later fsync
-    covering one writes whole. Dropped, they come back page-sized and clean
-    (the prefault maps for reading from now on). Best effort: where the file
-    system cannot (EOPNOTSUPP), or on any error, they stay."""
+    batch policy until the first sync()), and this sync wrote them: up to
+    16 MiB for a few KB of records. They were in folios of up to 2 MiB,
+    which every later fsync covering one writes whole. Dropped, they come
+    back page-sized and clean (the prefault maps for reading from now on).
+    Best effort: where the file system cannot (EOPNOTSUPP), or on any error,
+    they stay."""
     cdef uint64_t page = nk_page_size()
     cdef uint64_t start = _round_up(self.seg_size, page)
     cdef uint64_t stop = self.populated if self.populated < self.alloc else self.alloc

@@ -581,16 +581,16 @@ cdef int _fsync_published(_WalCore self, int fd, uint8_t *m, nk_pub *p, uint64_t
     (of its first p.seg_size bytes where m, this process's mapping of it, is
     given: nk_sync_range). Records how far the log is durable, or the
     failure (SHM poisoned)."""
-    cdef double t0 = _now_monotonic()
+    cdef double t0 = _now_monotonic(), dt
     err[0] = nk_sync_range(fd, m, p.seg_size)
     if err[0]:
         seg[0] = p.seg_id
         self.shm.poisoned = err[0]
         return _SYNC_FAILED
     nk_shm_synced(self.shm, p.total)
-    t0 = _now_monotonic() - t0
-    _fsync_took(self, t0)
-    self._count_fsync(t0)
+    dt = _now_monotonic() - t0
+    _fsync_took(self, dt)
+    self._count_fsync(dt)
     return _SYNC_DONE
 
 
