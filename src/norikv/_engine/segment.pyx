@@ -383,10 +383,16 @@ cdef int _use_small_folios(_WalCore self) except -1:
 
 
 cdef void _drop_ahead(_WalCore self) noexcept:
-    """With io_lock (and with many processes the writers' mutex) held, so
-    that no append is under way: drops the page cache of the active segment
-    past the page holding its end, the zeros the prefault faulted in ahead
-    (nk_discard_range), and advises the mapping from there on. Those zeros
+    """With io_lock (and with many processes the writers' mutex) held: drops
+    the page cache of the active segment past the page holding its end, the
+    zeros the prefault faulted in ahead (nk_discard_range), and advises the
+    mapping from there on. The discard runs without the GIL, and a Wal's
+    appends take io_lock only off their fast path: `populated` is lowered
+    to where the discard starts first, so that an append meanwhile fits in
+    the page holding the end or waits in _make_room (an append that went on
+    past it wrote into the range being zeroed, and a SIGKILL test lost
+    acknowledged records). With many processes the writers' mutex holds
+    every append. Those zeros
     were dirty where the prefault mapped for writing (the OS policy, and the
     batch policy until the first sync()), and this sync wrote them: up to
     16 MiB for a few KB of records. They were in folios of up to 2 MiB,
@@ -395,15 +401,14 @@ cdef void _drop_ahead(_WalCore self) noexcept:
     Best effort: where the file system cannot (EOPNOTSUPP), or on any error,
     they stay."""
     cdef uint64_t page = nk_page_size()
-    cdef uint64_t start = _round_up(self.seg_size, page)
-    cdef uint64_t stop = self.populated if self.populated < self.alloc else self.alloc
-    cdef int err = 0
-    self._lock_map()                    # (the prefault's steps wait)
+    cdef uint64_t start, stop
+    self._lock_map()                    # (the prefault's steps wait; may release the GIL)
+    start = _round_up(self.seg_size, page)
+    stop = self.populated if self.populated < self.alloc else self.alloc
     if stop > start:
+        self.populated = start          # (before the GIL goes: see above)
         with nogil:
-            err = nk_discard_range(self.seg_fd, <long>start, <long>(stop - start))
-        if err == 0:
-            self.populated = start
+            nk_discard_range(self.seg_fd, <long>start, <long>(stop - start))
     if self.map != NULL:
         stop = _round_up(self.populated, page)
         if stop < self.map_len:
