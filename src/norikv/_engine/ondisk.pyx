@@ -36,30 +36,31 @@ cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
     # at (which a get decodes anyway): the directory's entry stays out of
     # the cache. When the first slot with the key's tag is another key's (or
     # its record is damaged), the full lookup, and the record there decoded
-    # with its CRC (a damaged one raises, naming file and offset).
+    # with its CRC, so that damage is named as such, with file and offset,
+    # not as another key's record (a rare path: the CRC is checked again).
     if not kd.locate(h, &loc):
         return None
     if views.decode_at(loc, k, klen, &r, False) != NK_OK:
         if not kd.find(k, klen, h, &loc, &vsize):
             return None
         views.record_at(loc, k, klen, &r)
-    stored = _stored_value(views, loc, &r, True)
-    kind = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
+    stored = _stored_value(views, loc, &r, &kind, True)
     return stored if kind == 0 else _unpack(store, views, loc, stored, kind)
 
 
 cdef bytes _stored_at(_SegmentViews views, uint64_t loc, bytes key, uint32_t *kind, bint may_release):
     cdef nk_rec r
     views.record_at(loc, <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), &r, False)
+    return _stored_value(views, loc, &r, kind, may_release)
+
+
+cdef bytes _stored_value(_SegmentViews views, uint64_t loc, const nk_rec *r, uint32_t *kind, bint may_release):
+    """The value bytes of the record r decoded at loc (its CRC not checked
+    yet), as stored (compressed or not: *kind), once its CRC is checked
+    (CorruptionError naming file and offset otherwise). With may_release, a
+    value of _NOGIL_COPY bytes or more is checked and copied with the GIL
+    released."""
     kind[0] = (r.flags & NK_COMP_MASK) >> NK_COMP_SHIFT
-    return _stored_value(views, loc, &r, may_release)
-
-
-cdef bytes _stored_value(_SegmentViews views, uint64_t loc, const nk_rec *r, bint may_release):
-    """The value bytes of the record r decoded at loc, as stored, once its
-    CRC is checked (CorruptionError naming file and offset otherwise). With
-    may_release, a value of _NOGIL_COPY bytes or more is checked and copied
-    with the GIL released."""
     if r.vlen >= _NOGIL_COPY and may_release:
         return _copy_nogil(views, loc, r)
     if r.vlen >= _PREFETCH_FROM:
