@@ -121,3 +121,22 @@ def store_copy(three_segment_store, tmp_path):
     d = tmp_path / "store"
     shutil.copytree(three_segment_store, d)
     return d
+
+
+@pytest.fixture
+def workers():
+    """Processes with a store open (procutil.Worker: ``start(path, env=...,
+    **open options)``) started by a test; whatever is left is killed at its
+    end."""
+    from procutil import Worker
+
+    started = []
+
+    def start(path, **opts):
+        w = Worker(path, **opts)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()

@@ -19,22 +19,7 @@ import pytest
 
 from conftest import SLOW
 from norikv import KvStore, LockError, ReadOnlyError, Record
-from procutil import Worker, WorkerError
-
-
-@pytest.fixture
-def workers():
-    """Workers started by a test; whatever is left is killed at its end."""
-    started = []
-
-    def start(path, **opts):
-        w = Worker(path, **opts)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.kill()
+from procutil import WorkerError
 
 
 def test_every_process_reads_what_any_other_acknowledged(tmp_path, workers):

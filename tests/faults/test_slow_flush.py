@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from norikv import KvStore
-from procutil import Worker
+
+from ._shim import shim_env
 
 DELAY_US = 2000
 PROCS = 4
@@ -28,19 +29,10 @@ result = [st["fsyncs"] - f0, st["fsync_gather_seconds_total"] - g0]
 
 
 @pytest.fixture
-def slow_flush_workers(shim_path):
-    env = {"LD_PRELOAD": shim_path, "FAULTSHIM_OPS": "fdatasync,msync", "FAULTSHIM_ACTION": "delay"}
-    env["FAULTSHIM_DELAY_US"] = str(DELAY_US)
-    started = []
-
-    def start(path):
-        w = Worker(path, env=env)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.kill()
+def slow_flush_workers(shim_path, workers):
+    env = shim_env(shim_path, "fdatasync,msync")
+    env.update(FAULTSHIM_ACTION="delay", FAULTSHIM_DELAY_US=str(DELAY_US))
+    return lambda path: workers(path, env=env)
 
 
 def _loop(workers):
@@ -65,7 +57,7 @@ def test_every_fsync_covers_every_process_syncing_in_a_loop(tmp_path, slow_flush
 
 
 def test_a_lone_process_never_waits_for_others(tmp_path, slow_flush_workers):
-    (w,) = _loop_alone = [slow_flush_workers(tmp_path)]
-    [(fsyncs, gathered)] = _loop(_loop_alone)
+    w = slow_flush_workers(tmp_path)
+    [(fsyncs, gathered)] = _loop([w])
     assert fsyncs == ROUNDS and gathered == 0.0
     w.stop()
