@@ -502,7 +502,7 @@ def test_put_sync_4_processes_vs_1(benchmark, scratch):
     one: list[dict] = []
 
     def setup():
-        one.append(Procs([dict(kind="put_sync", path=scratch.new(), seed=1, seconds=SYNC_SECONDS)]).run()[0])
+        one.append(_put_sync_procs(scratch.new(), SYNC_SECONDS, n=1).run()[0])
         return (_put_sync_procs(scratch.new(), SYNC_SECONDS),), {}
 
     many: list[list[dict]] = []
@@ -534,8 +534,9 @@ def test_put_sync_4_processes_vs_1(benchmark, scratch):
     )
 
 
-def _put_sync_procs(path, seconds, env=None):
-    specs = [dict(kind="put_sync", path=path, seed=100 + i, seconds=seconds) for i in range(PROCS)]
+def _put_sync_procs(path, seconds, env=None, n=PROCS):
+    """n processes, each in a put + sync() loop on the store at path for `seconds`."""
+    specs = [dict(kind="put_sync", path=path, seed=100 + i, seconds=seconds) for i in range(n)]
     return Procs(specs, env=env)
 
 
@@ -558,8 +559,7 @@ def _slow_flush_row(benchmark, scratch):
         subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", so, FAULT_SHIM, "-ldl"], check=True)
         env = dict(LD_PRELOAD=so, FAULTSHIM_OPS="fdatasync,msync", FAULTSHIM_ACTION="delay")
         env["FAULTSHIM_DELAY_US"] = str(SLOW_FLUSH_US)
-        spec = dict(kind="put_sync", path=scratch.new(), seed=1, seconds=SYNC_SECONDS / 2)
-        one = Procs([spec], env=env).run()
+        one = _put_sync_procs(scratch.new(), SYNC_SECONDS / 2, env, n=1).run()
         many = _put_sync_procs(scratch.new(), SYNC_SECONDS / 2, env).run()
         scratch.clean()
     calls, fsyncs = sum(r["n"] for r in many), sum(r["fsyncs"] for r in many)

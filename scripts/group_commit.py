@@ -36,12 +36,11 @@ def _loop(store: KvStore, tag: int, until: float) -> int:
     return n
 
 
-def _process(path: str, tag: int, start: float, seconds: float, out) -> None:
+def _process(path: str, tag: int, go, seconds: float, out) -> None:
     with KvStore.open(path, auto_compact=False) as s:
         st0 = s.stats()
-        while time.monotonic() < start:
-            pass
-        n = _loop(s, tag, start + seconds)
+        go.wait()  # (every process has the store open)
+        n = _loop(s, tag, time.monotonic() + seconds)
         st = s.stats()
         out.put((n, st["fsyncs"] - st0["fsyncs"], st["fsync_gather_seconds_total"] - st0["fsync_gather_seconds_total"]))
 
@@ -66,8 +65,8 @@ def _threads(path: str, n: int, seconds: float) -> tuple[int, int, float]:
 def _processes(path: str, n: int, seconds: float) -> tuple[int, int, float]:
     KvStore.open(path).close()
     out: multiprocessing.Queue = multiprocessing.Queue()
-    start = time.monotonic() + 0.5  # (every process opened by then)
-    ps = [multiprocessing.Process(target=_process, args=(path, i, start, seconds, out)) for i in range(n)]
+    go = multiprocessing.Barrier(n)
+    ps = [multiprocessing.Process(target=_process, args=(path, i, go, seconds, out)) for i in range(n)]
     for p in ps:
         p.start()
     rs = [out.get() for _ in ps]
