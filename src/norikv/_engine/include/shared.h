@@ -167,6 +167,10 @@ static inline void nk_futex_wait(uint32_t *addr, uint32_t val, double timeout) {
     ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
     (void)syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0);
 }
+/* Wakes at most n of the threads sleeping on addr. */
+static inline void nk_futex_wake(uint32_t *addr, int n) {
+    (void)syscall(SYS_futex, addr, FUTEX_WAKE, n, NULL, NULL, 0);
+}
 /* Sleeps until sync_seq differs from seq, at most timeout seconds (a leader
    that died in its fsync never wakes anyone: the waiter then tries smutex,
    which tells it the holder died). */
@@ -175,7 +179,7 @@ static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) {
 }
 static inline void nk_shm_sync_wake(nk_shm *s) {
     __atomic_add_fetch(&s->sync_seq, 1, __ATOMIC_RELEASE);
-    (void)syscall(SYS_futex, &s->sync_seq, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+    nk_futex_wake(&s->sync_seq, 0x7fffffff);
 }
 
 /* The leader's gather (shared.pyx, _gather): sync() callers count
@@ -189,7 +193,7 @@ static inline int nk_shm_gathered(nk_shm *s, uint32_t arrivals) {
 static inline void nk_shm_sync_arrive(nk_shm *s) {
     uint32_t a = __atomic_add_fetch(&s->arrivals, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->gathering, __ATOMIC_SEQ_CST) && nk_shm_gathered(s, a))
-        (void)syscall(SYS_futex, &s->arrivals, FUTEX_WAKE, 1, NULL, NULL, 0);
+        nk_futex_wake(&s->arrivals, 1);
 }
 static inline uint32_t nk_shm_arrivals(nk_shm *s) {
     return __atomic_load_n(&s->arrivals, __ATOMIC_SEQ_CST);
