@@ -33,7 +33,7 @@ cdef int _maybe_compact(KvStore store) except -1:
     once the log holds compact_min_bytes and its dead_ratio reaches
     compact_dead_ratio."""
     cdef uint64_t log_bytes
-    if store.wal.shm != NULL and nk_shm_ver(store.wal.shm) != store.wal.follow_ver:
+    if store.wal.shm != NULL and (nk_shm_ver(store.wal.shm) != store.wal.follow_ver or store._has_pending()):
         return 0    # the map is behind the log (this process only wrote since): no dead ratio yet
     log_bytes = _log_bytes(store)
     store._next_check = store.wal.written_total + max(<uint64_t>1 << 20, log_bytes // 16)
@@ -92,6 +92,8 @@ cdef tuple _freeze(KvStore store):
                 snap.n += 1
                 bound += nk_encoded_len(klen, vsize, NK_FLAG_TTL, UINT64_MAX, 0, 0)
         else:
+            if store._has_pending():
+                _fold_pending(store)    # (a read of one key in another thread while _begin_exclusive waited)
             data = store._data.copy()
             expiry = store._expiry.copy()
             for k_, v in data.items():

@@ -52,7 +52,7 @@ cdef PyMethodDef _get_slot
 cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     cdef PyObject *v
     if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0] and not self._closed:
-        _catch_up(self)         # another process wrote
+        _catch_up(self, True)   # another process wrote
     if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
             and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
         if self._disk:
@@ -60,6 +60,10 @@ cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject
             if d is not None:
                 return d
         else:
+            if self._has_pending():     # (other processes' newest puts, follow.pyx)
+                d = _kd_value(self, self._pending, self._pending_views, <bytes>args[0])
+                if d is not None:
+                    return d
             v = _PyDict_GetItemWithError(<PyObject *>self._data, args[0])
             if v != NULL:
                 return <object>v

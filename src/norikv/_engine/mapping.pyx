@@ -28,15 +28,9 @@ cdef object _popitem(KvStore self):
 
 cdef object _setdefault(KvStore self, key, default):
     cdef bytes k = _as_bytes(key, "key")
-    cdef PyObject *v
-    if self._disk:
-        d = _disk_live(self, k)
-        if d is not None:
-            return d
-    else:
-        v = self._live(k)
-        if v != NULL:
-            return <object>v
+    d = _disk_live(self, k) if self._disk else self._live(k)
+    if d is not None:
+        return d
     d = _as_bytes(default, "value")
     self.put(k, d)
     return d

@@ -112,7 +112,7 @@ cdef KvStore _open_store(type cls, dict o):
             raise MemoryError()
         store.lock_timeout = o["lock_timeout"]
         if (<_WalCore>wal).shm != NULL:
-            store._follower = _Follower(store)
+            _new_follower(store)
             store._pub_ver = &(<_WalCore>wal).shm.ver
             store._seen_ver = &(<_WalCore>wal).follow_ver
             # (through a weak reference: the store holds the Wal, and a store

@@ -22,6 +22,13 @@ cdef class KvStore:
     cdef object _follower
     cdef PyThread_type_lock _follow_mutex    # held by _catch_up (taken without the GIL when busy)
     cdef readonly uint64_t _reloads
+    # values="memory": other processes' plain puts that a read of one key
+    # applied as locations in the log (follow.pyx, "the pending directory"),
+    # newer than _data's entries of the same keys and not in its bookkeeping
+    # yet; None when the store may not keep one (values="disk", no SHM,
+    # max_keys/max_bytes)
+    cdef _KeyDir _pending
+    cdef _SegmentViews _pending_views        # the follower's views, which _pending points into
 
     # the map: values="memory" holds the values (_data), values="disk" the
     # location of each key's record (_kd) in the mapped segments (_views)
@@ -67,7 +74,9 @@ cdef class KvStore:
 
     cdef inline int _check_open(self) except -1
     cdef inline bint _expired(self, object key) except -1
-    cdef inline PyObject *_live(self, bytes key) except? NULL
+    cdef inline object _live(self, bytes key)
+    cdef inline bint _has_pending(self) noexcept
+    cdef inline int _drop_pending(self, bytes key) except -1
     # put's body (also []=)
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)

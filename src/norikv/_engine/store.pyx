@@ -77,10 +77,25 @@ cdef class KvStore:
         return _open_store(cls, locals())
 
     cdef inline int _check_open(self) except -1:
+        """ClosedError once closed; otherwise the map brought up to date
+        with other processes' writes, the pending directory folded in: every
+        operation but a read of one key asks here first."""
         if self._closed:
             raise ClosedError("the KvStore is closed")
-        if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0]:
-            _catch_up(self)         # another process wrote
+        if self._pub_ver != NULL and (self._pub_ver[0] != self._seen_ver[0] or self._has_pending()):
+            _catch_up(self, False)  # another process wrote
+        return 0
+
+    cdef inline bint _has_pending(self) noexcept:
+        return self._pending is not None and self._pending.count != 0
+
+    cdef inline int _drop_pending(self, bytes key) except -1:
+        """Before a change of key in _data: its pending entry, older than
+        any change made now, goes (follow.pyx)."""
+        cdef uint64_t loc, vsize
+        if self._has_pending():
+            self._pending.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                 _kd_hash_obj(key), &loc, &vsize)
         return 0
 
     # ------------------------------------------------------------ reads
@@ -92,46 +107,45 @@ cdef class KvStore:
         d = PyDict_GetItem(self._expiry, key)
         return d != NULL and <int64_t>(<object>d) <= _now_ms()
 
-    cdef inline PyObject *_live(self, bytes key) except? NULL:
-        """The live value of key (borrowed), or NULL when it is absent or
-        expired: every read of a values="memory" store (get's entry aside,
-        fastcall.pyx) asks here; _disk_live is its values="disk" twin."""
+    cdef inline object _live(self, bytes key):
+        """The live value of key, or None when it is absent or expired:
+        every read of one key of a values="memory" store (get's entry aside,
+        fastcall.pyx) asks here; _disk_live is its values="disk" twin. Other
+        processes' writes are applied as a read of one key applies them: to
+        the pending directory, which is looked at first."""
         cdef PyObject *v
-        self._check_open()
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0]:
+            _catch_up(self, True)   # another process wrote
+        if self._has_pending():
+            d = _kd_value(self, self._pending, self._pending_views, key)
+            if d is not None:
+                return d            # (no TTL: a pending key has none, follow.pyx)
         v = PyDict_GetItemWithError(self._data, key)
-        if v != NULL and self._expired(key):
-            return NULL
-        return v
+        if v == NULL or self._expired(key):
+            return None
+        return <object>v
 
     def get(self, key, default=None):
         """The general path of get (fastcall.pyx has its entry)."""
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef PyObject *v
-        if self._disk:
-            d = _disk_live(self, k)
-            return default if d is None else d
-        v = self._live(k)
-        return default if v == NULL else <object>v
+        d = _disk_live(self, k) if self._disk else self._live(k)
+        return default if d is None else d
 
     def __getitem__(self, key):
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
-        cdef PyObject *v
-        if self._disk:
-            d = _disk_live(self, k)
-            if d is None:
-                raise KeyError(k)
-            return d
-        v = self._live(k)
-        if v == NULL:
+        d = _disk_live(self, k) if self._disk else self._live(k)
+        if d is None:
             raise KeyError(k)
-        return <object>v
+        return d
 
     def __contains__(self, key):
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
         if self._disk:
             self._check_open()
             return self._old_size(k) >= 0 and not self._expired(k)
-        return self._live(k) != NULL
+        return self._live(k) is not None
 
     def __len__(self):
         self._check_open()
@@ -274,6 +288,8 @@ cdef class KvStore:
         cdef object value = True
         self._check_open()
         while True:
+            if self._has_pending():
+                _fold_pending(self)     # (a retry: other processes' writes came in _reserve)
             loc = self._loc_of(k)
             if loc == UINT64_MAX or self._expired(k):
                 self.wal._unreserve()       # (after a second look: the key went meanwhile)
@@ -383,14 +399,16 @@ cdef class KvStore:
         return self._kd.count if self._disk else PyDict_GET_SIZE(<PyObject *>self._data)
 
     cdef uint64_t _loc_of(self, bytes key) except? 0:
-        """values="disk": where key's record is; "memory": 0. UINT64_MAX when
-        the key is absent (expired or not)."""
+        """values="disk": where key's record is; "memory": 0, or 1 while
+        its newest value is pending (follow.pyx). UINT64_MAX when the key is
+        absent (expired or not)."""
         cdef uint64_t loc, vsize
-        if self._disk:
-            if self._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                             _kd_hash_obj(key), &loc, &vsize):
-                return loc
-            return UINT64_MAX
+        if self._disk or self._has_pending():
+            if (self._kd if self._disk else self._pending).find(
+                    <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), _kd_hash_obj(key), &loc, &vsize):
+                return loc if self._disk else 1
+            if self._disk:
+                return UINT64_MAX
         return 0 if PyDict_GetItem(self._data, key) != NULL else UINT64_MAX
 
     cdef int64_t _old_size(self, bytes key) except -2:
@@ -437,6 +455,7 @@ cdef class KvStore:
         cdef Py_ssize_t old_size = PyBytes_GET_SIZE(<object>old) if old != NULL else -1
         if PyList_GET_SIZE(self._snaps):
             _note_change(self, key, old, 0, old != NULL)
+        self._drop_pending(key)
         PyDict_SetItem(self._data, key, value)
         return self._account(key, PyBytes_GET_SIZE(key), PyBytes_GET_SIZE(value), old_size, deadline)
 
@@ -446,6 +465,7 @@ cdef class KvStore:
         cdef Py_ssize_t n = PyDict_GET_SIZE(<PyObject *>self._data)
         if PyList_GET_SIZE(self._snaps):     # a live snapshot needs the old value first
             return self._set(key, value, PyDict_GetItem(self._data, key), deadline)
+        self._drop_pending(key)
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
             return self._set(key, value, old, deadline)
@@ -477,10 +497,13 @@ cdef class KvStore:
         expired); False when it was absent."""
         cdef PyObject *old
         cdef uint64_t old_loc, old_size
+        cdef bint pending
         if not self._disk:
+            pending = self._has_pending() and self._pending.remove(
+                <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), _kd_hash_obj(key), &old_loc, &old_size)
             old = PyDict_GetItem(self._data, key)
             if old == NULL:
-                return False
+                return pending
             self._unset(key, <object>old)
             return True
         if not self._kd.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
@@ -496,6 +519,7 @@ cdef class KvStore:
         cdef Py_ssize_t size = PyBytes_GET_SIZE(old)
         if PyList_GET_SIZE(self._snaps):
             _note_change(self, key, <PyObject *>old, 0, True)
+        self._drop_pending(key)
         PyDict_DelItem(self._data, key)
         return self._forget(key, size)
 
@@ -522,6 +546,10 @@ cdef class KvStore:
         if not self._heap:
             return 0
         return _purge_expired(self)
+
+    def _pending_len(self):
+        """The keys in the pending directory (follow.pyx; for the tests)."""
+        return self._pending.count if self._pending is not None else 0
 
     def _live_snapshots(self):
         """For tests: how many range()/items() snapshots changes are noted in."""
@@ -613,6 +641,8 @@ cdef class KvStore:
         self._index_lock = threading.Lock()
         self._compactor = None
         self._hinter = None
+        if self._has_pending():
+            _fold_pending(self)
         self._pub_ver = NULL        # the inherited map stays as it was at the fork
         if self._views is not None:
             self._views.forget_pins()
