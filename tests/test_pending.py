@@ -194,3 +194,61 @@ def test_a_forked_child_reads_the_pending_values(tmp_path, workers):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         w.stop()
+
+
+def test_threads_reading_folding_and_writing_beside_another_process(tmp_path, workers):
+    """Reads of one key never go back in time (each key's sequence number
+    only grows) while other threads of this process fold the pending
+    directory (len, items) and write keys of their own, and the other
+    process writes; at the end the map is what a fresh open reads."""
+    import threading
+
+    with KvStore.open(tmp_path, **MEM) as s:
+        w = workers(tmp_path, **MEM)
+        w.send("run", "for i in range(30000): s.put(b'k%02d' % (i % 50), b'%08d' % i)")
+        done = threading.Event()
+        errors: list[BaseException] = []
+        pending_seen = []
+
+        def wait_writer():
+            try:
+                w.reply()
+            finally:
+                done.set()
+
+        def reader():
+            seen = [-1] * 50
+            try:
+                while not done.is_set():
+                    for j in range(50):
+                        v = s.get(b"k%02d" % j)
+                        n = -1 if v is None else int(v)
+                        assert n >= seen[j], (j, n, seen[j])
+                        seen[j] = n
+                    pending_seen.append(s._pending_len())
+            except BaseException as exc:
+                errors.append(exc)
+
+        def folder_writer():
+            i = 0
+            try:
+                while not done.is_set():
+                    s.put(b"mine%d" % (i % 10), b"%d" % i)
+                    if i % 20 == 0:
+                        assert len(s) >= 10 or i < 10
+                        dict(s.items())
+                    i += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=f) for f in (wait_writer, reader, reader, folder_writer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert max(pending_seen) > 0  # the reads met a pending directory
+        assert all(s.get(b"k%02d" % j) == b"%08d" % (29950 + j) for j in range(50))
+        mine = dict(s.items())
+        w.stop()
+    assert _fresh(tmp_path)[0] == mine
