@@ -267,6 +267,11 @@ class ManyProcessesModel(KvStoreModel):
     def whole_contents(self):
         KvStoreModel.same_contents(self)
 
+    @rule(crash=st.booleans())
+    def restart(self, crash):
+        KvStoreModel.same_contents(self)  # the whole map, before a reopen computes it again
+        super().restart(crash)
+
     def _other(self):
         if self.other is None:
             from procutil import Worker

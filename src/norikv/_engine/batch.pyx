@@ -141,6 +141,8 @@ cdef Py_ssize_t _write_batch(KvStore store, list ops) except -1:
         if v is None:
             if cur != NULL:
                 store._unset(k, <object>cur)
+            else:
+                store._drop_pending(k)      # (pending since _check_open: a read in _reserve)
         else:
             store._set(k, v, cur, deadline)
     store._after_write()

@@ -18,7 +18,7 @@ from norikv._options import check_options
 from norikv.compression import DEFAULT_MAX_VALUE_SIZE
 from norikv.config import STORE_OPTIONS as _STORE_OPTIONS
 from norikv.config import RecoveryMode
-from norikv.errors import ClosedError
+from norikv.errors import ClosedError, CorruptionError
 
 
 _MISSING = object()    # pop's "no default"
@@ -641,9 +641,12 @@ cdef class KvStore:
         self._index_lock = threading.Lock()
         self._compactor = None
         self._hinter = None
-        if self._has_pending():
-            _fold_pending(self)
         self._pub_ver = NULL        # the inherited map stays as it was at the fork
+        if self._has_pending():
+            try:
+                _fold_pending(self)     # (with it: _check_open no longer folds)
+            except CorruptionError:
+                pass                    # (a damaged record: its key's reads name it)
         if self._views is not None:
             self._views.forget_pins()
         self._index.drop()
