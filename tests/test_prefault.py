@@ -27,6 +27,7 @@ MIB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 AHEAD = 16 * MIB  # _PREFAULT_AHEAD (segment.pxd): the longest lead
 FIRST = 2 * MIB  # _PREFAULT_REFILL: the lead of a Wal just opened
+SYNCED_AHEAD = 4 * MIB  # _PREFAULT_SYNCED_AHEAD: the longest once sync() was called
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefaulting is Linux-only")
 
@@ -68,6 +69,29 @@ def test_the_lead_starts_small_and_doubles_up_to_16_mib(tmp_path):
         assert leads[0] <= 2 * FIRST  # (the thread's own prefault of the append may have doubled it once)
         assert all(b == min(2 * a, AHEAD) for a, b in zip(leads, leads[1:])), leads
         assert leads[-1] == AHEAD
+    finally:
+        wal.close()
+
+
+@pytest.mark.parametrize("sync_first", [True, False])
+def test_once_sync_is_called_the_lead_stops_at_4_mib(tmp_path, sync_first):
+    """What the prefault maps ahead for writing (OS policy, commits of more
+    than 64 KiB: page-cache folios stay large) the next sync() writes as
+    zeros: a store whose caller syncs keeps SYNCED_AHEAD ahead, not 16 MiB,
+    including one whose lead had already grown."""
+    wal = _open(tmp_path / "db", FsyncPolicy.OS)
+    try:
+        _fill(wal, 1000)  # 123 KB
+        if sync_first:
+            wal.sync()
+        _settled(wal)
+        leads = [_engine._test_prefault(wal, False)[1] for _ in range(5)]
+        if not sync_first:
+            assert leads[-1] == AHEAD
+            wal.sync()
+            leads = [_engine._test_prefault(wal, False)[1] for _ in range(3)][1:]
+        assert max(leads) == leads[-1] == SYNCED_AHEAD, leads
+        assert not wal.small_folios
     finally:
         wal.close()
 

@@ -90,7 +90,7 @@ cdef class _Follower(_Sink):
                                self.views.locate_active(seg_id, -1, offset, r.size), r.vlen, &old_loc, &old_size)
             return 0
         key = PyBytes_FromStringAndSize(<const char *>r.key, r.klen)
-        return self.store._set_lookup(key, PyBytes_FromStringAndSize(<const char *>r.value, r.vlen), -1)
+        return store._set_lookup(key, PyBytes_FromStringAndSize(<const char *>r.value, r.vlen), -1)
 
     cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
         self.staged.append(self._entry(r, seg_id, offset))

@@ -29,7 +29,8 @@ cdef class _WalCore:
     cdef uint64_t populated              # mapping faulted in for writing up to here
     # How far past the end the background thread keeps the mapping faulted
     # in: _PREFAULT_REFILL at first, doubled at each refill up to
-    # _PREFAULT_AHEAD, so that a store that writes little holds little.
+    # _PREFAULT_AHEAD (_PREFAULT_SYNCED_AHEAD once sync() was called), so
+    # that a store that writes little holds little.
     cdef uint64_t prefault_lead
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
     cdef uint64_t rearmed_at             # written_total at the last _rearm

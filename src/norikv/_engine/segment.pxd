@@ -4,6 +4,7 @@ cdef enum:
     _GROW_STEP = 1 << 20
     _PREFAULT_STEP = 1 << 20        # synchronous prefault when the writer outruns the thread
     _PREFAULT_AHEAD = 16 << 20      # the background thread keeps this much ready
+    _PREFAULT_SYNCED_AHEAD = 4 << 20    # once sync() was called (see _prefault_loop)
     _PREFAULT_REFILL = 2 << 20      # in steps of this much (a long one stalled fsyncs)
     _REARM_MIN = 64 << 10           # _rearm_ahead: at least this much
     _REARM_MAX = 4 << 20            # and at most this much
