@@ -241,6 +241,42 @@ def _two_syncs_behind_a_held_fsync_mutex(tmp_path, workers):
     return a, b, c
 
 
+# In a worker: how many pages of its writable mapping of the active segment
+# (not values="disk"'s read-only views), below the page its end is in, have
+# a page-table entry (/proc/self/pagemap).
+_PRESENT_BEHIND = """
+path = s.wal._segment_path(s.wal.seg_id)
+with open("/proc/self/maps") as f:
+    start = [int(line.split("-", 1)[0], 16) for line in f
+             if line.rstrip("\\n").endswith(" " + path) and line.split()[1].startswith("rw")][0]
+pages = s.wal.seg_size // 4096
+with open("/proc/self/pagemap", "rb") as f:
+    f.seek(start // 4096 * 8)
+    entries = f.read(pages * 8)
+result = sum(1 for i in range(pages) if int.from_bytes(entries[i * 8 : i * 8 + 8], "little") >> 63)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/pagemap"), reason="needs /proc/self/pagemap (Linux)")
+def test_a_writer_among_writers_unmaps_what_it_wrote_when_an_fsync_begins(tmp_path, workers):
+    """The writeback of any process's fsync write-protects each dirty page in
+    every process that maps it writable, a TLB shootdown per page and
+    running process: a writer whose map is behind (other processes write
+    too) drops the page-table entries of the pages wholly written at its
+    first put after an fsync began anywhere (SHM.fsync_starts)."""
+    a = workers(tmp_path, fsync_policy="os")
+    b = workers(tmp_path, fsync_policy="os")
+    a("run", "for i in range(2000): s.put(b'a%05d' % i, b'x' * 1000)")
+    b("run", "for i in range(2000): s.put(b'b%05d' % i, b'y' * 1000)")  # behind: a wrote
+    assert b("run", _PRESENT_BEHIND) > 300
+    b("put", "more", "z")
+    assert b("run", _PRESENT_BEHIND) > 300  # (no fsync began: nothing to do)
+    a("sync")
+    b("put", "again", "z")
+    assert b("run", _PRESENT_BEHIND) <= 1  # (the page b's end is in may stay)
+    assert b("get", "a01999") == "x" * 1000 and a("get", "b01999") == "y" * 1000
+
+
 def test_group_commit_is_shared_between_processes(tmp_path, workers):
     """Two processes calling sync() while a third holds the fsync mutex: when
     it is released, one fsync covers both."""

@@ -109,7 +109,7 @@ cdef extern from "shared.h" nogil:
     ctypedef struct nk_shm:
         uint64_t session, ver, alloc, intent_seg, intent_end, synced_total, owner_deaths
         int poisoned, writer_pid, compact_pid, init_pid
-        uint32_t gather_base, gather_prev, gather_want, fsync_us
+        uint32_t gather_base, gather_prev, gather_want, fsync_us, fsync_starts
         pthread_mutex_t wmutex, smutex, cmutex
     int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
                     uint64_t alloc, int pid)
@@ -128,6 +128,8 @@ cdef extern from "shared.h" nogil:
     bint nk_shm_gathered(nk_shm *s, uint32_t arrivals)
     void nk_shm_set_gathering(nk_shm *s, uint32_t on)
     void nk_shm_arrivals_wait(nk_shm *s, uint32_t a, double timeout)
+    void nk_shm_fsync_begins(nk_shm *s)
+    uint32_t nk_shm_fsync_starts(const nk_shm *s)
     int nk_shm_lock(pthread_mutex_t *m, double timeout, int *dead)
     int nk_shm_trylock(pthread_mutex_t *m, int *dead)
     int nk_shm_spinlock(pthread_mutex_t *m, int spins, int *dead)

@@ -78,6 +78,8 @@ cdef class _WalCore:
     cdef readonly bint dirty
     cdef readonly double dirty_since
     cdef bint wake_pending
+    cdef bint unmap_due                  # another process's fsync began: _unmap_behind (shared.pyx)
+    cdef uint32_t fsyncs_seen            # SHM.fsync_starts when this writer last looked
     cdef public object _waker            # wakes it while it waits in Python (norikv.wal)
     cdef pthread_mutex_t bg_mutex
     cdef pthread_cond_t bg_cond

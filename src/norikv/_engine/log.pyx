@@ -353,11 +353,14 @@ cdef class _WalCore:
         """Work that may run Python code or release the GIL: waking the
         flusher (batch policy) and the fsync of the ALWAYS policy. (Split so
         that the check, all an OS-policy append pays, is inlined.)"""
-        if self.wake_pending or self.policy == POLICY_ALWAYS:
+        if self.wake_pending or self.unmap_due or self.policy == POLICY_ALWAYS:
             return self._after_append_work()
         return 0
 
     cdef int _after_append_work(self) except -1:
+        if self.unmap_due:
+            self.unmap_due = False
+            _unmap_behind(self)
         if self.wake_pending:
             self.wake_pending = False
             _wake_flusher(self, False)

@@ -55,7 +55,8 @@ typedef struct {
     uint32_t gather_prev;   /* and when the one before it began */
     uint32_t gather_want;   /* smutex: the arrivals the next fsync waits for */
     uint32_t fsync_us;      /* smutex: how long the last fsync took */
-    char pad[36];
+    uint32_t fsync_starts;  /* bumped as each fsync of the log begins: writers unmap behind (shared.pyx) */
+    char pad[32];
     pthread_mutex_t wmutex __attribute__((aligned(64)));
     pthread_mutex_t smutex __attribute__((aligned(64)));
     pthread_mutex_t cmutex __attribute__((aligned(64)));
@@ -216,6 +217,14 @@ static inline void nk_shm_sync_wait(nk_shm *s, uint32_t seq, double timeout) { (
 static inline void nk_shm_sync_wake(nk_shm *s) { (void)s; }
 #define NK_SHM_SYNC_FUTEX 0
 #endif
+
+/* A fsync of the log begins (its leader); what writers compare. */
+static inline void nk_shm_fsync_begins(nk_shm *s) {
+    __atomic_add_fetch(&s->fsync_starts, 1, __ATOMIC_RELEASE);
+}
+static inline uint32_t nk_shm_fsync_starts(const nk_shm *s) {
+    return __atomic_load_n(&s->fsync_starts, __ATOMIC_RELAXED);
+}
 
 /* What a lock call's result means: EOWNERDEAD is the lock taken from a
    holder that died (*dead set; the mutex is marked consistent at once: the
