@@ -76,7 +76,7 @@ cdef class KvStore:
     cdef inline bint _expired(self, object key) except -1
     cdef inline object _live(self, bytes key)
     cdef inline bint _has_pending(self) noexcept
-    cdef inline int _drop_pending(self, bytes key) except -1
+    cdef inline bint _drop_pending(self, bytes key) except -1
     # put's body (also []=)
     cdef inline int _put(self, bytes k, bytes v, object ttl, object compression) except -1
     cdef bytes _encode_value(self, bytes value, object compression, uint32_t *flags)

@@ -89,14 +89,12 @@ cdef class KvStore:
     cdef inline bint _has_pending(self) noexcept:
         return self._pending is not None and self._pending.count != 0
 
-    cdef inline int _drop_pending(self, bytes key) except -1:
+    cdef inline bint _drop_pending(self, bytes key) except -1:
         """Before a change of key in _data: its pending entry, older than
-        any change made now, goes (follow.pyx)."""
+        any change made now, goes (follow.pyx). Whether there was one."""
         cdef uint64_t loc, vsize
-        if self._has_pending():
-            self._pending.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
-                                 _kd_hash_obj(key), &loc, &vsize)
-        return 0
+        return self._has_pending() and self._pending.remove(
+            <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), _kd_hash_obj(key), &loc, &vsize)
 
     # ------------------------------------------------------------ reads
 
@@ -403,12 +401,14 @@ cdef class KvStore:
         its newest value is pending (follow.pyx). UINT64_MAX when the key is
         absent (expired or not)."""
         cdef uint64_t loc, vsize
-        if self._disk or self._has_pending():
-            if (self._kd if self._disk else self._pending).find(
-                    <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), _kd_hash_obj(key), &loc, &vsize):
-                return loc if self._disk else 1
-            if self._disk:
-                return UINT64_MAX
+        if self._disk:
+            if self._kd.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                             _kd_hash_obj(key), &loc, &vsize):
+                return loc
+            return UINT64_MAX
+        if self._has_pending() and self._pending.find(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                                      _kd_hash_obj(key), &loc, &vsize):
+            return 1
         return 0 if PyDict_GetItem(self._data, key) != NULL else UINT64_MAX
 
     cdef int64_t _old_size(self, bytes key) except -2:
@@ -497,13 +497,10 @@ cdef class KvStore:
         expired); False when it was absent."""
         cdef PyObject *old
         cdef uint64_t old_loc, old_size
-        cdef bint pending
         if not self._disk:
-            pending = self._has_pending() and self._pending.remove(
-                <const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), _kd_hash_obj(key), &old_loc, &old_size)
             old = PyDict_GetItem(self._data, key)
             if old == NULL:
-                return pending
+                return self._drop_pending(key)      # (a key only pending was present too)
             self._unset(key, <object>old)
             return True
         if not self._kd.remove(<const uint8_t *>PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
