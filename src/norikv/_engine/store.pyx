@@ -465,10 +465,10 @@ cdef class KvStore:
         cdef Py_ssize_t n = PyDict_GET_SIZE(<PyObject *>self._data)
         if PyList_GET_SIZE(self._snaps):     # a live snapshot needs the old value first
             return self._set(key, value, PyDict_GetItem(self._data, key), deadline)
-        self._drop_pending(key)
         cdef PyObject *old = PyDict_SetDefault(self._data, key, value)
         if PyDict_GET_SIZE(<PyObject *>self._data) == n:       # the key was there: replace
-            return self._set(key, value, old, deadline)
+            return self._set(key, value, old, deadline)        # (which drops its pending entry)
+        self._drop_pending(key)
         return self._account(key, PyBytes_GET_SIZE(key), PyBytes_GET_SIZE(value), -1, deadline)
 
     cdef inline int _disk_set(self, bytes key, Py_ssize_t vsize, uint64_t loc, int64_t deadline) except -1:
