@@ -3,7 +3,8 @@
 
     scripts/callgrind_per_op.py OP [--python PYTHON] [--small 20000] [--large 120000]
 
-OP is read_from, reopen, get, put, append, put_sync or put_sync8. The same
+OP is read_from, reopen, get, put, append, put_sync or put_sync8; stores
+open with --values (memory) and --policy (os). The same
 workload runs under ``valgrind --tool=callgrind`` with --small and with
 --large operations, and the difference of the two totals, divided by the
 difference of the counts, is printed: start-up, imports and set-up cancel
@@ -34,7 +35,8 @@ keys = [b"key:%012d" % ((i * 7919) % 1000003) for i in range(large)]
 value = bytes(range(100))
 
 def store():
-    return KvStore.open(path, fsync_policy=FsyncPolicy.OS, auto_compact=False)
+    policy = FsyncPolicy.OS if os.environ["CG_POLICY"] == "os" else FsyncPolicy.batch(0.005)
+    return KvStore.open(path, fsync_policy=policy, values=os.environ["CG_VALUES"], auto_compact=False)
 
 def main():
     if phase == "setup":
@@ -100,9 +102,9 @@ main()
 OPS = ("read_from", "reopen", "get", "put", "append", "put_sync", "put_sync8")
 
 
-def instructions(python, op, n, large, tmp):
+def instructions(python, op, n, large, tmp, values="memory", policy="os"):
     path = os.path.join(tmp, f"{op}-{n}")
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, PYTHONHASHSEED="0", CG_VALUES=values, CG_POLICY=policy)
     cmd = [python, "-c", WORKLOAD, op, path]
     subprocess.run([*cmd, "setup", str(n), str(large)], check=True, env=env)
     out = os.path.join(tmp, f"callgrind.{op}.{n}")
@@ -124,10 +126,12 @@ def main():
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--small", type=int, default=20000)
     ap.add_argument("--large", type=int, default=120000)
+    ap.add_argument("--values", choices=["memory", "disk"], default="memory", help="the stores' value mode")
+    ap.add_argument("--policy", choices=["os", "batch"], default="os", help="FsyncPolicy.OS or batch(0.005)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="norikv-callgrind-") as tmp:
-        small = instructions(a.python, a.op, a.small, a.large, tmp)
-        large = instructions(a.python, a.op, a.large, a.large, tmp)
+        small = instructions(a.python, a.op, a.small, a.large, tmp, a.values, a.policy)
+        large = instructions(a.python, a.op, a.large, a.large, tmp, a.values, a.policy)
     per = (large - small) / (a.large - a.small)
     print(f"{a.op}: {per:,.1f} instructions per operation ({a.small:,}: {small:,}; {a.large:,}: {large:,})")
 
