@@ -77,6 +77,16 @@ BOTH_VALUE_MODES = {
 }
 
 
+def sectors_written(path):
+    """Bytes written to the block device holding path (its /sys stat), or None."""
+    st = os.stat(path)
+    try:
+        with open(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat") as f:
+            return int(f.read().split()[6]) * 512
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def pytest_generate_tests(metafunc):
     if "value_storage" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in BOTH_VALUE_MODES:
         metafunc.parametrize("value_storage", ["memory", "disk"], indirect=True)

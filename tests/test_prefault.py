@@ -76,12 +76,12 @@ def test_the_lead_starts_small_and_doubles_up_to_16_mib(tmp_path):
 @pytest.mark.parametrize("sync_first", [True, False])
 def test_once_sync_is_called_the_lead_stops_at_4_mib(tmp_path, sync_first):
     """What the prefault maps ahead for writing (OS policy, commits of more
-    than 64 KiB: page-cache folios stay large) the next sync() writes as
+    than 1 MiB: page-cache folios stay large) the next sync() writes as
     zeros: a store whose caller syncs keeps SYNCED_AHEAD ahead, not 16 MiB,
     including one whose lead had already grown."""
     wal = _open(tmp_path / "db", FsyncPolicy.OS)
     try:
-        _fill(wal, 1000)  # 123 KB
+        _fill(wal, 10_000)  # 1.1 MiB
         if sync_first:
             wal.sync()
         _settled(wal)

@@ -19,6 +19,7 @@ import sys
 
 import pytest
 
+from conftest import sectors_written as _sectors_written
 from conftest import wait_for
 from norikv import FsyncPolicy, KvStore, Position, Record, Wal, WalConfig, _engine
 from norikv._engine import segment_name
@@ -152,16 +153,6 @@ def test_a_sync_call_stays_a_whole_file_fdatasync(needs_cachestat, tmp_path, kin
         w.sync()
         assert cachestat(_segment(wal), 0, 64 * MIB)[1:] == (0, 0)
         assert wal._lock_state()[1] == wal._lock_state()[0]
-
-
-def _sectors_written(path):
-    """Bytes written to the block device holding path (its /sys stat), or None."""
-    st = os.stat(path)
-    try:
-        with open(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat") as f:
-            return int(f.read().split()[6]) * 512
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _zeros_mapped_ahead(kind, tmp_path, n):

@@ -45,7 +45,7 @@ cdef int _fsync_batch(_WalCore self) noexcept nogil:
     _flusher_loop's."""
     cdef uint64_t target = nk_load_acquire_u64(&self.written_total)
     cdef int res
-    if self.shm == NULL and self._small_sync(target):
+    if self.shm == NULL and self._small_sync(target, _SMALL_BACKGROUND_SYNC):
         return _FLUSH_NEEDS_GIL             # _use_small_folios may seal the segment
     _unmap_behind(self)
     res = _background_fsync(self, target)

@@ -38,8 +38,10 @@ cdef class _WalCore:
     cdef uint64_t next_seg_id
     cdef dict seg_sizes                  # finalized segments: id -> bytes
     # Page-sized page-cache folios for the mapping (nk_advise_small_folios):
-    # from the start under ALWAYS, from the first sync() that covers less
-    # than _SMALL_SYNC bytes otherwise (a bulk writer keeps large folios).
+    # from the start under ALWAYS, otherwise from the first sync() that
+    # covers less than _SMALL_SYNC bytes (1 MiB) or background fsync that
+    # covers less than _SMALL_BACKGROUND_SYNC (64 KiB): a bulk writer keeps
+    # large folios.
     cdef readonly bint small_folios
     # sync() has been called: under the batch policy the prefault then maps
     # for reading (segment.pyx, _prefault_for_write)
@@ -146,9 +148,9 @@ cdef class _WalCore:
     cdef inline void _lock_map(self) noexcept
     cdef inline void _lock_map_nogil(self) noexcept nogil
     cdef inline void _unlock_map(self) noexcept nogil
-    # A sync() up to target covers so little that the log should switch to
-    # page-sized folios (_use_small_folios) first.
-    cdef inline bint _small_sync(self, uint64_t target) noexcept nogil
+    # A sync() up to target covers less than `small` bytes: the log should
+    # switch to page-sized folios (_use_small_folios) first.
+    cdef inline bint _small_sync(self, uint64_t target, uint64_t small) noexcept nogil
     cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 

@@ -21,7 +21,16 @@ from norikv.errors import ClosedError, NoriIOError, ReadOnlyError, WalFailedErro
 
 
 cdef enum:
-    _SMALL_SYNC = 64 << 10          # a sync covering less switches to page-sized folios
+    # A sync() covering less switches to page-sized folios (docs/DESIGN.md,
+    # "Write path"): with large ones, every sync() rewrote the folio holding
+    # the log's end and dirtied the next whole, up to 2 x 2 MiB deep into a
+    # segment (commits of 123 KB past 25 MiB: 1-2 MB written and 670-860 us
+    # per sync, against 128 KB and 270-340 us with page-sized folios).
+    _SMALL_SYNC = 1 << 20
+    # The batch policy's background fsync switches below this only: it runs
+    # every window whatever the writer does, and a writer of 100 B puts
+    # covers about 0.6 MB a window, at full speed only with large folios.
+    _SMALL_BACKGROUND_SYNC = 64 << 10
     _SYNC_COVERED = 0
     _SYNC_DONE = 1
     _SYNC_UNUSABLE = 2
@@ -433,8 +442,8 @@ cdef class _WalCore:
         Kept for API parity with nori-wal."""
         self._check_owner()
 
-    cdef inline bint _small_sync(self, uint64_t target) noexcept nogil:
-        return not self.small_folios and self.synced_total < target and target - self.synced_total < _SMALL_SYNC
+    cdef inline bint _small_sync(self, uint64_t target, uint64_t small) noexcept nogil:
+        return not self.small_folios and self.synced_total < target and target - self.synced_total < small
 
     def sync(self):
         """Makes everything appended before this call durable (fdatasync; on
@@ -445,7 +454,7 @@ cdef class _WalCore:
         cdef double t0 = 0, dt = 0
         self._check_usable()
         self.synced_by_caller = True
-        if self._small_sync(target):
+        if self._small_sync(target, _SMALL_SYNC):
             _use_small_folios(self)
         if self.shm != NULL:
             _sync_shared(self)
