@@ -19,8 +19,7 @@ import sys
 
 import pytest
 
-from conftest import sectors_written as _sectors_written
-from conftest import wait_for
+from conftest import sectors_written, wait_for
 from norikv import FsyncPolicy, KvStore, Position, Record, Wal, WalConfig, _engine
 from norikv._engine import segment_name
 
@@ -159,7 +158,7 @@ def _zeros_mapped_ahead(kind, tmp_path, n):
     """A new log (OS policy) with n records and the prefault's full 16 MiB
     lead mapped for writing ahead of them, as a writer gets it: (the store
     or Wal, its Wal, the segment's path, the log's end)."""
-    if _sectors_written(tmp_path) is None:
+    if sectors_written(tmp_path) is None:
         pytest.skip("no block-device statistics for this file system")
     os.sync()
     w = _open(kind, tmp_path / "db", FsyncPolicy.OS)
@@ -187,9 +186,9 @@ def test_sealing_a_segment_leaves_the_zeros_past_its_end_unwritten(needs_cachest
     # on the block device, which other writers could disturb: what is dirty
     # elsewhere is written out first, and the bound is half of what was saved.
     w, _, path, size = _zeros_mapped_ahead(kind, tmp_path, 2000)  # ~250 KB
-    before = _sectors_written(tmp_path)
+    before = sectors_written(tmp_path)
     w.close()
-    wrote = _sectors_written(tmp_path) - before
+    wrote = sectors_written(tmp_path) - before
     assert wrote < 8 * MIB, wrote
     assert os.path.getsize(path) == size
     assert _keys_read_back(path)[-1] == b"k001999"
@@ -203,9 +202,9 @@ def test_the_first_small_sync_drops_the_zeros_mapped_ahead_unwritten(needs_cache
     # by that fsync and the next (a new store's first sync() under OS took
     # 2.0-2.5 ms instead of 0.4-0.6). Counted on the block device, as above.
     w, _, path, end = _zeros_mapped_ahead(kind, tmp_path, 200)  # ~25 KB: a small sync
-    before = _sectors_written(tmp_path)
+    before = sectors_written(tmp_path)
     w.sync()
-    wrote = _sectors_written(tmp_path) - before
+    wrote = sectors_written(tmp_path) - before
     assert wrote < 8 * MIB, wrote
     assert cachestat(path, _round_up(end), 16 * MIB)[1] == 0
     _write(kind, w, 400)  # the log goes on past the dropped pages
