@@ -462,7 +462,8 @@ cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *se
     it too, `ranged`: the log up to its end only, nk_sync_range). Returns
     _SYNC_COVERED, _SYNC_DONE, _SYNC_FAILED (err and seg set: the fsync
     failed, SHM is poisoned, or the segment would not open) or
-    _SYNC_UNUSABLE (SHM is poisoned, or err: smutex failed)."""
+    _SYNC_UNUSABLE (SHM is poisoned, this Wal was closed meanwhile, or
+    err: smutex failed)."""
     cdef int status
     if nk_load_acquire_u64(&self.shm.synced_total) >= target:
         return _SYNC_COVERED
@@ -567,6 +568,11 @@ cdef int _fsync_newest(_WalCore self, bint ranged, uint64_t *seg, int *err) noex
     cdef char name[32]
     cdef uint8_t *m = self.map if ranged else NULL
     PyThread_acquire_lock(self.io_lock, WAIT_LOCK)   # (the fd stays this segment's)
+    if self.closed or self.fork_gen != _fork_generation:
+        # close() ran while this thread waited (its descriptors, dir_fd
+        # among them, are closed): the caller raises ClosedError.
+        PyThread_release_lock(self.io_lock)
+        return _SYNC_UNUSABLE
     nk_shm_read(self.shm, &p)
     while True:
         if p.seg_id == self.seg_id and self.seg_fd >= 0:
