@@ -110,6 +110,10 @@ def test_the_prefault_steps_aside_for_a_due_batch_fsync(tmp_path):
         _fill(wal)
         _settled(wal)
         wal.sync()
+        # A sync() of one record: no zeros written ahead (_zero_chunk), the
+        # thread prefaults.
+        wal.append(Record.put(b"k001999", b"v" * 100))
+        wal.sync()
         wal._stop_background()
         wal.append(Record.put(b"k001999", b"v" * 100))
         end, _, populated, pending = _engine._test_prefault(wal, True)

@@ -46,6 +46,10 @@ cdef class _WalCore:
     # sync() has been called: under the batch policy the prefault then maps
     # for reading (segment.pyx, _prefault_for_write)
     cdef bint synced_by_caller
+    # Bytes the last sync() call covered (0: none yet). Page-sized-folio
+    # mode writes zeros ahead of the writer in folios sized from it
+    # (segment.pyx, _zero_chunk).
+    cdef uint64_t sync_span
 
     # accounting
     cdef readonly uint64_t written_total
@@ -151,6 +155,7 @@ cdef class _WalCore:
     # A sync() up to target covers less than `small` bytes: the log should
     # switch to page-sized folios (_use_small_folios) first.
     cdef inline bint _small_sync(self, uint64_t target, uint64_t small) noexcept nogil
+    cdef int _sync(self, bint caller) except -1
     cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 

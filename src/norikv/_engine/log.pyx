@@ -290,7 +290,7 @@ cdef class _WalCore:
             res = _flusher_loop(self)
             self.bg_looping = False
         if res == _FLUSH_NEEDS_GIL:
-            self.sync()
+            self._sync(False)
             return True
         if res > 0:
             self._check_usable()
@@ -349,7 +349,7 @@ cdef class _WalCore:
                 self.dirty = True
                 self.wake_pending = True
         if (self.seg_size + self.prefault_lead - (self.prefault_lead >> 3) > self.populated
-                and not self.prefault_pending and _prefaults(self)):
+                and not self.prefault_pending and _prefaults(self) and not _zero_chunk(self)):
             self.prefault_pending = True
             self.wake_pending = True
         return 0
@@ -448,23 +448,30 @@ cdef class _WalCore:
     def sync(self):
         """Makes everything appended before this call durable (fdatasync; on
         macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
+        self._sync(True)
+
+    cdef int _sync(self, bint caller) except -1:
+        """sync(); `caller`: a call of the user's (not the background thread
+        switching to page-sized folios), whose span sizes the zeros written
+        ahead (_note_sync_span)."""
         cdef uint64_t target = self.written_total
         cdef int err = 0
         cdef int status
         cdef double t0 = 0, dt = 0
         self._check_usable()
         self.synced_by_caller = True
+        if caller:
+            _note_sync_span(self, target)
         if self._small_sync(target, _SMALL_SYNC):
             _use_small_folios(self)
         if self.shm != NULL:
-            _sync_shared(self)
-            return
+            return _sync_shared(self)
         if self.synced_total >= target:
-            return
+            return 0
         with nogil:
             status = self._sync_nogil(target, False, &t0, &dt, &err)
         if status == _SYNC_COVERED:
-            return
+            return 0
         if status == _SYNC_UNUSABLE:
             self._check_usable()
             raise AssertionError("unreachable: _sync_nogil found the Wal unusable")
@@ -474,6 +481,7 @@ cdef class _WalCore:
             finally:
                 self._end_sync_turn(0)
         _settle_dirty(self, t0)
+        return 0
 
     def current_position(self):
         """Position at which the next record will be written."""

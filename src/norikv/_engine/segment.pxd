@@ -9,6 +9,8 @@ cdef enum:
     _REARM_MIN = 64 << 10           # _rearm_ahead: at least this much
     _REARM_MAX = 4 << 20            # and at most this much
     _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
+    _ZERO_CHUNK_MIN = 16 << 10      # folio sizes of the zeros written ahead (_zero_chunk)
+    _ZERO_CHUNK_MAX = 64 << 10
 
 # False once the kernel said it cannot prefault (then ordinary page faults).
 cdef bint _prefault_supported
@@ -23,6 +25,30 @@ cdef inline bint _prefaults(_WalCore self) noexcept nogil:
 
 cdef inline uint64_t _round_up(uint64_t n, uint64_t step) noexcept nogil:
     return (n + step - 1) // step * step
+
+
+cdef inline uint64_t _zero_chunk(_WalCore self) noexcept nogil:
+    """The folio size _zero_ahead writes zeros in: the largest power of two
+    within the last sync()'s span, at most _ZERO_CHUNK_MAX. 0 (no zeros
+    written: the prefault maps for reading, in page-sized folios) outside
+    page-sized mode and where that is under _ZERO_CHUNK_MIN: a commit
+    writes its first and last folios whole, which would multiply the bytes
+    of a small one (docs/DESIGN.md, "Zeros written ahead")."""
+    cdef uint64_t chunk = _ZERO_CHUNK_MAX
+    if not self.small_folios or self.sync_span < _ZERO_CHUNK_MIN:
+        return 0
+    while chunk > self.sync_span:
+        chunk >>= 1
+    return chunk
+
+
+cdef inline void _note_sync_span(_WalCore self, uint64_t target) noexcept:
+    """sync() was called with the log at `target`: what it covers."""
+    cdef uint64_t synced = self.synced_total
+    if self.shm != NULL and self.shm.synced_total > synced:
+        synced = self.shm.synced_total
+    if target > synced:
+        self.sync_span = target - synced
 
 
 # Creates segment next_seg_id sized for at least `need` bytes, maps it, makes

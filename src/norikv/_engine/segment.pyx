@@ -206,6 +206,38 @@ cdef int _populate(_WalCore self, uint8_t *m, uint64_t start, uint64_t stop) noe
     return err
 
 
+cdef int _zero_ahead(_WalCore self, uint64_t start, uint64_t stop) noexcept:
+    """A store that commits with sync() (page-sized-folio mode, _zero_chunk
+    nonzero): makes the page cache of [start, stop) folios of _zero_chunk
+    bytes by writing zeros over it from the first chunk boundary at or past
+    the log's end and `populated`, then maps it for writing. Each sync()
+    wrote back its commit in 4 KiB folios, and converted the fallocated
+    (unwritten) extents under it with a metadata write of its own; now the
+    next sync() writes the zeros ahead with its commit (their extents
+    converted in bulk, as PostgreSQL zero-fills a WAL file before use) and
+    later ones write the commits in large folios. The price is bytes: each
+    is written twice, and a commit's first and last folios whole
+    (docs/DESIGN.md, "Zeros written ahead"). Nobody stores where the zeros
+    go: the caller holds io_lock and, with many processes, the writers'
+    mutex (the log's end is the published one); the appends of this
+    process's other threads stay below `populated`, which the prefault
+    thread cannot move meanwhile (map_lock). Returns 0 or an errno (the
+    caller then falls back to faults)."""
+    cdef uint64_t chunk = _zero_chunk(self)
+    cdef uint64_t zero_from
+    cdef int err = 0
+    self._lock_map()
+    zero_from = self.populated if self.populated > self.seg_size else self.seg_size
+    zero_from = _round_up(zero_from if zero_from > start else start, chunk)
+    with nogil:
+        if zero_from < stop:
+            err = nk_write_zeros(self.seg_fd, zero_from, stop - zero_from, <size_t>chunk)
+        if err == 0:
+            err = nk_prefault(self.map + start, <size_t>(stop - start), 1)
+    self._unlock_map()
+    return err
+
+
 cdef int _prefault(_WalCore self, uint64_t end) except -1:
     """Faults in the mapping up to at least `end` (a step ahead), or marks
     everything allocated as populated where it does not prefault
@@ -219,8 +251,11 @@ cdef int _prefault(_WalCore self, uint64_t end) except -1:
         stop = self.alloc
     if _prefaults(self) and stop > start:
         # Mapping changes need io_lock, which the caller holds.
-        with nogil:
-            err = _populate(self, self.map, start, stop)
+        if _zero_chunk(self):
+            err = _zero_ahead(self, start, stop)
+        else:
+            with nogil:
+                err = _populate(self, self.map, start, stop)
         if err:
             # Not supported (old kernel, other OS) or no memory: fall back
             # to ordinary page faults.
@@ -261,8 +296,8 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil:
     while True:
         self._lock_map_nogil()
         m = self.map
-        if m == NULL or self.closed or not _prefault_supported:
-            break
+        if m == NULL or self.closed or not _prefault_supported or _zero_chunk(self):
+            break               # (the writer's _zero_ahead does it, under its mutex)
         # Page-aligned, so that `populated` never lands mid-page (the
         # next step would round down and fault the same bytes forever).
         # seg_size is read without the GIL: a stale value only moves the
@@ -338,6 +373,8 @@ cdef void _rearm(_WalCore self) noexcept nogil:
         stop = self.alloc
     if stop > self.map_len:
         stop = self.map_len
+    if _zero_chunk(self) and stop > self.populated:
+        stop = self.populated   # (past it, _zero_ahead makes the folios)
     if self.map != NULL and _prefaults(self) and stop > start:
         nk_prefault(self.map + start, <size_t>(stop - start), 1)
     self._unlock_map()

@@ -211,6 +211,33 @@ static int nk_prefault(void *addr, size_t len, int for_write) {
    2.2k/s instead of 9.5k/s. MADV_RANDOM turns that readahead-driven growth
    off, at a cost for stores that never sync (large folios fault in faster:
    appends ran ~45% slower). Best effort: an error only costs speed. */
+/* Writes zeros over [off, off+len) of fd, `chunk` bytes per pwrite (off and
+   chunk multiples of the page size). Each write of `chunk` bytes at an
+   offset aligned to it makes a page-cache folio of that size (file systems
+   with large folios: ext4, XFS), where a fault on a mapping advised
+   MADV_RANDOM makes a page-sized one. A write into a folio already cached
+   keeps that folio's size, so the clean, unmapped page cache of the range
+   is dropped first (readahead of a fault elsewhere in the mapping caches
+   page-sized folios megabytes ahead). Returns 0 or an errno value. */
+static int nk_write_zeros(int fd, uint64_t off, uint64_t len, size_t chunk) {
+    static const char zeros[1 << 16];
+    if (chunk > sizeof zeros) chunk = sizeof zeros;
+#if defined(POSIX_FADV_DONTNEED)
+    (void)posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+#endif
+    while (len) {
+        size_t n = len < chunk ? (size_t)len : chunk;
+        ssize_t w = pwrite(fd, zeros, n, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        off += (uint64_t)w;
+        len -= (uint64_t)w;
+    }
+    return 0;
+}
+
 static void nk_advise_small_folios(void *addr, size_t len) {
 #if defined(MADV_RANDOM)
     if (len) (void)madvise(addr, len, MADV_RANDOM);
