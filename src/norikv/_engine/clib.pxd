@@ -74,6 +74,7 @@ cdef extern from "platform.h" nogil:
     void nk_unmap_pages(void *addr, size_t length)
     void nk_advise_small_folios(void *addr, size_t length)
     int nk_write_zeros(int fd, uint64_t off, uint64_t length, size_t chunk)
+    void nk_start_writeback(int fd, uint64_t off, uint64_t length)
     void nk_store_release_u64(uint64_t *p, uint64_t v)
     uint64_t nk_load_acquire_u64(const uint64_t *p)
     void nk_fence()

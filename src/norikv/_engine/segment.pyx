@@ -210,7 +210,10 @@ cdef int _zero_ahead(_WalCore self, uint64_t start, uint64_t stop) noexcept:
     """A store that commits with sync() (page-sized-folio mode, _zero_chunk
     nonzero): makes the page cache of [start, stop) folios of _zero_chunk
     bytes by writing zeros over it from the first chunk boundary at or past
-    the log's end and `populated`, then maps it for writing. Each sync()
+    the log's end and `populated`, maps it for writing and starts the
+    zeros' writeback, which runs while the writer fills the commit (without
+    it, one sync() in eight waited for a MiB of zeros: p90 1.0-1.1 ms
+    against 0.47-0.54). Each sync()
     wrote back its commit in 4 KiB folios, and converted the fallocated
     (unwritten) extents under it with a metadata write of its own; now the
     next sync() writes the zeros ahead with its commit (their extents
@@ -234,6 +237,8 @@ cdef int _zero_ahead(_WalCore self, uint64_t start, uint64_t stop) noexcept:
             err = nk_write_zeros(self.seg_fd, zero_from, stop - zero_from, <size_t>chunk)
         if err == 0:
             err = nk_prefault(self.map + start, <size_t>(stop - start), 1)
+        if err == 0 and zero_from < stop:
+            nk_start_writeback(self.seg_fd, zero_from, stop - zero_from)
     self._unlock_map()
     return err
 

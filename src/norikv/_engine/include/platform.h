@@ -238,6 +238,17 @@ static int nk_write_zeros(int fd, uint64_t off, uint64_t len, size_t chunk) {
     return 0;
 }
 
+/* Starts writeback of [off, off+len) of fd and returns without waiting
+   (sync_file_range WRITE: no promise of durability, a head start for the
+   next fsync). Linux only; elsewhere nothing. */
+static void nk_start_writeback(int fd, uint64_t off, uint64_t len) {
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    (void)sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd; (void)off; (void)len;
+#endif
+}
+
 static void nk_advise_small_folios(void *addr, size_t len) {
 #if defined(MADV_RANDOM)
     if (len) (void)madvise(addr, len, MADV_RANDOM);
