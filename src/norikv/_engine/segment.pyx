@@ -211,21 +211,23 @@ cdef int _zero_ahead(_WalCore self, uint64_t start, uint64_t stop) noexcept:
     nonzero): makes the page cache of [start, stop) folios of _zero_chunk
     bytes by writing zeros over it from the first chunk boundary at or past
     the log's end and `populated`, maps it for writing and starts the
-    zeros' writeback, which runs while the writer fills the commit (without
-    it, one sync() in eight waited for a MiB of zeros: p90 1.0-1.1 ms
-    against 0.47-0.54). Each sync()
-    wrote back its commit in 4 KiB folios, and converted the fallocated
-    (unwritten) extents under it with a metadata write of its own; now the
-    next sync() writes the zeros ahead with its commit (their extents
+    zeros' writeback, which runs while the writer fills its commit
+    (without it, one sync() in eight waited for a MiB of zeros).
+
+    Each sync() wrote back its commit in 4 KiB folios, and converted the
+    fallocated (unwritten) extents under it with a metadata write of its
+    own; now the next sync() writes the zeros ahead (their extents
     converted in bulk, as PostgreSQL zero-fills a WAL file before use) and
     later ones write the commits in large folios. The price is bytes: each
     is written twice, and a commit's first and last folios whole
-    (docs/DESIGN.md, "Zeros written ahead"). Nobody stores where the zeros
-    go: the caller holds io_lock and, with many processes, the writers'
-    mutex (the log's end is the published one); the appends of this
-    process's other threads stay below `populated`, which the prefault
-    thread cannot move meanwhile (map_lock). Returns 0 or an errno (the
-    caller then falls back to faults)."""
+    (docs/DESIGN.md, "Zeros written ahead").
+
+    Nobody stores where the zeros go: the caller holds io_lock and, with
+    many processes, the writers' mutex (the log's end is the published
+    one); the appends of this process's other threads stay below
+    `populated`, which the prefault thread cannot move meanwhile
+    (map_lock). Returns 0 or an errno (the caller then falls back to
+    faults)."""
     cdef uint64_t chunk = _zero_chunk(self)
     cdef uint64_t zero_from
     cdef int err = 0

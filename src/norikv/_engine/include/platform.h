@@ -204,13 +204,6 @@ static int nk_prefault(void *addr, size_t len, int for_write) {
 #endif
 }
 
-/* Page-sized page-cache folios for [addr, addr+len) of a segment mapping.
-   Faults on a mapping written sequentially let Linux 6.x grow the folios it
-   allocates (up to 2 MiB once ~32 MiB are written), and a dirty folio is
-   written back whole: a 1 KiB append + fdatasync then wrote 2 MiB and ran at
-   2.2k/s instead of 9.5k/s. MADV_RANDOM turns that readahead-driven growth
-   off, at a cost for stores that never sync (large folios fault in faster:
-   appends ran ~45% slower). Best effort: an error only costs speed. */
 /* Writes zeros over [off, off+len) of fd, `chunk` bytes per pwrite (off and
    chunk multiples of the page size). Each write of `chunk` bytes at an
    offset aligned to it makes a page-cache folio of that size (file systems
@@ -249,6 +242,13 @@ static void nk_start_writeback(int fd, uint64_t off, uint64_t len) {
 #endif
 }
 
+/* Page-sized page-cache folios for [addr, addr+len) of a segment mapping.
+   Faults on a mapping written sequentially let Linux 6.x grow the folios it
+   allocates (up to 2 MiB once ~32 MiB are written), and a dirty folio is
+   written back whole: a 1 KiB append + fdatasync then wrote 2 MiB and ran at
+   2.2k/s instead of 9.5k/s. MADV_RANDOM turns that readahead-driven growth
+   off, at a cost for stores that never sync (large folios fault in faster:
+   appends ran ~45% slower). Best effort: an error only costs speed. */
 static void nk_advise_small_folios(void *addr, size_t len) {
 #if defined(MADV_RANDOM)
     if (len) (void)madvise(addr, len, MADV_RANDOM);
