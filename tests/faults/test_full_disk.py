@@ -162,3 +162,83 @@ def test_a_disk_too_small_for_a_whole_segment_takes_writes_in_steps(tmpfs):
         assert store.get(b"first") == b"x"
         for i in range(out["acked"]):
             assert store.get(b"key%06d" % i) == (b"%08d" % i) * 512, i
+
+
+# ------------------------------------------------------------ a real file system
+
+COMMITS = r"""
+import json, os, sys
+from norikv import KvStore, FsyncPolicy
+mnt = sys.argv[1]
+filler = os.path.join(mnt, "filler")
+with open(filler, "wb") as f:
+    f.write(b"\xab" * (2 << 20))
+store = KvStore.open(os.path.join(mnt, "store"), fsync_policy=FsyncPolicy.OS, max_segment_size=4 << 20,
+                     auto_compact=False)
+def val(i):
+    return (b"%08d" % i) * 128          # 1 KiB, self-describing
+out = {"acked": 0, "errors": []}
+i = 0
+try:
+    while i < 1000000:
+        store.put(b"key%07d" % i, val(i))
+        i += 1
+        if i % 100 == 0:                # commits of ~100 KiB: zeros written ahead
+            store.sync()
+            out["acked"] = i
+except OSError as exc:
+    out["errors"].append([type(exc).__name__, exc.errno])
+out["small_folios"] = store.wal.small_folios
+os.unlink(filler)
+try:
+    for j in range(200):
+        store.put(b"after%04d" % j, val(j))
+    store.sync()
+    out["resumed"] = 200
+except OSError as exc:
+    out["resumed"] = [type(exc).__name__, exc.errno]
+store.close()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def ext4(tmp_path):
+    """A 32 MiB ext4 file system on a loop device: unwritten extents,
+    their conversion at fdatasync, and the zeros written ahead of a store
+    that commits with sync(), as on a real disk (tmpfs has none of them)."""
+    img, mnt = tmp_path / "ext4.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(32 << 20)
+    try:
+        for cmd in (["mkfs.ext4", "-q", "-F", str(img)], ["mount", "-o", "loop", str(img), str(mnt)]):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                pytest.skip(f"cannot make an ext4 loop mount: {r.stderr.strip()}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot make an ext4 loop mount: {exc}")
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=60)
+
+
+def test_full_ext4_disk_durable_commits(ext4):
+    # A store committing 100 KiB at a time with sync() fills an ext4 file
+    # system: ENOSPC reaches the caller (never SIGBUS, never a failed fsync
+    # that poisons the store), every committed put is there after reopen,
+    # and writes resume once space is freed.
+    proc = run_py(COMMITS, args=[ext4], timeout=300)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["small_folios"], out  # (the mode the zeros are written ahead in)
+    assert out["errors"] and all(e == ["NoriIOError", errno.ENOSPC] for e in out["errors"]), out
+    assert out["acked"] > 10000, out  # most of the 32 MiB held records
+    assert out["resumed"] == 200, out
+    with KvStore.open(os.path.join(ext4, "store"), auto_compact=False) as store:
+        assert not store.recovery_info.corruption_detected
+        for i in range(out["acked"]):
+            assert store.get(b"key%07d" % i) == (b"%08d" % i) * 128, i
+        for j in range(200):
+            assert store.get(b"after%04d" % j) == (b"%08d" % j) * 128, j
