@@ -44,6 +44,57 @@ def test_every_process_reads_what_any_other_acknowledged(tmp_path, workers):
         assert {k.decode(): v.decode() for k, v in s.items()} == expected
 
 
+def test_a_read_of_one_key_catches_up_for_that_key(tmp_path, workers):
+    """The check of a read of one key (KvStore._behind_for; shared.h): other
+    processes' puts of other keys leave this process's map alone until it
+    reads one of them (or does anything but a read of one key); a put of the
+    key itself is seen at once; another process's compaction sends every
+    read to catch up once (SHM's epoch), which loads a values="disk" map
+    pointing into the deleted segments again."""
+    opts = dict(auto_compact=False, max_segment_size=1 << 20)
+    with KvStore.open(tmp_path, **opts) as s:
+        s.put(b"mine", b"1")
+        w = workers(tmp_path, **opts)
+        for i in range(20):
+            w("put", f"theirs{i}", "x" * 1000)
+        ver = s._map_ver()
+        assert s.get(b"mine") == b"1" and b"mine" in s and s[b"mine"] == b"1"
+        assert s._map_ver() == ver  # nothing of the key's: nothing applied
+        assert s.get(b"theirs7") == b"x" * 1000
+        assert s._map_ver() > ver  # one of them: everything published applied
+        ver = s._map_ver()
+        w("put", "mine", "2")
+        assert s.get(b"mine") == b"2" and s._map_ver() > ver
+        reloads, ver = s.stats()["reloads"], s._map_ver()
+        w("run", "for i in range(20): s.delete(b'theirs%d' % i)")
+        assert w("compact") >= 1
+        assert s.get(b"mine") == b"2" and s._map_ver() > ver  # the compaction's epoch
+        if s.value_storage == "disk":
+            assert s.stats()["reloads"] == reloads + 1
+        assert s.get(b"theirs7") is None and len(s) == 1
+        w.stop()
+
+
+@pytest.mark.parametrize("end", ["close", "kill"])
+def test_a_process_left_alone_reads_what_the_other_wrote(tmp_path, workers, end):
+    """A process alone compares no bucket (SHM's nprocs is 1, and a writer
+    alone bumps none): one that closes moves the epoch as it leaves, one
+    that is killed stays counted, and either way the last acknowledged
+    writes of the other process are read."""
+    with KvStore.open(tmp_path, auto_compact=False) as s:
+        s.put(b"k", b"1")
+        assert s.get(b"k") == b"1"
+        w = workers(tmp_path, auto_compact=False)
+        w("put", "k", "2")
+        w("put", "new", "x")
+        w.stop() if end == "close" else w.kill()
+        assert s.get(b"k") == b"2" and s.get(b"new") == b"x"
+        s.put(b"k", b"3")  # alone again: its own writes as ever
+        assert s.get(b"k") == b"3"
+    with KvStore.open(tmp_path) as s:
+        assert dict(s.items()) == {b"k": b"3", b"new": b"x"}
+
+
 @pytest.mark.parametrize("values", ["memory", "disk"])
 def test_records_applied_from_another_process_keep_the_bookkeeping(tmp_path, workers, values):
     """What a process applies from the log another process wrote (its

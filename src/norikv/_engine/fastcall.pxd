@@ -15,6 +15,8 @@ cdef extern from "Python.h":
     object PyObject_Vectorcall(object func, PyObject **args, size_t nargsf, PyObject *kwnames)
     Py_ssize_t PyTuple_GET_SIZE(PyObject *t)
     bint _PyBytes_CheckExact "PyBytes_CheckExact"(PyObject *o)
+    const char *_PyBytes_AS_STRING "PyBytes_AS_STRING"(PyObject *o)
+    Py_ssize_t _PyBytes_GET_SIZE "PyBytes_GET_SIZE"(PyObject *o)
     PyObject *_PyDict_GetItemWithError "PyDict_GetItemWithError"(PyObject *d, PyObject *k) except? NULL
 
 ctypedef object (*_fastcall_fn)(object, PyObject **, Py_ssize_t, PyObject *)

@@ -51,10 +51,11 @@ cdef PyMethodDef _get_slot
 
 cdef object _get_entry(KvStore self, PyObject **args, Py_ssize_t nargs, PyObject *kwnames):
     cdef PyObject *v
-    if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0] and not self._closed:
-        _catch_up(self, True)   # another process wrote
-    if (kwnames == NULL and (nargs == 1 or nargs == 2) and _PyBytes_CheckExact(args[0])
-            and not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0):
+    if kwnames != NULL or (nargs != 1 and nargs != 2) or not _PyBytes_CheckExact(args[0]):
+        return _call_general(_get_general, self, args, nargs, kwnames)
+    if self._behind_for(_PyBytes_AS_STRING(args[0]), _PyBytes_GET_SIZE(args[0])) and not self._closed:
+        _catch_up(self, True)   # another process changed the key
+    if not self._closed and PyDict_GET_SIZE(<PyObject *>self._expiry) == 0:
         if self._disk:
             d = _disk_value(self, <bytes>args[0])
             if d is not None:

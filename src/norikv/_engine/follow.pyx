@@ -146,13 +146,15 @@ cdef int _catch_up_locked(KvStore store, bint point) except -1:
     cdef _WalCore wal = store.wal
     cdef _Follower follower
     cdef nk_pub p
-    cdef uint64_t ver, seg, off, end
+    cdef uint64_t ver, seg, off, end, epoch
     if wal.shm == NULL or wal.closed or not nk_shm_valid(wal.shm):
         return 0                    # (a read-only follower: a first opener is setting SHM up)
+    epoch = nk_shm_epoch(wal.shm)   # (before the publication: the map reflects at least this epoch's)
     if not point and store._has_pending():
         _fold_pending(store)
     ver = nk_shm_read(wal.shm, &p)
     if ver == wal.follow_ver:
+        wal.seen_epoch = epoch
         return 0
     if wal.shm.session != wal.session or (p.gen != wal.pub.gen and store._disk):
         return _reload(store)
@@ -190,6 +192,7 @@ cdef int _catch_up_locked(KvStore store, bint point) except -1:
         _rescan_sizes(wal, p.seg_id)
     wal.pub = p
     wal.follow_ver = ver
+    wal.seen_epoch = epoch
     return 0
 
 

@@ -98,6 +98,7 @@ cdef int _close_shared(_WalCore self) except -1:
                     self._unlock_io()
                     _writer_unlock(self)
             else:
+                _leave(self)
                 _sync_shared(self)
     finally:
         self._lock_io()

@@ -108,6 +108,8 @@ cdef class _WalCore:
     # session `session`), which said pub
     cdef uint64_t follow_ver
     cdef nk_pub pub
+    cdef uint64_t seen_epoch             # SHM's epoch when the map was last brought up to date
+    cdef bint joined                     # counted in SHM's nprocs (shared.h)
     cdef uint64_t wal_ver                # the publication the Wal's end (seg_id, seg_size) is of
     cdef uint64_t session
     cdef public object _follow_hook      # KvStore's catch-up, run with wmutex held

@@ -115,6 +115,10 @@ cdef KvStore _open_store(type cls, dict o):
             _new_follower(store)
             store._pub_ver = &(<_WalCore>wal).shm.ver
             store._seen_ver = &(<_WalCore>wal).follow_ver
+            if not wal.readonly:
+                store._shm = (<_WalCore>wal).shm
+            store._seen_epoch = &(<_WalCore>wal).seen_epoch
+            store._applied = &(<_WalCore>wal).pub.total
             # (through a weak reference: the store holds the Wal, and a store
             # dropped without close() must still be freed at once)
             wal._follow_hook = partial(_catch_up_of, weakref.ref(store))

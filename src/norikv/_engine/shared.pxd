@@ -21,12 +21,14 @@ cdef uint8_t *_reserve_put(_WalCore self, uint64_t n) except NULL
 cdef uint8_t *_reserve_shared_slow(_WalCore self, uint64_t n, bint catch_up) except NULL
 cdef int _check_shared_usable(_WalCore self) except -1
 cdef void _publish_behind(_WalCore self) noexcept
+cdef void _bump_published(_WalCore self, uint64_t seg, uint64_t start) noexcept
 cdef void _publish_segment(_WalCore self) noexcept
 cdef int _refresh(_WalCore self) except -1
 cdef int _switch_active(_WalCore self, uint64_t seg_id, uint64_t size) except -1
 cdef int _repair(_WalCore self) except -1
 # the group commit of all processes; one compaction at a time; the last one out
 cdef int _sync_shared(_WalCore self) except -1
+cdef int _leave(_WalCore self) except -1
 cdef int _shared_fsync(_WalCore self, uint64_t target, bint ranged, uint64_t *seg, int *err) noexcept nogil
 cdef void _gather(_WalCore self, bint wait) noexcept nogil
 cdef void _fsync_took(_WalCore self, double dt) noexcept nogil

@@ -122,8 +122,10 @@ cdef int _shared_init(_WalCore self) except -1:
                                self.alloc, getpid())
     if err:
         raise io_error(err, _shm_path(self), "pthread_mutex_init")
+    self.seen_epoch = nk_shm_epoch(self.shm)
     self.follow_ver = self.wal_ver = nk_shm_read(self.shm, &self.pub)
     self.session = self.shm.session
+    self.joined = True                  # (nk_shm_init counted it)
     if flock(self.lock_fd, LOCK_SH | LOCK_NB) != 0:
         _lock_error(self, errno, "the directory is locked by another process", None)
     flock(self.shm_fd, LOCK_UN)
@@ -153,6 +155,7 @@ cdef int _readonly_open(_WalCore self) except -1:
         if not (live and self.shm != NULL and nk_shm_valid(self.shm)):
             _shm_unmap(self)
         else:
+            self.seen_epoch = nk_shm_epoch(self.shm)
             self.follow_ver = nk_shm_read(self.shm, &self.pub)
             self.session = self.shm.session
     finally:
@@ -163,7 +166,13 @@ cdef int _readonly_open(_WalCore self) except -1:
 
 def _published(_WalCore self):
     """(segment id, size, total, gen) of the published end of the log as
-    this process's map will reflect it once loaded (the joiner's load)."""
+    this process's map will reflect it once loaded (the joiner's load). A joiner that will write is counted in SHM's
+    nprocs first (nk_shm_join): a writer that publishes after that bumps
+    its keys' buckets, and what it published before is in the end read here."""
+    if not self.readonly and not self.joined:
+        nk_shm_join(self.shm)
+        self.joined = True
+    self.seen_epoch = nk_shm_epoch(self.shm)
     self.follow_ver = nk_shm_read(self.shm, &self.pub)
     self.session = self.shm.session
     return self.pub.seg_id, self.pub.seg_size, self.pub.total, self.pub.gen
@@ -300,13 +309,34 @@ cdef inline void _publish_position(_WalCore self) noexcept:
     caller applies its own record to it); otherwise (a put that did not catch
     up) the next read applies the records in between, this one included: a
     record applied twice leaves the map as once."""
+    cdef uint64_t seg, start
     if nk_shm_ver(self.shm) == self.follow_ver:
+        seg, start = self.pub.seg_id, self.pub.seg_size
         self.pub.seg_id = self.seg_id   # (self.pub is the current slot: nothing was published since)
         self.pub.seg_size = self.seg_size
         self.pub.total = self.written_total
         self.follow_ver = self.wal_ver = nk_shm_publish(self.shm, &self.pub)
+        if nk_shm_others(self.shm):
+            _bump_published(self, seg, start)
     else:
         _publish_behind(self)
+
+
+cdef void _bump_published(_WalCore self, uint64_t seg, uint64_t start) noexcept:
+    """After a publication by the wmutex holder, which the published end
+    (seg, start) preceded: the bucket of each published record's key gets
+    the new total (nk_shm_bump), so that the next read of any of those keys
+    in another process catches up. The records are this process's own and
+    whole; were one not to decode, every reader is sent to catch up (a new
+    epoch)."""
+    cdef uint64_t off = start if seg == self.seg_id else 0
+    cdef nk_rec r
+    while off < self.seg_size:
+        if nk_decode(self.map + off, self.seg_size - off, 0, &r) != NK_OK:
+            nk_shm_new_epoch(self.shm)
+            return
+        nk_shm_bump(self.shm, r.key, r.klen, self.written_total)
+        off += r.size
 
 
 cdef void _publish_segment(_WalCore self) noexcept:
@@ -329,11 +359,15 @@ cdef void _publish_behind(_WalCore self) noexcept:
     fsyncs (_fsync_batch)."""
     cdef nk_pub p
     cdef uint32_t n
+    cdef uint64_t seg, start
     nk_shm_read(self.shm, &p)
+    seg, start = p.seg_id, p.seg_size
     p.seg_id = self.seg_id
     p.seg_size = self.seg_size
     p.total = self.written_total
     self.wal_ver = nk_shm_publish(self.shm, &p)
+    if nk_shm_others(self.shm):
+        _bump_published(self, seg, start)
     n = nk_shm_fsync_starts(self.shm)
     if n != self.fsyncs_seen:
         self.fsyncs_seen = n
@@ -660,6 +694,17 @@ cdef int _writer_lock_caught_up(_WalCore self) except -1:
     return 0
 
 
+cdef int _leave(_WalCore self) except -1:
+    """close() of a process others still have the store open in: it is no
+    longer counted in SHM's nprocs, and the epoch moves, so that a process
+    left alone, which compares no bucket, catches up with what this one
+    wrote. (One that dies stays counted: the others keep comparing.)"""
+    if self.joined and self.fork_gen == _fork_generation:
+        nk_shm_leave(self.shm)
+        self.joined = False
+    return 0
+
+
 cdef int _publish_gen(_WalCore self, uint64_t seal) except -1:
     """A compaction installed its snapshot: segments are about to be
     deleted. Processes whose map points into them (values="disk") or that
@@ -669,6 +714,7 @@ cdef int _publish_gen(_WalCore self, uint64_t seal) except -1:
         self.pub.gen += 1
         self.pub.gen_seal = seal
         _publish_position(self)     # (caught up: it publishes self.pub)
+        nk_shm_new_epoch(self.shm)  # (every process's next read of one key catches up)
     finally:
         _writer_unlock(self)
     return 0

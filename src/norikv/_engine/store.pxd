@@ -14,11 +14,18 @@ cdef class KvStore:
     cdef bint _closed                        # True until open() and from close() on
     cdef readonly object lock_timeout        # seconds an exclusive wait may take (None: no limit)
 
-    # other processes' writes (follow.pyx): a read whose SHM count
+    # other processes' writes (follow.pyx): an operation whose SHM count
     # (*_pub_ver) differs from the one the map reflects (*_seen_ver) first
-    # applies what was published in between; NULL without SHM
+    # applies what was published in between (a read of one key asks
+    # _behind_for instead); NULL without SHM
     cdef const uint64_t *_pub_ver
     cdef const uint64_t *_seen_ver
+    # _behind_for's: SHM (NULL without it, or read-only: such a process is
+    # not counted, so it compares the count), the epoch the map reflects,
+    # and the published total it reflects
+    cdef const nk_shm *_shm
+    cdef const uint64_t *_seen_epoch
+    cdef const uint64_t *_applied
     cdef object _follower
     cdef PyThread_type_lock _follow_mutex    # held by _catch_up (taken without the GIL when busy)
     cdef readonly uint64_t _reloads
@@ -75,6 +82,7 @@ cdef class KvStore:
     cdef inline int _check_open(self) except -1
     cdef inline bint _expired(self, object key) except -1
     cdef inline object _live(self, bytes key)
+    cdef inline bint _behind_for(self, const char *key, Py_ssize_t klen) noexcept
     cdef inline bint _has_pending(self) noexcept
     cdef inline bint _drop_pending(self, bytes key) except -1
     # put's body (also []=)

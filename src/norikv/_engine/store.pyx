@@ -86,6 +86,23 @@ cdef class KvStore:
             _catch_up(self, False)  # another process wrote
         return 0
 
+    cdef inline bint _behind_for(self, const char *key, Py_ssize_t klen) noexcept:
+        """Whether another process may have published a change of key
+        since the map was last brought up to date: the check of a read of one
+        key, before it reads the map. It compares the published total of
+        key's bucket (the newest publication of a record of one of its keys,
+        shared.h) with the total the map reflects, and SHM's epoch (a
+        compaction, a new session) with the one it saw: two loads of lines
+        that a writer of other keys mostly leaves alone, where SHM's count
+        changes with every put anywhere (docs/DESIGN.md, "The reader's check")."""
+        cdef uint32_t nprocs
+        if self._shm == NULL:
+            return self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0]
+        nprocs = nk_shm_nprocs(self._shm)   # (before the epoch: nk_shm_leave)
+        if nk_shm_epoch(self._shm) != self._seen_epoch[0]:
+            return True
+        return nprocs > 1 and nk_shm_bumped(self._shm, <const uint8_t *>key, <size_t>klen) > self._applied[0]
+
     cdef inline bint _has_pending(self) noexcept:
         return self._pending is not None and self._pending.count != 0
 
@@ -114,7 +131,7 @@ cdef class KvStore:
         cdef PyObject *v
         if self._closed:
             raise ClosedError("the KvStore is closed")
-        if self._pub_ver != NULL and self._pub_ver[0] != self._seen_ver[0]:
+        if self._behind_for(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)):
             _catch_up(self, True)   # another process wrote
         if self._has_pending():
             d = _kd_value(self, self._pending, self._pending_views, key)
@@ -141,7 +158,7 @@ cdef class KvStore:
     def __contains__(self, key):
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
         if self._disk:
-            self._check_open()
+            _disk_check_for(self, k)
             return self._old_size(k) >= 0 and not self._expired(k)
         return self._live(k) is not None
 
@@ -548,6 +565,10 @@ cdef class KvStore:
         """The keys in the pending directory (follow.pyx; for the tests)."""
         return self._pending.count if self._pending is not None else 0
 
+    def _map_ver(self):
+        """SHM's publication count the map reflects (follow.pyx; for the tests)."""
+        return self.wal.follow_ver
+
     def _live_snapshots(self):
         """For tests: how many range()/items() snapshots changes are noted in."""
         return sum(1 for ref in self._snaps if ref() is not None)
@@ -639,6 +660,7 @@ cdef class KvStore:
         self._compactor = None
         self._hinter = None
         self._pub_ver = NULL        # the inherited map stays as it was at the fork
+        self._shm = NULL
         if self._has_pending():
             try:
                 _fold_pending(self)     # (with it: _check_open no longer folds)

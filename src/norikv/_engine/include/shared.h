@@ -8,9 +8,16 @@
  *   and repairs what the holder may have left half done (nk_shm_lock).
  * - What is published (the end of the log) is a double-buffered slot
  *   selected by `ver`: a writer fills the slot readers are not reading,
- *   then bumps `ver` with a release store. A reader's check on each get is
- *   one load of `ver`; a reader never waits for a writer, and a writer that
- *   dies mid-publish leaves the previous slot intact. */
+ *   then bumps `ver` with a release store. A reader never waits for a
+ *   writer, and a writer that dies mid-publish leaves the previous slot
+ *   intact.
+ * - A read of one key compares one counter: its key's bucket of the
+ *   publication totals after the page (nk_shm_bumped: the log's published
+ *   total when a record of a key of that bucket was last published) with
+ *   the total the process's map reflects, and `epoch` (a compaction, a new
+ *   session) with the one it saw. `ver` changes with every put anywhere, so
+ *   a reader beside a writer that compared it caught up at every get, one
+ *   record at a time, and missed on its cache line every time. */
 #ifndef NORIKV_SHARED_H
 #define NORIKV_SHARED_H
 
@@ -21,8 +28,11 @@
 #include <time.h>
 
 #define NK_SHM_MAGIC 0x314d48535653524eULL    /* "NRSVSHM1" little-endian */
-#define NK_SHM_VERSION 2
-#define NK_SHM_SIZE 4096
+#define NK_SHM_VERSION 3
+#define NK_SHM_HEADER 4096          /* the page of nk_shm */
+#define NK_BUMP_BITS 13             /* then 2^13 buckets of publication totals */
+#define NK_BUMP_N (1u << NK_BUMP_BITS)
+#define NK_SHM_SIZE (NK_SHM_HEADER + NK_BUMP_N * 8)
 
 typedef struct {
     uint64_t seg_id;        /* the active segment */
@@ -60,9 +70,19 @@ typedef struct {
     pthread_mutex_t wmutex __attribute__((aligned(64)));
     pthread_mutex_t smutex __attribute__((aligned(64)));
     pthread_mutex_t cmutex __attribute__((aligned(64)));
+    /* Bumped (after the publication) when a compaction replaced segments,
+       when a process leaves, and at a new session: every read of one key
+       catches up then. nprocs: the processes that joined with a writable
+       mapping (each joins before it reads the published end it loads, and
+       leaves at close; one killed stays counted). While a writer is alone
+       it bumps no bucket, and its reads compare none. On a line of their
+       own, written that rarely, so the readers' copies stay valid. */
+    uint64_t epoch __attribute__((aligned(64)));
+    uint32_t nprocs;
+    char pad_epoch[52];
 } nk_shm;
 
-_Static_assert(sizeof(nk_shm) <= NK_SHM_SIZE, "nk_shm fits its page");
+_Static_assert(sizeof(nk_shm) <= NK_SHM_HEADER, "nk_shm fits its page");
 
 static int nk_shm_mutex_init(pthread_mutex_t *m) {
     pthread_mutexattr_t a;
@@ -82,14 +102,17 @@ static int nk_shm_mutex_init(pthread_mutex_t *m) {
    a read-only follower of the old session sees both change. */
 static int nk_shm_init(nk_shm *s, uint64_t seg_id, uint64_t seg_size, uint64_t total,
                        uint64_t alloc, int32_t pid) {
-    uint64_t ver = 0, session = 0, gen = 0;
+    uint64_t ver = 0, session = 0, gen = 0, epoch = 0;
     int err;
     if (s->magic == NK_SHM_MAGIC && s->version == NK_SHM_VERSION) {
         ver = s->ver + 2;
         session = s->session;
         gen = s->slot[s->ver & 1].gen;
+        epoch = s->epoch;
     }
-    memset(s, 0, sizeof(*s));
+    memset(s, 0, NK_SHM_SIZE);      /* (the buckets too: totals start again) */
+    s->epoch = epoch + 1;
+    s->nprocs = 1;
     s->version = NK_SHM_VERSION;
     s->size = sizeof(*s);
     s->session = session + 1;
@@ -139,6 +162,83 @@ static inline uint64_t nk_shm_publish(nk_shm *s, const nk_pub *p) {
     memcpy(&s->slot[v & 1], p, sizeof(*p));
     __atomic_store_n(&s->ver, v, __ATOMIC_RELEASE);
     return v;
+}
+
+/* The bucket of the publication totals of the key k[:n]: the same in every
+   process (Python's hash of bytes is seeded per process). */
+static inline uint32_t nk_shm_bucket(const uint8_t *k, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
+    for (; n >= 8; k += 8, n -= 8) {
+        memcpy(&w, k, 8);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 29;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, k, n);
+        h = (h ^ w) * 0xBF58476D1CE4E5B9ULL;
+    }
+    return (uint32_t)((h * 0x94D049BB133111EBULL) >> (64 - NK_BUMP_BITS));
+}
+
+static inline uint64_t *nk_shm_bumps(const nk_shm *s) {
+    return (uint64_t *)((char *)s + NK_SHM_HEADER);
+}
+
+/* The wmutex holder, after publishing a record of the key k[:n] with the
+   log's published total at `total` (monotonic: every bump is made under
+   wmutex, after its publication). */
+static inline void nk_shm_bump(nk_shm *s, const uint8_t *k, size_t n, uint64_t total) {
+    __atomic_store_n(nk_shm_bumps(s) + nk_shm_bucket(k, n), total, __ATOMIC_RELEASE);
+}
+
+/* The published total when a record of a key of k[:n]'s bucket was last
+   published: a map that reflects at least that total has the key's newest
+   record (read after nk_shm_publish's store of ver: a catch-up started
+   after this load finds the publication). */
+static inline uint64_t nk_shm_bumped(const nk_shm *s, const uint8_t *k, size_t n) {
+    return __atomic_load_n(nk_shm_bumps(s) + nk_shm_bucket(k, n), __ATOMIC_ACQUIRE);
+}
+
+static inline uint64_t nk_shm_epoch(const nk_shm *s) {
+    return __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE);
+}
+
+/* Read before the epoch: a process leaves (nk_shm_leave) by bumping the
+   epoch before it lowers the count, so a reader that finds one process
+   left also finds the epoch moved. */
+static inline uint32_t nk_shm_nprocs(const nk_shm *s) {
+    return __atomic_load_n(&s->nprocs, __ATOMIC_ACQUIRE);
+}
+
+/* A joiner counts itself before it reads the published end it loads, and
+   a publisher reads the count after its publication (nk_shm_others), each
+   with a full fence between: either the publisher sees the joiner and
+   bumps, or the joiner's load has the publication (the store-load pairs of
+   Dekker's algorithm). No lock: a joiner never waits for a writer. */
+static inline void nk_shm_join(nk_shm *s) {
+    __atomic_add_fetch(&s->nprocs, 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* The wmutex holder, after nk_shm_publish: whether other processes may
+   read what it published (then it bumps the buckets). */
+static inline int nk_shm_others(const nk_shm *s) {
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return __atomic_load_n(&s->nprocs, __ATOMIC_RELAXED) > 1;
+}
+
+static inline void nk_shm_leave(nk_shm *s) {
+    uint32_t n = __atomic_load_n(&s->nprocs, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->epoch, 1, __ATOMIC_SEQ_CST);
+    while (n > 1 && !__atomic_compare_exchange_n(&s->nprocs, &n, n - 1, 0, __ATOMIC_SEQ_CST,
+                                                 __ATOMIC_RELAXED))
+        ;
+}
+
+/* After a publication every reader must catch up with (a compaction's). */
+static inline void nk_shm_new_epoch(nk_shm *s) {
+    __atomic_add_fetch(&s->epoch, 1, __ATOMIC_RELEASE);
 }
 
 /* Raises synced_total to at least t. */
