@@ -166,9 +166,10 @@ cdef int _readonly_open(_WalCore self) except -1:
 
 def _published(_WalCore self):
     """(segment id, size, total, gen) of the published end of the log as
-    this process's map will reflect it once loaded (the joiner's load). A joiner that will write is counted in SHM's
-    nprocs first (nk_shm_join): a writer that publishes after that bumps
-    its keys' buckets, and what it published before is in the end read here."""
+    this process's map will reflect it once loaded (the joiner's load). A
+    joiner that will write is counted in SHM's nprocs first (nk_shm_join): a
+    writer that publishes after that bumps its keys' buckets, and what it
+    published before is in the end read here."""
     if not self.readonly and not self.joined:
         nk_shm_join(self.shm)
         self.joined = True

@@ -228,6 +228,8 @@ static inline int nk_shm_others(const nk_shm *s) {
     return __atomic_load_n(&s->nprocs, __ATOMIC_RELAXED) > 1;
 }
 
+/* close() of a process others still have the store open in: the epoch
+   moves, then the count drops (never below one). */
 static inline void nk_shm_leave(nk_shm *s) {
     uint32_t n = __atomic_load_n(&s->nprocs, __ATOMIC_RELAXED);
     __atomic_add_fetch(&s->epoch, 1, __ATOMIC_SEQ_CST);
