@@ -5,8 +5,6 @@
 # file and offset when the record there is damaged.
 cdef object _disk_value(KvStore store, bytes key)
 cdef object _kd_value(KvStore store, _KeyDir kd, _SegmentViews views, bytes key)
-# A read of one key: ClosedError, or the map brought up to date for key.
-cdef int _disk_check_for(KvStore store, bytes key) except -1
 cdef object _disk_live(KvStore store, bytes key)
 # The value bytes of key's record at loc as stored, its CRC checked; *kind its
 # compression. may_release: a large value is copied with the GIL released.

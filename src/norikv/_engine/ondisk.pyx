@@ -107,21 +107,10 @@ cdef bytes _copy_nogil(_SegmentViews views, uint64_t loc, const nk_rec *r):
     return out
 
 
-cdef int _disk_check_for(KvStore store, bytes key) except -1:
-    """A read of one key of a values="disk" store: ClosedError once closed;
-    the map brought up to date when another process changed the key
-    (KvStore._behind_for)."""
-    if store._closed:
-        raise ClosedError("the KvStore is closed")
-    if store._behind_for(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)):
-        _catch_up(store, True)
-    return 0
-
-
 cdef object _disk_live(KvStore store, bytes key):
     """The live value of key read from the log, or None (KvStore's reads)."""
     cdef object v
-    _disk_check_for(store, key)
+    store._check_open_for(key)
     v = _disk_value(store, key)
     if v is not None and store._expired(key):
         return None

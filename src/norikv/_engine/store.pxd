@@ -82,6 +82,7 @@ cdef class KvStore:
     cdef inline int _check_open(self) except -1
     cdef inline bint _expired(self, object key) except -1
     cdef inline object _live(self, bytes key)
+    cdef inline int _check_open_for(self, bytes key) except -1
     cdef inline bint _behind_for(self, const char *key, Py_ssize_t klen) noexcept
     cdef inline bint _has_pending(self) noexcept
     cdef inline bint _drop_pending(self, bytes key) except -1

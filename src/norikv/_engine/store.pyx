@@ -103,6 +103,17 @@ cdef class KvStore:
             return True
         return nprocs > 1 and nk_shm_bumped(self._shm, <const uint8_t *>key, <size_t>klen) > self._applied[0]
 
+    cdef inline int _check_open_for(self, bytes key) except -1:
+        """_check_open for a read of one key (_live, _disk_live, `in`):
+        ClosedError once closed; the map brought up to date only when
+        another process changed the key (_behind_for), the pending
+        directory left as it is."""
+        if self._closed:
+            raise ClosedError("the KvStore is closed")
+        if self._behind_for(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)):
+            _catch_up(self, True)   # another process wrote
+        return 0
+
     cdef inline bint _has_pending(self) noexcept:
         return self._pending is not None and self._pending.count != 0
 
@@ -129,10 +140,7 @@ cdef class KvStore:
         processes' writes are applied as a read of one key applies them: to
         the pending directory, which is looked at first."""
         cdef PyObject *v
-        if self._closed:
-            raise ClosedError("the KvStore is closed")
-        if self._behind_for(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)):
-            _catch_up(self, True)   # another process wrote
+        self._check_open_for(key)
         if self._has_pending():
             d = _kd_value(self, self._pending, self._pending_views, key)
             if d is not None:
@@ -158,7 +166,7 @@ cdef class KvStore:
     def __contains__(self, key):
         cdef bytes k = <bytes>key if PyBytes_CheckExact(key) else _as_bytes(key, "key")
         if self._disk:
-            _disk_check_for(self, k)
+            self._check_open_for(k)
             return self._old_size(k) >= 0 and not self._expired(k)
         return self._live(k) is not None
 
