@@ -368,8 +368,11 @@ def test_batch_policy_syncs_without_further_appends(tmp_path):
         for round_ in range(3):
             wal.append(Record.put(b"k%d" % round_, b"v"))
             written = wal._lock_state()[0]
-            assert wait_for(lambda written=written: wal._lock_state()[1] >= written), wal._lock_state()
-            assert not wal.dirty
+            # The flusher publishes synced_total, then clears dirty: wait for both.
+            assert wait_for(lambda written=written: wal._lock_state()[1] >= written and not wal.dirty), (
+                wal._lock_state(),
+                wal.dirty,
+            )
         assert wal.fsync_count >= 3
 
 
