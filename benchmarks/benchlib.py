@@ -88,6 +88,46 @@ def interleaved(benchmark, subject, subject_setup, reference, reference_setup=No
     return best_ref
 
 
+def durable_write_rate(root: str, nbytes: int, window: float = 0.005, rounds: int = 3) -> float:
+    """What this machine's storage takes when a log must be durable within
+    `window` (the default batch policy's promise), with no key-value work at
+    all: bytes per second (best of `rounds`) of 1 MiB os.write calls into a
+    fresh file while another thread fdatasyncs it every `window` seconds
+    (norikv's background flusher does the same), then a last fdatasync. A
+    ceiling for any put loop under FsyncPolicy.batch(window) whose log grows
+    faster than the storage writes."""
+    import threading
+    import time
+
+    chunk = b"\xa5" * (1 << 20)
+    best_rate = 0.0
+    path = os.path.join(root, "durable-write-rate")
+    for _ in range(rounds):
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        done = threading.Event()
+
+        def flusher(fd=fd, done=done):
+            while not done.wait(window):
+                os.fdatasync(fd)
+
+        th = threading.Thread(target=flusher)
+        try:
+            t0 = time.perf_counter()
+            th.start()
+            left = nbytes
+            while left > 0:
+                left -= os.write(fd, chunk if left >= len(chunk) else chunk[:left])
+            done.set()
+            th.join()
+            os.fdatasync(fd)
+            best_rate = max(best_rate, nbytes / (time.perf_counter() - t0))
+        finally:
+            done.set()
+            os.close(fd)
+            os.unlink(path)
+    return best_rate
+
+
 class Scratch:
     """Fresh directories under the bench root, removed when the next one is made."""
 

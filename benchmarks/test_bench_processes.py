@@ -149,9 +149,11 @@ _WORKER = textwrap.dedent(
     elif kind == "reader":
         from norikv import KvStore
         rng = random.Random(a["seed"])
-        rng.randbytes(100 + 4096)  # the fill's blob
+        blob = rng.randbytes(100 + 4096)  # the fill's
         keys = [rng.randbytes(16) for _ in range(a["n"])]
-        d = {k: b"x" * 100 for k in keys}
+        # The reference holds what the store holds: equal values, one object
+        # each (one shared value object stays in cache, which no store's does).
+        d = {k: blob[i % 4096 : i % 4096 + 100] for i, k in enumerate(keys)}
         lookups = [bytes(bytearray(k)) for k in keys]  # fresh key objects
         random.Random(9).shuffle(lookups)
         s = KvStore.open(a["path"], auto_compact=False, values=a.get("values"))
