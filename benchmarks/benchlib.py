@@ -88,6 +88,17 @@ def interleaved(benchmark, subject, subject_setup, reference, reference_setup=No
     return best_ref
 
 
+def fresh_lookups(keys, seed: int) -> list[bytes]:
+    """The keys as a user looks them up: equal keys as new objects (parsed
+    from a request, not the objects stored: no identity shortcut in a dict's
+    compare), in another random order than they were stored in."""
+    import random
+
+    lookups = [bytes(bytearray(k)) for k in keys]
+    random.Random(seed).shuffle(lookups)
+    return lookups
+
+
 def durable_write_rate(root: str, nbytes: int, window: float = 0.005, rounds: int = 3) -> float:
     """What this machine's storage takes when a log must be durable within
     `window` (the default batch policy's promise), with no key-value work at

@@ -28,6 +28,7 @@ from benchlib import (
     N,
     cpu_bound,
     durable_write_rate,
+    fresh_lookups,
     interleaved,
     lmdb,
     remember,
@@ -44,13 +45,6 @@ def _random_pairs(n: int, vsize: int, seed: int) -> list[tuple[bytes, bytes]]:
     rng = random.Random(seed)
     blob = rng.randbytes(vsize + 4096)
     return [(rng.randbytes(16), blob[i % 4096 : i % 4096 + vsize]) for i in range(n)]
-
-
-def _fresh_lookups(pairs, seed: int) -> list[bytes]:
-    """Equal keys as new objects, in another random order."""
-    keys = [bytes(bytearray(k)) for k, _ in pairs]
-    random.Random(seed).shuffle(keys)
-    return keys
 
 
 def _put_loop(put, pairs):
@@ -75,7 +69,7 @@ def test_disk_get_vs_dict_and_lmdb(benchmark, scratch, closer, bench_root, vsize
     and >= 2x lmdb's get (one read transaction) on the same keys."""
     cpu_bound(benchmark)
     pairs = _random_pairs(N, vsize, 1)
-    lookups = _fresh_lookups(pairs, 2)
+    lookups = fresh_lookups((k for k, _ in pairs), 2)
     d = dict(pairs)
     store = closer.replace(_open_disk(scratch.new()))
     _put_loop(store.put, pairs)
