@@ -114,11 +114,8 @@ _WORKER = textwrap.dedent(
     elif kind == "fill":
         from norikv import KvStore
         with KvStore.open(a["path"], auto_compact=False, values=a.get("values")) as s:
-            rng = random.Random(a["seed"])
-            vsize = a.get("vsize", 100)
-            blob = rng.randbytes(vsize + 4096)
-            for i in range(a["n"]):
-                s.put(rng.randbytes(16), blob[i % 4096 : i % 4096 + vsize])
+            for k, v in pairs(a["seed"], a["n"], a.get("vsize", 100)):
+                s.put(k, v)
             if a.get("values") == "disk":
                 s._write_hints()
     elif kind == "writer":
@@ -148,12 +145,10 @@ _WORKER = textwrap.dedent(
         out = dict(t0=t0, t1=t1, n=n)
     elif kind == "reader":
         from norikv import KvStore
-        rng = random.Random(a["seed"])
-        blob = rng.randbytes(100 + 4096)  # the fill's
-        keys = [rng.randbytes(16) for _ in range(a["n"])]
-        # The reference holds what the store holds: equal values, one object
-        # each (one shared value object stays in cache, which no store's does).
-        d = {k: blob[i % 4096 : i % 4096 + 100] for i, k in enumerate(keys)}
+        # The reference holds what the fill wrote: equal values, one object each, as the store holds them
+        # (one shared value object would stay in cache, which no store's does).
+        d = dict(pairs(a["seed"], a["n"]))
+        keys = list(d)
         lookups = [bytes(bytearray(k)) for k in keys]  # fresh key objects
         random.Random(9).shuffle(lookups)
         s = KvStore.open(a["path"], auto_compact=False, values=a.get("values"))
