@@ -194,3 +194,57 @@ def test_an_open_from_hints_holds_no_more_slots_than_one_that_scans(tmp_path):
         scanned = s.stats()["keydir_bytes"]
         assert dict(s.items()) == want and len(want) == 2000
     assert from_hints <= scanned * 1.3, (from_hints, scanned)
+
+
+def _replay_with_a_loader(path):
+    """The key directory's figures after a values="disk" replay of the log at
+    `path` (what KvStore.open runs, without the open's fit() after it)."""
+    from norikv.wal import RecoveryMode, plan_recovery
+
+    waldir = str(path / "wal")
+    loader = _engine._DiskLoader(_engine._KeyDir(), _engine._SegmentViews(waldir, MIB), 0)
+    plan_recovery(waldir, RecoveryMode.TOLERATE_CORRUPTED_TAIL, loader)
+    return loader.kd._stats(), len(loader.kd)
+
+
+def distinct_keys(path, n=50000):
+    """n distinct keys over 4 segments or more."""
+    with KvStore.open(path, values="disk", max_segment_size=MIB, auto_compact=False) as s:
+        for i in range(n):
+            s.put(b"key-%08d" % i, b"v" * 60)
+
+
+def test_an_open_from_hints_builds_the_slots_once(tmp_path):
+    """Before the first segment, the replay makes room for every entry the
+    hints announce: one table of slots of the final size. A directory grown
+    hint by hint rebuilt its slots each time it outgrew them (a reopen of 2M
+    keys from 15 hints spent a third of its time there)."""
+    distinct_keys(tmp_path)
+    wait_for_hints(tmp_path)
+    assert len(hints(tmp_path)) >= 3
+    stats, n = _replay_with_a_loader(tmp_path)
+    assert n == 50000
+    assert stats["resizes"] <= 2, stats  # (one more for the active segment's keys: it has no hint)
+    for name in hints(tmp_path):
+        os.remove(tmp_path / "wal" / name)
+    stats, n = _replay_with_a_loader(tmp_path)  # a scan grows the slots as it goes
+    assert n == 50000 and stats["resizes"] > 3, stats
+
+
+def test_a_hint_header_announcing_too_many_entries_reserves_what_its_file_can_hold(tmp_path):
+    """The count in a hint's header is read before its CRC is checked: it is
+    bounded by the bytes of the hint and of its segment, so a damaged header
+    cannot make an open allocate for entries that cannot be there."""
+    distinct_keys(tmp_path)
+    wait_for_hints(tmp_path)
+    first = tmp_path / "wal" / hints(tmp_path)[0]
+    data = bytearray(first.read_bytes())
+    data[24:32] = (50_000_000).to_bytes(8, "little")  # the header's entry count
+    first.write_bytes(data)
+    stats, n = _replay_with_a_loader(tmp_path)
+    assert n == 50000
+    hint_bytes = sum(os.path.getsize(tmp_path / "wal" / h) for h in hints(tmp_path))
+    assert stats["slots"] * 4 <= 5 * (50000 + hint_bytes // 3) + 64, stats  # (not 50M entries)
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] == len(hints(tmp_path)) - 1  # (its CRC fails: scanned)
+        assert len(s) == 50000 and s[b"key-%08d" % 49999] == b"v" * 60

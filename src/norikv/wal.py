@@ -239,6 +239,7 @@ def plan_recovery(
     # A sink that can take a segment's hint file (values="disk") is spared
     # scanning a segment whose hint is valid and current (docs/FORMAT.md).
     from_hint = getattr(sink, "_from_hint", None)
+    _hints_ahead(sink, path, ids)
     for i, seg in enumerate(ids):
         seg_path = os.path.join(path, _engine.segment_name(seg))
         is_last = i == len(ids) - 1
@@ -402,6 +403,14 @@ def recover(core: _engine._WalCore, mode: RecoveryMode, sink: _engine._Sink | No
     return info
 
 
+def _hints_ahead(sink: _engine._Sink, path: str, ids: list[int]) -> None:
+    """Tells a sink that takes hint files which segments of ``path`` it may
+    take from them, before the first: it makes room for all at once."""
+    ahead = getattr(sink, "_hints_ahead", None)
+    if ahead is not None and ids:
+        ahead([os.path.join(path, _engine.segment_name(s)) for s in ids], ids)
+
+
 def load_published(path: str, sink: _engine._Sink, seg_id: int, size: int) -> tuple[int, dict[int, int]]:
     """Replays the log of directory ``path`` up to the published end
     ``(seg_id, size)`` into ``sink``, where another process recovered it
@@ -420,6 +429,7 @@ def load_published(path: str, sink: _engine._Sink, seg_id: int, size: int) -> tu
         )
     records = 0
     sealed: dict[int, int] = {}
+    _hints_ahead(sink, path, ids[:-1])
     for seg in ids:
         seg_path = os.path.join(path, _engine.segment_name(seg))
         last = seg == seg_id

@@ -18,6 +18,7 @@ cdef extern from "keydir.h" nogil:
         uint64_t count
         uint64_t key_bytes
         uint64_t compactions
+        uint64_t resizes
     void nk_kd_init(nk_keydir *kd, uint64_t floor_bytes)
     void nk_kd_free(nk_keydir *kd)
     int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,

@@ -176,6 +176,7 @@ cdef class _KeyDir:
         self.clear()
 
     def _stats(self):
-        """The table's figures: slots, arena units used and allocated, garbage, compactions."""
+        """The table's figures: slots, arena units used and allocated, garbage,
+        compactions, rebuilds of the slots."""
         return {"slots": self.kd.cap, "units": self.kd.units, "arena_cap": self.kd.arena_cap,
-                "garbage": self.kd.garbage, "compactions": self.kd.compactions}
+                "garbage": self.kd.garbage, "compactions": self.kd.compactions, "resizes": self.kd.resizes}

@@ -200,6 +200,13 @@ cdef class _DiskLoader(_StoreLoader):
             return _StoreLoader.on_record(self, r, seg_id, offset)     # (its general path)
         return self.put_entry(r.key, r.klen, _kd_hash(r.key, r.klen), r.vlen, self._location(seg_id, offset))
 
+    def _hints_ahead(self, seg_paths, seg_ids):
+        """Told before the first _from_hint which segments may come (paths
+        and ids, in order): makes room for their hints' entries at once.
+        norikv.wal.plan_recovery and load_published ask every sink that has
+        this method."""
+        _reserve_for_hints(self, seg_paths, seg_ids)
+
     def _from_hint(self, seg_path, uint64_t seg_id, uint64_t file_size):
         """Applies the segment's hint file (hints.pyx): its number of
         records, or -1 when it has no valid, current one (scan it instead).

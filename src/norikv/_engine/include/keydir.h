@@ -85,6 +85,7 @@ typedef struct {
     uint64_t count;         /* live keys */
     uint64_t key_bytes;     /* their total length */
     uint64_t compactions;
+    uint64_t resizes;       /* rebuilds of the slots (a test's figure) */
 } nk_keydir;
 
 static inline uint64_t nk_kd__entry_units(uint64_t klen) {
@@ -194,6 +195,7 @@ static inline int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
     free(kd->slots);
     kd->slots = slots;
     kd->cap = new_cap;
+    kd->resizes++;
     return NK_KD_OK;
 }
 
