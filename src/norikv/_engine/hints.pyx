@@ -39,8 +39,18 @@ cdef bytes _HINT_MAGIC = b"NORIKVH1"
 
 def hint_name(uint64_t seg_id):
     """The hint file's name of segment seg_id."""
-    name = segment_name(seg_id)
-    return name[:len(name) - 4] + ".hint"
+    return _hint_path(segment_name(seg_id))
+
+
+cdef inline object _hint_path(object seg_path):
+    """The hint file's path beside segment file seg_path (NNNNNN.wal)."""
+    return seg_path[:len(seg_path) - 4] + ".hint"
+
+
+cdef inline bint _hint_size_ok(uint64_t n, uint64_t seg_size) noexcept:
+    """Whether n bytes can be a hint of a seg_size-byte segment: a header
+    and a CRC at least, and never much larger than its segment."""
+    return _HINT_HEADER + 4 <= n <= 2 * seg_size + 4096
 
 
 cdef class _HintSink(_Sink):
@@ -207,13 +217,19 @@ cdef int _apply_hint(_DiskLoader loader, const uint8_t *p, const uint8_t *end, u
 
 cdef uint64_t _hint_announces(object seg_path, uint64_t seg_id) except? 0xFFFFFFFFFFFFFFFF:
     """The number of entries the header of segment seg_id's hint says it
-    holds, bounded by what its file and its segment's can hold (an entry
-    takes 3 bytes at least, a record 7); 0 when there is no hint or its
-    header is not one of that segment's (_replay_hint checks the rest)."""
+    holds, bounded by what the hint and the segment as they are can hold
+    (an entry takes 3 bytes at least, a record 7); 0 when there is no hint
+    or its header is not about that segment as it is (_replay_hint checks
+    the rest)."""
     cdef struct_stat st
     cdef uint8_t head[_HINT_HEADER]
-    cdef uint64_t h_seg, h_size, h_count, room
-    cdef int fd = c_open(os.fsencode(seg_path[:len(seg_path) - 4] + ".hint"), O_RDONLY | O_CLOEXEC)
+    cdef uint64_t h_seg, h_size, h_count, room, seg_size
+    cdef int fd
+    try:
+        seg_size = os.stat(seg_path).st_size
+    except OSError:
+        return 0
+    fd = c_open(os.fsencode(_hint_path(seg_path)), O_RDONLY | O_CLOEXEC)
     if fd < 0:
         return 0
     try:
@@ -222,13 +238,12 @@ cdef uint64_t _hint_announces(object seg_path, uint64_t seg_id) except? 0xFFFFFF
         memcpy(&h_seg, head + 8, 8)
         memcpy(&h_size, head + 16, 8)
         memcpy(&h_count, head + 24, 8)
-        # (the size bound of _replay_hint: a hint is never much larger than its segment)
-        if (memcmp(head, <const char *>_HINT_MAGIC, 8) != 0 or h_seg != seg_id
-                or <uint64_t>st.st_size < _HINT_HEADER + 4 or <uint64_t>st.st_size > 2 * h_size + 4096):
+        if (memcmp(head, <const char *>_HINT_MAGIC, 8) != 0 or h_seg != seg_id or h_size != seg_size
+                or not _hint_size_ok(<uint64_t>st.st_size, seg_size)):
             return 0
         room = (<uint64_t>st.st_size - _HINT_HEADER - 4) // 3
-        if h_size // 7 < room:
-            room = h_size // 7
+        if seg_size // 7 < room:
+            room = seg_size // 7
         return h_count if h_count < room else room
     finally:
         c_close(fd)
@@ -262,7 +277,7 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
     cdef uint32_t crc
     cdef _HintEntry e
     cdef int64_t result = -1
-    hint_path = seg_path[:len(seg_path) - 4] + ".hint"
+    hint_path = _hint_path(seg_path)
     fd = c_open(os.fsencode(hint_path), O_RDONLY | O_CLOEXEC)
     if fd < 0:
         return -1
@@ -270,8 +285,7 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
         if fstat(fd, &st) != 0:
             return -1
         n = <size_t>st.st_size
-        # A hint is never much larger than its segment: a bigger file is not one.
-        if n < _HINT_HEADER + 4 or n > 2 * file_size + 4096:
+        if not _hint_size_ok(n, file_size):
             return -1
         m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0)
         if m == MAP_FAILED:
