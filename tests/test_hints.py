@@ -248,3 +248,31 @@ def test_a_hint_header_announcing_too_many_entries_reserves_what_its_file_can_ho
     with open_disk(tmp_path) as s:
         assert s.stats()["recovery_hint_segments"] == len(hints(tmp_path)) - 1  # (its CRC fails: scanned)
         assert len(s) == 50000 and s[b"key-%08d" % 49999] == b"v" * 60
+
+
+def test_a_fifo_in_place_of_a_hint_is_no_hint(tmp_path):
+    """A FIFO named like a hint (opening one for reading waits for a writer)
+    counts as no hint: the open scans that segment instead of hanging, and
+    the store's hint writer replaces it with the segment's hint. Run in a
+    child with a timeout, so that a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    distinct_keys(tmp_path)
+    wait_for_hints(tmp_path)
+    first = tmp_path / "wal" / hints(tmp_path)[0]
+    first.unlink()
+    os.mkfifo(first)
+    code = (
+        "import sys\n"
+        "from norikv import KvStore\n"
+        "with KvStore.open(sys.argv[1], values='disk', max_segment_size=1 << 20) as s:\n"
+        "    print(len(s), s.stats()['recovery_hint_segments'])\n"
+        "    s._write_hints()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["50000", str(len(hints(tmp_path)) - 1)]
+    assert first.is_file()  # (rewritten: a regular file again)
+    with open_disk(tmp_path) as s:
+        assert s.stats()["recovery_hint_segments"] == len(hints(tmp_path)) and len(s) == 50000

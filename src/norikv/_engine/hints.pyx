@@ -19,9 +19,9 @@
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close, pread
-from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
+from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC, O_NONBLOCK
 from posix.mman cimport mmap, munmap, PROT_READ, MAP_PRIVATE, MAP_FAILED
-from posix.stat cimport struct_stat, fstat
+from posix.stat cimport struct_stat, fstat, S_ISREG
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 import hashlib
@@ -45,6 +45,19 @@ def hint_name(uint64_t seg_id):
 cdef inline object _hint_path(object seg_path):
     """The hint file's path beside segment file seg_path (NNNNNN.wal)."""
     return seg_path[:len(seg_path) - 4] + ".hint"
+
+
+cdef int _open_hint(object seg_path, struct_stat *st) except -2:
+    """A read-only descriptor of segment file seg_path's hint, its stat in
+    *st; -1 when there is no hint that is a regular file (a FIFO in its
+    place opens without waiting for a writer, then counts as no hint)."""
+    cdef int fd = c_open(os.fsencode(_hint_path(seg_path)), O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    if fd < 0:
+        return -1
+    if fstat(fd, st) != 0 or not S_ISREG(st.st_mode):
+        c_close(fd)
+        return -1
+    return fd
 
 
 cdef inline bint _hint_size_ok(uint64_t n, uint64_t seg_size) noexcept:
@@ -215,38 +228,48 @@ cdef int _apply_hint(_DiskLoader loader, const uint8_t *p, const uint8_t *end, u
     return 0
 
 
-cdef uint64_t _hint_announces(object seg_path, uint64_t seg_id) except? 0xFFFFFFFFFFFFFFFF:
-    """The number of entries the header of segment seg_id's hint says it
-    holds, bounded by what the hint and the segment as they are can hold
-    (an entry takes 3 bytes at least, a record 7); 0 when there is no hint
-    or its header is not about that segment as it is (_replay_hint checks
-    the rest)."""
+cdef bint _hint_header_current(object seg_path, uint64_t seg_id, uint64_t *count,
+                               uint64_t *hint_size, uint64_t *seg_size) except -1:
+    """Whether segment file seg_path (id seg_id) has a hint whose header is
+    about the segment as it is now (its id and present size), in a regular
+    file of a size such a hint can have; then its entry count, its size and
+    the segment's in the out-parameters. Reads the 40-byte header only
+    (_replay_hint checks the rest)."""
     cdef struct_stat st
     cdef uint8_t head[_HINT_HEADER]
-    cdef uint64_t h_seg, h_size, h_count, room, seg_size
+    cdef uint64_t h_seg, h_size
     cdef int fd
     try:
-        seg_size = os.stat(seg_path).st_size
+        seg_size[0] = os.stat(seg_path).st_size
     except OSError:
-        return 0
-    fd = c_open(os.fsencode(_hint_path(seg_path)), O_RDONLY | O_CLOEXEC)
+        return False
+    fd = _open_hint(seg_path, &st)
     if fd < 0:
-        return 0
+        return False
     try:
-        if fstat(fd, &st) != 0 or pread(fd, head, _HINT_HEADER, 0) != _HINT_HEADER:
-            return 0
-        memcpy(&h_seg, head + 8, 8)
-        memcpy(&h_size, head + 16, 8)
-        memcpy(&h_count, head + 24, 8)
-        if (memcmp(head, <const char *>_HINT_MAGIC, 8) != 0 or h_seg != seg_id or h_size != seg_size
-                or not _hint_size_ok(<uint64_t>st.st_size, seg_size)):
-            return 0
-        room = (<uint64_t>st.st_size - _HINT_HEADER - 4) // 3
-        if seg_size // 7 < room:
-            room = seg_size // 7
-        return h_count if h_count < room else room
+        if pread(fd, head, _HINT_HEADER, 0) != _HINT_HEADER:
+            return False
     finally:
         c_close(fd)
+    memcpy(&h_seg, head + 8, 8)
+    memcpy(&h_size, head + 16, 8)
+    memcpy(count, head + 24, 8)
+    hint_size[0] = <uint64_t>st.st_size
+    return (memcmp(head, <const char *>_HINT_MAGIC, 8) == 0 and h_seg == seg_id and h_size == seg_size[0]
+            and _hint_size_ok(hint_size[0], seg_size[0]))
+
+
+cdef uint64_t _hint_announces(object seg_path, uint64_t seg_id) except? 0xFFFFFFFFFFFFFFFF:
+    """The number of entries a current hint of the segment announces,
+    bounded by what the hint and the segment can hold (an entry takes 3
+    bytes at least, a record 7); 0 without one."""
+    cdef uint64_t count, hint_size, seg_size, room
+    if not _hint_header_current(seg_path, seg_id, &count, &hint_size, &seg_size):
+        return 0
+    room = (hint_size - _HINT_HEADER - 4) // 3
+    if seg_size // 7 < room:
+        room = seg_size // 7
+    return count if count < room else room
 
 
 cdef int _reserve_for_hints(_DiskLoader loader, object seg_paths, object seg_ids) except -1:
@@ -277,13 +300,10 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
     cdef uint32_t crc
     cdef _HintEntry e
     cdef int64_t result = -1
-    hint_path = _hint_path(seg_path)
-    fd = c_open(os.fsencode(hint_path), O_RDONLY | O_CLOEXEC)
+    fd = _open_hint(seg_path, &st)
     if fd < 0:
         return -1
     try:
-        if fstat(fd, &st) != 0:
-            return -1
         n = <size_t>st.st_size
         if not _hint_size_ok(n, file_size):
             return -1
@@ -392,17 +412,9 @@ def _hint_writer(ref, lock):
 cdef bint _hint_current(object d, uint64_t seg, set names) except -1:
     """Whether seg has a hint about its present size (a segment a reopened
     store appended to, or that a recovery rewrote, needs a new one)."""
-    name = hint_name(seg)
-    if name not in names:
-        return False
-    try:
-        with open(os.path.join(d, name), "rb") as f:
-            head = f.read(_HINT_HEADER)
-        size = os.path.getsize(os.path.join(d, segment_name(seg)))
-    except OSError:
-        return False
-    return (len(head) == _HINT_HEADER and head[:8] == _HINT_MAGIC
-            and struct.unpack_from("<QQ", head, 8) == (seg, size))
+    cdef uint64_t count, hint_size, seg_size
+    return hint_name(seg) in names and _hint_header_current(os.path.join(d, segment_name(seg)), seg, &count,
+                                                            &hint_size, &seg_size)
 
 
 cdef bint _dead_writer(str name):
