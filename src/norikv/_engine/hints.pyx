@@ -66,6 +66,19 @@ cdef inline bint _hint_size_ok(uint64_t n, uint64_t seg_size) noexcept:
     return _HINT_HEADER + 4 <= n <= 2 * seg_size + 4096
 
 
+cdef bint _hint_header_ok(const uint8_t *head, uint64_t n, uint64_t seg_id, uint64_t seg_size,
+                          uint64_t *count) noexcept:
+    """Whether head, the header of an n-byte hint, is one of segment seg_id
+    as it is (seg_size bytes); its entry count in *count. (The rest, its
+    CRC and the segment's tail: _replay_hint.)"""
+    cdef uint64_t h_seg, h_size
+    memcpy(&h_seg, head + 8, 8)
+    memcpy(&h_size, head + 16, 8)
+    memcpy(count, head + 24, 8)
+    return (memcmp(head, <const char *>_HINT_MAGIC, 8) == 0 and h_seg == seg_id and h_size == seg_size
+            and _hint_size_ok(n, seg_size))
+
+
 cdef class _HintSink(_Sink):
     """Collects the entries of the records a scan applies."""
 
@@ -237,7 +250,6 @@ cdef bint _hint_header_current(object seg_path, uint64_t seg_id, uint64_t *count
     (_replay_hint checks the rest)."""
     cdef struct_stat st
     cdef uint8_t head[_HINT_HEADER]
-    cdef uint64_t h_seg, h_size
     cdef int fd
     try:
         seg_size[0] = os.stat(seg_path).st_size
@@ -251,12 +263,8 @@ cdef bint _hint_header_current(object seg_path, uint64_t seg_id, uint64_t *count
             return False
     finally:
         c_close(fd)
-    memcpy(&h_seg, head + 8, 8)
-    memcpy(&h_size, head + 16, 8)
-    memcpy(count, head + 24, 8)
     hint_size[0] = <uint64_t>st.st_size
-    return (memcmp(head, <const char *>_HINT_MAGIC, 8) == 0 and h_seg == seg_id and h_size == seg_size[0]
-            and _hint_size_ok(hint_size[0], seg_size[0]))
+    return _hint_header_ok(head, hint_size[0], seg_id, seg_size[0], count)
 
 
 cdef uint64_t _hint_announces(object seg_path, uint64_t seg_id) except? 0xFFFFFFFFFFFFFFFF:
@@ -276,9 +284,9 @@ cdef int _reserve_for_hints(_DiskLoader loader, object seg_paths, object seg_ids
     """Room in the loader's key directory, before the first segment is
     replayed, for every entry the hints of these segments announce: one
     table of slots of the final size, where a directory grown hint by hint
-    rebuilt its slots each time it outgrew them (a reopen of 2M keys from 15
-    hints: 0.27-0.30 s instead of 0.41-0.42, docs/performance.md). Best
-    effort: without the memory, the replay grows the directory as before.
+    re-placed all its slots each time it outgrew them (a third of the
+    reopen of 2M keys from 15 hints: docs/performance.md). Best effort:
+    without the memory, the replay grows the directory as before.
     Duplicate keys leave slots unused, which _adopt gives back (fit)."""
     cdef uint64_t total = 0
     for path, seg in zip(seg_paths, seg_ids):
@@ -296,7 +304,7 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
     cdef size_t n = 0
     cdef const uint8_t *p
     cdef const uint8_t *end
-    cdef uint64_t h_seg, h_size, h_count, i, prev = 0, key_bytes = 0
+    cdef uint64_t h_count, i, prev = 0, key_bytes = 0
     cdef uint32_t crc
     cdef _HintEntry e
     cdef int64_t result = -1
@@ -312,12 +320,7 @@ cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,
             return -1
         p = <const uint8_t *>m
         memcpy(&crc, p + n - 4, 4)
-        if memcmp(p, <const char *>_HINT_MAGIC, 8) != 0 or nk_crc32c(0, p, n - 4) != crc:
-            return -1
-        memcpy(&h_seg, p + 8, 8)
-        memcpy(&h_size, p + 16, 8)
-        memcpy(&h_count, p + 24, 8)
-        if h_seg != seg_id or h_size != file_size:
+        if not _hint_header_ok(p, n, seg_id, file_size, &h_count) or nk_crc32c(0, p, n - 4) != crc:
             return -1
         sfd = c_open(os.fsencode(seg_path), O_RDONLY | O_CLOEXEC)
         if sfd < 0:
