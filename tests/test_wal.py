@@ -686,10 +686,21 @@ def test_rearm_after_a_sync_spares_the_writer_its_page_faults(tmp_path):
 def test_batch_flusher_rearms_after_it_syncs(tmp_path):
     record = Record.put(b"k", b"v" * 1000)
     with Wal.open(cfg(tmp_path, max_segment_size=64 * MIB, fsync_policy=FsyncPolicy.batch(0.005)))[0] as wal:
+        # Wait for the re-arm, which follows the background fsync, not for
+        # the fsync alone (the appends below could run in between). A
+        # background fsync that would cover under 64 KiB (a writer slowed by
+        # a busy machine) is left to sync(), which does not re-arm: append
+        # 100 KiB more until a re-arm covers everything appended.
         for _ in range(3000):
             wal.append(record)
-        written = wal._lock_state()[0]
-        assert wait_for(lambda: wal._lock_state()[1] >= written), wal._lock_state()
+        for _ in range(50):
+            written = wal._lock_state()[0]
+            if wait_for(lambda w=written: wal._rearmed_through() >= w, timeout=2.0):
+                break
+            for _ in range(100):
+                wal.append(record)
+        else:
+            raise AssertionError(("no re-arm", wal._lock_state(), wal._rearmed_through()))
         before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         for _ in range(60):  # 15 pages, which the fsync above write-protected
             wal.append(record)

@@ -312,6 +312,10 @@ cdef class _WalCore:
             with nogil:
                 _rearm(self)
 
+    def _rearmed_through(self):
+        """Test hook: written_total as the last finished _rearm read it."""
+        return nk_load_acquire_u64(&self.rearm_done)
+
     # ------------------------------------------------------------ append
 
     cdef inline uint8_t *_reserve(self, uint64_t n) except NULL:

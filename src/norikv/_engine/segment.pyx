@@ -385,6 +385,7 @@ cdef void _rearm(_WalCore self) noexcept nogil:
     if self.map != NULL and _prefaults(self) and stop > start:
         nk_prefault(self.map + start, <size_t>(stop - start), 1)
     self._unlock_map()
+    nk_store_release_u64(&self.rearm_done, total)
 
 
 cdef int _grow(_WalCore self, uint64_t end) except -1:
