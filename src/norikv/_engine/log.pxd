@@ -33,8 +33,7 @@ cdef class _WalCore:
     # that a store that writes little holds little.
     cdef uint64_t prefault_lead
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
-    cdef uint64_t rearmed_at             # written_total at the last _rearm
-    cdef uint64_t rearm_done             # ... once its pages were faulted in (tests wait for it)
+    cdef uint64_t rearmed_at             # written_total as the last finished _rearm read it
     cdef readonly uint64_t seg_size      # its logical size: where the next record goes
     cdef uint64_t next_seg_id
     cdef dict seg_sizes                  # finalized segments: id -> bytes

@@ -314,7 +314,7 @@ cdef class _WalCore:
 
     def _rearmed_through(self):
         """Test hook: written_total as the last finished _rearm read it."""
-        return nk_load_acquire_u64(&self.rearm_done)
+        return nk_load_acquire_u64(&self.rearmed_at)
 
     # ------------------------------------------------------------ append
 

@@ -368,7 +368,6 @@ cdef void _rearm(_WalCore self) noexcept nogil:
     cdef uint64_t total = nk_load_acquire_u64(&self.written_total)
     cdef uint64_t ahead = (total - self.rearmed_at) * 3 // 2 if total > self.rearmed_at else 0
     cdef uint64_t start, stop
-    self.rearmed_at = total
     if ahead < _REARM_MIN:
         ahead = _REARM_MIN
     elif ahead > _REARM_MAX:
@@ -385,7 +384,7 @@ cdef void _rearm(_WalCore self) noexcept nogil:
     if self.map != NULL and _prefaults(self) and stop > start:
         nk_prefault(self.map + start, <size_t>(stop - start), 1)
     self._unlock_map()
-    nk_store_release_u64(&self.rearm_done, total)
+    nk_store_release_u64(&self.rearmed_at, total)     # (once done: tests wait for it)
 
 
 cdef int _grow(_WalCore self, uint64_t end) except -1:
