@@ -19,6 +19,7 @@ from norikv import (
     RecoveryMode,
     Wal,
     WalConfig,
+    _engine,
 )
 
 MIB = 1 << 20
@@ -623,8 +624,6 @@ def test_batch_flusher_fsyncs_while_the_writer_holds_the_gil(tmp_path):
     # A busy writer holds the GIL; a flusher that needed it waited for the
     # 5 ms switch interval on every fsync (26-37 fsyncs a second instead of
     # 200) and the batch window stretched with it.
-    from norikv import _engine
-
     with Wal.open(cfg(tmp_path, fsync_policy=FsyncPolicy.batch(0.005)))[0] as wal:
         shown = 0
         for i in range(1000):
@@ -668,6 +667,12 @@ def test_rearm_after_a_sync_spares_the_writer_its_page_faults(tmp_path):
         wal, _ = Wal.open(cfg(tmp_path / str(rearm), max_segment_size=64 * MIB))
         for _ in range(3000):
             wal.append(record)
+        # The mapping ahead is faulted in for writing before the sync, which
+        # write-protects it: a prefault of the background thread still under
+        # way would map pages after it, sparing the control its faults.
+        assert wait_for(lambda wal=wal: not wal.prefault_pending)
+        end, _, populated, pending = _engine._test_prefault(wal, False)
+        assert populated - end >= 64 * 1024 and not pending
         wal.sync()
         if rearm:
             wal._rearm_ahead()
