@@ -38,6 +38,26 @@ cdef void _settle_dirty(_WalCore self, double since) noexcept nogil:
         self.dirty = True
 
 
+cdef double _SYNC_LINGER = 0.02     # s; see _flusher_loop
+
+
+cdef bint _rearm_after_sync(_WalCore self) noexcept nogil:
+    """After a sync() call of the user's: like the batch policy's fsync,
+    it cleaned and write-protected the pages the writer fills next, each
+    then a write fault in the writer (33 per commit of 1,000 puts of 100 B).
+    The background thread takes them instead (_rearm over the call's span:
+    the next commit likely fills as much, and a page mapped for writing
+    past what it fills is a dirty zero the next sync() writes), when the
+    call covered at least _REARM_SYNC_MIN (under it the wake costs about
+    what the faults do). Not under ALWAYS (_prefaults). Returns whether it
+    asked (the caller wakes the thread where it waits in Python)."""
+    if not _prefaults(self) or self.sync_span < _REARM_SYNC_MIN:
+        return False
+    self.rearm_due = True
+    _wake_flusher(self, False)
+    return True
+
+
 cdef int _fsync_batch(_WalCore self) noexcept nogil:
     """The batch policy's fsync: the pages wholly written leave this
     process's page tables first (_unmap_behind), the next window's are
@@ -88,11 +108,19 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
     # Idle (nothing unsynced) for two windows, it returns: the thread then
     # waits in Python without holding the Wal, which a user may drop.
     cdef double now, wait_until, busy_at = _now_monotonic()
-    cdef double linger = 2 * self.window if self.policy == POLICY_BATCH else 0
+    # A store that calls sync() keeps the thread here as long, so that its
+    # re-arm after each call (_rearm_after_sync) does not first wait for
+    # the GIL, which a busy writer gives up every 5 ms only.
+    cdef double linger
     cdef int res
     while True:
         if self.bg_stop or self.closed:
             return 0
+        if self.rearm_due:
+            self.rearm_due = False
+            _rearm(self, self.sync_span)
+            busy_at = _now_monotonic()
+            continue
         now = _now_monotonic()
         if _fsync_due(self, now):
             res = _fsync_batch(self)
@@ -106,6 +134,8 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
         if self.dirty:
             wait_until = self.dirty_since + self.window
         else:
+            linger = (2 * self.window if self.policy == POLICY_BATCH
+                      else _SYNC_LINGER if self.synced_by_caller else 0)
             wait_until = busy_at + linger
             if wait_until <= now:
                 return 0

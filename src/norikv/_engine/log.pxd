@@ -34,6 +34,7 @@ cdef class _WalCore:
     cdef uint64_t prefault_lead
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
     cdef uint64_t rearmed_at             # written_total as the last finished _rearm read it
+    cdef bint rearm_due                  # a sync() call wrote the log back: _rearm (flusher.pyx)
     cdef readonly uint64_t seg_size      # its logical size: where the next record goes
     cdef uint64_t next_seg_id
     cdef dict seg_sizes                  # finalized segments: id -> bytes
@@ -158,6 +159,7 @@ cdef class _WalCore:
     # switch to page-sized folios (_use_small_folios) first.
     cdef inline bint _small_sync(self, uint64_t target, uint64_t small) noexcept nogil
     cdef int _sync(self, bint caller) except -1
+    cdef int _ask_rearm(self) except -1
     cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 

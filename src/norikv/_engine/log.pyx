@@ -469,11 +469,16 @@ cdef class _WalCore:
         if self._small_sync(target, _SMALL_SYNC):
             _use_small_folios(self)
         if self.shm != NULL:
-            return _sync_shared(self)
+            _sync_shared(self)
+            if caller:
+                self._ask_rearm()
+            return 0
         if self.synced_total >= target:
             return 0
         with nogil:
             status = self._sync_nogil(target, False, &t0, &dt, &err)
+        if status == _SYNC_DONE and caller:
+            self._ask_rearm()
         if status == _SYNC_COVERED:
             return 0
         if status == _SYNC_UNUSABLE:
@@ -485,6 +490,12 @@ cdef class _WalCore:
             finally:
                 self._end_sync_turn(0)
         _settle_dirty(self, t0)
+        return 0
+
+    cdef int _ask_rearm(self) except -1:
+        """_rearm_after_sync, and a wake for the thread where it waits in Python."""
+        if _rearm_after_sync(self) and not self.bg_looping and self._waker is not None:
+            self._waker()               # (it waits in Python: it then lingers in flusher.pyx)
         return 0
 
     def current_position(self):

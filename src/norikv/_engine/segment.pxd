@@ -8,6 +8,7 @@ cdef enum:
     _PREFAULT_REFILL = 2 << 20      # in steps of this much (a long one stalled fsyncs)
     _REARM_MIN = 64 << 10           # _rearm_ahead: at least this much
     _REARM_MAX = 4 << 20            # and at most this much
+    _REARM_SYNC_MIN = 32 << 10      # _rearm_after_sync: after a sync() of at least this much
     _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
     _ZERO_CHUNK_MIN = 16 << 10      # folio sizes of the zeros written ahead (_zero_chunk)
     _ZERO_CHUNK_MAX = 64 << 10
@@ -76,7 +77,7 @@ cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil
 # After a batch-policy fsync: maps for writing what the writer will fill before the next.
-cdef void _rearm(_WalCore self) noexcept nogil
+cdef void _rearm(_WalCore self, uint64_t span=*) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.
 cdef int _use_small_folios(_WalCore self) except -1
 cdef int _allocate(_WalCore self, int fd, uint64_t start, uint64_t end, object path) except -1

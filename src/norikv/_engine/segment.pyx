@@ -356,11 +356,12 @@ cdef void _unmap_behind(_WalCore self) noexcept nogil:
     self._unlock_map()
 
 
-cdef void _rearm(_WalCore self) noexcept nogil:
+cdef void _rearm(_WalCore self, uint64_t span=0) noexcept nogil:
     """After a batch-policy fsync, which cleaned and write-protected the
     pages it wrote: faults in for writing what the writer will likely fill
     before the next fsync (1.5x what it wrote since the last one, within
-    [_REARM_MIN, _REARM_MAX]), from the page it is in. Run by the
+    [_REARM_MIN, _REARM_MAX]; after a sync() call, `span`, what the call
+    covered, up to _REARM_MAX), from the page it is in. Run by the
     background thread, so the writer does not take those write faults
     itself (~3 us each on this VM, 0.1 us per 100 B put). Best effort;
     seg_size and written_total are read without the GIL."""
@@ -368,9 +369,11 @@ cdef void _rearm(_WalCore self) noexcept nogil:
     cdef uint64_t total = nk_load_acquire_u64(&self.written_total)
     cdef uint64_t ahead = (total - self.rearmed_at) * 3 // 2 if total > self.rearmed_at else 0
     cdef uint64_t start, stop
-    if ahead < _REARM_MIN:
+    if span:
+        ahead = span
+    elif ahead < _REARM_MIN:
         ahead = _REARM_MIN
-    elif ahead > _REARM_MAX:
+    if ahead > _REARM_MAX:
         ahead = _REARM_MAX
     self._lock_map_nogil()
     start = self.seg_size - self.seg_size % page
