@@ -10,6 +10,7 @@ import pytest
 
 from norikv import (
     ClosedError,
+    FsyncPolicy,
     KvStore,
     Wal,
     WalConfig,
@@ -62,6 +63,20 @@ def test_recovery_after_drop_without_close(tmp_path):
     assert store.recovery_info.corruption_detected is False
     assert store.recovery_info.bytes_truncated == 0
     assert store.recovery_info.valid_records == 2
+    store.close()
+
+
+def test_drop_right_after_a_large_sync_reopens_at_once(tmp_path):
+    # A sync() of 32 KiB or more wakes the background thread to re-arm the
+    # pages ahead, and it then lingers in C (flusher.pyx): a store dropped
+    # meanwhile is still freed, its lock released, for the reopen below.
+    store = KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS)
+    for i in range(1000):
+        store.put(b"k%04d" % i, b"v" * 100)
+    store.sync()
+    del store  # drop without close
+    store = KvStore.open(tmp_path, fsync_policy=FsyncPolicy.OS)
+    assert len(store) == 1000 and store.get(b"k0999") == b"v" * 100
     store.close()
 
 
