@@ -105,12 +105,12 @@ cdef int _background_fsync(_WalCore self, uint64_t target) noexcept nogil:
 
 
 cdef int _flusher_loop(_WalCore self) noexcept nogil:
-    # Idle (nothing unsynced) for two windows, it returns: the thread then
+    # Idle (nothing unsynced) for two windows, or under the OS policy once
+    # sync() was called for _SYNC_LINGER (so that the re-arm after each
+    # call, _rearm_after_sync, does not first wait for the GIL, which a
+    # busy writer gives up every 5 ms only), it returns: the thread then
     # waits in Python without holding the Wal, which a user may drop.
     cdef double now, wait_until, busy_at = _now_monotonic()
-    # A store that calls sync() keeps the thread here as long, so that its
-    # re-arm after each call (_rearm_after_sync) does not first wait for
-    # the GIL, which a busy writer gives up every 5 ms only.
     cdef double linger
     cdef int res
     while True:

@@ -76,7 +76,7 @@ cdef bint _fsync_due(_WalCore self, double now) noexcept nogil
 cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil
-# After a batch-policy fsync: maps for writing what the writer will fill before the next.
+# After a batch-policy fsync or a sync() call: maps for writing what the writer will fill before the next.
 cdef void _rearm(_WalCore self, uint64_t span=*) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.
 cdef int _use_small_folios(_WalCore self) except -1
