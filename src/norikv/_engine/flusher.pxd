@@ -12,6 +12,3 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil
 cdef void _wake_flusher(_WalCore self, bint stop) noexcept nogil
 # What is durable decides `dirty` (the handshake with _commit).
 cdef void _settle_dirty(_WalCore self, double since) noexcept nogil
-# After a sync() call of the user's: the background thread re-arms the pages
-# the writer fills next (_rearm), which the fsync write-protected. True: asked.
-cdef bint _rearm_after_sync(_WalCore self) noexcept nogil

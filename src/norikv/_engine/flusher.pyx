@@ -41,23 +41,6 @@ cdef void _settle_dirty(_WalCore self, double since) noexcept nogil:
 cdef double _SYNC_LINGER = 0.02     # s; see _flusher_loop
 
 
-cdef bint _rearm_after_sync(_WalCore self) noexcept nogil:
-    """After a sync() call of the user's: like the batch policy's fsync,
-    it cleaned and write-protected the pages the writer fills next, each
-    then a write fault in the writer (33 per commit of 1,000 puts of 100 B).
-    The background thread takes them instead (_rearm over the call's span:
-    the next commit likely fills as much, and a page mapped for writing
-    past what it fills is a dirty zero the next sync() writes), when the
-    call covered at least _REARM_SYNC_MIN (under it the wake costs about
-    what the faults do). Not under ALWAYS (_prefaults). Returns whether it
-    asked (the caller wakes the thread where it waits in Python)."""
-    if not _prefaults(self) or self.sync_span < _REARM_SYNC_MIN:
-        return False
-    self.rearm_due = True
-    _wake_flusher(self, False)
-    return True
-
-
 cdef int _fsync_batch(_WalCore self) noexcept nogil:
     """The batch policy's fsync: the pages wholly written leave this
     process's page tables first (_unmap_behind), the next window's are

@@ -159,7 +159,8 @@ cdef class _WalCore:
     # switch to page-sized folios (_use_small_folios) first.
     cdef inline bint _small_sync(self, uint64_t target, uint64_t small) noexcept nogil
     cdef int _sync(self, bint caller) except -1
-    cdef int _ask_rearm(self) except -1
+    cdef int _rearm_after_sync(self) except -1
+    cdef int _wake_background(self) except -1
     cdef int _sync_nogil(self, uint64_t target, bint ranged, double *t0, double *dt, int *err) noexcept nogil
     cdef void _end_sync_turn(self, uint64_t cover) noexcept nogil
 

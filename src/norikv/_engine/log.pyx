@@ -376,9 +376,7 @@ cdef class _WalCore:
             _unmap_behind(self)
         if self.wake_pending:
             self.wake_pending = False
-            _wake_flusher(self, False)
-            if self._waker is not None:
-                self._waker()
+            self._wake_background()
         if self.policy == POLICY_ALWAYS:
             self.sync()
         return 0
@@ -453,6 +451,7 @@ cdef class _WalCore:
         """Makes everything appended before this call durable (fdatasync; on
         macOS F_FULLFSYNC). Concurrent callers share one fsync (group commit)."""
         self._sync(True)
+        self._rearm_after_sync()
 
     cdef int _sync(self, bint caller) except -1:
         """sync(); `caller`: a call of the user's (not the background thread
@@ -469,16 +468,11 @@ cdef class _WalCore:
         if self._small_sync(target, _SMALL_SYNC):
             _use_small_folios(self)
         if self.shm != NULL:
-            _sync_shared(self)
-            if caller:
-                self._ask_rearm()
-            return 0
+            return _sync_shared(self)
         if self.synced_total >= target:
             return 0
         with nogil:
             status = self._sync_nogil(target, False, &t0, &dt, &err)
-        if status == _SYNC_DONE and caller:
-            self._ask_rearm()
         if status == _SYNC_COVERED:
             return 0
         if status == _SYNC_UNUSABLE:
@@ -492,10 +486,25 @@ cdef class _WalCore:
         _settle_dirty(self, t0)
         return 0
 
-    cdef int _ask_rearm(self) except -1:
-        """_rearm_after_sync, and a wake for the thread where it waits in Python."""
-        if _rearm_after_sync(self) and not self.bg_looping and self._waker is not None:
-            self._waker()               # (it waits in Python: it then lingers in flusher.pyx)
+    cdef int _rearm_after_sync(self) except -1:
+        """After a sync() call: its fsync, like the batch policy's, cleaned
+        and write-protected the pages the writer fills next, each then a
+        write fault in the writer (33 per commit of 1,000 puts of 100 B).
+        The background thread takes them instead (_rearm over the call's
+        span: the next commit likely fills as much, and a page mapped for
+        writing past what it fills is a dirty zero the next sync() writes),
+        when the call covered at least _REARM_SYNC_MIN (under it the wake
+        costs about what the faults do). Not under ALWAYS (_prefaults)."""
+        if _prefaults(self) and self.sync_span >= _REARM_SYNC_MIN:
+            self.rearm_due = True
+            self._wake_background()
+        return 0
+
+    cdef int _wake_background(self) except -1:
+        """Wakes the background thread, in flusher.pyx's loop or waiting in Python."""
+        _wake_flusher(self, False)
+        if self._waker is not None:
+            self._waker()
         return 0
 
     def current_position(self):
