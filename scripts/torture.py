@@ -6,7 +6,9 @@ previous kill left behind), then runs a random mix of put, delete, atomic
 batch, TTL put (long and already-expired deadlines), sync, explicit
 compaction, background auto-compaction, large values that force segment
 rotation, LZ4 / zstd value compression and growing (not preallocated)
-segments in some rounds. Before each operation the writer sends ``S <id> <op>`` over a pipe,
+segments in some rounds. Each round's writer keeps its values in memory or
+on disk (values="disk", which writes hint files; ``--values``), and each
+check opens the copy in either mode at random. Before each operation the writer sends ``S <id> <op>`` over a pipe,
 after it returns ``A <id> <extra>``: an operation is *acknowledged* once its
 ``A`` line was sent (a batch once its ``with`` block exited). The runner
 SIGKILLs the writer after a random delay (sometimes during its recovery),
@@ -107,7 +109,16 @@ def _random_size(rng: random.Random) -> int:
     return rng.randint(1, 4096)
 
 
-def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact: bool, threads: int = 1) -> None:
+def writer(
+    path: str,
+    policy: str,
+    seed: int,
+    opbase: int,
+    fd: int,
+    auto_compact: bool,
+    threads: int = 1,
+    values: str = "memory",
+) -> None:
     """Runs in the forked child until killed. With several threads, thread t
     owns the keys whose number is t modulo `threads` and numbers its ops from
     opbase + t * THREAD_STRIDE."""
@@ -117,6 +128,7 @@ def writer(path: str, policy: str, seed: int, opbase: int, fd: int, auto_compact
     if rng.random() < 0.3:  # segments grown (and remapped) 1 MiB at a time
         opts["preallocate"] = False
         opts["max_segment_size"] = 4 * SEG
+    opts["values"] = values
     store = KvStore.open(path, **opts)
     _send(fd, "R %d" % len(store))
     if threads == 1:
@@ -264,19 +276,20 @@ def _matches(state: dict, deadlines: dict, model: dict, now: int) -> str | None:
 
 
 def check_copy(
-    path: str, policy: str, scratch: str, model: dict, pendings: dict, threads: int = 1
+    path: str, policy: str, scratch: str, model: dict, pendings: dict, threads: int = 1, values: str = "memory"
 ) -> tuple[str | None, dict, dict]:
-    """Opens a copy of `path`, compares it with the model: for each writer
-    thread's keys, the acknowledged model or it plus that thread's op in
-    flight (`pendings`: thread -> (opid, op)). Returns (error or None,
-    observed model, figures)."""
+    """Opens a copy of `path` (in `values` mode: "disk" loads the key
+    directory from the hint files the writer left), compares it with the
+    model: for each writer thread's keys, the acknowledged model or it plus
+    that thread's op in flight (`pendings`: thread -> (opid, op)). Returns
+    (error or None, observed model, figures)."""
     if os.path.exists(scratch):
         shutil.rmtree(scratch)
     if os.path.exists(path):
         shutil.copytree(path, scratch)
     figures = {}
     try:
-        store = KvStore.open(scratch, **store_options(policy, False))
+        store = KvStore.open(scratch, values=values, **store_options(policy, False))
     except Exception as exc:  # noqa: BLE001 - any failure to open is a finding
         return f"open failed: {exc!r}", model, figures
     try:
@@ -330,7 +343,14 @@ def check_copy(
 
 
 def run_round(
-    path: str, policy: str, rng: random.Random, opbase: int, auto_compact: bool, max_delay: float, threads: int = 1
+    path: str,
+    policy: str,
+    rng: random.Random,
+    opbase: int,
+    auto_compact: bool,
+    max_delay: float,
+    threads: int = 1,
+    values: str = "memory",
 ) -> dict:
     """One fork / random delay / SIGKILL. Returns the lines the writer sent."""
     rfd, wfd = os.pipe()
@@ -345,7 +365,7 @@ def run_round(
 
             faulthandler.enable(all_threads=True)  # a crash other than our SIGKILL is a finding
             os.close(rfd)
-            writer(path, policy, seed, opbase, wfd, auto_compact, threads)
+            writer(path, policy, seed, opbase, wfd, auto_compact, threads, values)
         except BaseException as exc:  # noqa: BLE001
             try:
                 _send(wfd, "E %r" % (exc,))
@@ -389,8 +409,10 @@ def torture(
     verbose: bool = False,
     keep_failures: bool = False,
     threads: int = 1,
+    values: str = "mixed",
 ) -> dict:
     rng = random.Random(seed)
+    modes = random.Random(seed + 1)  # (apart: a seed's other draws do not depend on `values`)
     os.makedirs(base, exist_ok=True)
     summary = {
         "kills": 0,
@@ -420,7 +442,8 @@ def torture(
             if time_budget is not None and time.monotonic() - t0 > time_budget:
                 break
             auto = rng.random() < 0.5
-            res = run_round(path, policy, rng, opbase, auto, max_delay, threads)
+            written_in = modes.choice(["memory", "disk"]) if values == "mixed" else values
+            res = run_round(path, policy, rng, opbase, auto, max_delay, threads, written_in)
             if keep_failures:  # the op history, to explain a failure
                 with open(os.path.join(base, policy + ".history"), "a") as h:
                     h.write(f"# round {rnd} auto_compact={auto}\n" + "\n".join(res["lines"]) + "\n")
@@ -450,7 +473,8 @@ def torture(
                 summary["kills_before_ready"] += 1
             if not (os.WIFSIGNALED(res["status"]) and os.WTERMSIG(res["status"]) == signal.SIGKILL):
                 summary["errors"].append(f"{policy} round {rnd}: writer exited with status {res['status']}")
-            err, model, fig = check_copy(path, policy, scratch, model, pendings, threads)
+            check_values = modes.choice(["memory", "disk"])
+            err, model, fig = check_copy(path, policy, scratch, model, pendings, threads, check_values)
             if fig.get("corruption_detected"):
                 summary["torn_tails_repaired"] += 1
             summary["bytes_truncated"] += fig.get("bytes_truncated", 0)
@@ -459,7 +483,10 @@ def torture(
             if err is not None:
                 summary["rounds_failed"] += 1
                 summary["lost"] += 1
-                summary["errors"].append(f"{policy} round {rnd} (delay {res['delay']:.3f}s): {err}")
+                summary["errors"].append(
+                    f"{policy} round {rnd} (delay {res['delay']:.3f}s, values={written_in!r},"
+                    f" checked with values={check_values!r}): {err}"
+                )
                 if verbose:
                     print(summary["errors"][-1], file=sys.stderr)
                 if keep_failures:  # the raw crash state and the repaired copy
@@ -490,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-delay", type=float, default=0.25, help="longest run before a kill, seconds")
     ap.add_argument("--time-budget", type=float, default=None, help="stop starting rounds after this")
     ap.add_argument("--threads", type=int, default=1, help="writer threads, each with its own keys (default 1)")
+    ap.add_argument(
+        "--values",
+        choices=["memory", "disk", "mixed"],
+        default="mixed",
+        help="the writers' value storage (default mixed: each round's at random); checks use either",
+    )
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("-v", "--verbose", action="store_true")
     ap.add_argument(
@@ -510,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             args.verbose,
             args.keep_failures and args.dir is not None,
             args.threads,
+            args.values,
         )
     finally:
         if args.dir is None:

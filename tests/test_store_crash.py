@@ -169,9 +169,13 @@ class Child:
 
 def run_kills(tmp_path, mode, kills, seed, budget_s):
     """Kills `kills` children (fewer if `budget_s` runs out after a minimum of
-    5); returns statistics of the run."""
+    5); returns statistics of the run. The children keep their values as
+    the test's mode says (conftest's BOTH_VALUE_MODES); each reopen that
+    checks their work picks a mode at random, so a log (and the hint files)
+    written in one mode is recovered in the other too."""
     path = tmp_path / "store"
     rng = random.Random(seed)
+    modes = random.Random(seed + 1)  # (apart: the other draws stay those of each seed)
     model: dict[bytes, bytes] = {}
     nxt = 0
     t0 = time.monotonic()
@@ -210,7 +214,10 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
         in_flight = nxt + len(acked)
         apply(with_next, mode, seed, in_flight)
 
-        store = KvStore.open(path, fsync_policy=FsyncPolicy.OS, max_segment_size=1 << 20, auto_compact=False)
+        checked_in = modes.choice(["memory", "disk"])
+        store = KvStore.open(
+            path, fsync_policy=FsyncPolicy.OS, max_segment_size=1 << 20, auto_compact=False, values=checked_in
+        )
         try:
             state = dict(store.items())
             if store.recovery_info.corruption_detected:
@@ -226,7 +233,8 @@ def run_kills(tmp_path, mode, kills, seed, budget_s):
                 lost = {k for k in model if state.get(k) != model[k]}
                 extra = {k for k in state if k not in model}
                 pytest.fail(
-                    f"kill {n} ({mode}, {policy}): state after reopen is neither the "
+                    f"kill {n} ({mode}, {policy}, reopened with values={checked_in!r}): state after reopen is "
+                    f"neither the "
                     f"acknowledged one nor that plus the op in flight (#{in_flight}); "
                     f"{len(lost)} keys differ, {len(extra)} unexpected: "
                     f"{sorted(lost)[:5]} {sorted(extra)[:5]}"

@@ -248,7 +248,14 @@ class ManyProcessesModel(KvStoreModel):
     process rejoins a store the other still has open."""
 
     other = None
+    other_values = None
     seen: frozenset = frozenset()
+
+    @initialize(values=st.sampled_from(["memory", "disk"]))
+    def other_mode(self, values):
+        """The other process's value mode, drawn apart from this one's (the
+        test's): memory-mode and disk-mode processes share one store."""
+        self.other_values = values
 
     @invariant()
     def same_contents(self):
@@ -277,7 +284,7 @@ class ManyProcessesModel(KvStoreModel):
             from procutil import Worker
 
             opts = {k: v for k, v in self.opts.items() if k != "fsync_policy"}
-            self.other = Worker(self.dir, fsync_policy="os", **opts)
+            self.other = Worker(self.dir, fsync_policy="os", values=self.other_values, **opts)
         return self.other
 
     def teardown(self):

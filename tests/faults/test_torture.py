@@ -5,6 +5,7 @@ and check the reopened store against the model of acknowledged operations
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,8 @@ from ._util import REPO, SCRIPTS
 
 
 def _torture(tmp_path, kills: int, seed: int, budget: float, timeout: float, threads: int = 1) -> dict:
+    """Runs the script with the writers' value storage of the test's id
+    (conftest's BOTH_VALUE_MODES); its checks reopen in either mode."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -29,6 +32,8 @@ def _torture(tmp_path, kills: int, seed: int, budget: float, timeout: float, thr
             "--json",
             "--threads",
             str(threads),
+            "--values",
+            os.environ["NORIKV_TEST_VALUES"],
         ],
         capture_output=True,
         text=True,
