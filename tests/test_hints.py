@@ -158,6 +158,56 @@ def test_write_hint_refuses_a_damaged_segment(tmp_path):
     assert not (wal / (seg[:-4] + ".hint")).exists()
 
 
+def test_write_hint_refuses_a_segment_with_a_value_bomb(tmp_path):
+    """A compressed value whose CRC holds but which does not decompress
+    within max_value_size is damage: the recovery scan stops there, so no
+    hint may list the records after it."""
+    from test_value_damage import bomb_record, put
+
+    wal = tmp_path / "wal"
+    wal.mkdir()
+    (wal / "000000.wal").write_bytes(put(b"a") + bomb_record("zstd-no-size") + put(b"b"))
+    (wal / "000001.wal").write_bytes(put(b"a") + put(b"c", b"x" * 5000))
+    assert _engine.write_hint(str(wal), 0, 1 << 20) is False
+    assert not (wal / "000000.hint").exists()
+    assert _engine.write_hint(str(wal), 1, 1 << 20) is True
+
+
+def test_a_hint_is_written_without_holding_the_gil(tmp_path):
+    """A store's hint writer scans each segment it seals (128 MiB by
+    default) in a thread of its own; a scan that held the GIL stalled the
+    store's writer for as long. Here the scan runs in a thread while this
+    one holds the GIL (a spin in C): the scan must end meanwhile, and the
+    hint be the one an open uses."""
+    import threading
+
+    from conftest import wait_for
+
+    opts = dict(values="memory", max_segment_size=64 * MIB, fsync_policy=FsyncPolicy.OS, auto_compact=False)
+    with KvStore.open(tmp_path, **opts) as s:  # (memory: no hint writer of its own)
+        value = b"v" * 80
+        for i in range(400_000):  # ~40 MB in segment 0: a scan of tens of ms
+            s.put(b"k%07d" % i, value)
+    wal = str(tmp_path / "wal")
+    caught = 0
+    for _ in range(5):
+        (tmp_path / "wal" / "000000.hint").unlink(missing_ok=True)
+        began, ended = _engine._test_hint_scans()
+        done = []
+        t = threading.Thread(target=lambda done=done: done.append(_engine.write_hint(wal, 0)))
+        t.start()
+        assert wait_for(lambda began=began: _engine._test_hint_scans()[0] > began)
+        _, ended_at_spin, ended_after = _engine._test_hint_scans(hold_gil=30, past=ended)
+        t.join()
+        assert done == [True]
+        assert ended_after == ended + 1, "the hint scan did not end while another thread held the GIL"
+        caught += ended_at_spin == ended  # it was under way when the spin began
+    assert caught, "the scan always ended before the spin began (a machine too fast for this test)"
+    with KvStore.open(tmp_path, values="disk", fsync_policy=FsyncPolicy.OS) as s:
+        assert s.stats()["recovery_hint_segments"] == 1
+        assert len(s) == 400_000 and s.get(b"k0399999") == b"v" * 80
+
+
 def test_the_segments_stay_nori_wals(tmp_path):
     """The directory with hints reads, by the independent decoder of the
     format, as the same records as norikv's own reader sees: hint files are

@@ -77,6 +77,7 @@ cdef extern from "platform.h" nogil:
     void nk_start_writeback(int fd, uint64_t off, uint64_t length)
     void nk_store_release_u64(uint64_t *p, uint64_t v)
     uint64_t nk_load_acquire_u64(const uint64_t *p)
+    void nk_add_u64(uint64_t *p, uint64_t v)
     void nk_fence()
     void nk_prefetch(const void *p, size_t n)
     int nk_segment_name(char *buf, size_t size, uint64_t seg_id)

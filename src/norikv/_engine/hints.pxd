@@ -1,13 +1,5 @@
 # hints.pyx: hint files, the key directory of a sealed segment (values="disk").
 
-cdef class _HintSink(_Sink):
-    cdef uint8_t *buf
-    cdef size_t used, cap
-    cdef size_t batch_start             # where the staged records of a batch begin
-    cdef readonly uint64_t count
-    cdef uint64_t staged
-    cdef int add(self, const nk_rec *r, uint64_t offset) except -1
-
 # Applies the hint of segment seg_id (file_size bytes) to loader; its number
 # of entries, or -1 when there is no valid, current hint (the caller scans).
 cdef int64_t _replay_hint(_DiskLoader loader, object seg_path, uint64_t seg_id,

@@ -5,8 +5,9 @@
 # files whose names do not parse as NNNNNN.wal). A hint is optional: one
 # that is missing, damaged (its CRC32C), or not about the segment as it is
 # now (its size and a BLAKE2b digest of its last 64 KiB) is ignored and the
-# segment scanned. Written by scanning the sealed segment (write_hint): the
-# same scan an open makes, so a hint says exactly what the scan would.
+# segment scanned. Written by scanning the sealed segment (write_hint) by
+# the rules of the scan an open makes, so a hint says exactly what the scan
+# would; that scan runs without the GIL, beside the store's writer.
 #
 # Layout, little-endian: "NORIKVH1", u64 segment id, u64 segment size, u64
 # entries, the 8-byte BLAKE2b digest of the segment's tail (not a CRC: a
@@ -20,7 +21,8 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close, pread
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC, O_NONBLOCK
-from posix.mman cimport mmap, munmap, PROT_READ, MAP_PRIVATE, MAP_FAILED
+from posix.mman cimport (mmap, munmap, posix_madvise, PROT_READ, MAP_PRIVATE, MAP_SHARED, MAP_FAILED,
+                         POSIX_MADV_SEQUENTIAL)
 from posix.stat cimport struct_stat, fstat, S_ISREG
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -79,56 +81,130 @@ cdef bint _hint_header_ok(const uint8_t *head, uint64_t n, uint64_t seg_id, uint
             and _hint_size_ok(n, seg_size))
 
 
-cdef class _HintSink(_Sink):
-    """Collects the entries of the records a scan applies."""
+ctypedef struct _HintBuf:
+    # The entries of a hint being written, in C (the scan runs without the GIL).
+    uint8_t *buf
+    size_t used, cap
+    size_t batch_start          # where the staged records of a batch begin
+    uint64_t count              # entries applied
+    uint64_t staged             # entries of the batch under way
 
-    def __dealloc__(self):
-        free(self.buf)
 
-    cdef int add(self, const nk_rec *r, uint64_t offset) except -1:
-        cdef size_t need = 1 + 10 + r.klen + 10 + 10 + 10
-        cdef uint8_t *p
-        cdef uint64_t vsize = r.vlen
-        if self.used + need > self.cap:
-            self.cap = (self.used + need) * 2
-            p = <uint8_t *>realloc(self.buf, self.cap)
-            if p == NULL:
-                raise MemoryError()
-            self.buf = p
-        p = self.buf + self.used
-        p[0] = <uint8_t>(r.flags & ~(<uint32_t>NK_FLAGS_BATCH))
-        p = nk_put_varint(p + 1, r.klen)
-        memcpy(p, r.key, r.klen)
-        p = nk_put_varint(p + r.klen, offset)
-        if not r.flags & NK_FLAG_TOMBSTONE:
-            if r.flags & NK_COMP_MASK:
-                vsize = len(self.value)         # decompressed by check()
-            p = nk_put_varint(p, vsize)
-        if r.flags & NK_FLAG_TTL:
-            p = nk_put_varint(p, r.ttl_ms)
-        self.used = p - self.buf
-        return 0
+cdef int _hint_add(_HintBuf *h, const nk_rec *r, uint64_t offset, uint64_t vsize) noexcept nogil:
+    """Appends r's entry (vsize: its value's size, uncompressed); -1 when
+    out of memory."""
+    cdef size_t need = 1 + 10 + r.klen + 10 + 10 + 10
+    cdef uint8_t *p
+    if h.used + need > h.cap:
+        p = <uint8_t *>realloc(h.buf, (h.used + need) * 2)
+        if p == NULL:
+            return -1
+        h.buf = p
+        h.cap = (h.used + need) * 2
+    p = h.buf + h.used
+    p[0] = <uint8_t>(r.flags & ~(<uint32_t>NK_FLAGS_BATCH))
+    p = nk_put_varint(p + 1, r.klen)
+    memcpy(p, r.key, r.klen)
+    p = nk_put_varint(p + r.klen, offset)
+    if not r.flags & NK_FLAG_TOMBSTONE:
+        p = nk_put_varint(p, vsize)
+    if r.flags & NK_FLAG_TTL:
+        p = nk_put_varint(p, r.ttl_ms)
+    h.used = p - h.buf
+    return 0
 
-    cdef int on_record(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        self.count += 1
-        return self.add(r, offset)
 
-    cdef int stage(self, const nk_rec *r, uint64_t seg_id, uint64_t offset) except -1:
-        if self.staged == 0:
-            self.batch_start = self.used
-        self.staged += 1
-        return self.add(r, offset)
+cdef void _hint_end_batch(_HintBuf *h, bint commit) noexcept nogil:
+    """The batch under way (if any) applied, or dropped."""
+    if commit:
+        h.count += h.staged
+    elif h.staged:
+        h.used = h.batch_start
+    h.staged = 0
 
-    cdef int end_batch(self, bint commit) except -1:
-        if commit:
-            self.count += self.staged
-        else:
-            self.used = self.batch_start
-        self.staged = 0
-        return 0
 
-    def entries(self):
-        return PyBytes_FromStringAndSize(<const char *>self.buf, self.used)
+cdef int _hint_feed(_HintBuf *h, int action, const nk_rec *r, uint64_t offset, uint64_t vsize) noexcept nogil:
+    """r's entry, as nk_batch_step decided (scan.pyx's _feed, for a hint)."""
+    if action == NK_BATCH_BREAK:
+        _hint_end_batch(h, False)
+    if action == NK_BATCH_PLAIN or action == NK_BATCH_BREAK:
+        h.count += 1
+        return _hint_add(h, r, offset, vsize)
+    if h.staged == 0:
+        h.batch_start = h.used
+    h.staged += 1
+    if _hint_add(h, r, offset, vsize):
+        return -1
+    if action == NK_BATCH_COMMIT:
+        _hint_end_batch(h, True)
+    return 0
+
+
+cdef uint64_t _uncompressed_size(_Sink checker, const nk_rec *r) noexcept:
+    """The uncompressed size of r's compressed value, as the recovery scan
+    judges it (_Sink.check: within max_value_size); UINT64_MAX when damaged."""
+    cdef uint64_t n
+    try:
+        if checker.check(r):
+            return UINT64_MAX
+        n = len(checker.value)
+        checker.value = None
+        return n
+    except BaseException:           # (no memory: then no hint)
+        return UINT64_MAX
+
+
+# Hint scans begun and ended in this process, for tests (_test_hint_scans).
+cdef uint64_t _hint_scans_begun = 0, _hint_scans_ended = 0
+
+
+cdef int _hint_scan(const uint8_t *m, uint64_t size, _Sink checker, _HintBuf *h) noexcept nogil:
+    """The entries of the segment mapped at m (size bytes) into h: the
+    records the recovery scan (scan_segment, final=False) applies, by its
+    rules: nk_decode, the batch rule of record.h, _Sink.check for a
+    compressed value (the only step that takes the GIL). 0; 1 when no hint
+    can say what a scan would (a bad record, a damaged value, a zero tail:
+    the scan stops there, before the end); -1 when out of memory."""
+    cdef int res
+    nk_add_u64(&_hint_scans_begun, 1)
+    res = _hint_scan_entries(m, size, checker, h)
+    nk_add_u64(&_hint_scans_ended, 1)
+    return res
+
+
+def _test_hint_scans(double hold_gil=0, uint64_t past=0):
+    """Test hook: (hint scans begun, ended) in this process; with hold_gil,
+    (begun, ended, ended after spinning with the GIL held until more than
+    `past` have ended or hold_gil seconds passed): only a scan that runs
+    without the GIL can end meanwhile."""
+    cdef uint64_t ended = nk_load_acquire_u64(&_hint_scans_ended)
+    cdef double end = _now_monotonic() + hold_gil
+    if not hold_gil:
+        return nk_load_acquire_u64(&_hint_scans_begun), ended
+    while nk_load_acquire_u64(&_hint_scans_ended) <= past and _now_monotonic() < end:
+        pass
+    return nk_load_acquire_u64(&_hint_scans_begun), ended, nk_load_acquire_u64(&_hint_scans_ended)
+
+
+cdef int _hint_scan_entries(const uint8_t *m, uint64_t size, _Sink checker, _HintBuf *h) noexcept nogil:
+    cdef nk_rec r
+    cdef nk_batch batch
+    cdef uint64_t pos = 0, vsize
+    batch.start = batch.count = batch.closed = 0
+    while pos < size:
+        if nk_decode(m + pos, <size_t>(size - pos), 1, &r) != NK_OK:
+            return 1
+        vsize = r.vlen
+        if r.flags & NK_COMP_MASK:
+            with gil:
+                vsize = _uncompressed_size(checker, &r)
+            if vsize == UINT64_MAX:
+                return 1
+        if _hint_feed(h, nk_batch_step(&batch, r.flags, pos), &r, pos, vsize):
+            return -1
+        pos += r.size
+    _hint_end_batch(h, False)       # never completed: batches never span segments
+    return 0
 
 
 cdef bytes _tail_digest(int fd, uint64_t size):
@@ -148,20 +224,49 @@ def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
     """Writes the hint file of sealed segment seg_id (through a temporary
     file and a rename: a reader sees the whole hint or none). Returns False,
     writing nothing, when the segment does not end cleanly (damage, an open
-    batch, a preallocated tail): an open has to scan it anyway."""
-    cdef _HintSink sink = _HintSink(max_value_size)
+    batch, a preallocated tail): an open has to scan it anyway.
+
+    The segment is read through a mapping, without the GIL (_hint_scan): a
+    store's writer goes on at full speed while its hint writer reads a
+    sealed segment. (A sealed segment never shrinks: values="disk" reads
+    its values through mappings too.)"""
+    cdef _Sink checker = _Sink(max_value_size)
+    cdef _HintBuf h
+    cdef struct_stat st
+    cdef uint64_t size
+    cdef void *m = NULL
+    cdef int res = 0, fd
     seg_path = os.path.join(dirpath, segment_name(seg_id))
-    res = scan_segment(seg_path, seg_id, sink, final=False)
-    if res["status"] is not None or res["batch_open"] is not None or res["end"] != res["file_size"]:
-        return False
-    fd = os.open(seg_path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = c_open(os.fsencode(seg_path), O_RDONLY | O_CLOEXEC)
+    if fd < 0:
+        raise io_error(errno, seg_path, "open")
+    h.buf = NULL
+    h.used = h.cap = h.batch_start = h.count = h.staged = 0
     try:
-        tail = _tail_digest(fd, res["end"])
+        if fstat(fd, &st) != 0:
+            raise io_error(errno, seg_path, "fstat")
+        size = <uint64_t>st.st_size
+        if size:
+            m = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
+            if m == MAP_FAILED:
+                m = NULL
+                raise io_error(errno, seg_path, "mmap")
+            posix_madvise(m, <size_t>size, POSIX_MADV_SEQUENTIAL)
+            with nogil:
+                res = _hint_scan(<const uint8_t *>m, size, checker, &h)
+            munmap(m, <size_t>size)
+        if res < 0:
+            raise MemoryError()
+        if res:
+            return False
+        tail = _tail_digest(fd, size)
+        if not tail:
+            return False
+        entries = PyBytes_FromStringAndSize(<const char *>h.buf, h.used)
     finally:
-        os.close(fd)
-    if not tail:
-        return False
-    data = _HINT_MAGIC + struct.pack("<QQQ", seg_id, res["end"], sink.count) + tail + sink.entries()
+        free(h.buf)
+        c_close(fd)
+    data = _HINT_MAGIC + struct.pack("<QQQ", seg_id, size, h.count) + tail + entries
     data += struct.pack("<I", crc32c(data))
     path = os.path.join(dirpath, hint_name(seg_id))
     # Per process: several processes' hint writers may write the same hint

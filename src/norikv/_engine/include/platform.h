@@ -36,6 +36,9 @@ static inline uint64_t nk_load_acquire_u64(const uint64_t *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 
+/* A counter several threads bump without a lock. */
+static inline void nk_add_u64(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELEASE); }
+
 /* A full barrier: a store before it is visible to other threads before a
    load after it is made (the flusher's and the writer's `dirty` handshake,
    flusher.pyx). */
