@@ -10,7 +10,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from io import BufferedWriter
-from typing import IO, Any, Literal, TypeAlias, TypeVar, overload
+from typing import IO, Any, Literal, TypeAlias, TypeVar, final, overload
 
 from _typeshed import ReadableBuffer
 from typing_extensions import Self, disjoint_base
@@ -110,7 +110,7 @@ class Position:
 
 # ------------------------------------------------------------------ scan.pyx
 
-@disjoint_base
+@final
 class _SegmentReader:
     @property
     def path(self) -> str | os.PathLike[str]: ...

@@ -332,6 +332,39 @@ def test_random_fault_sweep(shim_path, tmp_path):
     assert out["faults_injected"] >= out["raised"]
 
 
+HINT_READ_FAIL = r"""
+import json, os, sys
+from norikv import KvStore, FsyncPolicy, _engine
+path, control = sys.argv[1], sys.argv[2]
+with KvStore.open(path, values="memory", max_segment_size=1 << 20, fsync_policy=FsyncPolicy.OS) as s:
+    for i in range(3000):
+        s.put(b"k%05d" % i, b"v" * 500)                 # segment 0 sealed, 1 active
+wal = os.path.join(path, "wal")
+out = {}
+open(control, "w").close()                              # arm: pread fails
+try:
+    out["write_hint"] = _engine.write_hint(wal, 0)
+except OSError as exc:
+    out["write_hint"] = [type(exc).__name__, exc.errno]
+os.unlink(control)
+out["hint_left"] = sorted(n for n in os.listdir(wal) if ".hint" in n)
+out["then"] = _engine.write_hint(wal, 0)
+print(json.dumps(out))
+"""
+
+
+def test_read_error_while_writing_a_hint(shim_path, tmp_path):
+    """EIO from pread while the hint writer scans a sealed segment (it reads
+    with pread, without the GIL): NoriIOError(EIO), no hint and no
+    temporary file left, the process goes on; the next try writes it."""
+    control = str(tmp_path / "armed")
+    env = shim_env(shim_path, "pread", control=control, path=str(tmp_path / "db"))
+    proc = run_py(HINT_READ_FAIL, args=[str(tmp_path / "db"), control], env=env, timeout=60)
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"write_hint": ["NoriIOError", errno.EIO], "hint_left": [], "then": True}
+
+
 READ_FAIL = r"""
 import json, os, sys
 from norikv import KvStore, FsyncPolicy, NoriIOError, LockError

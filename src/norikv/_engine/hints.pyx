@@ -5,9 +5,10 @@
 # files whose names do not parse as NNNNNN.wal). A hint is optional: one
 # that is missing, damaged (its CRC32C), or not about the segment as it is
 # now (its size and a BLAKE2b digest of its last 64 KiB) is ignored and the
-# segment scanned. Written by scanning the sealed segment (write_hint) by
-# the rules of the scan an open makes, so a hint says exactly what the scan
-# would; that scan runs without the GIL, beside the store's writer.
+# segment scanned. Written by scanning the sealed segment (write_hint) with
+# the reader and the rules of the scan an open makes, so a hint says exactly
+# what the scan would; that scan runs without the GIL, beside the store's
+# writer.
 #
 # Layout, little-endian: "NORIKVH1", u64 segment id, u64 segment size, u64
 # entries, the 8-byte BLAKE2b digest of the segment's tail (not a CRC: a
@@ -21,8 +22,7 @@ from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memcmp
 from posix.unistd cimport close as c_close, pread
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC, O_NONBLOCK
-from posix.mman cimport (mmap, munmap, posix_madvise, PROT_READ, MAP_PRIVATE, MAP_SHARED, MAP_FAILED,
-                         POSIX_MADV_SEQUENTIAL)
+from posix.mman cimport mmap, munmap, PROT_READ, MAP_PRIVATE, MAP_FAILED
 from posix.stat cimport struct_stat, fstat, S_ISREG
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -158,16 +158,17 @@ cdef uint64_t _uncompressed_size(_Sink checker, const nk_rec *r) noexcept:
 cdef uint64_t _hint_scans_begun = 0, _hint_scans_ended = 0
 
 
-cdef int _hint_scan(const uint8_t *m, uint64_t size, _Sink checker, _HintBuf *h) noexcept nogil:
-    """The entries of the segment mapped at m (size bytes) into h: the
+cdef int _hint_scan(_SegmentReader rd, _Sink checker, _HintBuf *h, int *err) noexcept nogil:
+    """The entries of the segment rd reads (from its start) into h: the
     records the recovery scan (scan_segment, final=False) applies, by its
-    rules: nk_decode, the batch rule of record.h, _Sink.check for a
-    compressed value (the only step that takes the GIL). 0; 1 when no hint
-    can say what a scan would (a bad record, a damaged value, a zero tail:
-    the scan stops there, before the end); -1 when out of memory."""
+    rules: the reader's decoding (CRC checked), the batch rule of record.h,
+    _Sink.check for a compressed value (the only step that takes the GIL).
+    0; 1 when no hint can say what a scan would (a bad record, a damaged
+    value, a zero tail: the scan stops there, before the end); -1 when out
+    of memory; 2 when a read failed (its errno in *err)."""
     cdef int res
     nk_add_u64(&_hint_scans_begun, 1)
-    res = _hint_scan_entries(m, size, checker, h)
+    res = _hint_scan_entries(rd, checker, h, err)
     nk_add_u64(&_hint_scans_ended, 1)
     return res
 
@@ -186,13 +187,24 @@ def _test_hint_scans(double hold_gil=0, uint64_t past=0):
     return nk_load_acquire_u64(&_hint_scans_begun), ended, nk_load_acquire_u64(&_hint_scans_ended)
 
 
-cdef int _hint_scan_entries(const uint8_t *m, uint64_t size, _Sink checker, _HintBuf *h) noexcept nogil:
+cdef int _hint_scan_entries(_SegmentReader rd, _Sink checker, _HintBuf *h, int *err) noexcept nogil:
     cdef nk_rec r
     cdef nk_batch batch
-    cdef uint64_t pos = 0, vsize
+    cdef uint64_t need, vsize
+    cdef int st
     batch.start = batch.count = batch.closed = 0
-    while pos < size:
-        if nk_decode(m + pos, <size_t>(size - pos), 1, &r) != NK_OK:
+    while True:
+        st = rd.step(&r, &need)
+        if st == SCAN_FILL:
+            err[0] = rd._fill_c(need)
+            if err[0] < 0:
+                return -1
+            if err[0]:
+                return 2
+            continue
+        if st == SCAN_END:
+            break
+        if st != NK_OK:
             return 1
         vsize = r.vlen
         if r.flags & NK_COMP_MASK:
@@ -200,9 +212,8 @@ cdef int _hint_scan_entries(const uint8_t *m, uint64_t size, _Sink checker, _Hin
                 vsize = _uncompressed_size(checker, &r)
             if vsize == UINT64_MAX:
                 return 1
-        if _hint_feed(h, nk_batch_step(&batch, r.flags, pos), &r, pos, vsize):
+        if _hint_feed(h, nk_batch_step(&batch, r.flags, rd.rec_off), &r, rd.rec_off, vsize):
             return -1
-        pos += r.size
     _hint_end_batch(h, False)       # never completed: batches never span segments
     return 0
 
@@ -226,46 +237,36 @@ def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
     writing nothing, when the segment does not end cleanly (damage, an open
     batch, a preallocated tail): an open has to scan it anyway.
 
-    The segment is read through a mapping, without the GIL (_hint_scan): a
+    The segment is read and decoded without the GIL (_hint_scan), so a
     store's writer goes on at full speed while its hint writer reads a
-    sealed segment. (A sealed segment never shrinks: values="disk" reads
-    its values through mappings too.)"""
+    sealed segment; with `pread`, as recovery reads, so a read error is an
+    OSError (the hint is not written), never a SIGBUS."""
     cdef _Sink checker = _Sink(max_value_size)
+    cdef _SegmentReader rd = _SegmentReader()
     cdef _HintBuf h
-    cdef struct_stat st
     cdef uint64_t size
-    cdef void *m = NULL
-    cdef int res = 0, fd
+    cdef int res, err = 0
     seg_path = os.path.join(dirpath, segment_name(seg_id))
-    fd = c_open(os.fsencode(seg_path), O_RDONLY | O_CLOEXEC)
-    if fd < 0:
-        raise io_error(errno, seg_path, "open")
     h.buf = NULL
     h.used = h.cap = h.batch_start = h.count = h.staged = 0
     try:
-        if fstat(fd, &st) != 0:
-            raise io_error(errno, seg_path, "fstat")
-        size = <uint64_t>st.st_size
-        if size:
-            m = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
-            if m == MAP_FAILED:
-                m = NULL
-                raise io_error(errno, seg_path, "mmap")
-            posix_madvise(m, <size_t>size, POSIX_MADV_SEQUENTIAL)
-            with nogil:
-                res = _hint_scan(<const uint8_t *>m, size, checker, &h)
-            munmap(m, <size_t>size)
+        rd.open(seg_path, 0, -1, 1)
+        size = rd.limit
+        with nogil:
+            res = _hint_scan(rd, checker, &h, &err)
         if res < 0:
             raise MemoryError()
-        if res:
+        if res == 2:
+            raise io_error(err, seg_path, "read")
+        if res or rd.pos != size:
             return False
-        tail = _tail_digest(fd, size)
+        tail = _tail_digest(rd.fd, size)
         if not tail:
             return False
         entries = PyBytes_FromStringAndSize(<const char *>h.buf, h.used)
     finally:
         free(h.buf)
-        c_close(fd)
+        rd.close()
     data = _HINT_MAGIC + struct.pack("<QQQ", seg_id, size, h.count) + tail + entries
     data += struct.pack("<I", crc32c(data))
     path = os.path.join(dirpath, hint_name(seg_id))

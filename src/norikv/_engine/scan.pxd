@@ -2,10 +2,14 @@
 # hands records to a _Sink as the atomic-batch rule says), and the iterator
 # over a live Wal.
 
+cimport cython
+
 cdef enum:
     SCAN_END = 100            # _SegmentReader.next: a clean end (end of file or an all-zero tail)
+    SCAN_FILL = 101           # _SegmentReader.step: read more first
 
 
+@cython.final       # (its methods called directly: next runs once per record)
 cdef class _SegmentReader:
     """Decodes the records of one segment file through a reusable buffer."""
     cdef int fd
@@ -24,10 +28,13 @@ cdef class _SegmentReader:
     cdef void close(self) noexcept
     cdef int set_limit(self, uint64_t limit) except -1
     cdef int _fill(self, uint64_t need) except -1
+    cdef int _fill_c(self, uint64_t need) noexcept nogil
     cdef int _rest_is_zero(self, uint64_t start) except -1
     # NK_OK (r points into the buffer until the next call), SCAN_END, or the
     # status of the bad record at pos.
     cdef int next(self, nk_rec *r) except -1
+    # next's decoding, without the GIL and without reading (see scan.pyx).
+    cdef inline int step(self, nk_rec *r, uint64_t *need) noexcept nogil
     cdef int resync(self) except -1
 
 

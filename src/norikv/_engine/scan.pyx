@@ -63,6 +63,17 @@ cdef class _SegmentReader:
 
     cdef int _fill(self, uint64_t need) except -1:
         """Makes the buffer hold [pos, pos + max(need, chunk)) clipped to the limit."""
+        cdef int err
+        with nogil:
+            err = self._fill_c(need)
+        if err < 0:
+            raise MemoryError()
+        if err:
+            raise io_error(err, self.path, "read")
+        return 0
+
+    cdef int _fill_c(self, uint64_t need) noexcept nogil:
+        """_fill without the GIL: 0, an errno of pread, or -1 (no memory)."""
         cdef uint64_t want = need if need > _CHUNK else _CHUNK
         cdef uint64_t left = self.limit - self.pos
         cdef size_t keep = 0
@@ -78,27 +89,26 @@ cdef class _SegmentReader:
         if want > self.cap:
             nb = <uint8_t *>realloc(self.buf, <size_t>want)
             if nb == NULL:
-                raise MemoryError()
+                return -1
             self.buf = nb
             self.cap = <size_t>want
         if keep:
             memmove(self.buf, self.buf + (self.pos - self.buf_off), keep)
         self.buf_off = self.pos
         self.buf_len = keep
-        with nogil:
-            while self.buf_len < want:
-                got = pread(self.fd, self.buf + self.buf_len, <size_t>(want - self.buf_len),
-                            <long>(self.buf_off + self.buf_len))
-                if got < 0:
-                    if errno == EINTR:
-                        continue
-                    err = errno
-                    break
-                if got == 0:
-                    break
-                self.buf_len += got
+        while self.buf_len < want:
+            got = pread(self.fd, self.buf + self.buf_len, <size_t>(want - self.buf_len),
+                        <long>(self.buf_off + self.buf_len))
+            if got < 0:
+                if errno == EINTR:
+                    continue
+                err = errno
+                break
+            if got == 0:
+                break
+            self.buf_len += got
         if err:
-            raise io_error(err, self.path, "read")
+            return err
         if self.buf_len < want:       # the file shrank under us
             self.limit = self.buf_off + self.buf_len
         return 0
@@ -129,29 +139,45 @@ cdef class _SegmentReader:
     cdef int next(self, nk_rec *r) except -1:
         """NK_OK (r points into the buffer until the next call), SCAN_END, or
         the status of the bad record at self.pos."""
-        cdef uint64_t avail
+        cdef uint64_t need
         cdef int st
         while True:
-            if self.pos >= self.limit:
+            st = self.step(r, &need)
+            if st == SCAN_FILL:
+                self._fill(need)
+            elif st == NK_OK or st == SCAN_END:
+                return st
+            elif self._rest_is_zero(self.pos):
                 return SCAN_END
-            if self.pos < self.buf_off or self.pos > self.buf_off + self.buf_len:
-                self.buf_len = 0
-                self.buf_off = self.pos
-            avail = self.buf_off + self.buf_len - self.pos
-            if avail < _HEADER_MAX and self.pos + avail < self.limit:
-                self._fill(_HEADER_MAX)
-                continue
-            st = nk_decode(self.buf + (self.pos - self.buf_off), <size_t>avail, self.check_crc, r)
-            if st == NK_OK:
-                self.rec_off = self.pos
-                self.pos += r.size
-                return NK_OK
-            if st == NK_INCOMPLETE and self.pos + avail < self.limit and r.size <= self.limit - self.pos:
-                self._fill(r.size if r.size != UINT64_MAX else avail + _HEADER_MAX)
-                continue
-            if self._rest_is_zero(self.pos):
-                return SCAN_END
-            return st
+            else:
+                return st
+
+    cdef inline int step(self, nk_rec *r, uint64_t *need) noexcept nogil:
+        """next's decoding, without the GIL and without reading: NK_OK (the
+        record in r, pos past it), SCAN_END, SCAN_FILL (the buffer must
+        hold *need bytes at pos first: _fill or _fill_c, then step again),
+        or the status of the bad record at pos (not yet checked for a zero
+        tail, which is a clean end: _rest_is_zero)."""
+        cdef uint64_t avail
+        cdef int st
+        if self.pos >= self.limit:
+            return SCAN_END
+        if self.pos < self.buf_off or self.pos > self.buf_off + self.buf_len:
+            self.buf_len = 0
+            self.buf_off = self.pos
+        avail = self.buf_off + self.buf_len - self.pos
+        if avail < _HEADER_MAX and self.pos + avail < self.limit:
+            need[0] = _HEADER_MAX
+            return SCAN_FILL
+        st = nk_decode(self.buf + (self.pos - self.buf_off), <size_t>avail, self.check_crc, r)
+        if st == NK_OK:
+            self.rec_off = self.pos
+            self.pos += r.size
+            return NK_OK
+        if st == NK_INCOMPLETE and self.pos + avail < self.limit and r.size <= self.limit - self.pos:
+            need[0] = r.size if r.size != UINT64_MAX else avail + _HEADER_MAX
+            return SCAN_FILL
+        return st
 
     cdef int resync(self) except -1:
         """After a bad record at pos: moves pos to the next offset at which a
