@@ -158,21 +158,6 @@ cdef uint64_t _uncompressed_size(_Sink checker, const nk_rec *r) noexcept:
 cdef uint64_t _hint_scans_begun = 0, _hint_scans_ended = 0
 
 
-cdef int _hint_scan(_SegmentReader rd, _Sink checker, _HintBuf *h, int *err) noexcept nogil:
-    """The entries of the segment rd reads (from its start) into h: the
-    records the recovery scan (scan_segment, final=False) applies, by its
-    rules: the reader's decoding (CRC checked), the batch rule of record.h,
-    _Sink.check for a compressed value (the only step that takes the GIL).
-    0; 1 when no hint can say what a scan would (a bad record, a damaged
-    value, a zero tail: the scan stops there, before the end); -1 when out
-    of memory; 2 when a read failed (its errno in *err)."""
-    cdef int res
-    nk_add_u64(&_hint_scans_begun, 1)
-    res = _hint_scan_entries(rd, checker, h, err)
-    nk_add_u64(&_hint_scans_ended, 1)
-    return res
-
-
 def _test_hint_scans(double hold_gil=0, uint64_t past=0):
     """Test hook: (hint scans begun, ended) in this process; with hold_gil,
     (begun, ended, ended after spinning with the GIL held until more than
@@ -187,7 +172,14 @@ def _test_hint_scans(double hold_gil=0, uint64_t past=0):
     return nk_load_acquire_u64(&_hint_scans_begun), ended, nk_load_acquire_u64(&_hint_scans_ended)
 
 
-cdef int _hint_scan_entries(_SegmentReader rd, _Sink checker, _HintBuf *h, int *err) noexcept nogil:
+cdef int _hint_scan(_SegmentReader rd, _Sink checker, _HintBuf *h, int *err) noexcept nogil:
+    """The entries of the segment rd reads (from its start) into h: the
+    records the recovery scan (scan_segment, final=False) applies, by its
+    rules: the reader's decoding (CRC checked), the batch rule of record.h,
+    _Sink.check for a compressed value (the only step that takes the GIL).
+    0; 1 when no hint can say what a scan would (a bad record, a damaged
+    value, a zero tail: the scan stops there, before the end); -1 when out
+    of memory; 2 when a read failed (its errno in *err)."""
     cdef nk_rec r
     cdef nk_batch batch
     cdef uint64_t need, vsize
@@ -253,7 +245,9 @@ def write_hint(dirpath, uint64_t seg_id, max_value_size=DEFAULT_MAX_VALUE_SIZE):
         rd.open(seg_path, 0, -1, 1)
         size = rd.limit
         with nogil:
+            nk_add_u64(&_hint_scans_begun, 1)
             res = _hint_scan(rd, checker, &h, &err)
+            nk_add_u64(&_hint_scans_ended, 1)
         if res < 0:
             raise MemoryError()
         if res == 2:
