@@ -192,7 +192,7 @@ def test_a_hint_is_written_without_holding_the_gil(tmp_path):
     caught = 0
     for _ in range(5):
         (tmp_path / "wal" / "000000.hint").unlink(missing_ok=True)
-        began, ended = _engine._test_hint_scans()
+        began, ended, _ = _engine._test_hint_scans()
         done = []
         t = threading.Thread(target=lambda done=done: done.append(_engine.write_hint(wal, 0)))
         t.start()

@@ -159,14 +159,12 @@ cdef uint64_t _hint_scans_begun = 0, _hint_scans_ended = 0
 
 
 def _test_hint_scans(double hold_gil=0, uint64_t past=0):
-    """Test hook: (hint scans begun, ended) in this process; with hold_gil,
-    (begun, ended, ended after spinning with the GIL held until more than
-    `past` have ended or hold_gil seconds passed): only a scan that runs
-    without the GIL can end meanwhile."""
+    """Test hook: (hint scans begun, ended, ended after spinning with the
+    GIL held until more than `past` have ended or hold_gil seconds passed)
+    in this process: only a scan that runs without the GIL can end during
+    the spin."""
     cdef uint64_t ended = nk_load_acquire_u64(&_hint_scans_ended)
     cdef double end = _now_monotonic() + hold_gil
-    if not hold_gil:
-        return nk_load_acquire_u64(&_hint_scans_begun), ended
     while nk_load_acquire_u64(&_hint_scans_ended) <= past and _now_monotonic() < end:
         pass
     return nk_load_acquire_u64(&_hint_scans_begun), ended, nk_load_acquire_u64(&_hint_scans_ended)
