@@ -139,6 +139,68 @@ def durable_write_rate(root: str, nbytes: int, window: float = 0.005, rounds: in
     return best_rate
 
 
+# The durable writer of DurableWritesBeside: `rate` bytes a second into its
+# own already-written file (no extent to convert), in one write and one
+# fdatasync every `window` seconds, until killed.
+_DURABLE_WRITER = """
+import os, sys, time
+path, rate, window = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+ring = 64 << 20
+chunk = max(4096, int(rate * window) // 4096 * 4096)
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+os.write(fd, bytes(ring))
+os.fsync(fd)
+buf = os.urandom(chunk)
+print("ready", flush=True)
+off, due = 0, time.monotonic()
+while True:
+    os.pwrite(fd, buf, off)
+    os.fdatasync(fd)
+    off = (off + chunk) % (ring - ring % chunk)
+    due += window
+    if due > time.monotonic():
+        time.sleep(due - time.monotonic())  # pacing (the next write is due), not a wait for an event
+    else:
+        due = time.monotonic()
+"""
+
+
+class DurableWritesBeside:
+    """Another process that makes `rate` bytes a second durable beside the
+    benchmark (pwrite, then fdatasync every `window` seconds, into a file of
+    its own): the storage's work a store under FsyncPolicy.batch(window)
+    must have done for it, with none of the store's own work. start() returns
+    once the process writes; stop() kills it (idempotent)."""
+
+    def __init__(self, root: str, window: float = 0.005):
+        self.path = os.path.join(root, "durable-writes-beside")
+        self.window = window
+        self.proc = None
+
+    def start(self, rate: float) -> None:
+        import subprocess
+        import sys
+
+        self.stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _DURABLE_WRITER, self.path, str(rate), str(self.window)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the durable writer did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+            self.proc = None
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
 class Scratch:
     """Fresh directories under the bench root, removed when the next one is made."""
 

@@ -10,18 +10,37 @@
   keys (target >= 1.5x).
 - A guard of the project's own: puts into a store that was closed and
   opened again against puts into a new one (>= 0.9x).
+- Two info rows, the machine's limits for those targets, measured in the
+  same run: put under OS while another process makes the log's byte rate
+  durable (5 ms fdatasyncs) against put under OS alone, the ceiling of the
+  batch-vs-OS rows; and a dict plus one pwrite + fdatasync of each commit's
+  bytes against lmdb, the floor of a durable commit.
 
 docs/performance.md, "The write path under the batch policy", has the
 figures and what each cost was."""
 
 from __future__ import annotations
 
+import os
 import random
+import time
 
 import pytest
 
-from benchlib import ROUNDS, N, Scratch, best_seconds, interleaved, lmdb, open_store, remember, target
-from norikv import FsyncPolicy
+from benchlib import (
+    ROUNDS,
+    DurableWritesBeside,
+    N,
+    Scratch,
+    best,
+    best_seconds,
+    interleaved,
+    lmdb,
+    open_store,
+    remember,
+    target,
+)
+from norikv import FsyncPolicy, Record
 
 _SIZES = {100: N, 1024: max(1, N // 4)}  # about 130 MB and 260 MB of log per round
 
@@ -44,7 +63,6 @@ def _batch_vs_os(benchmark, bench_root, closer, name, work, **open_kw):
     """Rounds of `work(store)` on a fresh store under batch(0.005), each
     after a round on a fresh store under OS (interleaved). Returns the best
     batch and OS seconds and the batch store's fsyncs per second per round."""
-    import time
 
     batch_dirs = Scratch(bench_root, f"batch-{name}")
     os_dirs = Scratch(bench_root, f"os-{name}")
@@ -129,6 +147,63 @@ def test_put_batch_policy_vs_os_4_threads(benchmark, bench_root, closer, random_
     remember("norikv_put_batch_4_threads", benchmark, len(pairs), "puts")
     _report_batch_vs_os(
         benchmark, "4 threads, 100 B values", len(pairs), sec, ref, rates, "the same 4 threads under FsyncPolicy.OS"
+    )
+
+
+@pytest.mark.benchmark(group="write-path-batch-vs-os")
+def test_put_os_beside_durable_writes_vs_alone(benchmark, bench_root, closer, random_pairs_by_size):
+    """Info, the storage's ceiling for the batch-vs-OS rows: put under OS
+    (100 B values, memory mode) while another process makes the bytes the
+    batch policy's log grew by durable (its own file, an fdatasync every
+    5 ms: DurableWritesBeside), against the same puts with nothing beside
+    them (interleaved). No store can make its log durable within 5 ms for
+    less than this costs its writer here: the batch rows (100 B) have this
+    ratio for a ceiling."""
+    pairs = random_pairs_by_size[100]
+    record = len(Record.put(*pairs[0]).encode())
+    batch_sec = best("norikv_put_batch_100_memory")
+    beside = DurableWritesBeside(bench_root)
+    alone_dirs = Scratch(bench_root, "os-alone")
+    beside_dirs = Scratch(bench_root, "os-beside")
+    rate = []
+
+    def alone_setup():
+        beside.stop()
+        closer.replace()
+        beside_dirs.clean()
+        return (closer.replace(open_store(alone_dirs.new(), FsyncPolicy.OS)).put, pairs)
+
+    def beside_setup():
+        closer.replace()
+        alone_dirs.clean()
+        store = closer.replace(open_store(beside_dirs.new(), FsyncPolicy.OS))
+        if not rate:  # run alone with -k: the rate of an OS round instead
+            t0 = time.perf_counter()
+            _loop(store.put, pairs)
+            rate.append(record * len(pairs) / (time.perf_counter() - t0))
+            return beside_setup()
+        beside.start(rate[0])
+        return (store.put, pairs)
+
+    if batch_sec is not None:
+        rate.append(record * len(pairs) / batch_sec)
+    try:
+        ref = interleaved(benchmark, _loop, beside_setup, _loop, alone_setup, rounds=max(ROUNDS, 5))
+    finally:
+        beside.stop()
+        closer.replace()
+        alone_dirs.clean()
+        beside_dirs.clean()
+    sec = remember("norikv_put_os_beside_durable_writes", benchmark, len(pairs), "puts")
+    benchmark.extra_info.update(durable_bytes_per_second=rate[0], record_bytes=record)
+    target(
+        "put under OS beside durable writes of the log's bytes vs alone: the batch rows' ceiling (info)",
+        f"{len(pairs) / sec / 1e6:.2f} M puts/s vs alone {len(pairs) / ref / 1e6:.2f} M"
+        f" ({rate[0] / 1e6:.0f} MB/s made durable beside)",
+        ref / sec,
+        0.9,
+        reference="the same puts under FsyncPolicy.OS, nothing beside them",
+        benchmark=benchmark,
     )
 
 
@@ -224,9 +299,7 @@ def test_sync_after_1000_puts_vs_raw_fdatasync(benchmark, bench_root, closer, ke
     """Target: sync() after 1,000 puts of 100 B costs at most 1.3x a raw
     pwrite + fdatasync of the same bytes into an already-written file,
     measured beside it (medians over COMMITS commits)."""
-    import os
     import statistics
-    import time
 
     pairs = _commit_pairs(keys, "random")
     dirs = Scratch(bench_root, "commit-store")
@@ -287,6 +360,33 @@ def test_sync_after_1000_puts_vs_raw_fdatasync(benchmark, bench_root, closer, ke
     )
 
 
+class _LmdbCommits:
+    """lmdb committing `pairs` in transactions of COMMIT puts with
+    sync=True (data, then meta page), a new environment each round."""
+
+    def __init__(self, root, name, pairs):
+        self.dirs = Scratch(root, name)
+        self.pairs = pairs
+        self.envs = []
+
+    def setup(self):
+        self.close()
+        self.envs.append(lmdb.open(self.dirs.new(), map_size=1 << 30, sync=True, metasync=True))
+        return (self.envs[-1],)
+
+    def run(self, env):
+        pairs = self.pairs
+        for i in range(0, len(pairs), COMMIT):
+            with env.begin(write=True) as txn:
+                for k, v in pairs[i : i + COMMIT]:
+                    txn.put(k, v)
+
+    def close(self):
+        while self.envs:
+            self.envs.pop().close()
+        self.dirs.clean()
+
+
 @pytest.mark.benchmark(group="write-path-commit")
 @pytest.mark.skipif(lmdb is None, reason="lmdb not installed (pip install norikv[bench])")
 @pytest.mark.parametrize("order", ["sequential", "random"])
@@ -295,8 +395,7 @@ def test_durable_batches_vs_lmdb(benchmark, bench_root, closer, keys, order):
     transactions of 1,000 puts with sync=True (data, then meta page)."""
     pairs = _commit_pairs(keys, order)
     dirs = Scratch(bench_root, f"durable-{order}")
-    ldirs = Scratch(bench_root, f"durable-lmdb-{order}")
-    envs = []
+    lm_envs = _LmdbCommits(bench_root, f"durable-lmdb-{order}", pairs)
 
     def run(store):
         put, sync = store.put, store.sync
@@ -309,31 +408,92 @@ def test_durable_batches_vs_lmdb(benchmark, bench_root, closer, keys, order):
         closer.replace()
         return (closer.replace(open_store(dirs.new(), FsyncPolicy.OS)),)
 
-    def ref_setup():
-        while envs:
-            envs.pop().close()
-        env = lmdb.open(ldirs.new(), map_size=1 << 30, sync=True, metasync=True)
-        envs.append(env)
-        return (env,)
-
-    def ref(env):
-        for i in range(0, len(pairs), COMMIT):
-            with env.begin(write=True) as txn:
-                for k, v in pairs[i : i + COMMIT]:
-                    txn.put(k, v)
-
     try:
-        lm = interleaved(benchmark, run, subject_setup, ref, ref_setup)
+        lm = interleaved(benchmark, run, subject_setup, lm_envs.run, lm_envs.setup)
     finally:
         closer.replace()
-        while envs:
-            envs.pop().close()
+        lm_envs.close()
         dirs.clean()
-        ldirs.clean()
     sec = remember(f"norikv_durable_batches_{order}", benchmark, len(pairs), "puts")
     target(
         f"1,000 puts + sync() vs lmdb txns of 1,000 (sync=True), {order} keys",
         f"{len(pairs) / sec / 1e3:,.0f} k puts/s vs lmdb {len(pairs) / lm / 1e3:,.0f} k",
+        lm / sec,
+        1.5,
+        reference="lmdb.open(sync=True, metasync=True)",
+        benchmark=benchmark,
+    )
+
+
+@pytest.mark.benchmark(group="write-path-commit")
+@pytest.mark.skipif(lmdb is None, reason="lmdb not installed (pip install norikv[bench])")
+def test_durable_commit_floor_vs_lmdb(benchmark, bench_root, keys):
+    """Info, the floor of the sequential durable-batch row: per commit, the
+    1,000 puts into a plain dict and one pwrite + fdatasync of the bytes
+    norikv's commit writes (no encoding, no CRC, no log format), against
+    lmdb's transactions as in that row. The log is a new file, as a new
+    store's is: preallocated (posix_fallocate, the timed subject) or grown
+    by each write (timed beside it); the row's value is the better of the
+    two. A store that keeps its keys in a dict and appends a new log cannot
+    commit faster than this on this machine. Also timed: the same loop into
+    a file whose zeros were written and synced beforehand (untimed), which
+    a new log reaches only by writing those zeros, as dearly, in its loop."""
+    pairs = _commit_pairs(keys, "sequential")
+    size = sum(len(Record.put(k, v).encode()) for k, v in pairs[:COMMIT])
+    commits = len(pairs) // COMMIT
+    path = os.path.join(bench_root, "commit-floor")
+    lm_envs = _LmdbCommits(bench_root, "floor-lmdb", pairs)
+    buf = random.Random(5).randbytes(size)
+    fds: list[int] = []
+    beside: dict[str, list[float]] = {"lmdb": [], "grown": [], "written": []}
+
+    def new_file(kind):
+        while fds:
+            os.close(fds.pop())
+        fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
+        if kind == "preallocated":
+            os.posix_fallocate(fds[0], 0, size * commits)
+        elif kind == "written":
+            os.write(fds[0], bytes(size * commits))
+        os.fsync(fds[0])
+        return ({}, fds[0])
+
+    def floor(table, fd):
+        put = table.__setitem__
+        for c in range(commits):
+            for k, v in pairs[c * COMMIT : (c + 1) * COMMIT]:
+                put(k, v)
+            os.pwrite(fd, buf, c * size)
+            os.fdatasync(fd)
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        fn(*args)
+        beside[name].append(time.perf_counter() - t0)
+
+    def setup():
+        timed("lmdb", lm_envs.run, *lm_envs.setup())
+        timed("grown", floor, *new_file("grown"))
+        timed("written", floor, *new_file("written"))
+        return new_file("preallocated"), {}
+
+    try:
+        benchmark.pedantic(floor, setup=setup, rounds=ROUNDS, iterations=1)
+    finally:
+        while fds:
+            os.close(fds.pop())
+        lm_envs.close()
+        if os.path.exists(path):
+            os.unlink(path)
+    benchmark.extra_info.update({f"{name}_seconds": times for name, times in beside.items()})
+    sec = min(remember("durable_commit_floor", benchmark, len(pairs), "puts"), min(beside["grown"]))
+    lm, written = min(beside["lmdb"]), min(beside["written"])
+    norikv = best("norikv_durable_batches_sequential")
+    of_floor = "" if norikv is None else f"; norikv {sec / norikv:.3f} of it"
+    target(
+        "a dict + pwrite + fdatasync per commit into a new file vs lmdb, sequential keys: the floor (info)",
+        f"{len(pairs) / sec / 1e3:,.0f} k puts/s ({size:,} B a commit) vs lmdb {len(pairs) / lm / 1e3:,.0f} k;"
+        f" zeros written beforehand {lm / written:.2f}x lmdb{of_floor}",
         lm / sec,
         1.5,
         reference="lmdb.open(sync=True, metasync=True)",
