@@ -452,7 +452,7 @@ def test_durable_commit_floor_vs_lmdb(benchmark, bench_root, keys):
             os.close(fds.pop())
         fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
         if kind == "preallocated":
-            os.posix_fallocate(fds[0], 0, size * commits)
+            os.posix_fallocate(fds[0], 0, size * max(commits, 1))
         elif kind == "written":
             os.write(fds[0], bytes(size * commits))
         os.fsync(fds[0])
