@@ -1,12 +1,14 @@
 """The key directory of values="disk" (_KeyDir, include/keydir.h) against a
 dict: puts, replacements, removals, relocations, insertion order, growth of
-the slots and the arena, compaction of the arena, colliding hashes, and the
-hash it shares with Python's hash of bytes."""
+the slots (at once, and in steps for large tables) and the arena, compaction
+of the arena, colliding hashes, and the hash it shares with Python's hash of
+bytes."""
 
 from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,10 +55,14 @@ def vsize_back(vsize: int) -> int:
 class KeyDirModel(RuleBasedStateMachine):
     keys = Bundle("keys")
 
-    @initialize(mode=st.sampled_from(sorted(HASHES)), floor=st.sampled_from([0, 64, 4096]))
-    def start(self, mode, floor):
+    @initialize(
+        mode=st.sampled_from(sorted(HASHES)),
+        floor=st.sampled_from([0, 64, 4096]),
+        steps_from=st.sampled_from([16, 64, None]),
+    )
+    def start(self, mode, floor, steps_from):
         self.h = HASHES[mode]
-        self.kd = _KeyDir(_compact_floor=floor)
+        self.kd = _KeyDir(_compact_floor=floor, _steps_from=steps_from)
         self.model: dict[bytes, tuple[int, int]] = {}
 
     @rule(target=keys, key=KEYS)
@@ -146,8 +152,11 @@ class KeyDirModel(RuleBasedStateMachine):
                 assert found == self.model[keys[0]][0]
         stats = self.kd._stats()
         assert stats["garbage"] <= stats["units"] <= stats["arena_cap"]
-        assert self.kd.nbytes() == stats["slots"] * 16 + stats["arena_cap"] * 8
+        slots = stats["slots"] + stats["old_slots"] + stats["next_slots"]
+        assert self.kd.nbytes() == slots * 16 + stats["arena_cap"] * 8
+        assert stats["next_touched"] <= stats["next_slots"] * 16
         assert len(self.model) * 5 <= stats["slots"] * 4  # load <= 4/5
+        assert stats["swept"] < stats["old_slots"] or stats["old_slots"] == stats["swept"] == 0
 
 
 def test_model():
@@ -188,6 +197,78 @@ def test_growth_boundaries():
         assert len(model) * 5 <= stats["slots"] * 4
     assert grew_slots > 10 and grew_arena > 10
     check_all(kd, model)
+
+
+@pytest.mark.parametrize("mode", sorted(HASHES))
+def test_growth_in_steps(mode):
+    """A table of steps_from slots or more grows in steps: no put moves more
+    than a few clusters of the old slots (a rebuild at once moved them all
+    in one put), every key stays findable, replaceable, relocatable and
+    removable while keys sit in both tables, and each growth's sweep ends
+    before the next growth. The new slots were allocated and their pages
+    touched before the growth, by the puts that came before it, so the
+    sweep takes few page faults."""
+    h = HASHES[mode]
+    n = 1500 if mode in ("constant", "low_bits_only") else 60000
+    kd = _KeyDir(_steps_from=64)
+    model = {}
+    rnd = random.Random(mode)
+    growths = most = checks = largest = sweep_faults = new_pages = 0
+    for i in range(n):
+        key = rnd.randbytes(rnd.randrange(0, 9)) + i.to_bytes(3, "big")
+        before = kd._stats()
+        faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        assert kd.set(key, i, i, h(key)) is False
+        if before["old_slots"]:
+            sweep_faults += resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
+        model[key] = (i, i)
+        stats = kd._stats()
+        if stats["old_slots"] and not before["old_slots"]:
+            growths += 1
+            assert stats["swept"] < stats["old_slots"] // 2 or stats["old_slots"] < 256
+            # prepared: the very slots, every page of them touched
+            assert before["next_slots"] == stats["slots"] and stats["next_slots"] == 0
+            assert before["next_touched"] == stats["slots"] * 16
+            new_pages += stats["slots"] * 16 // 4096
+        if stats["old_slots"] and before["old_slots"] == stats["old_slots"]:
+            most = max(most, stats["swept"] - before["swept"])
+            largest = max(largest, stats["old_slots"])
+        if stats["old_slots"] and rnd.random() < (0.2 if n > 10000 else 1.0):
+            # keys in both tables: a key swept, one not yet, the one just put
+            checks += 1
+            for k in (key, *rnd.sample(list(model), 3)):
+                assert kd.lookup(k, h(k)) == model[k]
+            old = rnd.choice(list(model))
+            assert kd.move(old, model[old][0], i + n, h(old)) is True
+            model[old] = (i + n, model[old][1])
+            gone = rnd.choice(list(model))
+            assert kd.discard(gone, h(gone)) == model.pop(gone)
+        assert len(model) * 5 <= stats["slots"] * 4
+    assert growths >= 3 and checks > 50
+    if mode == "python":  # 16 slots and the rest of a cluster, never the table (~60,000 slots)
+        assert 16 <= most < largest // 50
+        assert sweep_faults < new_pages // 4, (sweep_faults, new_pages)
+    check_all(kd, model, h)
+    assert kd.keys() == list(model)
+
+
+def test_no_next_slots_while_a_loader_fills_its_reserve():
+    """A loader that reserved room for its keys (hint files announce their
+    counts) fills the table without preparing a growth that will not come;
+    after fit() the puts past a load of 0.75 prepare it again."""
+    kd = _KeyDir(_steps_from=64)
+    kd._reserve(5400)
+    slots = kd._stats()["slots"]
+    assert 5400 * 5 <= slots * 4 < 5400 * 5 * 1.5  # the load at 5,400 keys is over 0.75 ...
+    n = 0
+    while n * 16 <= slots * 15 * 4 // 5:  # ... past which a growth is prepared
+        kd.set(n.to_bytes(4, "big"), n, n)
+        n += 1
+    assert kd._stats()["next_slots"] == 0 and n <= 5400
+    kd._fit()
+    kd.set(b"one more", 0, 0)
+    stats = kd._stats()
+    assert stats["slots"] == slots and stats["next_slots"] > slots and stats["next_touched"] > 0
 
 
 @pytest.mark.parametrize("mode", sorted(HASHES))
@@ -390,4 +471,4 @@ def test_c_fuzz_under_sanitizers(tmp_path):
     assert "warning" not in r.stderr, r.stderr
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("compactions") == 8
+    assert r.stdout.count("compactions") == 16

@@ -2,7 +2,8 @@
  * with AddressSanitizer and UBSan by tests/test_keydir.py: the out-of-bounds
  * accesses and overflows that a Python-level test cannot see.  Each mode
  * files the keys under different hashes: spread, 7 tags, one tag (0), and
- * the last tag (homes at the table's end, clusters wrapping around). */
+ * the last tag (homes at the table's end, clusters wrapping around); each
+ * with the slots rebuilt at once and grown in steps from 16 slots on. */
 #include <assert.h>
 #include <stdio.h>
 
@@ -79,15 +80,22 @@ int main(void) {
         kb[i][kl[i] - 1] = (uint8_t)(i >> 8);
     }
     for (int mode = 0; mode < 4; mode++) {
-        for (int floor = 0; floor < 2; floor++) {
+        for (int floor = 0; floor < 4; floor++) {
             nk_keydir kd;
-            nk_kd_init(&kd, floor ? 65536 : 0);
+            nk_kd_init(&kd, floor & 1 ? 65536 : 0);
+            if (floor & 2) kd.steps_from = 16;
             if (mode) assert(nk_kd_reserve(&kd, 100, 50, 1000) == NK_KD_OK);
             memset(present, 0, sizeof present);
-            uint64_t seq = 0;
+            uint64_t seq = 0, compactions = 0;
             long steps = mode == 0 ? 1000000 : 150000;
             int nk = mode == 0 ? N : 400;
             for (long s = 0; s < steps; s++) {
+                if (s % (steps / 5) == steps / 10) {    /* empty again: the growths again */
+                    check_order(&kd, nk);
+                    compactions += kd.compactions;
+                    nk_kd_free(&kd);
+                    memset(present, 0, sizeof present);
+                }
                 int i = (int)(rnd() % (uint64_t)nk), op = (int)(rnd() % 10), rc;
                 uint64_t h = hash_of(i, mode), ol, ov;
                 if (op < 5) {
@@ -120,10 +128,11 @@ int main(void) {
             }
             check_order(&kd, nk);
             check_locate(&kd, nk, mode);
-            assert(kd.compactions > 0);
-            printf("mode %d floor %d: %llu keys, %llu slots, %llu compactions\n", mode, floor,
+            compactions += kd.compactions;
+            assert(compactions > 0);
+            printf("mode %d floor %d steps %d: %llu keys, %llu slots, %llu compactions\n", mode, floor & 1, floor >> 1,
                    (unsigned long long)kd.count, (unsigned long long)kd.cap,
-                   (unsigned long long)kd.compactions);
+                   (unsigned long long)compactions);
             nk_kd_free(&kd);
         }
     }

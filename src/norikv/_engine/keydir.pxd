@@ -11,6 +11,11 @@ cdef extern from "keydir.h" nogil:
     uint64_t NK_KD_VSIZE_SAT           # a value size read back as this: ask the record
     ctypedef struct nk_keydir:
         uint64_t cap
+        uint64_t old_cap                # growing in steps: the old table's slots, else 0
+        uint64_t swept                  # ... and how many of them were swept
+        uint64_t steps_from             # a table of this many slots grows in steps
+        uint64_t next_cap               # the slots of the next growth, prepared ahead, else 0
+        uint64_t next_touched           # ... and the bytes of them touched
         uint64_t units
         uint64_t arena_cap
         uint64_t garbage

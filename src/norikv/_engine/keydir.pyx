@@ -45,9 +45,12 @@ cdef class _KeyDir:
     def __cinit__(self):
         nk_kd_init(&self.kd, NK_KD_DEFAULT_FLOOR)
 
-    def __init__(self, *, uint64_t _compact_floor=NK_KD_DEFAULT_FLOOR):
-        """_compact_floor: bytes of dead entries before the arena is compacted (tests)."""
+    def __init__(self, *, uint64_t _compact_floor=NK_KD_DEFAULT_FLOOR, _steps_from=None):
+        """_compact_floor: bytes of dead entries before the arena is compacted;
+        _steps_from: the table size from which the slots grow in steps (tests)."""
         self.kd.floor_units = _compact_floor >> 3
+        if _steps_from is not None:
+            self.kd.steps_from = _steps_from
 
     def __dealloc__(self):
         nk_kd_free(&self.kd)
@@ -177,6 +180,10 @@ cdef class _KeyDir:
 
     def _stats(self):
         """The table's figures: slots, arena units used and allocated, garbage,
-        compactions, rebuilds of the slots."""
+        compactions, rebuilds of the slots; while they grow in steps, the old
+        table's slots and how many of them were swept; the next growth's
+        slots prepared ahead and the bytes of them touched (else 0)."""
         return {"slots": self.kd.cap, "units": self.kd.units, "arena_cap": self.kd.arena_cap,
-                "garbage": self.kd.garbage, "compactions": self.kd.compactions, "resizes": self.kd.resizes}
+                "garbage": self.kd.garbage, "compactions": self.kd.compactions, "resizes": self.kd.resizes,
+                "old_slots": self.kd.old_cap, "swept": self.kd.swept, "next_slots": self.kd.next_cap,
+                "next_touched": self.kd.next_touched}

@@ -20,6 +20,28 @@
  *   loc holds the key) skip the entry, one cache miss of three
  *   (nk_kd_locate).  The capacity is any number up to 2^32, grown by half
  *   when the load would pass 4/5 (so the load stays within 0.53..0.8).
+ * - Growth in steps: a table of steps_from slots or more is not rebuilt at
+ *   once (42 ms at 1.6M keys, 80-270 ms at 2.4M, all in one put).  The new
+ *   slots take every insert, and each put of a new key also moves the next
+ *   NK_KD_STEP_SLOTS old slots or more, whole clusters at a time, from an
+ *   empty slot of the old table ("start") round to it again.  A cluster of
+ *   the old table is either moved whole or untouched, and a key sits in the
+ *   cluster of its home; so a key whose old home has been swept is in the
+ *   new slots, and any other is in one of the two (lookups try the new
+ *   slots first).  Deletions in the old table shift within their cluster,
+ *   which stays unswept; nothing is ever placed in the old table.  The
+ *   sweep ends (and the old slots are freed) long before the new table
+ *   would grow again: a growth needs 0.4x the old capacity in new keys, the
+ *   sweep at most 1/16 of it.  What must see one table (compaction, a
+ *   reserve, fit) finishes the sweep first.
+ * - The new slots are allocated, and their pages touched, ahead ("next"):
+ *   a few pages at a time by the puts of new keys from a load of 15/16 of
+ *   the limit (0.75) on, so that neither the growth nor the sweep faults
+ *   them in.  Touched by a write: a page first touched by a read (a probe)
+ *   maps the zero page and faults again, with a TLB shootdown, at its
+ *   first write.  A table that stops growing keeps them until fit() or
+ *   free.  Not while a loader fills what it reserved room for (up to the
+ *   count reserve() was given, until fit()).
  * - Value sizes saturate at NK_KD_VSIZE_SAT: a value of 4 GiB - 1 bytes or
  *   more reads back as NK_KD_VSIZE_SAT, meaning "ask the record".
  * - The arena holds at most NK_KD_ARENA_MAX bytes (32 GiB - 8, offsets are
@@ -55,6 +77,8 @@ enum {
 #define NK_KD_ARENA_MAX (NK_KD_MAX_UNITS * 8)
 #define NK_KD_MAX_SLOTS 0x100000000ull             /* tag * cap >> 32 < cap */
 #define NK_KD_DEFAULT_FLOOR (64 * 1024)            /* bytes of garbage before compacting */
+#define NK_KD_STEPS_FROM (1u << 16)                /* tables this large grow in steps */
+#define NK_KD_STEP_SLOTS 16                         /* old slots moved per new key, at least */
 /* The slots grow by half when the load would pass NUM/DEN (overridable for
    scripts/keydir_measure.py, which compares loads). */
 #ifndef NK_KD_LOAD_NUM
@@ -77,6 +101,15 @@ typedef struct {
 typedef struct {
     nk_kd_slot *slots;
     uint64_t cap;           /* number of slots, 0 before the first put */
+    nk_kd_slot *old;        /* growing in steps: the slots before, else NULL */
+    uint64_t old_cap;
+    uint64_t start;         /* an empty slot of old: the sweep's start and end */
+    uint64_t swept;         /* old slots swept, from start + 1 on */
+    uint64_t steps_from;    /* a table of this many slots grows in steps */
+    nk_kd_slot *next;       /* the slots of the next growth, being touched, or NULL */
+    uint64_t next_cap;
+    uint64_t next_touched;  /* bytes of next whose pages were touched */
+    uint64_t reserved;      /* keys the last reserve() made room for: no next before */
     uint64_t *arena;        /* 8-byte units */
     uint64_t units;         /* used */
     uint64_t arena_cap;     /* allocated */
@@ -109,25 +142,34 @@ static inline uint32_t nk_kd__vsat(uint64_t vsize) {
 static inline void nk_kd_init(nk_keydir *kd, uint64_t floor_bytes) {
     memset(kd, 0, sizeof *kd);
     kd->floor_units = floor_bytes >> 3;
+    kd->steps_from = NK_KD_STEPS_FROM;
 }
 
 static inline void nk_kd_free(nk_keydir *kd) {
     free(kd->slots);
+    free(kd->old);
+    free(kd->next);
     free(kd->arena);
-    uint64_t floor_units = kd->floor_units;
+    uint64_t floor_units = kd->floor_units, steps_from = kd->steps_from;
     memset(kd, 0, sizeof *kd);
     kd->floor_units = floor_units;
+    kd->steps_from = steps_from;
 }
 
-/* The slot holding key, or -1. */
-static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, size_t klen,
-                                    uint64_t h) {
-    uint64_t cap = kd->cap;
-    if (cap == 0) return -1;
-    uint32_t tag = nk_kd__tag(h);
+/* Whether a key of this tag may be in the old slots: a growth in steps is
+ * under way and the sweep has not passed the key's old home. */
+static inline int nk_kd__in_old(const nk_keydir *kd, uint32_t tag) {
+    if (kd->old == NULL) return 0;
+    uint64_t home = nk_kd__home(tag, kd->old_cap);
+    return (home + kd->old_cap - kd->start - 1) % kd->old_cap >= kd->swept;
+}
+
+/* The slot of slots[cap] holding key, or -1. */
+static inline int64_t nk_kd__probe(const nk_keydir *kd, const nk_kd_slot *slots, uint64_t cap,
+                                   const uint8_t *key, size_t klen, uint32_t tag) {
     uint64_t i = nk_kd__home(tag, cap);
     for (;;) {
-        uint64_t s = kd->slots[i].s;
+        uint64_t s = slots[i].s;
         if (s == 0) return -1;
         if ((uint32_t)(s >> 32) == tag) {
             const nk_kd_entry *e = nk_kd__entry(kd, (uint32_t)s - 1);
@@ -137,8 +179,22 @@ static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, siz
     }
 }
 
-static inline nk_kd_entry *nk_kd__slot_entry(const nk_keydir *kd, int64_t i) {
-    return nk_kd__entry(kd, (uint32_t)kd->slots[i].s - 1);
+/* The slot holding key (*table: the slots it is in, the new or the old),
+ * or -1. */
+static inline int64_t nk_kd__lookup(const nk_keydir *kd, const uint8_t *key, size_t klen,
+                                    uint64_t h, nk_kd_slot **table) {
+    uint64_t cap = kd->cap;
+    *table = kd->slots;
+    if (cap == 0) return -1;
+    uint32_t tag = nk_kd__tag(h);
+    int64_t i = nk_kd__probe(kd, kd->slots, cap, key, klen, tag);
+    if (i >= 0 || !nk_kd__in_old(kd, tag)) return i;
+    *table = kd->old;
+    return nk_kd__probe(kd, kd->old, kd->old_cap, key, klen, tag);
+}
+
+static inline nk_kd_entry *nk_kd__slot_entry(const nk_keydir *kd, const nk_kd_slot *table, int64_t i) {
+    return nk_kd__entry(kd, (uint32_t)table[i].s - 1);
 }
 
 /* Asks for the cache line of h's home slot ahead of a put or find of a key
@@ -147,33 +203,40 @@ static inline void nk_kd_prefetch(const nk_keydir *kd, uint64_t h) {
     if (kd->cap) __builtin_prefetch(&kd->slots[nk_kd__home(nk_kd__tag(h), kd->cap)], 1, 1);
 }
 
-/* The loc of the first slot, from the home of h's tag, whose tag is h's: 1
- * and *loc set, or 0 when there is none, and then no key of hash h is
- * present.  The slot found holds the key only if no other key shares its
- * tag (about 1 in 2^32 per slot probed): the caller checks the key where
- * loc points and otherwise asks nk_kd_find.  Reads no entry. */
-static inline int nk_kd_locate(const nk_keydir *kd, uint64_t h, uint64_t *loc) {
-    uint64_t cap = kd->cap;
-    if (cap == 0) return 0;
-    uint32_t tag = nk_kd__tag(h);
+/* nk_kd_locate in slots[cap]. */
+static inline int nk_kd__locate_in(const nk_kd_slot *slots, uint64_t cap, uint32_t tag, uint64_t *loc) {
     uint64_t i = nk_kd__home(tag, cap);
     for (;;) {
-        uint64_t s = kd->slots[i].s;
+        uint64_t s = slots[i].s;
         if (s == 0) return 0;
         if ((uint32_t)(s >> 32) == tag) {
-            *loc = kd->slots[i].loc;
+            *loc = slots[i].loc;
             return 1;
         }
         if (++i == cap) i = 0;
     }
 }
 
+/* The loc of the first slot, from the home of h's tag, whose tag is h's
+ * (in the new slots, then in the old ones while growing in steps): 1 and
+ * *loc set, or 0 when there is none, and then no key of hash h is
+ * present.  The slot found holds the key only if no other key shares its
+ * tag (about 1 in 2^32 per slot probed): the caller checks the key where
+ * loc points and otherwise asks nk_kd_find.  Reads no entry. */
+static inline int nk_kd_locate(const nk_keydir *kd, uint64_t h, uint64_t *loc) {
+    if (kd->cap == 0) return 0;
+    uint32_t tag = nk_kd__tag(h);
+    if (nk_kd__locate_in(kd->slots, kd->cap, tag, loc)) return 1;
+    return nk_kd__in_old(kd, tag) && nk_kd__locate_in(kd->old, kd->old_cap, tag, loc);
+}
+
 /* 1 and the outputs set if key is present, else 0. */
 static inline int nk_kd_find(const nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                              uint64_t *loc, uint64_t *vsize) {
-    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    nk_kd_slot *table;
+    int64_t i = nk_kd__lookup(kd, key, klen, h, &table);
     if (i < 0) return 0;
-    const nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    const nk_kd_entry *e = nk_kd__slot_entry(kd, table, i);
     *loc = e->loc;
     *vsize = e->vsize;
     return 1;
@@ -186,27 +249,127 @@ static inline void nk_kd__place(nk_kd_slot *slots, uint64_t cap, nk_kd_slot s) {
     slots[i] = s;
 }
 
-/* Rebuilds the slots with new_cap slots (from the tags alone). */
-static inline int nk_kd__resize(nk_keydir *kd, uint64_t new_cap) {
-    nk_kd_slot *slots = (nk_kd_slot *)calloc(new_cap, sizeof(nk_kd_slot));
+/* Moves old slots to the new ones, whole clusters, until at least `budget`
+ * slots were swept or the sweep is done (then the old slots are freed). */
+static inline void nk_kd__step(nk_keydir *kd, uint64_t budget) {
+    nk_kd_slot *old = kd->old;
+    uint64_t old_cap = kd->old_cap, p = (kd->start + 1 + kd->swept) % old_cap;
+    uint64_t swept = kd->swept, end = swept + budget;
+    while (swept < end && swept < old_cap) {
+        while (old[p].s != 0) {             /* a cluster: all of it */
+            nk_kd__place(kd->slots, kd->cap, old[p]);
+            old[p].s = 0;
+            old[p].loc = 0;
+            swept++;
+            if (++p == old_cap) p = 0;
+        }
+        swept++;                            /* the empty slot after it */
+        if (++p == old_cap) p = 0;
+    }
+    kd->swept = swept;
+    if (swept >= old_cap) {
+        free(old);
+        kd->old = NULL;
+        kd->old_cap = kd->start = kd->swept = 0;
+    }
+}
+
+/* Ends a growth in steps at once (before what must see one table). */
+static inline void nk_kd__finish(nk_keydir *kd) {
+    if (kd->old != NULL) nk_kd__step(kd, kd->old_cap);
+}
+
+static inline void nk_kd__drop_next(nk_keydir *kd) {
+    free(kd->next);
+    kd->next = NULL;
+    kd->next_cap = kd->next_touched = 0;
+}
+
+/* The capacity the slots grow to from cap. */
+static inline uint64_t nk_kd__grown(uint64_t cap) {
+    uint64_t new_cap = cap < 16 ? 16 : cap + cap / 2;
+    return new_cap > NK_KD_MAX_SLOTS ? NK_KD_MAX_SLOTS : new_cap;
+}
+
+/* A put of a new key at a load past 15/16 of the limit, in a table that will
+ * grow in steps: allocates the next slots, then touches as many of their
+ * pages as spreads them over the puts left before the growth. */
+static inline void nk_kd__prepare(nk_keydir *kd) {
+    if (kd->next == NULL) {
+        kd->next_cap = nk_kd__grown(kd->cap);
+        kd->next = (nk_kd_slot *)calloc(kd->next_cap, sizeof(nk_kd_slot));
+        if (kd->next == NULL) {     /* the growth will try again */
+            kd->next_cap = 0;
+            return;
+        }
+    }
+    uint64_t bytes = kd->next_cap * sizeof(nk_kd_slot), left = bytes - kd->next_touched;
+    if (left == 0) return;
+    uint64_t puts = kd->cap * NK_KD_LOAD_NUM / NK_KD_LOAD_DEN - kd->count;
+    uint64_t pages = (left + 4095) / 4096, n = puts > 1 ? (pages + puts - 2) / (puts - 1) : pages;
+    volatile uint8_t *p = (volatile uint8_t *)kd->next;
+    for (; n > 0 && kd->next_touched < bytes; n--) {
+        p[kd->next_touched] = 0;
+        kd->next_touched += 4096;
+    }
+    if (kd->next_touched >= bytes) {
+        p[bytes - 1] = 0;
+        kd->next_touched = bytes;
+    }
+}
+
+/* Rebuilds the slots with new_cap slots (from the tags alone): at once, or,
+ * for a table of steps_from slots or more growing (`in_steps`), by starting
+ * a growth in steps (into the prepared slots when they have this size). */
+static inline int nk_kd__resize(nk_keydir *kd, uint64_t new_cap, int in_steps) {
+    nk_kd__finish(kd);
+    nk_kd_slot *slots;
+    if (kd->next != NULL && kd->next_cap == new_cap && in_steps) {
+        slots = kd->next;               /* still all zeros */
+        kd->next = NULL;
+        kd->next_cap = kd->next_touched = 0;
+    } else {
+        nk_kd__drop_next(kd);
+        slots = (nk_kd_slot *)calloc(new_cap, sizeof(nk_kd_slot));
+    }
     if (slots == NULL) return NK_KD_NOMEM;
+    kd->resizes++;
+    if (in_steps && kd->cap >= kd->steps_from && kd->cap >= 2 && new_cap > kd->cap) {
+        uint64_t start = 0;
+        while (kd->slots[start].s != 0) start++;    /* the load is under 1 */
+        kd->old = kd->slots;
+        kd->old_cap = kd->cap;
+        kd->start = start;
+        kd->swept = 0;
+        kd->slots = slots;
+        kd->cap = new_cap;
+        return NK_KD_OK;
+    }
     for (uint64_t i = 0; i < kd->cap; i++)
         if (kd->slots[i].s) nk_kd__place(slots, new_cap, kd->slots[i]);
     free(kd->slots);
     kd->slots = slots;
     kd->cap = new_cap;
-    kd->resizes++;
     return NK_KD_OK;
 }
 
-/* Room for one more key in the slots (load <= NUM/DEN). */
+/* Room for one more key in the slots (load <= NUM/DEN), and a step of a
+ * growth under way. */
 static inline int nk_kd__reserve_slot(nk_keydir *kd) {
     uint64_t need = kd->count + 1;
-    if (need * NK_KD_LOAD_DEN <= kd->cap * NK_KD_LOAD_NUM) return NK_KD_OK;
-    uint64_t new_cap = kd->cap < 16 ? 16 : kd->cap + kd->cap / 2;
-    if (new_cap > NK_KD_MAX_SLOTS) new_cap = NK_KD_MAX_SLOTS;
+    if (need * NK_KD_LOAD_DEN <= kd->cap * NK_KD_LOAD_NUM) {
+        if (kd->old != NULL)
+            nk_kd__step(kd, NK_KD_STEP_SLOTS);
+        else if (kd->cap >= kd->steps_from && need * NK_KD_LOAD_DEN * 16 > kd->cap * NK_KD_LOAD_NUM * 15
+                 && kd->cap < NK_KD_MAX_SLOTS && need > kd->reserved)
+            nk_kd__prepare(kd);
+        return NK_KD_OK;
+    }
+    uint64_t new_cap = nk_kd__grown(kd->cap);
     if (need * NK_KD_LOAD_DEN > new_cap * NK_KD_LOAD_NUM) return NK_KD_FULL;
-    return nk_kd__resize(kd, new_cap);
+    int rc = nk_kd__resize(kd, new_cap, 1);
+    if (rc == NK_KD_OK && kd->old != NULL) nk_kd__step(kd, NK_KD_STEP_SLOTS);
+    return rc;
 }
 
 /* Gives back most of the arena's capacity past its entries when it holds
@@ -228,6 +391,7 @@ static inline void nk_kd__trim_arena(nk_keydir *kd) {
  * briefly holds its slot's index while the slot's offset bits hold the
  * vsize. */
 static inline void nk_kd__compact(nk_keydir *kd) {
+    nk_kd__finish(kd);
     nk_kd_slot *slots = kd->slots;
     for (uint64_t i = 0; i < kd->cap; i++) {
         uint64_t s = slots[i].s;
@@ -292,10 +456,13 @@ static inline int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uin
         cap = cap < 16 ? 16 : cap + cap / 2;
     if (cap > NK_KD_MAX_SLOTS) cap = NK_KD_MAX_SLOTS;
     if (keys * NK_KD_LOAD_DEN > cap * NK_KD_LOAD_NUM) return NK_KD_FULL;
+    nk_kd__finish(kd);
+    nk_kd__drop_next(kd);
     if (cap != kd->cap) {
-        int rc = nk_kd__resize(kd, cap);
+        int rc = nk_kd__resize(kd, cap, 0);
         if (rc != NK_KD_OK) return rc;
     }
+    kd->reserved = keys;
     uint64_t units = 2 * more + (more_bytes + 7 * more) / 8;  /* at most, padding included */
     if (units > NK_KD_MAX_UNITS - kd->units) return NK_KD_FULL;
     if (kd->units + units <= kd->arena_cap) return NK_KD_OK;
@@ -311,11 +478,14 @@ static inline int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uin
  * as after a compaction.  Best effort (without memory for new slots it
  * keeps the old ones). */
 static inline void nk_kd_fit(nk_keydir *kd) {
+    nk_kd__finish(kd);
+    nk_kd__drop_next(kd);
+    kd->reserved = 0;
     nk_kd__trim_arena(kd);
     if (kd->cap <= 16 || kd->count * 2 >= kd->cap) return;
     uint64_t cap = kd->count + kd->count / 2;
     if (cap < 16) cap = 16;
-    (void)nk_kd__resize(kd, cap);
+    (void)nk_kd__resize(kd, cap, 0);
 }
 
 /* Sets key -> (loc, vsize).  Returns 1 if the key was present (its place in
@@ -323,14 +493,15 @@ static inline void nk_kd_fit(nk_keydir *kd) {
  * NK_KD_* error (nothing changed). */
 static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h, uint64_t loc,
                      uint64_t vsize, uint64_t *old_loc, uint64_t *old_vsize) {
-    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    nk_kd_slot *table;
+    int64_t i = nk_kd__lookup(kd, key, klen, h, &table);
     if (i >= 0) {
-        nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+        nk_kd_entry *e = nk_kd__slot_entry(kd, table, i);
         *old_loc = e->loc;
         *old_vsize = e->vsize;
         e->loc = loc;
         e->vsize = nk_kd__vsat(vsize);
-        kd->slots[i].loc = loc;
+        table[i].loc = loc;
         return 1;
     }
     if (klen > NK_KD_MAX_KLEN) return NK_KD_TOOBIG;
@@ -354,10 +525,10 @@ static inline int nk_kd_put(nk_keydir *kd, const uint8_t *key, size_t klen, uint
     return 0;
 }
 
-/* Empties slot i, shifting back the entries of its cluster that may move. */
-static inline void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
-    nk_kd_slot *slots = kd->slots;
-    uint64_t cap = kd->cap, j = i;
+/* Empties slot i of slots[cap], shifting back the entries of its cluster
+ * that may move. */
+static inline void nk_kd__delete_slot(nk_kd_slot *slots, uint64_t cap, uint64_t i) {
+    uint64_t j = i;
     for (;;) {
         if (++j == cap) j = 0;
         nk_kd_slot s = slots[j];
@@ -377,16 +548,17 @@ static inline void nk_kd__delete_slot(nk_keydir *kd, uint64_t i) {
 /* Removes key.  Returns 1 (*old_loc / *old_vsize set) or 0 if absent. */
 static inline int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                         uint64_t *old_loc, uint64_t *old_vsize) {
-    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    nk_kd_slot *table;
+    int64_t i = nk_kd__lookup(kd, key, klen, h, &table);
     if (i < 0) return 0;
-    nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    nk_kd_entry *e = nk_kd__slot_entry(kd, table, i);
     *old_loc = e->loc;
     *old_vsize = e->vsize;
     e->klen |= NK_KD_DEAD;
     kd->garbage += nk_kd__entry_units(klen);
     kd->count--;
     kd->key_bytes -= klen;
-    nk_kd__delete_slot(kd, (uint64_t)i);
+    nk_kd__delete_slot(table, table == kd->slots ? kd->cap : kd->old_cap, (uint64_t)i);
     nk_kd__maybe_compact(kd);
     return 1;
 }
@@ -395,12 +567,13 @@ static inline int nk_kd_remove(nk_keydir *kd, const uint8_t *key, size_t klen, u
  * key is absent or was written again). */
 static inline int nk_kd_relocate(nk_keydir *kd, const uint8_t *key, size_t klen, uint64_t h,
                           uint64_t expected, uint64_t new_loc) {
-    int64_t i = nk_kd__lookup(kd, key, klen, h);
+    nk_kd_slot *table;
+    int64_t i = nk_kd__lookup(kd, key, klen, h, &table);
     if (i < 0) return 0;
-    nk_kd_entry *e = nk_kd__slot_entry(kd, i);
+    nk_kd_entry *e = nk_kd__slot_entry(kd, table, i);
     if (e->loc != expected) return 0;
     e->loc = new_loc;
-    kd->slots[i].loc = new_loc;
+    table[i].loc = new_loc;
     return 1;
 }
 
@@ -428,9 +601,10 @@ static inline int nk_kd_next(const nk_keydir *kd, size_t *cursor, const uint8_t 
     return 0;
 }
 
-/* Bytes allocated: the slots and the arena's capacity. */
+/* Bytes allocated: the slots (the old ones while growing in steps, the next
+ * ones while they are prepared) and the arena's capacity. */
 static inline size_t nk_kd_nbytes(const nk_keydir *kd) {
-    return (size_t)kd->cap * sizeof(nk_kd_slot) + (size_t)kd->arena_cap * 8;
+    return (size_t)(kd->cap + kd->old_cap + kd->next_cap) * sizeof(nk_kd_slot) + (size_t)kd->arena_cap * 8;
 }
 
 #endif
