@@ -453,8 +453,7 @@ static inline int nk_kd_reserve(nk_keydir *kd, uint64_t keys, uint64_t more, uin
         return NK_KD_FULL;
     uint64_t cap = kd->cap;
     while (keys * NK_KD_LOAD_DEN > cap * NK_KD_LOAD_NUM && cap < NK_KD_MAX_SLOTS)
-        cap = cap < 16 ? 16 : cap + cap / 2;
-    if (cap > NK_KD_MAX_SLOTS) cap = NK_KD_MAX_SLOTS;
+        cap = nk_kd__grown(cap);
     if (keys * NK_KD_LOAD_DEN > cap * NK_KD_LOAD_NUM) return NK_KD_FULL;
     nk_kd__finish(kd);
     nk_kd__drop_next(kd);
