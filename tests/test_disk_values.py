@@ -135,6 +135,39 @@ def test_keys_sharing_a_hash_tag_are_told_apart_by_their_records(tmp_path):
         assert s.get(first) == b"back"
 
 
+def test_a_store_agrees_with_a_dict_through_its_key_directorys_growths_in_steps(tmp_path):
+    """120,000 new keys take the key directory through two growths in steps
+    (from 78,895 and 118,342 slots; include/keydir.h), while some keys sit in
+    the old slots and some in the new: after every put, the key just put and
+    a key put long before read back right; keys are replaced and deleted
+    along the way; then every key reads back, after a reopen too."""
+    rnd = random.Random(7)
+    model = {}
+    order = []
+    with open_disk(tmp_path, auto_compact=False) as s:
+        sizes = set()
+        for i in range(120_000):
+            key = rnd.randbytes(12) + i.to_bytes(4, "big")
+            value = i.to_bytes(4, "big") * 3
+            s.put(key, value)
+            model[key] = value
+            order.append(key)
+            old = order[rnd.randrange(len(order))]
+            assert s.get(key) == value and s.get(old) == model.get(old)
+            if i % 7 == 0:
+                s.put(old, b"again")
+                model[old] = b"again"
+            if i % 11 == 0 and old in model:
+                assert s.delete(old)
+                del model[old]
+            sizes.add(s.stats()["keydir_bytes"])
+        assert len(s) == len(model)
+        assert all(s.get(k) == v for k, v in model.items())
+        assert len(sizes) > 20  # (the directory grew all along)
+    with open_disk(tmp_path) as s:
+        assert len(s) == len(model) and all(s.get(k) == v for k, v in model.items())
+
+
 def test_a_record_larger_than_a_segment_is_read_back(tmp_path):
     big = os.urandom(3 * MIB + 5)
     with open_disk(tmp_path, max_segment_size=MIB) as s:
