@@ -80,6 +80,7 @@ STORE_BAD = {
         (True, TypeError),
     ],
     "compact_min_bytes": [(-1, ConfigError), *HUGE, *NOT_INTS],
+    "writeback_bytes": [(-1, ConfigError), ((1 << 40) + 1, ConfigError), *HUGE, *NOT_INTS],
 }
 STORE_CASES = [(opt, val, exc) for opt, cases in STORE_BAD.items() for val, exc in cases]
 
@@ -90,6 +91,7 @@ WAL_BAD = {
     "preallocate": STORE_BAD["preallocate"],
     "node_id": [(-1, ConfigError), (2**32, ConfigError), *HUGE, *NOT_INTS],
     "recovery_mode": STORE_BAD["recovery_mode"],
+    "writeback_bytes": STORE_BAD["writeback_bytes"],
 }
 WAL_CASES = [(opt, val, exc) for opt, cases in WAL_BAD.items() for val, exc in cases]
 

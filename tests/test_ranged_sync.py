@@ -8,7 +8,11 @@ fsync returns, and the pages past the end (zeros mapped for writing ahead
 of the writer) are left dirty and mapped, where a whole-file fdatasync wrote
 them out and write-protected them under the writer. sync() stays a
 whole-file fdatasync. (A failing msync poisons the log like a failing
-fdatasync: tests/faults/test_io_errors.py, with the fault shim.)"""
+fdatasync: tests/faults/test_io_errors.py, with the fault shim.)
+
+Under FsyncPolicy.OS with writeback_bytes, the same thread starts the
+writeback of the log behind the writer (sync_file_range), checked the same
+way."""
 
 from __future__ import annotations
 
@@ -76,10 +80,10 @@ def _round_up(n):
     return -(-n // PAGE) * PAGE
 
 
-def _open(kind, path, policy):
+def _open(kind, path, policy, **kw):
     if kind == "wal":
-        return Wal.open(WalConfig(dir=str(path), max_segment_size=64 * MIB, fsync_policy=policy))[0]
-    return KvStore.open(str(path), fsync_policy=policy, max_segment_size=64 * MIB, auto_compact=False)
+        return Wal.open(WalConfig(dir=str(path), max_segment_size=64 * MIB, fsync_policy=policy, **kw))[0]
+    return KvStore.open(str(path), fsync_policy=policy, max_segment_size=64 * MIB, auto_compact=False, **kw)
 
 
 def _write(kind, w, n, size=100):
@@ -217,3 +221,33 @@ def test_the_first_small_sync_drops_the_zeros_mapped_ahead_unwritten(needs_cache
     w.sync()
     w.close()
     assert _keys_read_back(path) == [b"k%06d" % i for i in range(200)] + [b"k%06d" % i for i in range(400)]
+
+
+# ------------------------------------------------------------ writeback_bytes (FsyncPolicy.OS)
+
+
+def _after_40000_puts(kind, path, step=0):
+    """Writes about 5 MB under OS (writeback_bytes=step) and waits, with a
+    step, until the writeback has started within a step of the end. Returns
+    where it started up to, and the dirty pages below the end and below it."""
+    with _open(kind, path, FsyncPolicy.OS, **({"writeback_bytes": step} if step else {})) as w:
+        wal = _wal(kind, w)
+        _write(kind, w, 40_000)
+        seg, end = _segment(wal), wal.seg_size
+        if step:
+            assert wait_for(lambda: wal._written_back_through() > end - step - PAGE)
+        behind = wal._written_back_through()
+        below_behind = cachestat(seg, 0, behind)[1] if behind else 0  # (a length of 0 is "to the end")
+        return behind, cachestat(seg, 0, end - end % PAGE)[1], below_behind
+
+
+@pytest.mark.parametrize("kind", ["wal", "store"])
+def test_writeback_bytes_starts_the_logs_writeback_behind_the_writer(needs_cachestat, tmp_path, kind):
+    # Every writeback_bytes the background thread starts the writeback of
+    # the pages wholly written (sync_file_range WRITE): none of them is dirty
+    # once it has, so the fsync that seals the segment finds them written.
+    # Without the option the kernel leaves them dirty for 30 s.
+    behind, dirty, dirty_behind = _after_40000_puts(kind, tmp_path / "on", MIB)
+    assert behind > 3 * MIB and dirty_behind == 0 and dirty <= (MIB + PAGE) // PAGE
+    behind, dirty, _ = _after_40000_puts(kind, tmp_path / "off")
+    assert behind == 0 and dirty >= 1000  # (the default: the kernel's writeback, later)

@@ -108,6 +108,12 @@ class WalConfig:
     #: compressed value may decompress to when read (a bound against
     #: decompression bombs): 256 MiB by default.
     max_value_size: int = DEFAULT_MAX_VALUE_SIZE
+    #: Under ``FsyncPolicy.OS``: start writing the log back to the disk every
+    #: this many bytes (without waiting for it), as RocksDB's
+    #: ``wal_bytes_per_sync``, so that the fsync that seals a full segment
+    #: finds little left to write. 0 (the default) leaves it to the kernel.
+    #: The other policies write the log back within their window anyway.
+    writeback_bytes: int = 0
 
     def validate(self) -> None:
         """Raises TypeError (wrong type) or ConfigError (wrong value) naming
@@ -125,6 +131,7 @@ _WAL_OPTIONS: dict[str, _options.Spec] = {
     "node_id": _options.Int(0, _options.UINT32_MAX),  # nori-wal's node_id is a u32
     "recovery_mode": _options.Instance(RecoveryMode),
     "max_value_size": _options.Int(1, (1 << 63) - 1, unit=" bytes"),
+    "writeback_bytes": _options.Int(0, MAX_SEGMENT_SIZE, unit=" bytes"),
 }
 _BATCH_OPTIONS: dict[str, _options.Spec] = {
     "the batch window": _options.Real(0, 1, open_lo=True, unit=" second"),

@@ -111,6 +111,10 @@ cdef int _flusher_loop(_WalCore self) noexcept nogil:
                 return res
             busy_at = _now_monotonic()
             continue
+        if self.writeback_pending:
+            _writeback_behind(self)
+            busy_at = _now_monotonic()
+            continue
         if self.prefault_pending:
             _prefault_loop(self)            # (returns early when an fsync falls due)
             continue

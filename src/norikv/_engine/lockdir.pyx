@@ -22,6 +22,7 @@ cdef int _open_directory(_WalCore self, object config, bint shared, bint readonl
     self.max_value_size = config.max_value_size
     self.policy = policy.code
     self.small_folios = self.policy == POLICY_ALWAYS
+    self.writeback_step = config.writeback_bytes if self.policy == POLICY_OS else 0
     self.window = float(policy.window)
     self.preallocate = bool(config.preallocate)
     self.readonly = readonly

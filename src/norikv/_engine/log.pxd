@@ -33,6 +33,11 @@ cdef class _WalCore:
     # that a store that writes little holds little.
     cdef uint64_t prefault_lead
     cdef uint64_t unmapped_below         # _unmap_written: no page-table entries below here
+    # FsyncPolicy.OS with WalConfig.writeback_bytes: the writeback of the
+    # active segment starts every writeback_step bytes (0: never), and has
+    # started below written_back (_writeback_behind, segment.pyx)
+    cdef uint64_t writeback_step
+    cdef uint64_t written_back
     cdef uint64_t rearmed_at             # written_total as the last finished _rearm read it
     cdef bint rearm_due                  # a sync() call wrote the log back: _rearm (flusher.pyx)
     cdef readonly uint64_t seg_size      # its logical size: where the next record goes
@@ -82,6 +87,7 @@ cdef class _WalCore:
     # bg_cond (in flusher.pyx's loop) and _waker (waiting in Python);
     # bg_mutex guards bg_wake and bg_stop.
     cdef readonly bint prefault_pending
+    cdef bint writeback_pending          # under OS: _writeback_behind is due (flusher.pyx)
     cdef readonly bint dirty
     cdef readonly double dirty_since
     cdef bint wake_pending

@@ -312,6 +312,11 @@ cdef class _WalCore:
             with nogil:
                 _rearm(self)
 
+    def _written_back_through(self):
+        """Test hook: how far _writeback_behind has started the writeback of
+        the active segment."""
+        return self.written_back
+
     def _rearmed_through(self):
         """Test hook: written_total as the last finished _rearm read it."""
         return nk_load_acquire_u64(&self.rearmed_at)
@@ -352,6 +357,10 @@ cdef class _WalCore:
                 self.dirty_since = _now_monotonic()
                 self.dirty = True
                 self.wake_pending = True
+        elif (self.writeback_step and self.seg_size >= self.written_back + self.writeback_step
+                and not self.writeback_pending):
+            self.writeback_pending = True
+            self.wake_pending = True
         if (self.seg_size + self.prefault_lead - (self.prefault_lead >> 3) > self.populated
                 and not self.prefault_pending and _prefaults(self) and not _zero_chunk(self)):
             self.prefault_pending = True

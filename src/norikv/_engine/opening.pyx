@@ -65,7 +65,8 @@ cdef KvStore _open_store(type cls, dict o):
     kind = _compression_enum().parse(o["compression"])
     config = WalConfig(dir=os.path.join(os.fsdecode(path), "wal"), max_segment_size=o["max_segment_size"],
                        fsync_policy=fsync_policy, preallocate=o["preallocate"],
-                       recovery_mode=o["recovery_mode"], max_value_size=max_value_size)
+                       recovery_mode=o["recovery_mode"], max_value_size=max_value_size,
+                       writeback_bytes=o["writeback_bytes"])
     config.validate()   # the Wal creates <path>/wal and <path> durably
     if disk and max_value_size >= NK_KD_VSIZE_SAT:
         raise ConfigError(f"max_value_size must be below 4 GiB - 1 with values='disk', got {max_value_size}")

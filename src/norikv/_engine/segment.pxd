@@ -12,6 +12,7 @@ cdef enum:
     _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
     _ZERO_CHUNK_MIN = 16 << 10      # folio sizes of the zeros written ahead (_zero_chunk)
     _ZERO_CHUNK_MAX = 64 << 10
+    _WRITEBACK_CHUNK = 2 << 20      # _writeback_behind submits this much at a time
 
 # False once the kernel said it cannot prefault (then ordinary page faults).
 cdef bint _prefault_supported
@@ -76,6 +77,7 @@ cdef bint _fsync_due(_WalCore self, double now) noexcept nogil
 cdef void _prefault_loop(_WalCore self) noexcept nogil
 # Drops the page-table entries of the mapping's pages wholly written (before an fsync).
 cdef void _unmap_behind(_WalCore self) noexcept nogil
+cdef void _writeback_behind(_WalCore self) noexcept nogil
 # After a batch-policy fsync or a sync() call: maps for writing what the writer will fill before the next.
 cdef void _rearm(_WalCore self, uint64_t span=*) noexcept nogil
 # The first small sync(): page-sized page-cache folios from now on.

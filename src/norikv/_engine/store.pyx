@@ -47,7 +47,8 @@ cdef class KvStore:
              recovery_mode=RecoveryMode.TOLERATE_CORRUPTED_TAIL, compression=None,
              compress_min_size=256, max_keys=None, max_bytes=None, auto_compact=True,
              compact_dead_ratio=0.5, compact_min_bytes=64 << 20,
-             max_value_size=DEFAULT_MAX_VALUE_SIZE, values=None, readonly=False, lock_timeout=None):
+             max_value_size=DEFAULT_MAX_VALUE_SIZE, values=None, readonly=False, lock_timeout=None,
+             writeback_bytes=0):
         """Opens (creating if needed) the store at ``path``; the WAL lives in
         ``<path>/wal``. Recovery replays it and rebuilds the map.
 
@@ -69,7 +70,10 @@ cdef class KvStore:
         takes no lock, so it also opens a directory it cannot write.
         ``lock_timeout``: seconds to wait for another process's exclusive
         work (its recovery at open, its compaction) before LockError; None
-        waits as long as that process lives."""
+        waits as long as that process lives. ``writeback_bytes``: under
+        ``FsyncPolicy.OS``, start the log's writeback every this many bytes
+        (0: leave it to the kernel), which bounds the pause of the put that
+        seals a full segment (WalConfig.writeback_bytes; README, "Durability")."""
         if values is None:
             # The test suite runs a second time with every store on disk.
             values = os.environ.get("NORIKV_TEST_VALUES") or "memory"
