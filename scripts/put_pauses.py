@@ -2,6 +2,7 @@
 rotation (its fsync), a map resize or the kernel's writeback costs one put.
 
     python scripts/put_pauses.py [DIR] [--n 2500000] [--values disk] [--max-segment-size 134217728]
+                                 [--writeback-bytes 0]
 
 Puts n random 16-byte keys with 100 B values under FsyncPolicy.OS and under
 FsyncPolicy.batch(0.005) and prints, for each, puts/s, the segments written
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2_500_000)
     ap.add_argument("--values", choices=["memory", "disk"], default="disk")
     ap.add_argument("--max-segment-size", type=int, default=128 << 20)
+    ap.add_argument("--writeback-bytes", type=int, default=0, help="KvStore.open's writeback_bytes (used under OS)")
     a = ap.parse_args()
     rng = random.Random(1)
     blob = rng.randbytes(4096 + 100)
@@ -37,7 +39,12 @@ def main() -> None:
         for name, policy in (("OS", FsyncPolicy.OS), ("batch(0.005)", FsyncPolicy.batch(0.005))):
             shutil.rmtree(path, ignore_errors=True)
             store = KvStore.open(
-                path, fsync_policy=policy, auto_compact=False, values=a.values, max_segment_size=a.max_segment_size
+                path,
+                fsync_policy=policy,
+                auto_compact=False,
+                values=a.values,
+                max_segment_size=a.max_segment_size,
+                writeback_bytes=a.writeback_bytes,
             )
             put = store.put
             gaps = []
