@@ -365,26 +365,35 @@ cdef void _writeback_behind(_WalCore self) noexcept nogil:
     (_WalCore._commit). The bytes go to the disk once either way; without
     it the kernel leaves them dirty (for 30 s) and the fsync that seals a
     segment writes up to max_segment_size of them in the put that filled
-    it (50-80 ms for 128 MiB on this VM). This process's
-    page-table entries for them go first (_unmap_behind), so the writeback
-    has nothing to write-protect in this process. Submitted a chunk at a
-    time, the map lock released between chunks (the writer's slow path and
-    the prefault take it); under it `map` set means seg_fd is the mapped
-    segment's, and seg_size its size (read without the GIL: a stale value
-    only writes back less)."""
+    it (50-80 ms for 128 MiB on this VM). This process's page-table entries
+    for them go first (_unmap_behind), so the writeback has nothing to
+    write-protect in this process.
+
+    The target is the end when called (recomputed, it chased a running
+    writer and kept the thread from its prefaults), submitted a chunk at a
+    time with the map lock released between chunks (the writer's slow path
+    and the prefault take it). Under that lock a mapped segment's
+    descriptor is open and seg_id and seg_size are its own (a rotation
+    unmaps before it closes, and sets the next segment's id and size before
+    it maps it), so a call that a rotation overtakes stops; seg_size is read
+    without the GIL: a stale value only writes back less."""
     cdef uint64_t page = nk_page_size()
-    cdef uint64_t start, stop
+    cdef uint64_t seg = 0, start, stop, target = 0
+    cdef bint first = True
     self.writeback_pending = False
     _unmap_behind(self)
     while True:
         self._lock_map_nogil()
-        stop = self.seg_size - self.seg_size % page
+        if first:
+            first = False
+            seg = self.seg_id
+            target = self.seg_size - self.seg_size % page
         start = self.written_back
-        if self.map == NULL or self.seg_fd < 0 or stop <= start or stop > self.map_len:
+        if (self.map == NULL or self.seg_fd < 0 or self.seg_id != seg or target <= start
+                or target > self.map_len):
             self._unlock_map()
             return
-        if stop - start > _WRITEBACK_CHUNK:
-            stop = start + _WRITEBACK_CHUNK
+        stop = start + _WRITEBACK_CHUNK if target - start > _WRITEBACK_CHUNK else target
         nk_start_writeback(self.seg_fd, start, stop - start)
         self.written_back = stop
         self._unlock_map()
