@@ -50,18 +50,10 @@ class KvStoreModel(RuleBasedStateMachine):
         self.opts: dict = {}
         self.walks: list = []  # live range() iterators: [iterator, the pairs due (model at its start), next index]
 
-    @initialize(
-        compression=st.sampled_from([None, "lz4", "zstd"]),
-        min_size=st.sampled_from([0, 32]),
-        writeback=st.sampled_from([0, 4096, 65536]),
-    )
-    def open(self, compression, min_size, writeback):
+    @initialize(compression=st.sampled_from([None, "lz4", "zstd"]), min_size=st.sampled_from([0, 32]))
+    def open(self, compression, min_size):
         self.opts = dict(
-            fsync_policy=FsyncPolicy.OS,
-            compression=compression,
-            compress_min_size=min_size,
-            max_segment_size=1 << 20,
-            writeback_bytes=writeback,
+            fsync_policy=FsyncPolicy.OS, compression=compression, compress_min_size=min_size, max_segment_size=1 << 20
         )
         self.store = KvStore.open(self.dir, **self.opts)
 

@@ -111,7 +111,8 @@ class WalConfig:
     #: Under ``FsyncPolicy.OS``: start writing the log back to the disk every
     #: this many bytes (without waiting for it), as RocksDB's
     #: ``wal_bytes_per_sync``, so that the fsync that seals a full segment
-    #: finds little left to write. 0 (the default) leaves it to the kernel.
+    #: finds little left to write (a nonzero value below 2 MiB counts as
+    #: 2 MiB). 0 (the default) leaves it to the kernel.
     #: The other policies write the log back within their window anyway.
     writeback_bytes: int = 0
 

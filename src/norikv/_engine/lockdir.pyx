@@ -22,7 +22,8 @@ cdef int _open_directory(_WalCore self, object config, bint shared, bint readonl
     self.max_value_size = config.max_value_size
     self.policy = policy.code
     self.small_folios = self.policy == POLICY_ALWAYS
-    self.writeback_step = config.writeback_bytes if self.policy == POLICY_OS else 0
+    self.writeback_step = max(config.writeback_bytes, _FOLIO_MAX) if (
+        self.policy == POLICY_OS and config.writeback_bytes) else 0
     self.window = float(policy.window)
     self.preallocate = bool(config.preallocate)
     self.readonly = readonly

@@ -12,7 +12,8 @@ cdef enum:
     _LARGE_FOLIOS_PAST = 24 << 20   # see _use_small_folios
     _ZERO_CHUNK_MIN = 16 << 10      # folio sizes of the zeros written ahead (_zero_chunk)
     _ZERO_CHUNK_MAX = 64 << 10
-    _WRITEBACK_CHUNK = 2 << 20      # _writeback_behind submits this much at a time
+    _WRITEBACK_CHUNK = 2 << 20      # _writeback_behind submits this much at a time,
+    _FOLIO_MAX = 2 << 20            # and stops at a multiple of the largest page-cache folio
 
 # False once the kernel said it cannot prefault (then ordinary page faults).
 cdef bint _prefault_supported

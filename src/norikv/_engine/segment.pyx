@@ -369,6 +369,14 @@ cdef void _writeback_behind(_WalCore self) noexcept nogil:
     for them go first (_unmap_behind), so the writeback has nothing to
     write-protect in this process.
 
+    It stops at the last multiple of _FOLIO_MAX (2 MiB, the largest folio
+    Linux puts in a mapped file's page cache; folios are aligned to their
+    size) at or below the end, because writeback writes a folio whole: the
+    folio holding the end would be written with the zeros mapped ahead of
+    the writer in it, and write-protected under the writer, which would
+    then fault on every page of it that it writes. (So writeback_step is
+    at least _FOLIO_MAX: each request makes progress.)
+
     The target is the end when called (recomputed, it chased a running
     writer and kept the thread from its prefaults), submitted a chunk at a
     time with the map lock released between chunks (the writer's slow path
@@ -377,26 +385,25 @@ cdef void _writeback_behind(_WalCore self) noexcept nogil:
     unmaps before it closes, and sets the next segment's id and size before
     it maps it), so a call that a rotation overtakes stops; seg_size is read
     without the GIL: a stale value only writes back less."""
-    cdef uint64_t page = nk_page_size()
     cdef uint64_t seg = 0, start, stop, target = 0
     cdef bint first = True
-    self.writeback_pending = False
     _unmap_behind(self)
     while True:
         self._lock_map_nogil()
         if first:
             first = False
             seg = self.seg_id
-            target = self.seg_size - self.seg_size % page
+            target = self.seg_size - self.seg_size % _FOLIO_MAX
         start = self.written_back
         if (self.map == NULL or self.seg_fd < 0 or self.seg_id != seg or target <= start
                 or target > self.map_len):
             self._unlock_map()
-            return
+            break
         stop = start + _WRITEBACK_CHUNK if target - start > _WRITEBACK_CHUNK else target
         nk_start_writeback(self.seg_fd, start, stop - start)
         self.written_back = stop
         self._unlock_map()
+    self.writeback_pending = False      # (only now: the writer's next step asks again)
 
 
 cdef void _rearm(_WalCore self, uint64_t span=0) noexcept nogil:
