@@ -385,24 +385,19 @@ cdef void _writeback_behind(_WalCore self) noexcept nogil:
     unmaps before it closes, and sets the next segment's id and size before
     it maps it), so a call that a rotation overtakes stops; seg_size is read
     without the GIL: a stale value only writes back less."""
-    cdef uint64_t seg = 0, start, stop, target = 0
-    cdef bint first = True
+    cdef uint64_t seg, start, stop, target
     _unmap_behind(self)
-    while True:
-        self._lock_map_nogil()
-        if first:
-            first = False
-            seg = self.seg_id
-            target = self.seg_size - self.seg_size % _FOLIO_MAX
+    self._lock_map_nogil()
+    seg, target = self.seg_id, self.seg_size - self.seg_size % _FOLIO_MAX
+    while (self.map != NULL and self.seg_fd >= 0 and self.seg_id == seg
+           and self.written_back < target <= self.map_len):
         start = self.written_back
-        if (self.map == NULL or self.seg_fd < 0 or self.seg_id != seg or target <= start
-                or target > self.map_len):
-            self._unlock_map()
-            break
         stop = start + _WRITEBACK_CHUNK if target - start > _WRITEBACK_CHUNK else target
         nk_start_writeback(self.seg_fd, start, stop - start)
         self.written_back = stop
         self._unlock_map()
+        self._lock_map_nogil()
+    self._unlock_map()
     self.writeback_pending = False      # (only now: the writer's next step asks again)
 
 
