@@ -59,6 +59,20 @@ def random_pairs_by_size(keys):
     return out
 
 
+def _interleaved_stores(benchmark, closer, scratches, *args, rounds=None, after=None):
+    """interleaved(benchmark, *args) over stores made in `scratches`, for
+    `rounds` (default max(ROUNDS, 5)); afterwards, error or not, calls
+    `after`, closes the last store and removes the scratch directories."""
+    try:
+        return interleaved(benchmark, *args, rounds=rounds or max(ROUNDS, 5))
+    finally:
+        if after is not None:
+            after()
+        closer.replace()
+        for scratch in scratches:
+            scratch.clean()
+
+
 def _batch_vs_os(benchmark, bench_root, closer, name, work, **open_kw):
     """Rounds of `work(store)` on a fresh store under batch(0.005), each
     after a round on a fresh store under OS (interleaved). Returns the best
@@ -78,19 +92,15 @@ def _batch_vs_os(benchmark, bench_root, closer, name, work, **open_kw):
         dirs.clean()
         return (closer.replace(open_store(dirs.new(), policy, **open_kw)),)
 
-    try:
-        ref = interleaved(
-            benchmark,
-            subject,
-            lambda: setup(batch_dirs, FsyncPolicy.batch(0.005)),
-            work,
-            lambda: setup(os_dirs, FsyncPolicy.OS),
-            rounds=max(ROUNDS, 5),
-        )
-    finally:
-        closer.replace()
-        batch_dirs.clean()
-        os_dirs.clean()
+    ref = _interleaved_stores(
+        benchmark,
+        closer,
+        (batch_dirs, os_dirs),
+        subject,
+        lambda: setup(batch_dirs, FsyncPolicy.batch(0.005)),
+        work,
+        lambda: setup(os_dirs, FsyncPolicy.OS),
+    )
     benchmark.extra_info["fsyncs_per_second"] = fsync_rates
     return best_seconds(benchmark), ref, fsync_rates
 
@@ -185,13 +195,9 @@ def test_put_os_beside_durable_writes_vs_alone(benchmark, bench_root, closer, ra
         beside.start(rate)
         return (store.put, pairs)
 
-    try:
-        ref = interleaved(benchmark, _loop, beside_setup, _loop, alone_setup, rounds=max(ROUNDS, 5))
-    finally:
-        beside.stop()
-        closer.replace()
-        alone_dirs.clean()
-        beside_dirs.clean()
+    ref = _interleaved_stores(
+        benchmark, closer, (alone_dirs, beside_dirs), _loop, beside_setup, _loop, alone_setup, after=beside.stop
+    )
     sec = remember("norikv_put_os_beside_durable_writes", benchmark, len(pairs), "puts")
     benchmark.extra_info.update(durable_bytes_per_second=rate, record_bytes=record)
     target(
@@ -217,13 +223,9 @@ def test_put_batch_policy_vs_dict(benchmark, bench_root, closer, random_pairs_by
         dirs.clean()
         return (closer.replace(open_store(dirs.new(), FsyncPolicy.batch(0.005))).put, pairs)
 
-    try:
-        ref = interleaved(
-            benchmark, _loop, subject_setup, _loop, lambda: (({}).__setitem__, pairs), rounds=max(ROUNDS, 5)
-        )
-    finally:
-        closer.replace()
-        dirs.clean()
+    ref = _interleaved_stores(
+        benchmark, closer, (dirs,), _loop, subject_setup, _loop, lambda: (({}).__setitem__, pairs)
+    )
     sec = remember("norikv_put_batch_vs_dict", benchmark, len(pairs), "puts")
     target(
         "put, batch(5 ms), 100 B values, vs a dict loop",
@@ -258,12 +260,7 @@ def test_put_into_a_reopened_store_vs_a_new_one(benchmark, bench_root, closer, r
         new_dirs.clean()
         return (closer.replace(open_store(new_dirs.new(), FsyncPolicy.batch(0.005))).put, pairs)
 
-    try:
-        ref = interleaved(benchmark, _loop, reopened, _loop, new, rounds=max(ROUNDS, 5))
-    finally:
-        closer.replace()
-        new_dirs.clean()
-        old_dirs.clean()
+    ref = _interleaved_stores(benchmark, closer, (new_dirs, old_dirs), _loop, reopened, _loop, new)
     sec = remember("norikv_put_reopened", benchmark, len(pairs), "puts")
     target(
         "put into a reopened store vs a new one (guard)",
@@ -406,12 +403,9 @@ def test_durable_batches_vs_lmdb(benchmark, bench_root, closer, keys, order):
         closer.replace()
         return (closer.replace(open_store(dirs.new(), FsyncPolicy.OS)),)
 
-    try:
-        lm = interleaved(benchmark, run, subject_setup, lm_envs.run, lm_envs.setup)
-    finally:
-        closer.replace()
-        lm_envs.close()
-        dirs.clean()
+    lm = _interleaved_stores(
+        benchmark, closer, (dirs,), run, subject_setup, lm_envs.run, lm_envs.setup, rounds=ROUNDS, after=lm_envs.close
+    )
     sec = remember(f"norikv_durable_batches_{order}", benchmark, len(pairs), "puts")
     target(
         f"1,000 puts + sync() vs lmdb txns of 1,000 (sync=True), {order} keys",
