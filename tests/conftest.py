@@ -9,6 +9,7 @@ shared and slow); ``HYPOTHESIS_PROFILE=thorough`` runs many more examples.
 import os
 import shutil
 import time
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,6 +29,15 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SLOW = os.environ.get("NORIKV_SLOW", "") not in ("", "0")
+
+
+def fork_with_threads():
+    """os.fork() in a test process that has threads running (a store's
+    background thread): what these tests exercise, so Python 3.12's
+    DeprecationWarning about it is silenced here, and only here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
 
 
 def wait_for(cond, timeout=30.0):

@@ -21,11 +21,11 @@ import textwrap
 import threading
 import time
 import traceback
-import warnings
 
 import pytest
 
 import norikv.wal
+from conftest import fork_with_threads
 from norikv import FsyncPolicy, KvStore, Position, Record, Wal, WalConfig, _engine
 from storeutil import run_in_thread
 
@@ -100,9 +100,7 @@ def fork(body):
     after reporting the traceback)."""
     up_r, up_w = os.pipe()
     down_r, down_w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
-        pid = os.fork()
+    pid = fork_with_threads()
     if pid == 0:
         code = 1
         try:

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from conftest import fork_with_threads
 from norikv import CorruptionError, KvStore
 from spec_codec import segment_name
 
@@ -183,7 +184,7 @@ def test_a_forked_child_reads_the_pending_values(tmp_path, workers):
         w = workers(tmp_path, **MEM)
         w("run", "for i in range(50): s.put(b'k%02d' % i, b'theirs')")
         assert s.get(b"k00") == b"theirs" and s._pending_len() == 50
-        pid = os.fork()
+        pid = fork_with_threads()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:

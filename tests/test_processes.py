@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import SLOW
+from conftest import SLOW, fork_with_threads
 from norikv import KvStore, LockError, ReadOnlyError, Record
 from procutil import WorkerError
 
@@ -526,7 +526,7 @@ def test_a_forked_child_opens_the_store_its_parent_has_open(tmp_path):
     beside it, and dropping the inherited handle does not hang."""
     with KvStore.open(tmp_path) as s:
         s.put(b"parent", b"1")
-        pid = os.fork()
+        pid = fork_with_threads()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import pytest
 
+from conftest import fork_with_threads
 from norikv import FsyncPolicy, LockError, NoriError, Position, Record, Wal, WalConfig
 
 MIB = 1 << 20
@@ -148,9 +148,7 @@ def test_forked_child_cannot_write(tmp_path):
             wal.append(Record.put(b"parent%d" % i, b"v"))
         before = wal.current_position()
         r, w = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = fork_with_threads()
         if pid == 0:
             os.close(r)
             _fork_child(wal, w)
